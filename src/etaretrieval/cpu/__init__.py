@@ -1,0 +1,1 @@
+"""Numba CPU kernels. Internal: call them through the public, validated API."""

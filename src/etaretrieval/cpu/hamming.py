@@ -1,0 +1,25 @@
+"""Broadcasting Hamming distance between packed signatures."""
+
+from __future__ import annotations
+
+import numba
+
+from .._bits import popcount
+from .._jit import CACHE, PARALLEL
+
+__all__ = ["hamming_gufunc"]
+
+
+@numba.guvectorize(
+    ["void(uint64[:], uint64[:], int32[:])"],
+    "(w),(w)->()",
+    target="parallel" if PARALLEL else "cpu",
+    cache=CACHE,
+    nopython=True,
+)
+def hamming_gufunc(a, b, out):  # type: ignore[no-untyped-def]
+    """Number of differing bits of ``a`` and ``b`` (numpy broadcasting)."""
+    total = 0
+    for w in range(a.shape[0]):
+        total += popcount(a[w] ^ b[w])
+    out[0] = total

@@ -1,0 +1,201 @@
+"""SimHash: random hyperplanes and packed sign-bit signatures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import config
+from ._validate import DTypeError, _shape, check_bits, check_dim
+from .cpu.pack import pack_projection
+
+__all__ = ["hyperplanes", "pack_signatures", "SimHasher"]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _raw_generator(seed: int | np.random.Generator) -> np.random.BitGenerator:
+    if isinstance(seed, np.random.Generator):
+        return seed.bit_generator
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be a non-negative int or a numpy.random.Generator, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    return np.random.PCG64(int(seed))
+
+
+def hyperplanes(dim: int, bits: int, seed: int | np.random.Generator = 0) -> npt.NDArray[np.float32]:
+    """Random SimHash hyperplanes with standard normal entries.
+
+    The entries come from the raw 64-bit stream of a ``PCG64`` bit generator
+    (whose output NumPy guarantees across versions and platforms) through a
+    float64 Box-Muller transform rounded to float32, so the same seed gives the
+    same planes everywhere, whatever NumPy's ``Generator.normal`` does.
+
+    Parameters
+    ----------
+    dim : int
+        Embedding dimension, ``>= 1``.
+    bits : int
+        Number of hyperplanes (signature bits), ``1..1024``.
+    seed : int or numpy.random.Generator, default 0
+        A non-negative seed, or a generator whose bit generator is advanced.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(dim, bits)`` float32; column ``j`` is the normal of hyperplane ``j``.
+
+    Examples
+    --------
+    >>> import etaretrieval as er
+    >>> planes = er.hyperplanes(64, 128, seed=0)
+    >>> planes.shape, planes.dtype
+    ((64, 128), dtype('float32'))
+    >>> bool((planes == er.hyperplanes(64, 128, seed=0)).all())
+    True
+    """
+    dim = check_dim(dim)
+    bits = check_bits(bits)
+    gen = _raw_generator(seed)
+    n = dim * bits
+    raw = gen.random_raw(2 * ((n + 1) // 2)).reshape(2, -1)
+    scale = 2.0**-53
+    u1 = ((raw[0] >> np.uint64(11)).astype(np.float64) + 1.0) * scale  # (0, 1]
+    u2 = (raw[1] >> np.uint64(11)).astype(np.float64) * scale  # [0, 1)
+    radius = np.sqrt(-2.0 * np.log(u1))
+    angle = 2.0 * np.pi * u2
+    z = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:n]
+    return z.astype(np.float32).reshape(dim, bits)
+
+
+def _check_planes(planes: Any) -> np.ndarray:
+    p = np.asarray(planes)
+    if p.dtype not in _FLOATS:
+        raise DTypeError(f"planes must have dtype float32 or float64, got dtype {p.dtype}")
+    if p.ndim != 2 or p.shape[0] < 1:
+        raise ValueError(f"planes must have shape (dim, bits), got shape {_shape(p.shape)}")
+    check_bits(p.shape[1])
+    return p
+
+
+def _raise_nonfinite(x2: np.ndarray, rows: np.ndarray, offset: int, lead: tuple[int, ...]) -> None:
+    """Raise for the first of ``rows`` (flagged by the kernel) that holds a non-finite value."""
+    finite = np.isfinite(x2[rows]).all(axis=1)
+    if not finite.all():
+        first = int(rows[np.argmin(finite)]) + offset
+        where = np.unravel_index(first, lead) if lead else ()
+        raise ValueError(
+            f"x holds a non-finite value (NaN or inf) in row {tuple(int(i) for i in where)}; "
+            "pass check_finite=False to hash it anyway"
+        )
+
+
+def pack_signatures(x: Any, planes: Any, *, check_finite: bool = True) -> npt.NDArray[np.uint64]:
+    """SimHash signatures of embeddings, packed into uint64 words.
+
+    Bit ``j`` of a signature is ``1`` iff ``x @ planes[:, j] > 0`` (exactly 0
+    and NaN give 0); it lives in word ``j // 64`` at bit ``j % 64`` (least
+    significant first) and unused high bits are 0. Rows are projected in
+    chunks with BLAS, so the extra memory is ``O(chunk x bits)`` whatever the
+    number of rows.
+
+    Parameters
+    ----------
+    x : array_like
+        ``(..., dim)`` float32 or float64 embeddings; any strides.
+    planes : array_like
+        ``(dim, bits)`` float32 or float64 hyperplanes, ``bits`` in ``1..1024``
+        (see :func:`hyperplanes`).
+    check_finite : bool, default True
+        Raise :class:`ValueError` naming the first row of ``x`` holding a NaN
+        or an infinity. With ``False`` such rows are hashed as they come.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(..., W)`` uint64 with ``W = ceil(bits / 64)``.
+
+    Examples
+    --------
+    >>> import numpy as np, etaretrieval as er
+    >>> planes = np.array([[1.0, -1.0, 0.0]], dtype=np.float32)  # dim 1, 3 bits
+    >>> er.pack_signatures(np.array([[2.0], [-1.0], [0.0]]), planes).ravel()
+    array([1, 2, 0], dtype=uint64)
+    """
+    p = _check_planes(planes)
+    dim, bits = p.shape
+    a = np.asarray(x)
+    if a.dtype not in _FLOATS:
+        raise DTypeError(f"x must have dtype float32 or float64, got dtype {a.dtype}")
+    if a.ndim < 1 or a.shape[-1] != dim:
+        raise ValueError(f"x must have shape (..., {dim}) to match planes {_shape(p.shape)}, got shape {_shape(a.shape)}")
+    lead = a.shape[:-1]
+    words = (bits + 63) // 64
+    out = np.empty((int(np.prod(lead, dtype=np.int64)), words), dtype=np.uint64)
+    if out.shape[0] == 0:
+        return out.reshape(lead + (words,))
+    try:
+        x2 = a.reshape(-1, dim, copy=False)
+    except ValueError:  # strides that no 2-D view can express: gather each chunk instead
+        x2 = None
+    ctype = np.result_type(a.dtype, p.dtype)
+    planes_c = p.astype(ctype, copy=False)
+    chunk = max(1, config.PACK_CHUNK_ELEMENTS // bits)
+    proj = np.empty((min(chunk, out.shape[0]), bits), dtype=ctype)
+    flags = np.empty(proj.shape[0], dtype=np.bool_)
+    for start in range(0, out.shape[0], chunk):
+        stop = min(start + chunk, out.shape[0])
+        n = stop - start
+        block = x2[start:stop] if x2 is not None else a[np.unravel_index(np.arange(start, stop), lead)]
+        np.matmul(block, planes_c, out=proj[:n])
+        pack_projection(proj[:n], out[start : start + n], flags[:n])
+        if check_finite and flags[:n].any():
+            _raise_nonfinite(block, np.flatnonzero(flags[:n]), start, lead)
+    return out.reshape(lead + (words,))
+
+
+class SimHasher:
+    """Random hyperplanes bundled with packing: ``hasher(x)`` gives signatures.
+
+    Parameters
+    ----------
+    dim : int
+        Embedding dimension.
+    bits : int
+        Signature length in bits, ``1..1024``.
+    seed : int or numpy.random.Generator, default 0
+        Seed of :func:`hyperplanes`.
+
+    Attributes
+    ----------
+    planes : numpy.ndarray
+        ``(dim, bits)`` float32 hyperplanes (read-only).
+    dim, bits, words : int
+        Embedding dimension, signature bits and ``ceil(bits / 64)``.
+
+    Examples
+    --------
+    >>> import numpy as np, etaretrieval as er
+    >>> hasher = er.SimHasher(dim=8, bits=100, seed=1)
+    >>> sig = hasher(np.ones((5, 8), dtype=np.float32))
+    >>> sig.shape, sig.dtype
+    ((5, 2), dtype('uint64'))
+    """
+
+    def __init__(self, dim: int, bits: int, seed: int | np.random.Generator = 0) -> None:
+        planes = hyperplanes(dim, bits, seed)
+        planes.flags.writeable = False
+        self.planes: npt.NDArray[np.float32] = planes
+        self.dim: int = planes.shape[0]
+        self.bits: int = planes.shape[1]
+        self.words: int = (self.bits + 63) // 64
+
+    def __call__(self, x: Any, *, check_finite: bool = True) -> npt.NDArray[np.uint64]:
+        """Signatures of ``x`` (``(..., dim)``) as ``(..., words)`` uint64; see :func:`pack_signatures`."""
+        return pack_signatures(x, self.planes, check_finite=check_finite)
+
+    def __repr__(self) -> str:
+        return f"SimHasher(dim={self.dim}, bits={self.bits})"

@@ -1,0 +1,80 @@
+"""A signature lookup table kept in step with an embedding table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ._validate import DTypeError, _shape
+from .simhash import SimHasher
+
+__all__ = ["SignatureTable"]
+
+
+class SignatureTable:
+    """Signatures of every row of an embedding table, for :func:`topk_hamming_lookup`.
+
+    Parameters
+    ----------
+    weight : numpy.ndarray
+        ``(N, dim)`` float32/float64 embedding table. Held by reference, not
+        copied: after changing rows of it in place, call :meth:`refresh`.
+    hasher : SimHasher
+        Hyperplanes with ``hasher.dim == dim``.
+
+    Attributes
+    ----------
+    signatures : numpy.ndarray
+        ``(N, W)`` uint64, row ``i`` the signature of ``weight[i]``.
+
+    Examples
+    --------
+    >>> import numpy as np, etaretrieval as er
+    >>> weight = np.random.default_rng(0).standard_normal((1000, 16)).astype(np.float32)
+    >>> table = er.SignatureTable(weight, er.SimHasher(16, 64))
+    >>> weight[7] *= -1.0
+    >>> table.refresh(rows=[7])
+    >>> bool((table.signatures[7] == ~er.SimHasher(16, 64)(-weight[7])).all())
+    True
+    """
+
+    def __init__(self, weight: Any, hasher: SimHasher) -> None:
+        if not isinstance(hasher, SimHasher):
+            raise TypeError(f"hasher must be a SimHasher, got {type(hasher).__name__}")
+        if not isinstance(weight, np.ndarray):
+            raise TypeError(f"weight must be a numpy.ndarray (held by reference), got {type(weight).__name__}")
+        if weight.ndim != 2 or weight.shape[1] != hasher.dim:
+            raise ValueError(f"weight must have shape (N, {hasher.dim}), got shape {_shape(weight.shape)}")
+        self.weight = weight
+        self.hasher = hasher
+        self.signatures: npt.NDArray[np.uint64] = hasher(weight)
+
+    def refresh(self, rows: Any = None) -> None:
+        """Rehash all rows (``rows=None``) or only the given row ids.
+
+        Parameters
+        ----------
+        rows : array_like of int, optional
+            Ids of the rows of ``weight`` that changed; duplicates are fine.
+        """
+        if rows is None:
+            self.signatures[...] = self.hasher(self.weight)
+            return
+        r = np.asarray(rows)
+        if not np.issubdtype(r.dtype, np.integer):
+            raise DTypeError(f"rows must have an integer dtype, got dtype {r.dtype}")
+        r = r.reshape(-1)
+        n = self.weight.shape[0]
+        if r.size and (r.min() < 0 or r.max() >= n):
+            bad = int(r[(r < 0) | (r >= n)][0])
+            raise IndexError(f"rows must lie in [0, {n}), got row {bad}")
+        r = np.unique(r)
+        self.signatures[r] = self.hasher(self.weight[r])
+
+    def __len__(self) -> int:
+        return self.signatures.shape[0]
+
+    def __repr__(self) -> str:
+        return f"SignatureTable(rows={len(self)}, bits={self.hasher.bits})"

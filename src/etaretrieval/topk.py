@@ -1,0 +1,160 @@
+"""Top-K retrieval by Hamming distance: on given keys, or fused with an id lookup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+from . import config
+from ._validate import _shape, as_ids, as_padding, as_signatures, check_k, validity
+from .cpu.topk import topk_keys, topk_lookup
+
+__all__ = ["topk_hamming", "topk_hamming_lookup"]
+
+_NO_MASK = np.zeros((0, 0), dtype=np.bool_)
+
+_ORDER_DOC = """
+    Order: ascending distance; among equal distances the larger position (the
+    more recent behaviour) first. The order is total, so the result is unique.
+    Rows with fewer than ``k`` valid positions end in ``idx = -1``,
+    ``dist = -1``.
+"""
+
+
+def _outputs(batch: int, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+    ntasks = max(1, min(batch, config.TASKS_PER_THREAD * numba.get_num_threads()))
+    return np.empty((batch, k), dtype=np.int64), np.empty((batch, k), dtype=np.int32), ntasks
+
+
+def topk_hamming(
+    query: Any, keys: Any, k: int, *, lengths: Any = None, mask: Any = None
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """The ``k`` keys nearest to each query in Hamming distance.
+
+    Parameters
+    ----------
+    query : array_like
+        ``(B, W)`` uint64 target signatures.
+    keys : array_like
+        ``(B, L, W)`` uint64 behaviour signatures, or ``(L, W)`` shared by every
+        row of the batch (many candidates against one sequence; not copied).
+    k : int
+        Number of positions to return per row, ``>= 0`` (may exceed ``L``).
+    lengths : array_like, optional
+        ``(B,)`` integers in ``0..L``: only the prefix ``[0, lengths[b])`` of
+        row ``b`` is valid.
+    mask : array_like, optional
+        ``(B, L)`` or ``(L,)`` bool: valid positions. Not together with ``lengths``.
+
+    Returns
+    -------
+    idx : numpy.ndarray
+        ``(B, k)`` int64 positions along the sequence axis.
+    dist : numpy.ndarray
+        ``(B, k)`` int32 Hamming distances.
+
+    Notes
+    -----""" + _ORDER_DOC + """
+    Examples
+    --------
+    >>> import numpy as np, etaretrieval as er
+    >>> query = np.array([[0b0000]], dtype=np.uint64)
+    >>> keys = np.array([[0b0001], [0b0111], [0b0010], [0b0000]], dtype=np.uint64)
+    >>> idx, dist = er.topk_hamming(query, keys, k=3)
+    >>> idx, dist
+    (array([[3, 2, 0]]), array([[0, 1, 1]], dtype=int32))
+    """
+    q = as_signatures("query", query, (2,), "(B, W)")
+    kk = as_signatures("keys", keys, (2, 3), "(B, L, W) or (L, W)")
+    k = check_k(k)
+    batch, words = q.shape
+    if kk.shape[-1] != words:
+        raise ValueError(f"keys must have W = {words} words like query, got shape {_shape(kk.shape)}")
+    if kk.ndim == 3 and kk.shape[0] != batch:
+        raise ValueError(f"keys must have shape ({batch}, L, {words}) or (L, {words}), got shape {_shape(kk.shape)}")
+    length = kk.shape[-2]
+    kk = np.broadcast_to(kk, (batch, length, words))
+    n, m = validity(lengths, mask, batch, length)
+    idx, dist, ntasks = _outputs(batch, k)
+    topk_keys(q, kk, k, n, _NO_MASK if m is None else m, m is not None, ntasks, idx, dist)
+    return idx, dist
+
+
+def topk_hamming_lookup(
+    query: Any,
+    ids: Any,
+    table: Any,
+    k: int,
+    *,
+    lengths: Any = None,
+    mask: Any = None,
+    padding_id: int | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """Fused serving path: item ids -> signature-table rows -> Hamming -> top-K.
+
+    One pass over each sequence; the ``B x L x W`` signatures are never
+    materialised and ids of any integer dtype are read without conversion.
+
+    Parameters
+    ----------
+    query : array_like
+        ``(B, W)`` uint64 target signatures.
+    ids : array_like
+        ``(B, L)`` item ids, or ``(L,)`` shared by every row; any integer dtype.
+    table : array_like
+        ``(N, W)`` uint64 signature table (e.g. :attr:`SignatureTable.signatures`).
+    k : int
+        Number of positions to return per row, ``>= 0``.
+    lengths, mask : array_like, optional
+        Valid positions, as in :func:`topk_hamming`.
+    padding_id : int, optional
+        Positions holding this id are not valid (and never looked up).
+
+    Returns
+    -------
+    idx : numpy.ndarray
+        ``(B, k)`` int64 positions along the sequence axis.
+    dist : numpy.ndarray
+        ``(B, k)`` int32 Hamming distances.
+
+    Raises
+    ------
+    IndexError
+        A valid position holds an id outside ``[0, N)``; the message names the
+        first such ``(row, position)``. Invalid positions are never read.
+
+    Notes
+    -----""" + _ORDER_DOC + """
+    Examples
+    --------
+    >>> import numpy as np, etaretrieval as er
+    >>> table = np.array([[0b00], [0b01], [0b11]], dtype=np.uint64)
+    >>> query = np.array([[0b11]], dtype=np.uint64)
+    >>> ids = np.array([[2, 0, 1, 0, 2]])
+    >>> er.topk_hamming_lookup(query, ids, table, k=2, padding_id=0)
+    (array([[4, 0]]), array([[0, 0]], dtype=int32))
+    """
+    q = as_signatures("query", query, (2,), "(B, W)")
+    t = as_signatures("table", table, (2,), "(N, W)")
+    k = check_k(k)
+    batch, words = q.shape
+    if t.shape[1] != words:
+        raise ValueError(f"table must have W = {words} words like query, got shape {_shape(t.shape)}")
+    i, _ = as_ids(ids, batch)
+    pad = as_padding(padding_id, i.dtype)
+    n, m = validity(lengths, mask, batch, i.shape[1])
+    idx, dist, ntasks = _outputs(batch, k)
+    bad = np.full(batch, -1, dtype=np.int64)
+    topk_lookup(q, i, t, k, n, _NO_MASK if m is None else m, m is not None,
+                0 if pad is None else pad, pad is not None, ntasks, idx, dist, bad)
+    rows = np.flatnonzero(bad >= 0)
+    if rows.size:
+        row = int(rows[0])
+        pos = int(bad[row])
+        raise IndexError(
+            f"ids[{row}, {pos}] = {i[row, pos]} is outside the table's rows [0, {t.shape[0]})"
+        )
+    return idx, dist
