@@ -1,0 +1,145 @@
+"""Sphinx configuration of the etaretrieval documentation.
+
+Build (offline, warnings are errors)::
+
+    python -m sphinx -W --keep-going -b html docs docs/_build/html
+
+Doctests of every docstring and of the user guide::
+
+    python -m sphinx -W --keep-going -b doctest -D plot_gallery=0 docs docs/_build/doctest
+
+Environment variables:
+
+``ETARETRIEVAL_DOCS_ONLINE=1``
+    Fetch the numpy / numba / torch / python intersphinx inventories (needs
+    network). Without it no inventory is fetched, so an offline build cannot
+    warn about unreachable inventories; references to those projects then
+    render as plain code.
+"""
+
+from __future__ import annotations
+
+import doctest as _doctest
+import os
+import warnings
+from importlib.metadata import version as _dist_version
+
+import etaretrieval
+
+# -- Project -----------------------------------------------------------------
+
+project = "etaretrieval"
+author = "etaretrieval developers"
+copyright = "2025, etaretrieval developers"  # noqa: A001
+release = _dist_version("etaretrieval")
+version = ".".join(release.split(".")[:2])
+
+# -- General -----------------------------------------------------------------
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.doctest",
+    "sphinx.ext.intersphinx",
+    "sphinx.ext.mathjax",
+    "numpydoc",
+    "sphinx_gallery.gen_gallery",
+]
+
+templates_path = ["_templates"]
+exclude_patterns = ["_build", "**.ipynb_checkpoints", "auto_examples/*.ipynb", "auto_examples/*.py"]
+root_doc = "index"
+default_role = "py:obj"
+pygments_style = "sphinx"
+# Broken cross-references to our own API are errors; names of other projects
+# resolve only when their inventories are loaded (online builds).
+nitpicky = True
+nitpick_ignore_regex = [
+    (r"py:.*", r"(numpy|np|numba|torch|nn|collections|typing|builtins)(\..*)?"),
+    (r"py:.*", r"(array_like|array-like|optional|default|callable|ndarray|Tensor|Generator|Module)"),
+    (r"py:.*", r"(int|bool|float|str|tuple|list|dict|None|type|object|sequence)"),
+    (r"py:.*", r"(npt\..*|NDArray|Any)"),
+]
+
+# -- Autodoc / autosummary / numpydoc ----------------------------------------
+
+autosummary_generate = True
+autosummary_imported_members = True
+autodoc_default_options = {"members": True, "inherited-members": False, "show-inheritance": True}
+autodoc_typehints = "none"  # the numpydoc "Parameters" sections carry the types
+autodoc_inherit_docstrings = False  # never pull torch's own docstrings into our pages
+add_module_names = False
+
+numpydoc_show_class_members = False
+numpydoc_class_members_toctree = False
+numpydoc_xref_param_type = False
+numpydoc_attributes_as_param_list = True
+
+# -- Doctest ------------------------------------------------------------------
+
+doctest_global_setup = """
+import numpy as np
+import etaretrieval as er
+"""
+doctest_default_flags = _doctest.ELLIPSIS | _doctest.NORMALIZE_WHITESPACE | _doctest.DONT_ACCEPT_TRUE_FOR_1
+
+# -- Intersphinx (only when asked: there is no network offline or in CI) -----
+
+intersphinx_mapping: dict[str, tuple[str, str | None]] = {}
+if os.environ.get("ETARETRIEVAL_DOCS_ONLINE", "0") not in ("", "0"):
+    intersphinx_mapping = {
+        "python": ("https://docs.python.org/3", None),
+        "numpy": ("https://numpy.org/doc/stable", None),
+        "numba": ("https://numba.readthedocs.io/en/stable", None),
+        "torch": ("https://docs.pytorch.org/docs/stable", None),
+    }
+intersphinx_timeout = 10
+
+# -- HTML --------------------------------------------------------------------
+
+html_theme = "pydata_sphinx_theme"
+html_title = f"etaretrieval {release}"
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
+html_theme_options = {
+    "navbar_align": "left",
+    "show_toc_level": 2,
+    "navigation_with_keys": False,
+    "secondary_sidebar_items": ["page-toc", "sourcelink"],
+    "footer_start": ["copyright"],
+    "footer_end": ["sphinx-version", "theme-version"],
+}
+html_sidebars = {"index": [], "auto_examples/index": []}
+html_last_updated_fmt = None
+html_show_sourcelink = True
+
+# -- Sphinx-Gallery ------------------------------------------------------------
+# Only examples/plot_*.py run during the build (CPU, a few seconds each); the
+# others (GPU examples) are rendered without running. examples/quickstart.py and
+# examples/train_eta_ctr.py are stand-alone scripts run by `make demo` / by hand
+# and stay out of the gallery.
+
+sphinx_gallery_conf = {
+    "examples_dirs": os.path.join("..", "examples"),
+    "gallery_dirs": "auto_examples",
+    "filename_pattern": r"[\\/]plot_",
+    "ignore_pattern": r"(__init__\.py|[\\/](quickstart|train_eta_ctr)\.py)$",
+    "within_subsection_order": "FileNameSortKey",
+    "doc_module": ("etaretrieval",),
+    "backreferences_dir": os.path.join("generated", "backreferences"),
+    "exclude_implicit_doc": {r"etaretrieval\._.*"},
+    "log_level": {"backreference_missing": "debug"},
+    "abort_on_example_error": True,
+    "download_all_examples": False,
+    "remove_config_comments": True,
+    "write_computation_times": False,
+    "show_signature": False,
+    "min_reported_time": 1,
+    "reset_modules": ("matplotlib",),
+    "matplotlib_animations": False,
+}
+
+# Numba prints nothing on success; keep third-party deprecation chatter (e.g.
+# from torch on import) out of the example outputs.
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch(\..*)?")
+_ = etaretrieval  # imported above so that a broken install fails fast
