@@ -2,7 +2,10 @@
 
 Each check names the argument and states what was expected; it never copies
 nor modifies the caller's data (apart from tiny per-row vectors such as
-``lengths``).
+``lengths``). Device arrays (see :mod:`etaretrieval._device`) are checked from
+their ``__cuda_array_interface__`` (shape and dtype) without copying them to
+the host; their value checks (``lengths`` range, id range) run inside the CUDA
+kernels and raise the same errors, built by the ``*_error`` functions here.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from ._device import DeviceArray, describe
 from .config import MAX_BITS
 
 __all__ = [
     "DTypeError",
+    "as_array",
     "as_signatures",
     "check_k",
     "check_bits",
@@ -23,6 +28,9 @@ __all__ = [
     "validity",
     "as_ids",
     "as_padding",
+    "ids_error",
+    "lengths_error",
+    "nonfinite_error",
 ]
 
 MAX_WORDS = MAX_BITS // 64
@@ -41,9 +49,18 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def as_signatures(name: str, a: Any, ndims: tuple[int, ...], what: str) -> np.ndarray:
-    """Check a packed-signature array: uint64, ``ndim`` in ``ndims``, 1..16 words."""
-    arr = np.asarray(a)
+def as_array(a: Any) -> Any:
+    """``a`` as a NumPy array, or its :class:`~etaretrieval._device.DeviceArray` description (no copy)."""
+    d = describe(a)
+    return d if d is not None else np.asarray(a)
+
+
+def as_signatures(name: str, a: Any, ndims: tuple[int, ...], what: str) -> Any:
+    """Check a packed-signature array: uint64, ``ndim`` in ``ndims``, 1..16 words.
+
+    Returns the NumPy array, or the :class:`DeviceArray` of a device array.
+    """
+    arr = as_array(a)
     if arr.dtype != np.uint64:
         raise DTypeError(f"{name} must hold packed signatures of dtype uint64, got dtype {arr.dtype}")
     if arr.ndim not in ndims:
@@ -90,17 +107,41 @@ def check_dim(dim: Any) -> int:
     return dim
 
 
-def validity(lengths: Any, mask: Any, batch: int, length: int) -> tuple[np.ndarray, np.ndarray | None]:
+def lengths_error(length: int, row: int, value: int) -> ValueError:
+    """The error for ``lengths[row] = value`` outside ``0..length``."""
+    return ValueError(f"lengths must lie in 0..{length}, got lengths[{row}] = {value}")
+
+
+def ids_error(row: int, pos: int, value: Any, nrows: int, *, shared: bool = False) -> IndexError:
+    """The error for a valid position ``(row, pos)`` holding an id ``value`` outside ``[0, nrows)``.
+
+    For shared ``(L,)`` ids the message names ``ids[pos]`` (first met in batch row ``row``).
+    """
+    where = f"ids[{pos}] (shared, met in batch row {row})" if shared else f"ids[{row}, {pos}]"
+    return IndexError(f"{where} = {value} is outside the table's rows [0, {nrows})")
+
+
+def nonfinite_error(where: tuple[Any, ...]) -> ValueError:
+    """The error for a row (index tuple ``where`` over the leading axes of ``x``) holding a NaN or inf."""
+    row = f" in row {tuple(int(i) for i in where)}" if where else ""
+    return ValueError(f"x holds a non-finite value (NaN or inf){row}; pass check_finite=False to hash it anyway")
+
+
+def validity(lengths: Any, mask: Any, batch: int, length: int, *, device: bool = False) -> tuple[Any, Any]:
     """Normalise ``lengths`` / ``mask`` for a ``(batch, length)`` sequence.
 
     Returns ``(lengths, mask)``: ``lengths`` a fresh ``(batch,)`` int64 array
     (all ``length`` when not given) and ``mask`` a ``(batch, length)`` bool view
     (broadcast without copying when given as ``(length,)``) or ``None``.
+
+    With ``device=True`` (device arrays) only dtypes and shapes are checked
+    here and the :class:`DeviceArray` descriptions (or ``None``) are returned
+    as given; the kernels check the range of ``lengths``.
     """
     if lengths is not None and mask is not None:
         raise ValueError("pass either lengths or mask, not both")
     if mask is not None:
-        m = np.asarray(mask)
+        m = as_array(mask)
         if m.dtype != np.bool_:
             raise DTypeError(f"mask must have dtype bool, got dtype {m.dtype}")
         if m.shape not in ((batch, length), (length,)):
@@ -108,32 +149,42 @@ def validity(lengths: Any, mask: Any, batch: int, length: int) -> tuple[np.ndarr
                 f"mask must have shape {_shape((batch, length))} or {_shape((length,))}, "
                 f"got shape {_shape(m.shape)}"
             )
+        if device:
+            return None, m
         return np.full(batch, length, dtype=np.int64), np.broadcast_to(m, (batch, length))
     if lengths is None:
-        return np.full(batch, length, dtype=np.int64), None
-    n = np.asarray(lengths)
+        return (None if device else np.full(batch, length, dtype=np.int64)), None
+    n = as_array(lengths)
+    if isinstance(n, np.ndarray) and n.size == 0:  # lengths=[] for an empty batch (float64 to NumPy)
+        n = n.astype(np.int64)
     if not np.issubdtype(n.dtype, np.integer):
         raise DTypeError(f"lengths must have an integer dtype, got dtype {n.dtype}")
     if n.shape != (batch,):
         raise ValueError(f"lengths must have shape {_shape((batch,))}, got shape {_shape(n.shape)}")
+    if device:
+        return n, None
     if n.size:
         lo, hi = n.min(), n.max()
         if lo < 0 or hi > length:
             bad = int(np.flatnonzero((n < 0) | (n > length))[0])
-            raise ValueError(f"lengths must lie in 0..{length}, got lengths[{bad}] = {int(n[bad])}")
+            raise lengths_error(length, bad, int(n[bad]))
     return n.astype(np.int64), None
 
 
-def as_ids(ids: Any, batch: int) -> tuple[np.ndarray, bool]:
+def as_ids(ids: Any, batch: int) -> tuple[Any, bool]:
     """Check item ids: any integer dtype, ``(batch, L)`` or shared ``(L,)``.
 
     Returns the ``(batch, L)`` array (a zero-copy broadcast view for shared
-    ids) and whether the ids were shared.
+    ids) and whether the ids were shared. A device array's
+    :class:`DeviceArray` description is returned as given (shape ``(L,)``
+    when shared).
     """
-    arr = np.asarray(ids)
+    arr = as_array(ids)
     if not np.issubdtype(arr.dtype, np.integer):
         raise DTypeError(f"ids must have an integer dtype, got dtype {arr.dtype}")
     if arr.ndim == 1:
+        if isinstance(arr, DeviceArray):
+            return arr, True
         return np.broadcast_to(arr, (batch, arr.shape[0])), True
     if arr.ndim != 2 or arr.shape[0] != batch:
         raise ValueError(

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ._device import placement
 from ._validate import as_signatures
 from .cpu.hamming import hamming_gufunc
 
@@ -25,7 +26,9 @@ def hamming(a: Any, b: Any) -> npt.NDArray[np.int32]:
     Returns
     -------
     numpy.ndarray
-        int32 distances in ``0..64 W``, of the broadcast leading shape.
+        int32 distances in ``0..64 W``, of the broadcast leading shape. For
+        device arrays (``__cuda_array_interface__``), a device array of the
+        same library, computed on the GPU.
 
     Examples
     --------
@@ -35,14 +38,19 @@ def hamming(a: Any, b: Any) -> npt.NDArray[np.int32]:
     >>> er.hamming(a, b)
     array([2, 1], dtype=int32)
     """
+    device = placement(a=a, b=b)
     x = as_signatures("a", a, tuple(range(1, 33)), "(..., W)")
     y = as_signatures("b", b, tuple(range(1, 33)), "(..., W)")
     if x.shape[-1] != y.shape[-1]:
         raise ValueError(f"a and b must have the same number of words W, got {x.shape[-1]} and {y.shape[-1]}")
     try:
-        np.broadcast_shapes(x.shape[:-1], y.shape[:-1])
+        shape = np.broadcast_shapes(x.shape[:-1], y.shape[:-1])
     except ValueError:
         raise ValueError(
             f"the leading axes of a {x.shape[:-1]} and b {y.shape[:-1]} do not broadcast together"
         ) from None
+    if device:
+        from .cuda.hamming import hamming as device_hamming
+
+        return device_hamming(x, y, shape)  # type: ignore[no-any-return]
     return np.asarray(hamming_gufunc(x, y))

@@ -8,7 +8,8 @@ import numpy as np
 import numpy.typing as npt
 
 from . import config
-from ._validate import DTypeError, _shape, check_bits, check_dim
+from ._device import DeviceArray, describe, placement
+from ._validate import DTypeError, _shape, as_array, check_bits, check_dim, nonfinite_error
 from .cpu.pack import pack_projection
 
 __all__ = ["hyperplanes", "pack_signatures", "SimHasher"]
@@ -71,13 +72,15 @@ def hyperplanes(dim: int, bits: int, seed: int | np.random.Generator = 0) -> npt
     return z.astype(np.float32).reshape(dim, bits)
 
 
-def _check_planes(planes: Any) -> np.ndarray:
-    p = np.asarray(planes)
+def _check_planes(planes: Any) -> Any:
+    p = as_array(planes)
     if p.dtype not in _FLOATS:
         raise DTypeError(f"planes must have dtype float32 or float64, got dtype {p.dtype}")
     if p.ndim != 2 or p.shape[0] < 1:
         raise ValueError(f"planes must have shape (dim, bits), got shape {_shape(p.shape)}")
     check_bits(p.shape[1])
+    if not isinstance(p, DeviceArray) and not np.isfinite(p).all():
+        raise ValueError("planes must be finite, got a NaN or an infinity")
     return p
 
 
@@ -86,11 +89,7 @@ def _raise_nonfinite(x2: np.ndarray, rows: np.ndarray, offset: int, lead: tuple[
     finite = np.isfinite(x2[rows]).all(axis=1)
     if not finite.all():
         first = int(rows[np.argmin(finite)]) + offset
-        where = np.unravel_index(first, lead) if lead else ()
-        raise ValueError(
-            f"x holds a non-finite value (NaN or inf) in row {tuple(int(i) for i in where)}; "
-            "pass check_finite=False to hash it anyway"
-        )
+        raise nonfinite_error(np.unravel_index(first, lead) if lead else ())
 
 
 def pack_signatures(x: Any, planes: Any, *, check_finite: bool = True) -> npt.NDArray[np.uint64]:
@@ -116,7 +115,15 @@ def pack_signatures(x: Any, planes: Any, *, check_finite: bool = True) -> npt.ND
     Returns
     -------
     numpy.ndarray
-        ``(..., W)`` uint64 with ``W = ceil(bits / 64)``.
+        ``(..., W)`` uint64 with ``W = ceil(bits / 64)``. For device arrays
+        (``x`` and ``planes`` both with ``__cuda_array_interface__``), a device
+        array of ``x``'s library, packed on the GPU.
+
+    Notes
+    -----
+    On the GPU each projection is summed in order in the same precision; a
+    bit can differ from the CPU's (BLAS) only where its projection lies
+    within rounding of 0. Integer-valued inputs give identical signatures.
 
     Examples
     --------
@@ -125,13 +132,18 @@ def pack_signatures(x: Any, planes: Any, *, check_finite: bool = True) -> npt.ND
     >>> er.pack_signatures(np.array([[2.0], [-1.0], [0.0]]), planes).ravel()
     array([1, 2, 0], dtype=uint64)
     """
+    device = placement(x=x, planes=planes)
     p = _check_planes(planes)
     dim, bits = p.shape
-    a = np.asarray(x)
+    a = as_array(x)
     if a.dtype not in _FLOATS:
         raise DTypeError(f"x must have dtype float32 or float64, got dtype {a.dtype}")
     if a.ndim < 1 or a.shape[-1] != dim:
         raise ValueError(f"x must have shape (..., {dim}) to match planes {_shape(p.shape)}, got shape {_shape(a.shape)}")
+    if device:
+        from .cuda.pack import pack_signatures as device_pack
+
+        return device_pack(a, p, check_finite)  # type: ignore[no-any-return]
     lead = a.shape[:-1]
     words = (bits + 63) // 64
     out = np.empty((int(np.prod(lead, dtype=np.int64)), words), dtype=np.uint64)
@@ -150,7 +162,8 @@ def pack_signatures(x: Any, planes: Any, *, check_finite: bool = True) -> npt.ND
         stop = min(start + chunk, out.shape[0])
         n = stop - start
         block = x2[start:stop] if x2 is not None else a[np.unravel_index(np.arange(start, stop), lead)]
-        np.matmul(block, planes_c, out=proj[:n])
+        with np.errstate(invalid="ignore", over="ignore"):  # inf/nan rows are flagged by the pack kernel
+            np.matmul(block, planes_c, out=proj[:n])
         pack_projection(proj[:n], out[start : start + n], flags[:n])
         if check_finite and flags[:n].any():
             _raise_nonfinite(block, np.flatnonzero(flags[:n]), start, lead)
@@ -194,8 +207,26 @@ class SimHasher:
         self.words: int = (self.bits + 63) // 64
 
     def __call__(self, x: Any, *, check_finite: bool = True) -> npt.NDArray[np.uint64]:
-        """Signatures of ``x`` (``(..., dim)``) as ``(..., words)`` uint64; see :func:`pack_signatures`."""
-        return pack_signatures(x, self.planes, check_finite=check_finite)
+        """Signatures of ``x`` (``(..., dim)``) as ``(..., words)`` uint64; see :func:`pack_signatures`.
+
+        For a device array ``x`` the planes are copied to its device once and kept.
+        """
+        return pack_signatures(x, self.device_planes(x), check_finite=check_finite)
+
+    def device_planes(self, x: Any) -> Any:
+        """:attr:`planes` on the device of ``x`` (uploaded once, then cached), or as is for host ``x``."""
+        d = describe(x)
+        if d is None:
+            return self.planes
+        from .cuda.pack import planes_for
+
+        cache = self.__dict__.setdefault("_device_planes", {})
+        return planes_for(cache, self.planes, d)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_device_planes", None)  # device copies are not pickled; re-uploaded on use
+        return state
 
     def __repr__(self) -> str:
         return f"SimHasher(dim={self.dim}, bits={self.bits})"

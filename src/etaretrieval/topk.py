@@ -9,19 +9,14 @@ import numpy as np
 import numpy.typing as npt
 
 from . import config
-from ._validate import _shape, as_ids, as_padding, as_signatures, check_k, validity
+from ._device import placement
+from ._validate import _shape, as_ids, as_padding, as_signatures, check_k, ids_error, validity
 from .cpu.topk import topk_keys, topk_lookup
 
 __all__ = ["topk_hamming", "topk_hamming_lookup"]
 
 _NO_MASK = np.zeros((0, 0), dtype=np.bool_)
 
-_ORDER_DOC = """
-    Order: ascending distance; among equal distances the larger position (the
-    more recent behaviour) first. The order is total, so the result is unique.
-    Rows with fewer than ``k`` valid positions end in ``idx = -1``,
-    ``dist = -1``.
-"""
 
 
 def _outputs(batch: int, k: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -57,7 +52,17 @@ def topk_hamming(
         ``(B, k)`` int32 Hamming distances.
 
     Notes
-    -----""" + _ORDER_DOC + """
+    -----
+    Order: ascending distance; among equal distances the larger position (the
+    more recent behaviour) first. The order is total, so the result is unique.
+    Rows with fewer than ``k`` valid positions end in ``idx = -1``,
+    ``dist = -1``.
+
+    Device arrays (``__cuda_array_interface__``: CuPy, torch CUDA tensors,
+    numba device arrays) run on the GPU and give results of the same library
+    on the same device, identical to the CPU's; mixing host and device
+    arguments is a :class:`ValueError`.
+
     Examples
     --------
     >>> import numpy as np, etaretrieval as er
@@ -67,6 +72,7 @@ def topk_hamming(
     >>> idx, dist
     (array([[3, 2, 0]]), array([[0, 1, 1]], dtype=int32))
     """
+    device = placement(query=query, keys=keys, lengths=lengths, mask=mask)
     q = as_signatures("query", query, (2,), "(B, W)")
     kk = as_signatures("keys", keys, (2, 3), "(B, L, W) or (L, W)")
     k = check_k(k)
@@ -76,6 +82,11 @@ def topk_hamming(
     if kk.ndim == 3 and kk.shape[0] != batch:
         raise ValueError(f"keys must have shape ({batch}, L, {words}) or (L, {words}), got shape {_shape(kk.shape)}")
     length = kk.shape[-2]
+    if device:
+        from .cuda.topk import topk_hamming as device_topk
+
+        n, m = validity(lengths, mask, batch, length, device=True)
+        return device_topk(q, kk, k, n, m)  # type: ignore[no-any-return]
     kk = np.broadcast_to(kk, (batch, length, words))
     n, m = validity(lengths, mask, batch, length)
     idx, dist, ntasks = _outputs(batch, k)
@@ -127,7 +138,17 @@ def topk_hamming_lookup(
         first such ``(row, position)``. Invalid positions are never read.
 
     Notes
-    -----""" + _ORDER_DOC + """
+    -----
+    Order: ascending distance; among equal distances the larger position (the
+    more recent behaviour) first. The order is total, so the result is unique.
+    Rows with fewer than ``k`` valid positions end in ``idx = -1``,
+    ``dist = -1``.
+
+    Device arrays (``__cuda_array_interface__``: CuPy, torch CUDA tensors,
+    numba device arrays) run on the GPU and give results of the same library
+    on the same device, identical to the CPU's; mixing host and device
+    arguments is a :class:`ValueError`.
+
     Examples
     --------
     >>> import numpy as np, etaretrieval as er
@@ -137,14 +158,20 @@ def topk_hamming_lookup(
     >>> er.topk_hamming_lookup(query, ids, table, k=2, padding_id=0)
     (array([[4, 0]]), array([[0, 0]], dtype=int32))
     """
+    device = placement(query=query, ids=ids, table=table, lengths=lengths, mask=mask)
     q = as_signatures("query", query, (2,), "(B, W)")
     t = as_signatures("table", table, (2,), "(N, W)")
     k = check_k(k)
     batch, words = q.shape
     if t.shape[1] != words:
         raise ValueError(f"table must have W = {words} words like query, got shape {_shape(t.shape)}")
-    i, _ = as_ids(ids, batch)
+    i, shared = as_ids(ids, batch)
     pad = as_padding(padding_id, i.dtype)
+    if device:
+        from .cuda.topk import topk_hamming_lookup as device_lookup
+
+        n, m = validity(lengths, mask, batch, i.shape[-1], device=True)
+        return device_lookup(q, i, t, k, n, m, pad)  # type: ignore[no-any-return]
     n, m = validity(lengths, mask, batch, i.shape[1])
     idx, dist, ntasks = _outputs(batch, k)
     bad = np.full(batch, -1, dtype=np.int64)
@@ -154,7 +181,5 @@ def topk_hamming_lookup(
     if rows.size:
         row = int(rows[0])
         pos = int(bad[row])
-        raise IndexError(
-            f"ids[{row}, {pos}] = {i[row, pos]} is outside the table's rows [0, {t.shape[0]})"
-        )
+        raise ids_error(row, pos, i[row, pos], t.shape[0], shared=shared)
     return idx, dist

@@ -1,117 +1,400 @@
 """Counting-sort top-K by Hamming distance, plain and fused with an id lookup.
 
-Per row: one pass computes each valid position's distance into per-task
-uint16 scratch while building a histogram over ``0..64 W``; the histogram gives
-the threshold bucket; a second pass, from the newest position backwards, places
-each selected position at its bucket's next slot. The result is ordered by
-(distance ascending, position descending) in ``O(L + bits)`` per row, with no
-sort and no ``B x L`` matrix.
+Each row takes four steps, none of them a sort and none with a ``B x L``
+matrix:
+
+1. *distances*: every position's distance goes to a uint16 scratch slot
+   (``64 W + 1`` marks a position that is not valid). The loops have no
+   branch (an out-of-range id only raises a flag and reads row 0) and write
+   small stack buffers first, which the compiler knows alias nothing, so they
+   are vectorised (gathers + vector popcount, one pass per signature word):
+   this is the only step that touches the ids and the table, i.e. the memory
+   traffic of the floor.
+2. *bound*: a histogram of every :data:`SAMPLE_STRIDE`-th distance (of every
+   distance in rows shorter than :data:`SAMPLE_MIN_LENGTH`) gives a distance
+   ``v`` with, very likely, at least ``k`` positions at or below it.
+3. *candidates*: one scan, :data:`LANES` positions per vector compare
+   (whose mask bits are visited one per hit), collects every position at
+   distance ``<= v``. If there are fewer than ``k`` (an unlucky sample), the
+   scan is repeated with ``v = 64 W``.
+4. *selection*: a counting sort of the few candidates by distance gives the
+   threshold ``t``; from the newest candidate backwards, those below ``t``
+   and the newest of those at ``t`` go to their bucket's next output slot.
+
+The result is ordered by (distance ascending, position descending) in
+``O(L + bits)`` per row.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+import numpy.typing as npt
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 from .._bits import popcount
 from .._jit import jit
 
-__all__ = ["topk_keys", "topk_lookup", "INVALID"]
+__all__ = ["topk_keys", "topk_lookup", "CHUNK", "LANES", "SAMPLE_STRIDE", "SAMPLE_MIN_LENGTH", "WIDE"]
 
-#: Scratch value of a position that is not a candidate (above any distance).
-INVALID = 0xFFFF
+#: Positions per stack buffer of the distance step.
+CHUNK = 1024
+
+#: One distance in ``SAMPLE_STRIDE`` enters the histogram that bounds the threshold.
+SAMPLE_STRIDE = 8
+
+#: Rows shorter than this histogram every distance (the bound is then exact).
+SAMPLE_MIN_LENGTH = 4096
+
+#: Signatures of at least this many words are read along each row (contiguous
+#: vector loads) rather than one gather pass per word.
+WIDE = 8
+
+#: Positions per test of the candidate scan (one bit each in a uint64 mask).
+LANES = 64
+
+#: Start value of a position that is not valid: distances added to it stay
+#: above any distance, and clamp to ``64 W + 1`` at the end.
+_UNSET = np.uint16(0x8000)
+
+
+def _stack_buffer(dtype: type) -> npt.NDArray[np.generic]:
+    """:data:`CHUNK` elements of work space, on the caller's stack in compiled code.
+
+    Stack memory aliases no argument array, so a loop that gathers from the
+    table and stores here can be vectorised. Pure Python (``NUMBA_DISABLE_JIT=1``)
+    gets a heap array.
+    """
+    return np.empty(CHUNK, dtype=dtype)
+
+
+@intrinsic
+def _alloca_chunk(typingctx, dtype):  # type: ignore[no-untyped-def]
+    if not isinstance(dtype, types.NumberClass):
+        return None
+    element = dtype.instance_type
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return cgutils.alloca_once(builder, context.get_value_type(element), size=CHUNK)
+
+    return types.CPointer(element)(dtype), codegen
+
+
+@overload(_stack_buffer, inline="always")  # inlined, so the alloca lands in the caller's frame
+def _stack_buffer_jit(dtype):  # type: ignore[no-untyped-def]
+    return lambda dtype: numba.carray(_alloca_chunk(dtype), CHUNK)
+
+
+def _below_mask(scratch: npt.NDArray[np.uint16], start: int, v: int) -> np.uint64:
+    """Bit ``i`` set iff ``scratch[start + i] <= v``, for the :data:`LANES` slots from ``start``."""
+    bits = np.packbits(scratch[start : start + LANES] <= v, bitorder="little")
+    return np.uint64(int.from_bytes(bits.tobytes(), "little"))
+
+
+@intrinsic
+def _below_mask_vector(typingctx, scratch, start, v):  # type: ignore[no-untyped-def]
+    """One vector load and compare (two AVX-512 instructions, or their equivalent)."""
+    if not (isinstance(scratch, types.Array) and scratch.dtype == types.uint16 and scratch.layout == "C"):
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        data = context.make_array(signature.args[0])(context, builder, value=args[0]).data
+        lane = ir.IntType(16)
+        vector = ir.VectorType(lane, LANES)
+        values = builder.load(builder.bitcast(builder.gep(data, [args[1]]), vector.as_pointer()), align=2)
+        limit = builder.insert_element(
+            ir.Constant(vector, ir.Undefined), builder.trunc(args[2], lane), ir.Constant(ir.IntType(32), 0)
+        )
+        limit = builder.shuffle_vector(
+            limit, ir.Constant(vector, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), LANES), None)
+        )
+        return builder.bitcast(builder.icmp_unsigned("<=", values, limit), ir.IntType(LANES))
+
+    return types.uint64(scratch, types.int64, types.int64), codegen
+
+
+@overload(_below_mask, jit_options={"nogil": True})
+def _below_mask_jit(scratch, start, v):  # type: ignore[no-untyped-def]
+    if isinstance(scratch, types.Array) and scratch.dtype == types.uint16 and scratch.layout == "C":
+        return lambda scratch, start, v: _below_mask_vector(scratch, start, v)
+    return None
 
 
 @jit()
-def _emit(scratch, hist, end, nvalid, k, idx_row, dist_row):  # type: ignore[no-untyped-def]
-    """Write the top-``k`` of ``scratch[:end]`` (histogram ``hist``) in tie order."""
+def _lookup_pass(query, ids, table, b, end, mask, use_mask, pad, use_pad, scratch):  # type: ignore[no-untyped-def]
+    """Distances of row ``b`` of a lookup into ``scratch[:end]``.
+
+    Returns ``(out_of_range, nvalid)``: whether a valid position holds an id
+    outside the table, and the number of valid positions. Per chunk, one pass
+    checks the ids and does the first signature word, then one pass per
+    further word; indices are unsigned (no negative-index wraparound) and
+    flags combine bitwise (no branches), so that every pass vectorises,
+    whatever ``W``.
+    """
+    rows = _stack_buffer(np.uint64)
+    dist = _stack_buffer(np.uint16)
+    nrows = np.uint64(table.shape[0])
+    words = table.shape[1]
+    invalid = np.uint16(64 * words + 1)
+    zero = np.uint64(0)
+    one = np.uint64(1)
+    row = np.uint64(b)
+    first = query[row, zero]
+    out_of_range = zero
+    nvalid = 0
+    for lo in range(0, end, CHUNK):
+        start = np.uint64(lo)
+        n = min(CHUNK, end - lo)
+        for j in range(n):
+            pos = start + np.uint64(j)
+            raw = np.int64(ids[row, pos])
+            valid = one
+            if use_mask:
+                valid = np.uint64(mask[row, pos])
+            if use_pad:
+                valid &= np.uint64(raw != pad)
+            item = np.uint64(raw)
+            inside = np.uint64(item < nrows)
+            out_of_range |= valid & (inside ^ one)
+            item = item if valid & inside else zero  # row 0 stands in; its distance is discarded
+            rows[j] = item
+            dist[j] = np.uint16(popcount(first ^ table[item, zero])) | (np.uint16(0) if valid else _UNSET)
+            nvalid += np.int64(valid)
+        if words < WIDE:  # one gather pass per further word
+            for w in range(1, words):
+                word = query[row, np.uint64(w)]
+                for j in range(n):
+                    dist[j] += np.uint16(popcount(word ^ table[rows[j], np.uint64(w)]))
+        else:  # long rows of the table: contiguous vector loads along each row
+            for j in range(n):
+                item = rows[j]
+                d = 0
+                for w in range(1, words):
+                    d += popcount(query[row, np.uint64(w)] ^ table[item, np.uint64(w)])
+                dist[j] += np.uint16(d)
+        for j in range(n):
+            scratch[start + np.uint64(j)] = min(dist[j], invalid)
+    return out_of_range != 0, nvalid
+
+
+@jit()
+def _keys_pass(query, keys, b, end, mask, use_mask, scratch):  # type: ignore[no-untyped-def]
+    """Distances of row ``b`` of ``keys`` into ``scratch[:end]``; returns the number of valid positions."""
+    dist = _stack_buffer(np.uint16)
+    words = keys.shape[2]
+    invalid = np.uint16(64 * words + 1)
+    zero = np.uint64(0)
+    row = np.uint64(b)
+    first = query[row, zero]
+    nvalid = 0
+    for lo in range(0, end, CHUNK):
+        start = np.uint64(lo)
+        n = min(CHUNK, end - lo)
+        for j in range(n):
+            pos = start + np.uint64(j)
+            valid = True
+            if use_mask:
+                valid = mask[row, pos]
+            dist[j] = np.uint16(popcount(first ^ keys[row, pos, zero])) | (np.uint16(0) if valid else _UNSET)
+            nvalid += np.int64(valid)
+        if words < WIDE:  # one pass per further word
+            for w in range(1, words):
+                word = query[row, np.uint64(w)]
+                for j in range(n):
+                    dist[j] += np.uint16(popcount(word ^ keys[row, start + np.uint64(j), np.uint64(w)]))
+        else:  # long signatures: contiguous vector loads along each key
+            for j in range(n):
+                pos = start + np.uint64(j)
+                d = 0
+                for w in range(1, words):
+                    d += popcount(query[row, np.uint64(w)] ^ keys[row, pos, np.uint64(w)])
+                dist[j] += np.uint16(d)
+        for j in range(n):
+            scratch[start + np.uint64(j)] = min(dist[j], invalid)
+    return nvalid
+
+
+@jit()
+def _first_bad(ids, b, end, mask, use_mask, pad, use_pad, nrows):  # type: ignore[no-untyped-def]
+    """First valid position of row ``b`` whose id is outside ``[0, nrows)``, or ``-1``."""
+    for pos in range(end):
+        raw = np.int64(ids[b, pos])
+        if (not use_mask or mask[b, pos]) and (not use_pad or raw != pad) and not 0 <= raw < nrows:
+            return pos
+    return -1
+
+
+@jit()
+def _bound(scratch, end, nvalid, take, hist):  # type: ignore[no-untyped-def]
+    """A distance with, very likely, ``take`` valid positions at or below it (exact for short rows)."""
+    top = hist.shape[0] - 2  # 64 W, the largest distance
+    if take == nvalid:
+        return top
+    hist[:] = 0
+    if end < SAMPLE_MIN_LENGTH:
+        for pos in range(end):
+            hist[scratch[pos]] += 1
+        need = take
+    else:
+        for pos in range(0, end, SAMPLE_STRIDE):
+            hist[scratch[pos]] += 1
+        sampled = (end + SAMPLE_STRIDE - 1) // SAMPLE_STRIDE - hist[top + 1]
+        # 1.5 times the expected count in the sample, plus 3: about 2.5 k
+        # candidates, and a sample too low to give k about once in 300 rows.
+        need = (3 * take * sampled + 2 * nvalid - 1) // (2 * nvalid) + 3
+    acc = 0
+    for v in range(top + 1):
+        acc += hist[v]
+        if acc >= need:
+            return v
+    return top
+
+
+@jit()
+def _pop_lowest(bits, base, cand, n):  # type: ignore[no-untyped-def]
+    """Append ``base`` + the index of the lowest set bit of ``bits`` (if any) to ``cand[n]``, without a branch.
+
+    Returns ``(bits without that bit, new n)``; with ``bits == 0`` it writes
+    ``cand[n]`` (one spare slot) but does not count it.
+    """
+    one = np.uint64(1)
+    some = bits != 0
+    low = bits | np.uint64(not some)  # never 0, so that low - 1 cannot wrap
+    cand[n] = base + popcount(low ^ (low - one)) - 1
+    return bits & (bits - np.uint64(some)), n + some
+
+
+@jit()
+def _candidates(scratch, end, v, cand):  # type: ignore[no-untyped-def]
+    """Positions at distance ``<= v`` into ``cand``, oldest first; returns their number.
+
+    ``scratch`` holds a multiple of :data:`LANES` slots, those at and after
+    ``end`` not valid. Each block's first two hits are taken without a branch
+    (at about ``2.5 k`` candidates per row, most blocks hold 0, 1 or 2 and a
+    branch on their number would be mispredicted), further ones in a loop.
+    """
+    n = 0
+    for block in range((end + LANES - 1) // LANES):
+        below = _below_mask(scratch, block * LANES, v)
+        base = block * LANES
+        below, n = _pop_lowest(below, base, cand, n)
+        below, n = _pop_lowest(below, base, cand, n)
+        while below:
+            below, n = _pop_lowest(below, base, cand, n)
+    return n
+
+
+@jit()
+def _select(scratch, end, nvalid, k, work, idx_row, dist_row):  # type: ignore[no-untyped-def]
+    """Write the top-``k`` of ``scratch[:end]`` in (distance, -position) order, ``-1`` tails.
+
+    ``work`` is :func:`_workspace`'s ``(hist, cand, slot_pos, slot_dist)``.
+    """
+    hist, cand, slot_pos, slot_dist = work
     take = min(k, nvalid)
     if take > 0:
-        acc = 0
-        t = 0
-        while acc + hist[t] < take:
-            acc += hist[t]
-            t += 1
-        need_t = take - acc
+        top = hist.shape[0] - 2  # 64 W
+        v = _bound(scratch, end, nvalid, take, hist)
+        n = _candidates(scratch, end, v, cand)
+        if n < take:  # the sample under-estimated the bound
+            v = top
+            n = _candidates(scratch, end, v, cand)
+        hist[: v + 1] = 0
+        t = v  # becomes the smallest candidate distance
+        for i in range(n):
+            d = scratch[cand[i]]
+            hist[d] += 1
+            t = min(t, d)
+        # Bucket counts -> first output slot of each bucket, up to the threshold t,
+        # of which only the newest ``need_t`` candidates are taken.
         start = 0
-        for v in range(t + 1):  # bucket counts -> first output slot of each bucket
-            c = hist[v]
-            hist[v] = start
-            start += c
-        filled = 0
-        pos = end - 1
-        while filled < take:
+        while start + hist[t] < take:
+            count = hist[t]
+            hist[t] = start
+            start += count
+            t += 1
+        hist[t] = start
+        need_t = take - start
+        spare = v + 1  # a bucket whose slot, ``take``, receives the candidates not taken
+        hist[spare] = take
+        for i in range(n - 1, -1, -1):  # newest first, without branches (their outcome is data)
+            pos = cand[i]
             d = np.int64(scratch[pos])
-            if d < t or (d == t and need_t > 0):
-                if d == t:
-                    need_t -= 1
-                slot = hist[d]
-                hist[d] = slot + 1
-                idx_row[slot] = pos
-                dist_row[slot] = d
-                filled += 1
-            pos -= 1
+            at_t = d == t
+            taken = (d < t) | (at_t & (need_t > 0))
+            need_t -= np.int64(at_t & taken)
+            bucket = d if taken else spare
+            slot = hist[bucket]
+            hist[bucket] = slot + np.int64(taken)
+            slot_pos[slot] = pos
+            slot_dist[slot] = d
+        idx_row[:take] = slot_pos[:take]
+        dist_row[:take] = slot_dist[:take]
     for p in range(take, k):
         idx_row[p] = -1
         dist_row[p] = -1
+
+
+@jit()
+def _workspace(length, words, k):  # type: ignore[no-untyped-def]
+    """Per-task scratch (a multiple of :data:`LANES` slots) and :func:`_select`'s buffers."""
+    padded = (length + LANES - 1) // LANES * LANES
+    work = (
+        np.empty(64 * words + 2, dtype=np.int64),  # histogram
+        np.empty(padded + 1, dtype=np.int32),  # candidate positions, and a spare slot
+        np.empty(k + 1, dtype=np.int64),  # output positions, and a spare slot
+        np.empty(k + 1, dtype=np.int32),  # output distances
+    )
+    return np.empty(padded, dtype=np.uint16), work
 
 
 @jit(parallel=True)
 def topk_keys(query, keys, k, lengths, mask, use_mask, ntasks, idx, dist):  # type: ignore[no-untyped-def]
     """Top-``k`` of ``keys[b]`` (``(B, L, W)``, may be a broadcast view) for each ``query[b]``."""
     batch, length, words = keys.shape
+    invalid = 64 * words + 1
     for task in numba.prange(ntasks):
-        scratch = np.empty(length, dtype=np.uint16)
-        hist = np.empty(64 * words + 1, dtype=np.int64)
+        scratch, work = _workspace(length, words, k)
         for b in range(task * batch // ntasks, (task + 1) * batch // ntasks):
-            hist[:] = 0
             end = lengths[b]
-            nvalid = 0
-            for pos in range(end):
-                if use_mask and not mask[b, pos]:
-                    scratch[pos] = INVALID
-                    continue
-                d = 0
-                for w in range(words):
-                    d += popcount(query[b, w] ^ keys[b, pos, w])
-                scratch[pos] = d
-                hist[d] += 1
-                nvalid += 1
-            _emit(scratch, hist, end, nvalid, k, idx[b], dist[b])
+            if use_mask:
+                nvalid = _keys_pass(query, keys, b, end, mask, True, scratch)
+            else:  # the common case, compiled apart with the test removed (literal flag)
+                nvalid = _keys_pass(query, keys, b, end, mask, False, scratch)
+            scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
+            _select(scratch, end, nvalid, k, work, idx[b], dist[b])
 
 
 @jit(parallel=True)
-def topk_lookup(query, ids, table, k, lengths, mask, use_mask, pad, use_pad, ntasks, idx, dist, bad):  # type: ignore[no-untyped-def]
+def topk_lookup(  # type: ignore[no-untyped-def]
+    query, ids, table, k, lengths, mask, use_mask, pad, use_pad, ntasks, idx, dist, bad
+):
     """Fused ids -> table rows -> Hamming -> top-``k``.
 
-    ``bad[b]`` receives the first position of row ``b`` holding an id outside
-    ``[0, N)``, or stays ``-1``; such a row gets no result.
+    ``bad[b]`` receives the first valid position of row ``b`` holding an id
+    outside ``[0, N)``, or stays ``-1``; such a row gets no result. Positions
+    that are not valid never index the table.
     """
     batch, length = ids.shape
     nrows, words = table.shape
+    invalid = 64 * words + 1
     for task in numba.prange(ntasks):
-        scratch = np.empty(length, dtype=np.uint16)
-        hist = np.empty(64 * words + 1, dtype=np.int64)
+        scratch, work = _workspace(length, words, k)
         for b in range(task * batch // ntasks, (task + 1) * batch // ntasks):
-            hist[:] = 0
             end = lengths[b]
-            nvalid = 0
-            for pos in range(end):
-                if use_mask and not mask[b, pos]:
-                    scratch[pos] = INVALID
+            if nrows == 0:  # no row 0 to read in place of a bad id
+                out_of_range, nvalid = True, 0
+            elif use_mask or use_pad:
+                out_of_range, nvalid = _lookup_pass(query, ids, table, b, end, mask, use_mask, pad, use_pad, scratch)
+            else:  # the common case, compiled apart with the tests removed (literal flags)
+                out_of_range, nvalid = _lookup_pass(query, ids, table, b, end, mask, False, pad, False, scratch)
+            if out_of_range:
+                bad[b] = _first_bad(ids, b, end, mask, use_mask, pad, use_pad, nrows)
+                if bad[b] >= 0:
                     continue
-                item = np.int64(ids[b, pos])
-                if use_pad and item == pad:
-                    scratch[pos] = INVALID
-                    continue
-                if item < 0 or item >= nrows:
-                    bad[b] = pos
-                    break
-                d = 0
-                for w in range(words):
-                    d += popcount(query[b, w] ^ table[item, w])
-                scratch[pos] = d
-                hist[d] += 1
-                nvalid += 1
-            if bad[b] < 0:
-                _emit(scratch, hist, end, nvalid, k, idx[b], dist[b])
+                scratch[:end] = invalid  # empty table and no valid position: an empty result
+            scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
+            _select(scratch, end, nvalid, k, work, idx[b], dist[b])

@@ -1,0 +1,251 @@
+"""SimHash packing on the GPU: projection, sign bits and uint64 words in one kernel.
+
+A block is ``64 x PACK_ROWS_PER_BLOCK`` threads: thread ``(j, r)`` computes
+the dot product of row ``r`` with hyperplane ``word * 64 + j`` (accumulating in
+the result type of ``x`` and ``planes``, like the CPU) and ORs its sign bit
+into the row's word in shared memory.
+
+The signatures equal the CPU's bit for bit wherever no projection lies within
+rounding of 0: the GPU adds the ``dim`` products in order (possibly with fused
+multiply-adds), the CPU through BLAS in its own order. Integer-valued inputs
+(exact projections) always agree, and exactly-zero projections always give 0.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from .._device import DeviceArray, describe
+from .._validate import nonfinite_error
+from . import _backend, _layout, config
+
+__all__ = ["pack_signatures", "pack_signatures_into", "planes_for", "refresh_rows", "refresh_all"]
+
+#: ``numba.cuda`` once a kernel is built (a module global: the simulator swaps it while kernels run).
+cuda: Any = None
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(rows_per_block: int) -> tuple[Any, Any, Any, Any]:
+    global cuda
+    cuda = _backend.cuda()
+    from numba import uint64
+
+    rb = rows_per_block
+
+    @cuda.jit(device=True)
+    def unravel(r, shape):  # type: ignore[no-untyped-def]
+        s0, s1, s2, s3 = shape
+        i3 = r % s3
+        r = r // s3
+        i2 = r % s2
+        r = r // s2
+        return r // s1, r % s1, i2, i3
+
+    @cuda.jit
+    def pack_kernel(x, planes, out, zero):  # type: ignore[no-untyped-def]
+        """``out[.., w]``: bits ``64 w ..`` of ``x[..] @ planes > 0``; 4 leading axes."""
+        words = cuda.shared.array(rb, uint64)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        word = cuda.blockIdx.y
+        if tx == 0:
+            words[ty] = uint64(0)
+        cuda.syncthreads()
+        s0, s1, s2, s3 = out.shape[0], out.shape[1], out.shape[2], out.shape[3]
+        r = cuda.blockIdx.x * rb + ty
+        active = r < s0 * s1 * s2 * s3
+        i0, i1, i2, i3 = unravel(r if active else 0, (s0, s1, s2, s3))
+        j = word * 64 + tx
+        if active and j < planes.shape[1]:
+            acc = zero
+            for i in range(planes.shape[0]):
+                acc += x[i0, i1, i2, i3, i] * planes[i, j]
+            if acc > 0:
+                cuda.atomic.or_(words, ty, uint64(1) << uint64(tx))
+        cuda.syncthreads()
+        if active and tx == 0:
+            out[i0, i1, i2, i3, word] = words[ty]
+
+    @cuda.jit
+    def nonfinite_kernel(x, row0, err):  # type: ignore[no-untyped-def]
+        """``err[0] = min(err[0], row0 + r)`` for each row ``r`` of ``x`` holding a NaN or inf."""
+        s0, s1, s2, s3 = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+        r = cuda.grid(1)
+        if r < s0 * s1 * s2 * s3:
+            i0, i1, i2, i3 = unravel(r, (s0, s1, s2, s3))
+            for i in range(x.shape[4]):
+                v = x[i0, i1, i2, i3, i]
+                if v - v != 0:  # NaN or +-inf
+                    cuda.atomic.min(err, 0, row0 + r)
+                    break
+
+    @cuda.jit
+    def pack_rows_kernel(x, planes, rows, out, zero):  # type: ignore[no-untyped-def]
+        """``out[rows[r], w]`` from ``x[rows[r]]`` (rows already checked to lie in range)."""
+        words = cuda.shared.array(rb, uint64)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        word = cuda.blockIdx.y
+        if tx == 0:
+            words[ty] = uint64(0)
+        cuda.syncthreads()
+        r = cuda.blockIdx.x * rb + ty
+        active = r < rows.shape[0]
+        row = rows[r] if active else 0
+        j = word * 64 + tx
+        if active and j < planes.shape[1]:
+            acc = zero
+            for i in range(planes.shape[0]):
+                acc += x[row, i] * planes[i, j]
+            if acc > 0:
+                cuda.atomic.or_(words, ty, uint64(1) << uint64(tx))
+        cuda.syncthreads()
+        if active and tx == 0:
+            out[row, word] = words[ty]
+
+    @cuda.jit
+    def nonfinite_rows_kernel(x, rows, err):  # type: ignore[no-untyped-def]
+        r = cuda.grid(1)
+        if r < rows.shape[0]:
+            row = rows[r]
+            for i in range(x.shape[1]):
+                v = x[row, i]
+                if v - v != 0:
+                    cuda.atomic.min(err, 0, r)
+                    break
+
+    return pack_kernel, nonfinite_kernel, pack_rows_kernel, nonfinite_rows_kernel
+
+
+def _zero(x: Any, planes: Any) -> Any:
+    return np.result_type(x.dtype, planes.dtype).type(0)
+
+
+def _words(planes: Any) -> int:
+    return (planes.shape[1] + 63) // 64
+
+
+def _launch(x: Any, planes: Any, out: Any, check_finite: bool, stream: Any, like: DeviceArray | None) -> int:
+    """Pack ``x`` (``(..., dim)``) into ``out`` (``(..., W)``); returns the first non-finite flat row or -1."""
+    lead = tuple(x.shape[:-1])
+    rows = int(np.prod(lead, dtype=np.int64))
+    if rows == 0:
+        return -1
+    pack_kernel, nonfinite_kernel, _, _ = _kernels(config.PACK_ROWS_PER_BLOCK)
+    rb = config.PACK_ROWS_PER_BLOCK
+    arrays = [
+        (x, tuple(x.strides[:-1]), (tuple(x.shape)[-1],), (x.strides[-1],)),
+        (out, tuple(out.strides[:-1]), (tuple(out.shape)[-1],), (out.strides[-1],)),
+    ]
+    zero = _zero(x, planes)
+    err = _backend.error_cells(like, rows, rows, stream) if check_finite else None
+    for row0, (xv, ov) in _layout.tiles(lead, arrays):
+        count = int(np.prod(xv.shape[:-1], dtype=np.int64))
+        pack_kernel[((count + rb - 1) // rb, _words(planes)), (64, rb), stream](xv, planes, ov, zero)
+        if check_finite:
+            threads = config.HAMMING_THREADS
+            nonfinite_kernel[(count + threads - 1) // threads, threads, stream](xv, np.int64(row0), err)
+    if not check_finite:
+        return -1
+    first = int(_backend.read_cells(err, stream)[0])
+    return first if first < rows else -1
+
+
+def pack_signatures_into(x: Any, planes: Any, out: Any, *, check_finite: bool = True, stream: Any = None) -> None:
+    """Raw launcher: SimHash signatures of device ``x`` (``(..., dim)``) into ``out`` (``(..., W)``).
+
+    ``planes`` is a ``(dim, bits)`` float device array, ``out`` uint64 (or int64,
+    the same bits). No validation besides the non-finite check, which reads
+    the error back to the host (a stream synchronisation) and raises
+    :class:`ValueError` like the CPU; ``out`` is written either way.
+    """
+    like = describe(out)
+    with _backend.device_scope(like):
+        stream = _backend.launch_stream(like, stream)
+        xs = _backend.as_numba(x)
+        first = _launch(xs, _backend.as_numba(planes), _backend.as_numba(out, np.uint64), check_finite, stream, like)
+    if first >= 0:
+        lead = tuple(xs.shape[:-1])
+        raise nonfinite_error(np.unravel_index(first, lead) if lead else ())
+
+
+def pack_signatures(x: DeviceArray, planes: DeviceArray, check_finite: bool) -> Any:
+    """Device path of :func:`etaretrieval.pack_signatures` (inputs validated)."""
+    lead = tuple(x.shape[:-1])
+    with _backend.device_scope(x):
+        stream = _backend.launch_stream(x)
+        user, out = _backend.empty(x, lead + (_words(planes),), np.uint64, stream)
+        first = _launch(_backend.as_numba(x), _backend.as_numba(planes), out, check_finite, stream, x)
+    if first >= 0:
+        raise nonfinite_error(np.unravel_index(first, lead) if lead else ())
+    return user
+
+
+def planes_for(cache: dict[Any, Any], planes: np.ndarray, x: DeviceArray) -> Any:
+    """``planes`` uploaded to the device of ``x`` once and kept in ``cache`` (a :class:`SimHasher`'s)."""
+    if _backend.simulator():
+        key: Any = 0
+    elif x.family == "torch":
+        key = x.obj.device.index
+    elif x.family == "cupy":
+        key = x.obj.device.id
+    else:
+        key = _backend.cuda().get_current_device().id
+    dev = cache.get(key)
+    if dev is None:
+        with _backend.device_scope(x):
+            dev = _backend.cuda().to_device(np.ascontiguousarray(planes))
+            _backend.cuda().synchronize()  # the copy precedes work on any stream of the caller's library
+        cache[key] = dev
+    return dev
+
+
+def refresh_all(weight: DeviceArray, planes: Any, signatures: Any) -> None:
+    """Rehash every row of a device table in place; raises before writing if a row is non-finite."""
+    with _backend.device_scope(weight):
+        stream = _backend.launch_stream(weight)
+        x = _backend.as_numba(weight)
+        p = _backend.as_numba(planes)
+        rows = x.shape[0]
+        if rows == 0:
+            return
+        _, nonfinite_kernel, _, _ = _kernels(config.PACK_ROWS_PER_BLOCK)
+        x5 = _backend.view(x, (1, 1, 1) + tuple(x.shape), (0, 0, 0) + tuple(x.strides))
+        err = _backend.error_cells(weight, rows, rows, stream)
+        threads = config.HAMMING_THREADS
+        nonfinite_kernel[(rows + threads - 1) // threads, threads, stream](x5, np.int64(0), err)
+        first = int(_backend.read_cells(err, stream)[0])
+        if first < rows:
+            raise nonfinite_error((first,))
+        _launch(x, p, _backend.as_numba(signatures, np.uint64), False, stream, weight)
+
+
+def refresh_rows(weight: DeviceArray, planes: Any, rows: np.ndarray, signatures: Any) -> None:
+    """Rehash the (unique, in-range, host) ``rows`` of a device table in place.
+
+    Raises :class:`ValueError` naming position ``i`` of ``rows`` (as the CPU's
+    ``hasher(weight[rows])`` does) before writing anything if a row is non-finite.
+    """
+    n = int(rows.shape[0])
+    if n == 0:
+        return
+    with _backend.device_scope(weight):
+        stream = _backend.launch_stream(weight)
+        x = _backend.as_numba(weight)
+        p = _backend.as_numba(planes)
+        out = _backend.as_numba(signatures, np.uint64)
+        _, r = _backend.empty(weight, (n,), np.int64, stream)
+        r.copy_to_device(np.ascontiguousarray(rows, dtype=np.int64), stream=stream)
+        _, _, pack_rows_kernel, nonfinite_rows_kernel = _kernels(config.PACK_ROWS_PER_BLOCK)
+        err = _backend.error_cells(weight, n, n, stream)
+        threads = config.HAMMING_THREADS
+        nonfinite_rows_kernel[(n + threads - 1) // threads, threads, stream](x, r, err)
+        first = int(_backend.read_cells(err, stream)[0])
+        if first < n:
+            raise nonfinite_error((first,))
+        rb = config.PACK_ROWS_PER_BLOCK
+        pack_rows_kernel[((n + rb - 1) // rb, _words(p)), (64, rb), stream](x, p, r, out, _zero(x, p))

@@ -1,0 +1,457 @@
+"""Counting-sort top-K by Hamming distance on the GPU, plain and fused with an id lookup.
+
+One block per row, the same algorithm as the CPU kernel (:mod:`etaretrieval.cpu.topk`),
+so the result is identical bit for bit, ties included:
+
+1. Every thread takes positions ``tid, tid + T, ...`` of the valid prefix,
+   computes their distance (``cuda.popc`` on uint64 words) into a per-row
+   uint16 scratch (dynamic shared memory, or global memory for long rows) and
+   counts it into a shared histogram over ``0..64 W``.
+2. A block scan of the histogram gives each bucket's first output slot and the
+   threshold bucket ``t``: ``acc`` positions lie strictly below it and the
+   first ``need = take - acc`` of bucket ``t`` (newest first) complete the row.
+3. Ordered emission, from the newest position backwards in tiles of
+   ``T x ITEMS`` positions. A block scan over the tile counts positions below
+   the threshold (``lt``) and at it (``eq``) before each thread's items. An
+   ``eq`` position's slot is simply ``acc + (eq positions seen before it)``.
+   ``lt`` positions are compacted into a shared list in position order; each
+   one's rank among the earlier list entries of its bucket, plus the bucket's
+   running offset, is its slot; then the offsets advance by the tile's counts.
+   The loop stops as soon as all ``acc`` and ``need`` positions are placed.
+
+The result is ordered by (distance ascending, position descending), with
+``-1`` tails when a row has fewer than ``k`` valid positions.
+
+Bad input is reported through two int64 "error cells" lowered with
+``atomic.min``: cell 0 the first row whose ``lengths`` entry lies outside
+``0..L``, cell 1 ``row * L + position`` of the first valid position holding an
+id outside ``[0, N)`` (the same row and position the CPU reports).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from .._device import DeviceArray, describe
+from .._validate import ids_error, lengths_error
+from . import _backend, config
+
+__all__ = ["topk_hamming", "topk_hamming_lookup", "topk_hamming_into", "topk_hamming_lookup_into", "raise_errors"]
+
+#: ``numba.cuda`` once a kernel is built (a module global: the simulator swaps it while kernels run).
+cuda: Any = None
+
+#: Scratch value of a position that is not a candidate (above any distance).
+INVALID = 0xFFFF
+MAX_WORDS = 16
+NBUCKETS = 64 * MAX_WORDS + 1
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(threads: int, items: int) -> tuple[Any, Any]:
+    if threads < 1 or threads > 1024 or threads & (threads - 1):
+        raise ValueError(f"TOPK_THREADS must be a power of two in 1..1024, got {threads}")
+    if items < 1 or threads * items > 32767:
+        raise ValueError(f"TOPK_THREADS * TOPK_ITEMS must lie in 1..32767, got {threads} * {items}")
+    global cuda
+    cuda = _backend.cuda()
+    from numba import int16, int32, int64, uint16, uint64
+
+    T = threads
+    R = items
+    TILE = threads * items
+    NB = NBUCKETS
+    MW = MAX_WORDS
+    INV = INVALID
+
+    @cuda.jit(device=True)
+    def scan_inclusive(scan, tid):  # type: ignore[no-untyped-def]
+        """In-place inclusive prefix sum of ``scan[0:T]`` (all threads call it)."""
+        off = 1
+        while off < T:
+            v = int32(0)
+            if tid >= off:
+                v = scan[tid - off]
+            cuda.syncthreads()
+            scan[tid] += v
+            cuda.syncthreads()
+            off *= 2
+
+    @cuda.jit(device=True)
+    def load(sdist, gdist, use_global, b, p):  # type: ignore[no-untyped-def]
+        if use_global:
+            return int32(gdist[b, p])
+        return int32(sdist[p])
+
+    @cuda.jit(device=True)
+    def store(sdist, gdist, use_global, b, p, d):  # type: ignore[no-untyped-def]
+        if use_global:
+            gdist[b, p] = uint16(d)
+        else:
+            sdist[p] = uint16(d)
+
+    @cuda.jit(device=True)
+    def select(b, tid, end, nb, k, hist, scan, listd, listp, info, sdist, gdist, use_global, idx, dist):  # type: ignore[no-untyped-def]
+        """Steps 2 and 3 for row ``b``: hist holds the counts, info[0] the number of valid positions."""
+        take = min(k, info[0])
+        if take > 0:
+            # bucket counts -> first output slot of each bucket; the threshold bucket t
+            chunk = (nb + T - 1) // T
+            lo = min(tid * chunk, nb)
+            hi = min(lo + chunk, nb)
+            mine = int32(0)
+            for v in range(lo, hi):
+                mine += hist[v]
+            scan[tid] = mine
+            cuda.syncthreads()
+            scan_inclusive(scan, tid)
+            run = int64(scan[tid] - mine)
+            for v in range(lo, hi):
+                h = hist[v]
+                if run < take and take <= run + h:
+                    info[1] = v
+                    info[2] = run
+                hist[v] = run
+                run += h
+            cuda.syncthreads()
+            t = info[1]
+            acc = info[2]
+            need = take - acc
+            lt_seen = int64(0)
+            eq_seen = int64(0)
+            top = end  # this tile covers positions [top - TILE, top), newest first
+            while top > 0 and (lt_seen < acc or eq_seen < need):
+                base = top - 1 - tid * R
+                nlt = int32(0)
+                neq = int32(0)
+                for r in range(R):
+                    p = base - r
+                    if p >= 0:
+                        d = load(sdist, gdist, use_global, b, p)
+                        if d < t:
+                            nlt += 1
+                        elif d == t:
+                            neq += 1
+                mine = nlt * 65536 + neq
+                scan[tid] = mine
+                cuda.syncthreads()
+                scan_inclusive(scan, tid)
+                before = scan[tid] - mine
+                total = scan[T - 1]
+                lt_pos = before // 65536
+                eq_pos = eq_seen + before % 65536
+                for r in range(R):
+                    p = base - r
+                    if p >= 0:
+                        d = load(sdist, gdist, use_global, b, p)
+                        if d < t:
+                            listd[lt_pos] = int16(d)
+                            listp[lt_pos] = int16(tid * R + r)
+                            lt_pos += 1
+                        elif d == t:
+                            if eq_pos < need:
+                                idx[b, acc + eq_pos] = p
+                                dist[b, acc + eq_pos] = d
+                            eq_pos += 1
+                cuda.syncthreads()
+                tile_lt = total // 65536
+                for e in range(tid, tile_lt, T):
+                    d = int32(listd[e])
+                    rank = int32(0)
+                    for j in range(e):
+                        if listd[j] == d:
+                            rank += 1
+                    slot = hist[d] + rank
+                    idx[b, slot] = top - 1 - int64(listp[e])
+                    dist[b, slot] = d
+                cuda.syncthreads()
+                for e in range(tid, tile_lt, T):
+                    cuda.atomic.add(hist, int32(listd[e]), 1)
+                cuda.syncthreads()
+                lt_seen += tile_lt
+                eq_seen += total % 65536
+                top -= TILE
+        for s in range(take + tid, k, T):
+            idx[b, s] = -1
+            dist[b, s] = -1
+
+    @cuda.jit
+    def topk_keys_kernel(query, keys, lengths, use_len, mask, use_mask, k, idx, dist, gdist, use_global, err):  # type: ignore[no-untyped-def]
+        """Top-``k`` of ``keys[b]`` (``(B or 1, L, W)``) for ``query[b]``; one block per row."""
+        hist = cuda.shared.array(NB, int32)
+        scan = cuda.shared.array(T, int32)
+        listd = cuda.shared.array(TILE, int16)
+        listp = cuda.shared.array(TILE, int16)
+        qs = cuda.shared.array(MW, uint64)
+        info = cuda.shared.array(4, int64)
+        sdist = cuda.shared.array(0, uint16)
+        b = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        length = keys.shape[1]
+        words = keys.shape[2]
+        nb = 64 * words + 1
+        end = int64(length)
+        if use_len:
+            end = int64(lengths[b])
+            if end < 0 or end > length:
+                if tid == 0:
+                    cuda.atomic.min(err, 0, int64(b))
+                return
+        kb = b if keys.shape[0] > 1 else 0
+        mb = b if mask.shape[0] > 1 else 0
+        for v in range(tid, nb, T):
+            hist[v] = 0
+        for w in range(tid, words, T):
+            qs[w] = query[b, w]
+        if tid == 0:
+            info[0] = 0
+        cuda.syncthreads()
+        count = int64(0)
+        if k > 0:
+            for pos in range(tid, end, T):
+                d = INV
+                if not use_mask or mask[mb, pos]:
+                    d = 0
+                    for w in range(words):
+                        d += int32(cuda.popc(qs[w] ^ keys[kb, pos, w]))
+                    cuda.atomic.add(hist, d, 1)
+                    count += 1
+                store(sdist, gdist, use_global, b, pos, d)
+        cuda.atomic.add(info, 0, count)
+        cuda.syncthreads()
+        select(b, tid, end, nb, k, hist, scan, listd, listp, info, sdist, gdist, use_global, idx, dist)
+
+    @cuda.jit
+    def topk_lookup_kernel(query, ids, table, lengths, use_len, mask, use_mask, pad, use_pad, k, idx, dist, gdist, use_global, err):  # type: ignore[no-untyped-def]
+        """Fused ids -> table rows -> Hamming -> top-``k``; a row with a bad id gets no result."""
+        hist = cuda.shared.array(NB, int32)
+        scan = cuda.shared.array(T, int32)
+        listd = cuda.shared.array(TILE, int16)
+        listp = cuda.shared.array(TILE, int16)
+        qs = cuda.shared.array(MW, uint64)
+        info = cuda.shared.array(4, int64)
+        sdist = cuda.shared.array(0, uint16)
+        b = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        length = ids.shape[1]
+        nrows = table.shape[0]
+        words = table.shape[1]
+        nb = 64 * words + 1
+        end = int64(length)
+        if use_len:
+            end = int64(lengths[b])
+            if end < 0 or end > length:
+                if tid == 0:
+                    cuda.atomic.min(err, 0, int64(b))
+                return
+        ib = b if ids.shape[0] > 1 else 0
+        mb = b if mask.shape[0] > 1 else 0
+        for v in range(tid, nb, T):
+            hist[v] = 0
+        for w in range(tid, words, T):
+            qs[w] = query[b, w]
+        if tid == 0:
+            info[0] = 0
+            info[3] = 0
+        cuda.syncthreads()
+        count = int64(0)
+        for pos in range(tid, end, T):
+            d = INV
+            if not use_mask or mask[mb, pos]:
+                item = int64(ids[ib, pos])
+                if not (use_pad and item == pad):
+                    if item < 0 or item >= nrows:
+                        cuda.atomic.min(err, 1, int64(b) * length + pos)
+                        info[3] = 1
+                    else:
+                        d = 0
+                        for w in range(words):
+                            d += int32(cuda.popc(qs[w] ^ table[item, w]))
+                        cuda.atomic.add(hist, d, 1)
+                        count += 1
+            store(sdist, gdist, use_global, b, pos, d)
+        cuda.atomic.add(info, 0, count)
+        cuda.syncthreads()
+        if info[3] != 0:
+            return
+        select(b, tid, end, nb, k, hist, scan, listd, listp, info, sdist, gdist, use_global, idx, dist)
+
+    return topk_keys_kernel, topk_lookup_kernel
+
+
+def _expand0(arr: Any) -> Any:
+    """``arr`` with a leading axis of length 1 (shared keys / ids / mask)."""
+    return _backend.view(arr, (1,) + tuple(arr.shape), (0,) + tuple(arr.strides))
+
+
+def _scratch(like: DeviceArray | None, batch: int, length: int, stream: Any) -> tuple[Any, bool, int]:
+    """(global scratch, use it, dynamic shared bytes) for rows of ``length`` positions."""
+    if 2 * length <= config.TOPK_SHARED_SCRATCH_BYTES:
+        return _backend.placeholder(like, (1, 1), np.uint16, stream), False, 2 * length
+    return _backend.empty(like, (batch, length), np.uint16, stream)[1], True, 0
+
+
+def _validity(like: DeviceArray | None, lengths: Any, mask: Any, stream: Any) -> tuple[Any, bool, Any, bool]:
+    if lengths is not None:
+        n, use_len = _backend.as_numba(lengths), True
+    else:
+        n, use_len = _backend.placeholder(like, (1,), np.int64, stream), False
+    if mask is not None:
+        m, use_mask = _backend.as_numba(mask), True
+        if m.ndim == 1:
+            m = _expand0(m)
+    else:
+        m, use_mask = _backend.placeholder(like, (1, 1), np.bool_, stream), False
+    return n, use_len, m, use_mask
+
+
+def raise_errors(cells: np.ndarray, batch: int, length: int, nrows: int, lengths: Any = None, ids: Any = None) -> None:
+    """Raise the CPU's error for host copies of the error cells, if they report one."""
+    first_row, first_item = int(cells[0]), int(cells[1])
+    if first_row < batch:
+        value = _backend.element(_backend.as_numba(lengths), (first_row,))
+        raise lengths_error(length, first_row, int(value))
+    if first_item < batch * length:
+        row, pos = divmod(first_item, length)
+        i = _backend.as_numba(ids)
+        value = _backend.element(i, (pos,) if i.ndim == 1 else (row, pos))
+        raise ids_error(row, pos, value, nrows, shared=i.ndim == 1)
+
+
+def topk_hamming_into(
+    query: Any,
+    keys: Any,
+    k: int,
+    idx: Any,
+    dist: Any,
+    *,
+    lengths: Any = None,
+    mask: Any = None,
+    stream: Any = None,
+    check: bool = True,
+) -> Any:
+    """Raw launcher of :func:`etaretrieval.topk_hamming` on device arrays, into ``idx`` / ``dist``.
+
+    For the PyTorch plugin: no validation (shapes and dtypes are the caller's
+    business). ``query`` ``(B, W)`` and ``keys`` ``(B, L, W)`` / ``(L, W)`` are
+    uint64 or int64 (same bits); ``lengths`` ``(B,)`` any integer dtype;
+    ``mask`` ``(B, L)`` / ``(L,)`` bool; ``idx`` ``(B, k)`` int64 and ``dist``
+    ``(B, k)`` int32 outputs. Any ``__cuda_array_interface__`` objects (torch
+    CUDA tensors) are viewed without copying. Runs on ``stream`` (numba stream
+    or raw ``cudaStream_t`` int), by default the current stream of ``idx``'s
+    library (torch's current stream for tensors).
+
+    With ``check=True`` a bad ``lengths`` entry raises the CPU's
+    :class:`ValueError` (this reads two int64 back: one stream sync) and
+    ``None`` is returned. With ``check=False`` nothing is read back and the
+    ``(2,)`` int64 error cells are returned (cell 0 is ``B`` unless a lengths
+    entry is bad); see :func:`raise_errors`.
+    """
+    like = describe(idx)
+    with _backend.device_scope(like):
+        stream = _backend.launch_stream(like, stream)
+        q = _backend.as_numba(query, np.uint64)
+        kk = _backend.as_numba(keys, np.uint64)
+        if kk.ndim == 2:
+            kk = _expand0(kk)
+        batch = q.shape[0]
+        length = kk.shape[1]
+        cells = _backend.error_cells(like, batch, batch * length, stream)
+        if batch > 0:
+            n, use_len, m, use_mask = _validity(like, lengths, mask, stream)
+            gdist, use_global, shared_bytes = _scratch(like, batch, length, stream)
+            keys_kernel, _ = _kernels(config.TOPK_THREADS, config.TOPK_ITEMS)
+            keys_kernel[batch, config.TOPK_THREADS, stream, shared_bytes](
+                q, kk, n, use_len, m, use_mask, np.int64(k),
+                _backend.as_numba(idx), _backend.as_numba(dist), gdist, use_global, cells,
+            )
+        if not check:
+            return cells
+        raise_errors(_backend.read_cells(cells, stream), batch, length, 0, lengths=lengths)
+    return None
+
+
+def topk_hamming_lookup_into(
+    query: Any,
+    ids: Any,
+    table: Any,
+    k: int,
+    idx: Any,
+    dist: Any,
+    *,
+    lengths: Any = None,
+    mask: Any = None,
+    padding_id: int | None = None,
+    stream: Any = None,
+    check: bool = True,
+) -> Any:
+    """Raw launcher of :func:`etaretrieval.topk_hamming_lookup` on device arrays.
+
+    As :func:`topk_hamming_into`, with ``ids`` ``(B, L)`` / ``(L,)`` of any
+    integer dtype, ``table`` ``(N, W)`` uint64/int64 and ``padding_id`` the
+    int64 bit pattern of the padding id (see ``_validate.as_padding``) or
+    ``None``. With ``check=True`` a valid position holding an id outside
+    ``[0, N)`` raises the CPU's :class:`IndexError` (naming the first row and
+    position) and a bad ``lengths`` entry its :class:`ValueError`; with
+    ``check=False`` the error cells are returned (cell 1 is ``B * L`` unless
+    an id is bad, else ``row * L + position``).
+    """
+    like = describe(idx)
+    with _backend.device_scope(like):
+        stream = _backend.launch_stream(like, stream)
+        q = _backend.as_numba(query, np.uint64)
+        t = _backend.as_numba(table, np.uint64)
+        i = _backend.as_numba(ids)
+        if i.ndim == 1:
+            i = _expand0(i)
+        batch = q.shape[0]
+        length = i.shape[1]
+        cells = _backend.error_cells(like, batch, batch * length, stream)
+        if batch > 0:
+            n, use_len, m, use_mask = _validity(like, lengths, mask, stream)
+            gdist, use_global, shared_bytes = _scratch(like, batch, length, stream)
+            _, lookup_kernel = _kernels(config.TOPK_THREADS, config.TOPK_ITEMS)
+            pad = 0 if padding_id is None else padding_id
+            lookup_kernel[batch, config.TOPK_THREADS, stream, shared_bytes](
+                q, i, t, n, use_len, m, use_mask, np.int64(pad), padding_id is not None, np.int64(k),
+                _backend.as_numba(idx), _backend.as_numba(dist), gdist, use_global, cells,
+            )
+        if not check:
+            return cells
+        raise_errors(_backend.read_cells(cells, stream), batch, length, t.shape[0], lengths=lengths, ids=ids)
+    return None
+
+
+def topk_hamming(query: DeviceArray, keys: DeviceArray, k: int, lengths: DeviceArray | None, mask: DeviceArray | None) -> tuple[Any, Any]:
+    """Device path of :func:`etaretrieval.topk_hamming` (inputs validated)."""
+    batch = query.shape[0]
+    with _backend.device_scope(query):
+        stream = _backend.launch_stream(query)
+        idx_user, _ = _backend.empty(query, (batch, k), np.int64, stream)
+        dist_user, _ = _backend.empty(query, (batch, k), np.int32, stream)
+        topk_hamming_into(query, keys, k, idx_user, dist_user, lengths=lengths, mask=mask, stream=stream)
+    return idx_user, dist_user
+
+
+def topk_hamming_lookup(
+    query: DeviceArray,
+    ids: DeviceArray,
+    table: DeviceArray,
+    k: int,
+    lengths: DeviceArray | None,
+    mask: DeviceArray | None,
+    pad: int | None,
+) -> tuple[Any, Any]:
+    """Device path of :func:`etaretrieval.topk_hamming_lookup` (inputs validated, ``pad`` as int64 bits)."""
+    batch = query.shape[0]
+    with _backend.device_scope(query):
+        stream = _backend.launch_stream(query)
+        idx_user, _ = _backend.empty(query, (batch, k), np.int64, stream)
+        dist_user, _ = _backend.empty(query, (batch, k), np.int32, stream)
+        topk_hamming_lookup_into(
+            query, ids, table, k, idx_user, dist_user, lengths=lengths, mask=mask, padding_id=pad, stream=stream
+        )
+    return idx_user, dist_user
