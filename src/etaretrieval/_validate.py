@@ -42,6 +42,15 @@ class DTypeError(TypeError, ValueError):
     Subclasses both :class:`TypeError` (the conventional exception for a wrong
     type) and :class:`ValueError` (what the API contract promises for bad
     signatures), so either ``except`` clause catches it.
+
+    Examples
+    --------
+    >>> import numpy as np, etaretrieval as er
+    >>> try:
+    ...     er.hamming(np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.uint64))
+    ... except ValueError as err:  # or TypeError
+    ...     print(type(err).__name__, err)
+    DTypeError a must hold packed signatures of dtype uint64, got dtype int64
     """
 
 

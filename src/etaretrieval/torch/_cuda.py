@@ -1,0 +1,100 @@
+"""CUDA kernels of the ``torch.ops.etaretrieval`` operators.
+
+Each kernel validates with the same ``check_*`` function as the CPU kernel,
+allocates its outputs with torch on the inputs' device and launches the
+numba-cuda kernels of :mod:`etaretrieval.cuda` on torch's current stream
+(``torch.cuda.current_stream().cuda_stream``), reading the tensors through
+``__cuda_array_interface__`` without copies. Registering needs neither a GPU
+nor numba-cuda: ``etaretrieval.cuda`` only imports ``numba.cuda`` on first
+launch.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .._validate import as_padding
+from . import _ops
+
+__all__ = ["register"]
+
+
+def _stream(t: torch.Tensor) -> int:
+    return int(torch.cuda.current_stream(t.device).cuda_stream)
+
+
+def _bits(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``t`` detached (``__cuda_array_interface__`` refuses tensors that require grad)."""
+    return None if t is None else t.detach()
+
+
+def _pack_cuda(x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True) -> torch.Tensor:
+    from .. import cuda
+
+    out = torch.empty(_ops.check_pack(x, planes), dtype=torch.int64, device=x.device)
+    if out.numel():
+        with torch.cuda.device(x.device):
+            cuda.pack_signatures_into(
+                x.detach(), planes.detach(), out, check_finite=check_finite, stream=_stream(out)
+            )
+    return out
+
+
+def _outputs(query: torch.Tensor, batch: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.empty((batch, k), dtype=torch.int64, device=query.device)
+    return idx, torch.empty((batch, k), dtype=torch.int32, device=query.device)
+
+
+def _topk_cuda(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    k: int,
+    lengths: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from .. import cuda
+
+    idx, dist = _outputs(query, _ops.check_topk(query, keys, k, lengths, mask), k)
+    with torch.cuda.device(query.device):
+        cuda.topk_hamming_into(
+            query.detach(), keys.detach(), k, idx, dist,
+            lengths=_bits(lengths), mask=_bits(mask), stream=_stream(idx),
+        )
+    return idx, dist
+
+
+def _lookup_cuda(
+    query: torch.Tensor,
+    ids: torch.Tensor,
+    table: torch.Tensor,
+    k: int,
+    lengths: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+    padding_id: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from .. import cuda
+
+    idx, dist = _outputs(query, _ops.check_lookup(query, ids, table, k, lengths, mask), k)
+    pad = as_padding(padding_id, np.dtype(str(ids.dtype).removeprefix("torch.")))
+    with torch.cuda.device(query.device):
+        cuda.topk_hamming_lookup_into(
+            query.detach(), ids.detach(), table.detach(), k, idx, dist,
+            lengths=_bits(lengths), mask=_bits(mask), padding_id=pad, stream=_stream(idx),
+        )
+    return idx, dist
+
+
+_KERNELS = {
+    "pack_signatures": _pack_cuda,
+    "topk_hamming": _topk_cuda,
+    "topk_hamming_lookup": _lookup_cuda,
+}
+
+
+def register() -> None:
+    """Register the CUDA kernels of the three operators (registering again replaces them)."""
+    for name, fn in _KERNELS.items():
+        torch.library.register_kernel(f"etaretrieval::{name}", "cuda", fn)

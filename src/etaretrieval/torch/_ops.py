@@ -1,0 +1,352 @@
+"""The ``torch.ops.etaretrieval`` custom operators.
+
+Each op is a :func:`torch.library.custom_op` (opaque to ``torch.compile``,
+``mutates_args=()``) with a fake kernel that checks shapes, dtypes and devices
+and allocates the outputs. The default kernel runs the Numba CPU kernels on
+zero-copy numpy views of the tensors (any strides; int64 signature tensors are
+reinterpreted as uint64, never converted) and raises a clear error on other
+devices. The CUDA kernels (:mod:`._cuda`) are added with
+``torch.library.register_kernel("etaretrieval::<op>", "cuda", fn)`` and call
+the same ``check_*`` functions first, so every device rejects the same inputs
+with the same messages.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .. import simhash, topk
+from .._validate import MAX_WORDS, DTypeError, _shape
+
+__all__ = [
+    "pack_signatures",
+    "topk_hamming",
+    "topk_hamming_lookup",
+    "check_pack",
+    "check_topk",
+    "check_lookup",
+    "is_integer",
+]
+
+_FLOATS = (torch.float32, torch.float64)
+
+
+def _on(name: str, t: torch.Tensor, device: torch.device | None) -> torch.Tensor:
+    """``t``, checked to be on ``device`` (the dispatcher has already checked it is a tensor)."""
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} must be on the device of the other inputs ({device}), got {name} on {t.device}")
+    return t
+
+
+def is_integer(dtype: torch.dtype) -> bool:
+    """Whether ``dtype`` is an integer dtype (bool is not)."""
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+
+
+def _signatures(
+    name: str, t: torch.Tensor, ndims: tuple[int, ...], what: str, device: torch.device | None
+) -> torch.Tensor:
+    s = _on(name, t, device)
+    if s.dtype != torch.int64:
+        raise DTypeError(
+            f"{name} must hold packed signatures as dtype torch.int64 (uint64 bit patterns), got {s.dtype}"
+        )
+    if s.dim() not in ndims:
+        raise ValueError(f"{name} must have shape {what}, got shape {_shape(tuple(s.shape))}")
+    if not 1 <= s.shape[-1] <= MAX_WORDS:
+        raise ValueError(
+            f"{name} must have 1..{MAX_WORDS} signature words in its last axis, got shape {_shape(tuple(s.shape))}"
+        )
+    return s
+
+
+def _check_k(k: int) -> None:
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+
+
+def _check_validity(
+    lengths: Optional[torch.Tensor], mask: Optional[torch.Tensor], batch: int, length: int, device: torch.device
+) -> None:
+    if lengths is not None and mask is not None:
+        raise ValueError("pass either lengths or mask, not both")
+    if lengths is not None:
+        _on("lengths", lengths, device)
+        if not is_integer(lengths.dtype):
+            raise DTypeError(f"lengths must have an integer dtype, got {lengths.dtype}")
+        if tuple(lengths.shape) != (batch,):
+            raise ValueError(f"lengths must have shape {_shape((batch,))}, got shape {_shape(tuple(lengths.shape))}")
+    if mask is not None:
+        _on("mask", mask, device)
+        if mask.dtype != torch.bool:
+            raise DTypeError(f"mask must have dtype torch.bool, got {mask.dtype}")
+        if tuple(mask.shape) not in ((batch, length), (length,)):
+            raise ValueError(
+                f"mask must have shape {_shape((batch, length))} or {_shape((length,))}, "
+                f"got shape {_shape(tuple(mask.shape))}"
+            )
+
+
+def check_pack(x: torch.Tensor, planes: torch.Tensor) -> tuple[int, ...]:
+    """Check the inputs of ``pack_signatures``; return the output shape ``(..., W)``."""
+    p = planes
+    _on("x", x, p.device)
+    if p.dtype not in _FLOATS or x.dtype not in _FLOATS:
+        name, bad = ("planes", p) if p.dtype not in _FLOATS else ("x", x)
+        raise DTypeError(f"{name} must have dtype torch.float32 or torch.float64, got {bad.dtype}")
+    if p.dim() != 2 or p.shape[0] < 1 or not 1 <= p.shape[1] <= 64 * MAX_WORDS:
+        raise ValueError(
+            f"planes must have shape (dim, bits) with 1 <= bits <= {64 * MAX_WORDS}, got shape {_shape(tuple(p.shape))}"
+        )
+    if x.dim() < 1 or x.shape[-1] != p.shape[0]:
+        raise ValueError(
+            f"x must have shape (..., {p.shape[0]}) to match planes {_shape(tuple(p.shape))}, "
+            f"got shape {_shape(tuple(x.shape))}"
+        )
+    return (*x.shape[:-1], (p.shape[1] + 63) // 64)
+
+
+def check_topk(
+    query: torch.Tensor, keys: torch.Tensor, k: int, lengths: Optional[torch.Tensor], mask: Optional[torch.Tensor]
+) -> int:
+    """Check the inputs of ``topk_hamming``; return the batch size ``B``."""
+    q = _signatures("query", query, (2,), "(B, W)", None)
+    kk = _signatures("keys", keys, (2, 3), "(B, L, W) or (L, W)", q.device)
+    batch, words = q.shape
+    if kk.shape[-1] != words:
+        raise ValueError(f"keys must have W = {words} words like query, got shape {_shape(tuple(kk.shape))}")
+    if kk.dim() == 3 and kk.shape[0] != batch:
+        raise ValueError(
+            f"keys must have shape ({batch}, L, {words}) or (L, {words}), got shape {_shape(tuple(kk.shape))}"
+        )
+    _check_k(k)
+    _check_validity(lengths, mask, batch, kk.shape[-2], q.device)
+    return batch
+
+
+def check_lookup(
+    query: torch.Tensor,
+    ids: torch.Tensor,
+    table: torch.Tensor,
+    k: int,
+    lengths: Optional[torch.Tensor],
+    mask: Optional[torch.Tensor],
+) -> int:
+    """Check the inputs of ``topk_hamming_lookup``; return the batch size ``B``."""
+    q = _signatures("query", query, (2,), "(B, W)", None)
+    t = _signatures("table", table, (2,), "(N, W)", q.device)
+    i = _on("ids", ids, q.device)
+    batch, words = q.shape
+    if t.shape[1] != words:
+        raise ValueError(f"table must have W = {words} words like query, got shape {_shape(tuple(t.shape))}")
+    if not is_integer(i.dtype):
+        raise DTypeError(f"ids must have an integer dtype, got {i.dtype}")
+    if i.dim() not in (1, 2) or (i.dim() == 2 and i.shape[0] != batch):
+        raise ValueError(
+            f"ids must have shape (B, L) with B = {batch} (the rows of query) or (L,), "
+            f"got shape {_shape(tuple(i.shape))}"
+        )
+    _check_k(k)
+    _check_validity(lengths, mask, batch, i.shape[-1], q.device)
+    return batch
+
+
+def _numpy(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+    """A zero-copy numpy view of a CPU tensor (any strides), or None."""
+    return None if t is None else t.detach().numpy()
+
+
+def _uint64(t: torch.Tensor) -> np.ndarray:
+    """The uint64 bit patterns of an int64 signature tensor, without a copy."""
+    return t.detach().numpy().view(np.uint64)
+
+
+def _require_cpu(op: str, t: torch.Tensor) -> None:
+    if t.device.type != "cpu":
+        raise ValueError(
+            f"etaretrieval::{op} has no kernel for device {t.device}: move the inputs to the CPU, "
+            "or import the backend that registers one for this device"
+        )
+
+
+def _results(idx: np.ndarray, dist: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(idx), torch.from_numpy(dist)
+
+
+def _define(name: str, fake: Callable[..., object]) -> Callable[[Callable[..., object]], Callable[..., object]]:
+    """Register ``fn`` as ``etaretrieval::<name>`` with its fake kernel, once per process.
+
+    Importing this module again (``importlib.reload``, a second import path)
+    finds the op already in the dispatcher and returns it instead of failing.
+    """
+
+    def register(fn: Callable[..., object]) -> Callable[..., object]:
+        if hasattr(torch.ops.etaretrieval, name):
+            existing: Callable[..., object] = getattr(torch.ops.etaretrieval, name)
+            return existing
+        op = torch.library.custom_op(f"etaretrieval::{name}", fn, mutates_args=())
+        op.register_fake(fake)
+        op.__doc__ = fn.__doc__
+        return op
+
+    return register
+
+
+def _pack_fake(x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True) -> torch.Tensor:
+    return x.new_empty(check_pack(x, planes), dtype=torch.int64)
+
+
+@_define("pack_signatures", _pack_fake)
+def pack_signatures(x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True) -> torch.Tensor:
+    """SimHash signatures of ``x`` as int64 tensors (see :func:`etaretrieval.pack_signatures`).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(..., dim)`` float32/float64 embeddings; any strides, not copied.
+    planes : torch.Tensor
+        ``(dim, bits)`` float32/float64 hyperplanes.
+    check_finite : bool, default True
+        Raise :class:`ValueError` naming the first row holding a NaN or an infinity.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., W)`` int64 holding the uint64 signature words.
+
+    Examples
+    --------
+    >>> import torch, etaretrieval.torch
+    >>> planes = torch.tensor([[1.0, -1.0, 0.0]])  # dim 1, 3 bits
+    >>> torch.ops.etaretrieval.pack_signatures(torch.tensor([[2.0], [-1.0], [0.0]]), planes).ravel()
+    tensor([1, 2, 0])
+    """
+    check_pack(x, planes)
+    _require_cpu("pack_signatures", x)
+    sig = simhash.pack_signatures(_numpy(x), _numpy(planes), check_finite=check_finite)
+    return torch.from_numpy(sig.view(np.int64))
+
+
+def _topk_fake(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    k: int,
+    lengths: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = check_topk(query, keys, k, lengths, mask)
+    return query.new_empty((batch, k)), query.new_empty((batch, k), dtype=torch.int32)
+
+
+@_define("topk_hamming", _topk_fake)
+def topk_hamming(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    k: int,
+    lengths: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` keys nearest to each query (see :func:`etaretrieval.topk_hamming`).
+
+    Parameters
+    ----------
+    query : torch.Tensor
+        ``(B, W)`` int64 signatures.
+    keys : torch.Tensor
+        ``(B, L, W)`` int64 signatures, or ``(L, W)`` shared by every row.
+    k : int
+        Positions to return per row, ``>= 0``.
+    lengths : torch.Tensor, optional
+        ``(B,)`` integers in ``0..L``: only the prefix of each row is valid.
+    mask : torch.Tensor, optional
+        ``(B, L)`` or ``(L,)`` bool valid positions. Not together with ``lengths``.
+
+    Returns
+    -------
+    idx : torch.Tensor
+        ``(B, k)`` int64 positions, ordered by (distance ascending, position
+        descending); ``-1`` past the valid positions of a row.
+    dist : torch.Tensor
+        ``(B, k)`` int32 Hamming distances; ``-1`` where ``idx`` is.
+
+    Examples
+    --------
+    >>> import torch, etaretrieval.torch
+    >>> keys = torch.tensor([[0b0001], [0b0111], [0b0010], [0b0000]])
+    >>> torch.ops.etaretrieval.topk_hamming(torch.tensor([[0]]), keys, 3)
+    (tensor([[3, 2, 0]]), tensor([[0, 1, 1]], dtype=torch.int32))
+    """
+    check_topk(query, keys, k, lengths, mask)
+    _require_cpu("topk_hamming", query)
+    return _results(*topk.topk_hamming(_uint64(query), _uint64(keys), k, lengths=_numpy(lengths), mask=_numpy(mask)))
+
+
+def _lookup_fake(
+    query: torch.Tensor,
+    ids: torch.Tensor,
+    table: torch.Tensor,
+    k: int,
+    lengths: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+    padding_id: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = check_lookup(query, ids, table, k, lengths, mask)
+    return query.new_empty((batch, k)), query.new_empty((batch, k), dtype=torch.int32)
+
+
+@_define("topk_hamming_lookup", _lookup_fake)
+def topk_hamming_lookup(
+    query: torch.Tensor,
+    ids: torch.Tensor,
+    table: torch.Tensor,
+    k: int,
+    lengths: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+    padding_id: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused ids -> signature table -> top-``k`` (see :func:`etaretrieval.topk_hamming_lookup`).
+
+    Parameters
+    ----------
+    query : torch.Tensor
+        ``(B, W)`` int64 signatures.
+    ids : torch.Tensor
+        ``(B, L)`` or shared ``(L,)`` item ids of any integer dtype.
+    table : torch.Tensor
+        ``(N, W)`` int64 signature table (e.g. :attr:`SignatureCache.signatures`).
+    k : int
+        Positions to return per row, ``>= 0``.
+    lengths, mask : torch.Tensor, optional
+        Valid positions, as in ``topk_hamming``.
+    padding_id : int, optional
+        Positions holding this id are not valid.
+
+    Returns
+    -------
+    idx, dist : torch.Tensor
+        As in ``topk_hamming``.
+
+    Raises
+    ------
+    IndexError
+        A valid position holds an id outside ``[0, N)``.
+
+    Examples
+    --------
+    >>> import torch, etaretrieval.torch
+    >>> table = torch.tensor([[0b00], [0b01], [0b11]])
+    >>> ids = torch.tensor([[2, 0, 1, 0, 2]])
+    >>> torch.ops.etaretrieval.topk_hamming_lookup(torch.tensor([[0b11]]), ids, table, 2, padding_id=0)
+    (tensor([[4, 0]]), tensor([[0, 0]], dtype=torch.int32))
+    """
+    check_lookup(query, ids, table, k, lengths, mask)
+    _require_cpu("topk_hamming_lookup", query)
+    return _results(
+        *topk.topk_hamming_lookup(
+            _uint64(query), _numpy(ids), _uint64(table), k,
+            lengths=_numpy(lengths), mask=_numpy(mask), padding_id=padding_id,
+        )
+    )

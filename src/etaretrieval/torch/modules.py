@@ -1,0 +1,524 @@
+"""ETA building blocks: retrieval, a signature cache, target attention."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Optional, Union
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from .._validate import DTypeError, _shape, check_k
+from ..simhash import SimHasher, hyperplanes
+from . import _ops
+
+__all__ = ["Retrieved", "ETARetriever", "SignatureCache", "TargetAttention", "ETAAttention"]
+
+
+def _floats(name: str, t: object, ndim: int, what: str, device: Optional[torch.device] = None) -> torch.Tensor:
+    """Check a float tensor argument of a module: type, dtype, rank, device."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.dtype.is_floating_point:
+        raise DTypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have shape {what}, got shape {_shape(tuple(t.shape))}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} must be on the device of target ({device}), got {t.device}")
+    return t
+
+
+def _bool_mask(mask: object, shape: tuple[int, ...], device: torch.device) -> None:
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise DTypeError(f"mask must have dtype torch.bool, got {mask.dtype}")
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"mask must have shape {_shape(shape)}, got shape {_shape(tuple(mask.shape))}")
+    if mask.device != device:
+        raise ValueError(f"mask must be on the device of target ({device}), got {mask.device}")
+
+
+class Retrieved(NamedTuple):
+    """What :class:`ETARetriever` returns for ``B`` targets and ``k`` slots.
+
+    Attributes
+    ----------
+    values : torch.Tensor
+        ``(B, k, d)`` the retrieved embeddings, nearest first; zeros in empty slots.
+    index : torch.Tensor
+        ``(B, k)`` int64 positions in the sequence; ``-1`` in empty slots.
+    mask : torch.Tensor
+        ``(B, k)`` bool, true where a slot holds an item.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch import ETARetriever
+    >>> retriever = ETARetriever(dim=8, bits=64, k=3)
+    >>> values, index, mask = retriever(torch.randn(2, 8), torch.randn(2, 2, 8))
+    >>> values.shape, index[:, 2].tolist(), mask[:, 2].tolist()  # only 2 behaviours: slot 2 is empty
+    (torch.Size([2, 3, 8]), [-1, -1], [False, False])
+    """
+
+    values: torch.Tensor
+    index: torch.Tensor
+    mask: torch.Tensor
+
+
+class ETARetriever(nn.Module):
+    """ETA's retrieval step: SimHash both sides, keep the ``k`` nearest behaviours.
+
+    Four ways to give the sequence (``target`` is always ``(B, d)`` embeddings):
+
+    * ``forward(target, seq, mask)``: hash the ``(B, L, d)`` embeddings ``seq``
+      on every call, so the signatures follow the embeddings as they train
+      (ETA's end-to-end property);
+    * ``forward(target, seq, mask, seq_ids=ids)``: the same, hashing each
+      distinct id of the batch once (``seq`` must be the embeddings of ``ids``);
+      pays off when ``d * bits`` is large. ``torch.unique`` gives this path a
+      data-dependent shape, so ``torch.compile(fullgraph=True)`` needs
+      ``torch._dynamo.config.capture_dynamic_output_shape_ops = True``;
+    * ``forward(target, mask=mask, seq_ids=ids, items=table)``: ``seq[b, l]`` is
+      ``table[ids[b, l]]`` for an ``(N, d)`` table of current embeddings; every
+      row of ``table`` is hashed and the values are read for the ``k``
+      retrieved ids only, so no ``B x L x d`` tensor is ever built (training
+      when ``N`` is not far above ``B * L``);
+    * ``forward(target, mask=mask, seq_ids=ids, cache=cache)``: look the
+      signatures up in a :class:`SignatureCache` (serving); the values are read
+      from ``cache.embedding`` for the retrieved ids (or from ``seq`` if given).
+
+    Parameters
+    ----------
+    dim : int
+        Embedding dimension ``d``.
+    bits : int
+        Signature length, ``1..1024``.
+    k : int
+        Behaviours kept per target, ``>= 0``.
+    seed : int, default 0
+        Seed of :func:`etaretrieval.hyperplanes`.
+
+    Attributes
+    ----------
+    planes : torch.Tensor
+        ``(dim, bits)`` float32 buffer (fixed, saved in the ``state_dict``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch import ETARetriever
+    >>> _ = torch.manual_seed(0)
+    >>> retriever = ETARetriever(dim=16, bits=64, k=4)
+    >>> seq = torch.randn(2, 50, 16, requires_grad=True)
+    >>> out = retriever(seq[:, 7], seq)
+    >>> out.values.shape, out.index[:, 0].tolist(), out.values.requires_grad
+    (torch.Size([2, 4, 16]), [7, 7], True)
+    """
+
+    planes: torch.Tensor
+
+    def __init__(self, dim: int, bits: int, k: int, seed: int = 0) -> None:
+        super().__init__()
+        self.k = check_k(k)
+        self.register_buffer("planes", torch.from_numpy(hyperplanes(dim, bits, seed)))
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return self.planes.shape[0]
+
+    @property
+    def bits(self) -> int:
+        """Signature length in bits."""
+        return self.planes.shape[1]
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, bits={self.bits}, k={self.k}"
+
+    def forward(
+        self,
+        target: torch.Tensor,
+        seq: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+        *,
+        seq_ids: Optional[torch.Tensor] = None,
+        items: Optional[torch.Tensor] = None,
+        cache: Optional[SignatureCache] = None,
+    ) -> Retrieved:
+        """Retrieve the ``k`` behaviours nearest to each target.
+
+        Parameters
+        ----------
+        target : torch.Tensor
+            ``(B, d)`` float32/float64 target embeddings.
+        seq : torch.Tensor, optional
+            ``(B, L, d)`` behaviour embeddings, oldest to newest. Required
+            unless ``items`` or ``cache`` is given.
+        mask : torch.Tensor, optional
+            ``(B, L)`` bool, true at valid (non-padding) positions.
+        seq_ids : torch.Tensor, optional
+            ``(B, L)`` integer item ids of the behaviours; needed by ``items``
+            and ``cache``.
+        items : torch.Tensor, optional
+            ``(N, d)`` float32/float64 embeddings of every id (instead of ``seq``).
+        cache : SignatureCache, optional
+            Signatures of every id, built with the same planes.
+
+        Returns
+        -------
+        Retrieved
+            ``(values, index, mask)``; ``values`` is differentiable w.r.t.
+            ``seq`` (or ``items``, or ``cache.embedding``), with gradient on the
+            retrieved rows only.
+        """
+        length = self._check(target, seq, mask, seq_ids, items, cache)
+        query = _ops.pack_signatures(target, self.planes)
+        if seq_ids is None:
+            index, _ = _ops.topk_hamming(query, _ops.pack_signatures(seq, self.planes), self.k, None, mask)
+        else:
+            if cache is not None:
+                ids, table = seq_ids, cache.signatures
+            elif items is not None:
+                ids, table = seq_ids, _ops.pack_signatures(items, self.planes)
+            else:
+                ids, table = self._distinct(seq, seq_ids)
+            index, _ = _ops.topk_hamming_lookup(query, ids, table, self.k, None, mask)
+        valid = index >= 0
+        safe = index.clamp(min=0)
+        if length == 0:  # nothing to gather from: every slot is empty
+            values = target.new_zeros(target.shape[0], self.k, self.dim)
+        elif seq is not None:
+            values = seq.gather(1, safe.unsqueeze(-1).expand(-1, -1, seq.shape[-1]))
+        elif items is not None:
+            values = items[seq_ids.gather(1, safe)]
+        else:
+            values = cache.embedding(seq_ids.gather(1, safe))
+        return Retrieved(values * valid.unsqueeze(-1).to(values.dtype), index, valid)
+
+    def _distinct(self, seq: torch.Tensor, seq_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inverse, table)``: signatures of each distinct id (from its first occurrence) and where each id is."""
+        length = seq_ids.shape[1]
+        distinct, inverse = torch.unique(seq_ids, return_inverse=True)
+        flat = torch.arange(seq_ids.numel(), device=seq_ids.device)
+        first = torch.full_like(distinct, seq_ids.numel(), dtype=torch.int64)
+        first = first.scatter_reduce(0, inverse.reshape(-1), flat, "amin")
+        return inverse, _ops.pack_signatures(seq[first // length, first % length], self.planes)
+
+    def _check(
+        self,
+        target: torch.Tensor,
+        seq: Optional[torch.Tensor],
+        mask: Optional[torch.Tensor],
+        seq_ids: Optional[torch.Tensor],
+        items: Optional[torch.Tensor],
+        cache: Optional[SignatureCache],
+    ) -> int:
+        """Check the arguments of :meth:`forward`; return the sequence length ``L``."""
+        d = self.dim
+        _floats("target", target, 2, f"(B, {d})")
+        if target.shape[1] != d:
+            raise ValueError(f"target must have shape (B, {d}), got shape {_shape(tuple(target.shape))}")
+        if target.device != self.planes.device:
+            raise ValueError(f"target must be on the device of the module ({self.planes.device}), got {target.device}")
+        batch, device = target.shape[0], target.device
+        if seq is None and items is None and cache is None:
+            raise ValueError("pass seq (the behaviour embeddings), or seq_ids with items or a cache")
+        if items is not None and (seq is not None or cache is not None):
+            raise ValueError("pass items alone, not together with seq or cache")
+        if seq_ids is None and (items is not None or cache is not None):
+            raise ValueError("items and cache need seq_ids: the behaviours are looked up by item id")
+        if cache is not None:
+            if not isinstance(cache, SignatureCache):
+                raise TypeError(f"cache must be a SignatureCache, got {type(cache).__name__}")
+            if cache.planes.shape != self.planes.shape:
+                raise ValueError(
+                    f"cache must be built with planes of shape {_shape(tuple(self.planes.shape))} like this "
+                    f"module's, got {_shape(tuple(cache.planes.shape))}"
+                )
+        if items is not None:
+            _floats("items", items, 2, f"(N, {d})", device)
+            if items.shape[1] != d:
+                raise ValueError(f"items must have shape (N, {d}), got shape {_shape(tuple(items.shape))}")
+        length = -1
+        if seq is not None:
+            _floats("seq", seq, 3, f"(B, L, {d})", device)
+            if seq.shape[0] != batch or seq.shape[2] != d:
+                raise ValueError(f"seq must have shape ({batch}, L, {d}), got shape {_shape(tuple(seq.shape))}")
+            length = seq.shape[1]
+        if seq_ids is not None:
+            if not isinstance(seq_ids, torch.Tensor):
+                raise TypeError(f"seq_ids must be a torch.Tensor, got {type(seq_ids).__name__}")
+            if not _ops.is_integer(seq_ids.dtype):
+                raise DTypeError(f"seq_ids must have an integer dtype, got {seq_ids.dtype}")
+            if seq_ids.dim() != 2 or seq_ids.shape[0] != batch or length not in (-1, seq_ids.shape[1]):
+                want = f"({batch}, L)" if length < 0 else _shape((batch, length))
+                raise ValueError(f"seq_ids must have shape {want}, got shape {_shape(tuple(seq_ids.shape))}")
+            if seq_ids.device != device:
+                raise ValueError(f"seq_ids must be on the device of target ({device}), got {seq_ids.device}")
+            length = seq_ids.shape[1]
+        if mask is not None:
+            _bool_mask(mask, (batch, length), device)
+        return length
+
+
+class SignatureCache:
+    """Signatures of every row of an :class:`torch.nn.Embedding`, kept in step with it.
+
+    The serving path of :class:`ETARetriever` looks signatures up here by item
+    id instead of hashing the sequence. After the embedding changes, call
+    :meth:`refresh` (all rows, or only those that changed), or let
+    :meth:`attach` do it after every optimizer step.
+
+    Parameters
+    ----------
+    embedding : torch.nn.Embedding
+        The item table (held by reference).
+    hasher : ETARetriever or etaretrieval.SimHasher
+        Where the hyperplanes come from; use the retriever that will query the
+        cache (or a ``SimHasher`` with the same ``dim``, ``bits`` and ``seed``).
+
+    Attributes
+    ----------
+    signatures : torch.Tensor
+        ``(N, W)`` int64, row ``i`` the signature of ``embedding.weight[i]``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch import ETARetriever, SignatureCache
+    >>> emb = torch.nn.Embedding(100, 16)
+    >>> retriever = ETARetriever(16, bits=64, k=8)
+    >>> cache = SignatureCache(emb, retriever)
+    >>> ids = torch.randint(0, 100, (4, 30))
+    >>> served = retriever(emb(ids[:, 0]), seq_ids=ids, cache=cache)
+    >>> fresh = retriever(emb(ids[:, 0]), emb(ids))
+    >>> torch.equal(served.index, fresh.index)
+    True
+    """
+
+    def __init__(self, embedding: nn.Embedding, hasher: Union[ETARetriever, SimHasher]) -> None:
+        if not isinstance(embedding, nn.Embedding):
+            raise TypeError(f"embedding must be a torch.nn.Embedding, got {type(embedding).__name__}")
+        if not isinstance(hasher, (ETARetriever, SimHasher)):
+            raise TypeError(f"hasher must be an ETARetriever or an etaretrieval.SimHasher, got {type(hasher).__name__}")
+        self.embedding = embedding
+        self.hasher = hasher
+        self._fixed_planes = torch.tensor(hasher.planes) if isinstance(hasher, SimHasher) else None
+        if self.planes.shape[0] != embedding.embedding_dim:
+            raise ValueError(
+                f"hasher must have dim = {embedding.embedding_dim} (the embedding's), got dim {self.planes.shape[0]}"
+            )
+        self._seen: Optional[torch.Tensor] = None  # weights last hashed, kept once attach() is used
+        self.signatures = self._pack(self.embedding.weight)
+
+    @property
+    def planes(self) -> torch.Tensor:
+        """``(dim, bits)`` hyperplanes of :attr:`hasher`."""
+        return self.hasher.planes if self._fixed_planes is None else self._fixed_planes
+
+    def _pack(self, rows: torch.Tensor) -> torch.Tensor:
+        return _ops.pack_signatures(rows.detach(), self.planes.to(rows.device))
+
+    def refresh(self, rows: Any = None) -> None:
+        """Rehash every row (``rows=None``) or only the given row ids.
+
+        Parameters
+        ----------
+        rows : torch.Tensor or array_like of int, optional
+            Ids of the rows that changed, any shape; duplicates are fine.
+
+        Raises
+        ------
+        IndexError
+            A row id outside ``[0, N)``.
+        """
+        weight = self.embedding.weight.detach()
+        if rows is None:
+            self.signatures = self._pack(weight)
+            if self._seen is not None:
+                self._seen = weight.clone()
+            return
+        r = torch.as_tensor(rows, device=weight.device)
+        if not _ops.is_integer(r.dtype):
+            raise DTypeError(f"rows must have an integer dtype, got {r.dtype}")
+        r = r.reshape(-1).to(torch.int64)
+        n = weight.shape[0]
+        out = (r < 0) | (r >= n)
+        if bool(out.any()):
+            raise IndexError(f"rows must lie in [0, {n}), got row {int(r[out][0])}")
+        r = torch.unique(r)
+        self.signatures[r] = self._pack(weight[r])
+        if self._seen is not None:
+            self._seen[r] = weight[r]
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> RemovableHandle:
+        """Keep the cache fresh: after every ``optimizer.step()``, rehash the rows that changed.
+
+        Works with any optimizer (momentum, Adam's moments and weight decay move
+        rows the batch did not touch): the cache keeps a copy of the weights it
+        last hashed (as much memory as the embedding) and, after each step,
+        rehashes exactly the rows that differ from it.
+
+        Parameters
+        ----------
+        optimizer : torch.optim.Optimizer
+            An optimizer that updates ``embedding.weight``.
+
+        Returns
+        -------
+        torch.utils.hooks.RemovableHandle
+            ``handle.remove()`` detaches the cache again.
+        """
+        weight = self.embedding.weight
+        if not any(p is weight for group in optimizer.param_groups for p in group["params"]):
+            raise ValueError("optimizer must update embedding.weight to keep the cache fresh")
+        self._seen = weight.detach().clone()
+        self.signatures = self._pack(self._seen)
+        return optimizer.register_step_post_hook(lambda opt, args, kwargs: self._refresh_changed())
+
+    def _refresh_changed(self) -> None:
+        weight = self.embedding.weight.detach()
+        assert self._seen is not None
+        changed = (weight != self._seen).any(dim=1).nonzero().squeeze(1)
+        if changed.numel():
+            self.refresh(changed)
+
+    def __len__(self) -> int:
+        return self.signatures.shape[0]
+
+    def __repr__(self) -> str:
+        return f"SignatureCache(rows={len(self)}, bits={self.planes.shape[1]})"
+
+
+class TargetAttention(nn.Module):
+    """Multi-head attention of one target over a set of items -> one interest vector.
+
+    ``softmax(q k^T / sqrt(d / heads))`` per head with the query from the
+    target and keys/values from the items, masked positions excluded; a row
+    with no valid item gets zero attention weights (output = the output
+    projection's bias), never NaN.
+
+    Parameters
+    ----------
+    dim : int
+        Embedding dimension ``d``, divisible by ``heads``.
+    heads : int
+        Number of attention heads.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch import TargetAttention
+    >>> attn = TargetAttention(16, heads=4)
+    >>> mask = torch.tensor([[True, True, False], [False, False, False]])
+    >>> out = attn(torch.randn(2, 16), torch.randn(2, 3, 16), mask)
+    >>> out.shape, bool(out.isfinite().all())
+    (torch.Size([2, 16]), True)
+    """
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if heads < 1 or dim % heads:
+            raise ValueError(f"heads must be >= 1 and divide dim = {dim}, got heads = {heads}")
+        self.heads = heads
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, target: torch.Tensor, items: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Attend from ``target`` ``(B, d)`` over ``items`` ``(B, T, d)``.
+
+        Parameters
+        ----------
+        target : torch.Tensor
+            ``(B, d)`` queries.
+        items : torch.Tensor
+            ``(B, T, d)`` keys and values.
+        mask : torch.Tensor, optional
+            ``(B, T)`` bool, true at valid items.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, d)``.
+        """
+        d = self.query.in_features
+        _floats("target", target, 2, f"(B, {d})")
+        _floats("items", items, 3, f"(B, T, {d})", target.device)
+        batch, length, _ = items.shape
+        if target.shape[1] != d or items.shape[0] != target.shape[0] or items.shape[2] != d:
+            raise ValueError(
+                f"target and items must have shapes (B, {d}) and (B, T, {d}), "
+                f"got {_shape(tuple(target.shape))} and {_shape(tuple(items.shape))}"
+            )
+        h = self.heads
+        q = self.query(target).view(batch, h, d // h)
+        k = self.key(items).view(batch, length, h, d // h)
+        v = self.value(items).view(batch, length, h, d // h)
+        scores = torch.einsum("bhe,bthe->bht", q, k) / math.sqrt(d // h)
+        if mask is None:
+            weights = torch.softmax(scores, dim=-1)
+        else:
+            _bool_mask(mask, (batch, length), target.device)
+            keep = mask.unsqueeze(1)
+            weights = torch.softmax(scores.masked_fill(~keep, torch.finfo(scores.dtype).min), dim=-1) * keep
+        return self.out(torch.einsum("bht,bthe->bhe", weights, v).reshape(batch, d))
+
+
+class ETAAttention(nn.Module):
+    """ETA: retrieve the ``k`` nearest behaviours, then multi-head target attention over them.
+
+    The long-sequence user-interest block of an ETA CTR model: cost
+    ``O(L * bits)`` hashing plus ``O(k * d)`` attention per target, instead of
+    ``O(L * d)`` attention over the whole sequence.
+
+    Parameters
+    ----------
+    dim : int
+        Embedding dimension ``d``, divisible by ``heads``.
+    bits : int
+        Signature length, ``1..1024``.
+    k : int
+        Behaviours attended to per target.
+    heads : int
+        Number of attention heads.
+    seed : int, default 0
+        Seed of the retriever's hyperplanes.
+
+    Attributes
+    ----------
+    retriever : ETARetriever
+    attention : TargetAttention
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch import ETAAttention
+    >>> eta = ETAAttention(dim=16, bits=64, k=8, heads=2)
+    >>> seq = torch.randn(4, 1000, 16)
+    >>> mask = torch.rand(4, 1000) < 0.9
+    >>> eta(torch.randn(4, 16), seq, mask).shape
+    torch.Size([4, 16])
+    """
+
+    def __init__(self, dim: int, bits: int, k: int, heads: int, seed: int = 0) -> None:
+        super().__init__()
+        self.retriever = ETARetriever(dim, bits, k, seed)
+        self.attention = TargetAttention(dim, heads)
+
+    def forward(
+        self,
+        target: torch.Tensor,
+        seq: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+        *,
+        seq_ids: Optional[torch.Tensor] = None,
+        items: Optional[torch.Tensor] = None,
+        cache: Optional[SignatureCache] = None,
+    ) -> torch.Tensor:
+        """User-interest vector ``(B, d)``; arguments as in :meth:`ETARetriever.forward`."""
+        found = self.retriever(target, seq, mask, seq_ids=seq_ids, items=items, cache=cache)
+        return self.attention(target, found.values, found.mask)

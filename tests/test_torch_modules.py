@@ -1,0 +1,314 @@
+"""ETARetriever, SignatureCache, TargetAttention and ETAAttention."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from torch import nn  # noqa: E402
+
+import etaretrieval as er  # noqa: E402
+from etaretrieval.torch import ETAAttention, ETARetriever, SignatureCache, TargetAttention  # noqa: E402
+
+DIM, BITS = 8, 64
+
+#: Inductor uses a deprecated torch.jit API internally (torch 2.13); not ours to fix.
+TORCH_INTERNAL_WARNING = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+
+
+def batch(seed: int, b: int = 3, length: int = 40, n: int = 25, dtype: torch.dtype = torch.float32):
+    """An embedding table, ids (with repeats), their embeddings, targets and a mask."""
+    gen = torch.Generator().manual_seed(seed)
+    emb = nn.Embedding(n, DIM).to(dtype)
+    with torch.no_grad():
+        emb.weight.copy_(torch.randn(n, DIM, generator=gen, dtype=dtype))
+    ids = torch.randint(0, n, (b, length), generator=gen)
+    mask = torch.rand(b, length, generator=gen) < 0.8
+    target = torch.randn(b, DIM, generator=gen, dtype=dtype)
+    return emb, ids, mask, target
+
+
+def reference(retriever: ETARetriever, target: torch.Tensor, seq: torch.Tensor,
+              mask: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+    planes = retriever.planes.numpy()
+    query = er.pack_signatures(target.detach().numpy(), planes)
+    keys = er.pack_signatures(seq.detach().numpy(), planes)
+    return er.topk_hamming(query, keys, retriever.k, mask=None if mask is None else mask.numpy())
+
+
+@settings(deadline=None, max_examples=25)
+@given(seed=st.integers(0, 2**31 - 1), k=st.integers(0, 12), length=st.integers(0, 30), masked=st.booleans())
+def test_retriever_equals_numpy_api(seed: int, k: int, length: int, masked: bool) -> None:
+    emb, ids, mask, target = batch(seed, length=length)
+    seq = emb(ids)
+    retriever = ETARetriever(DIM, BITS, k, seed=seed % 7)
+    out = retriever(target, seq, mask if masked else None)
+    want_idx, _ = reference(retriever, target, seq, mask if masked else None)
+    np.testing.assert_array_equal(out.index.numpy(), want_idx)
+    assert torch.equal(out.mask, out.index >= 0)
+    assert out.values.shape == (3, k, DIM)
+    for b in range(3):
+        for slot in range(k):
+            pos = int(out.index[b, slot])
+            row = seq[b, pos] if pos >= 0 else torch.zeros(DIM)
+            assert torch.equal(out.values[b, slot], row)
+
+
+def test_all_paths_agree() -> None:
+    emb, ids, mask, target = batch(1, b=4, length=60, n=15)
+    retriever = ETARetriever(DIM, BITS, k=10)
+    seq = emb(ids)
+    cache = SignatureCache(emb, retriever)
+    runs = [
+        retriever(target, seq, mask),
+        retriever(target, seq, mask, seq_ids=ids),
+        retriever(target, mask=mask, seq_ids=ids, items=emb.weight),
+        retriever(target, mask=mask, seq_ids=ids, cache=cache),
+        retriever(target, seq, mask, seq_ids=ids, cache=cache),
+    ]
+    for out in runs[1:]:
+        assert torch.equal(out.index, runs[0].index)
+        assert torch.equal(out.mask, runs[0].mask)
+        assert torch.equal(out.values, runs[0].values)
+
+
+def test_short_rows_and_all_padding() -> None:
+    emb, ids, _, target = batch(2, b=3, length=10)
+    mask = torch.zeros(3, 10, dtype=torch.bool)
+    mask[0, :3] = True  # 3 valid < k
+    mask[1] = True
+    out = ETARetriever(DIM, BITS, k=5)(target, emb(ids), mask)
+    assert out.mask.sum(1).tolist() == [3, 5, 0]
+    assert (out.index[0, 3:] == -1).all() and (out.index[2] == -1).all()
+    assert set(out.index[0, :3].tolist()) == {0, 1, 2}
+    assert (out.values[~out.mask] == 0).all()
+
+
+def test_gradients_reach_exactly_the_retrieved_rows() -> None:
+    emb, ids, mask, target = batch(3, b=3, length=30)
+    seq = emb(ids).detach().requires_grad_()
+    out = ETARetriever(DIM, BITS, k=6)(target, seq, mask)
+    weights = torch.rand(out.values.shape) + 0.5
+    (out.values * weights).sum().backward()
+    hit = torch.zeros(3, 30, dtype=torch.bool)
+    hit.scatter_(1, out.index.clamp(min=0), out.mask)
+    assert torch.equal(seq.grad.abs().sum(-1) > 0, hit)
+
+    items = emb.weight.detach().clone().requires_grad_()
+    out = ETARetriever(DIM, BITS, k=6)(target, mask=mask, seq_ids=ids, items=items)
+    (out.values * weights).sum().backward()
+    rows = torch.zeros(items.shape[0], dtype=torch.bool)
+    rows[ids.gather(1, out.index.clamp(min=0))[out.mask]] = True
+    assert torch.equal(items.grad.abs().sum(-1) > 0, rows)
+
+
+def test_gradcheck_retriever_and_attention() -> None:
+    emb, ids, mask, target = batch(4, b=2, length=12, dtype=torch.float64)
+    seq = emb(ids).detach().requires_grad_()
+    target = target.requires_grad_()
+    retriever = ETARetriever(DIM, BITS, k=4).double()
+    assert torch.autograd.gradcheck(lambda s: retriever(target, s, mask).values, (seq,))
+    torch.manual_seed(0)
+    eta = ETAAttention(DIM, BITS, k=4, heads=2).double()
+    assert torch.autograd.gradcheck(lambda t, s: eta(t, s, mask), (target, seq))
+
+
+def test_eta_attention_gives_gradients_to_target_and_sequence() -> None:
+    emb, ids, mask, target = batch(5)
+    seq = emb(ids).detach().requires_grad_()
+    target = target.requires_grad_()
+    out = ETAAttention(DIM, BITS, k=5, heads=2)(target, seq, mask)
+    assert out.shape == (3, DIM)
+    out.square().sum().backward()
+    assert target.grad.abs().sum() > 0 and seq.grad.abs().sum() > 0
+
+
+def test_all_padding_rows_are_finite() -> None:
+    emb, ids, mask, target = batch(6)
+    mask[1] = False
+    seq = emb(ids).detach().requires_grad_()
+    target = target.requires_grad_()
+    eta = ETAAttention(DIM, BITS, k=5, heads=2)
+    out = eta(target, seq, mask)
+    assert out.isfinite().all()
+    torch.testing.assert_close(out[1], eta.attention.out.bias)
+    out.sum().backward()
+    assert target.grad.isfinite().all() and seq.grad.isfinite().all()
+
+
+def test_target_attention_ignores_masked_items() -> None:
+    torch.manual_seed(0)
+    attn = TargetAttention(DIM, heads=4)
+    target, items = torch.randn(2, DIM), torch.randn(2, 6, DIM)
+    mask = torch.tensor([[True, False, True, False, True, True], [False] * 5 + [True]])
+    changed = items.clone()
+    changed[~mask] = 100.0
+    torch.testing.assert_close(attn(target, items, mask), attn(target, changed, mask))
+    torch.testing.assert_close(attn(target[:1], items[:1, [0, 2, 4, 5]]), attn(target, items, mask)[:1])
+
+
+def test_state_dict_round_trip() -> None:
+    emb, ids, mask, target = batch(7)
+    seq = emb(ids)
+    torch.manual_seed(0)
+    eta = ETAAttention(DIM, BITS, k=5, heads=2, seed=1)
+    state = eta.state_dict()
+    assert "retriever.planes" in state
+    torch.manual_seed(1)
+    other = ETAAttention(DIM, BITS, k=5, heads=2, seed=2)
+    assert not torch.equal(other.retriever.planes, eta.retriever.planes)
+    other.load_state_dict(state)
+    torch.testing.assert_close(other(target, seq, mask), eta(target, seq, mask), rtol=0, atol=0)
+
+
+def test_non_contiguous_sequence() -> None:
+    emb, ids, mask, target = batch(8, length=20)
+    base = emb(ids).detach()
+    seq_t = base.transpose(0, 1).contiguous().transpose(0, 1)  # same values, position-major storage
+    seq_s = torch.stack([base, -base], dim=-1).flatten(-2)[..., ::2]  # same values, feature stride 2
+    retriever = ETARetriever(DIM, BITS, k=7)
+    want = retriever(target, base, mask)
+    for seq in (seq_t, seq_s):
+        assert not seq.is_contiguous() and torch.equal(seq, base)
+        got = retriever(target, seq, mask)
+        assert torch.equal(got.index, want.index) and torch.equal(got.values, want.values)
+
+
+@pytest.mark.filterwarnings(TORCH_INTERNAL_WARNING)
+def test_compiled_fullgraph_equals_eager() -> None:
+    emb, ids, mask, target = batch(9, b=4, length=50)
+    seq = emb(ids).detach()
+    torch.manual_seed(0)
+    eta = ETAAttention(DIM, BITS, k=6, heads=2)
+    cache = SignatureCache(emb, eta.retriever)
+
+    def both(target: torch.Tensor, seq: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return eta(target, seq, mask) + eta(target, mask=mask, seq_ids=ids, cache=cache)
+
+    compiled = torch.compile(both, fullgraph=True)
+    torch.testing.assert_close(compiled(target, seq, ids, mask), both(target, seq, ids, mask))
+
+
+def test_signature_cache_refresh_rows() -> None:
+    emb, _, _, _ = batch(10, n=30)
+    hasher = er.SimHasher(DIM, BITS, seed=0)
+    cache = SignatureCache(emb, hasher)
+    np.testing.assert_array_equal(cache.signatures.numpy().view(np.uint64), hasher(emb.weight.detach().numpy()))
+    before = cache.signatures.clone()
+    with torch.no_grad():
+        emb.weight[[3, 7]] *= -1
+        emb.weight[9] *= -1  # changed but not refreshed: stays stale
+    cache.refresh(torch.tensor([[3, 7], [7, 3]]))
+    assert torch.equal(cache.signatures[[3, 7]], ~before[[3, 7]])
+    assert torch.equal(cache.signatures[9], before[9])
+    rest = torch.ones(30, dtype=torch.bool)
+    rest[[3, 7]] = False
+    assert torch.equal(cache.signatures[rest], before[rest])
+    cache.refresh()
+    assert torch.equal(cache.signatures[9], ~before[9])
+    with pytest.raises(IndexError, match=r"\[0, 30\), got row 30"):
+        cache.refresh([1, 30])
+    with pytest.raises(TypeError, match="rows must have an integer dtype"):
+        cache.refresh(torch.tensor([1.0]))
+
+
+def test_simhasher_and_retriever_planes_agree() -> None:
+    emb, ids, mask, target = batch(11)
+    retriever = ETARetriever(DIM, BITS, k=5, seed=3)
+    a = SignatureCache(emb, retriever)
+    b = SignatureCache(emb, er.SimHasher(DIM, BITS, seed=3))
+    assert torch.equal(a.signatures, b.signatures)
+    assert torch.equal(retriever(target, mask=mask, seq_ids=ids, cache=b).index,
+                       retriever(target, emb(ids), mask).index)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd_momentum"])
+def test_attached_cache_matches_fresh_hashing_after_updates(optimizer: str) -> None:
+    torch.manual_seed(0)
+    emb = nn.Embedding(40, DIM)
+    eta = ETAAttention(DIM, BITS, k=6, heads=2)
+    params = list(emb.parameters()) + list(eta.parameters())
+    opt = torch.optim.Adam(params, lr=0.2) if optimizer == "adam" else torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    cache = SignatureCache(emb, eta.retriever)
+    handle = cache.attach(opt)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(6):
+        ids = torch.randint(0, 20 if step % 2 else 40, (4, 30), generator=gen)  # some rows untouched some steps
+        target_ids = torch.randint(0, 40, (4,), generator=gen)
+        out = eta(emb(target_ids), emb(ids), ids != 0, seq_ids=ids)
+        out.square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+        fresh = eta.retriever(emb(target_ids), emb(ids), ids != 0)
+        served = eta.retriever(emb(target_ids), mask=ids != 0, seq_ids=ids, cache=cache)
+        assert torch.equal(served.index, fresh.index)
+        assert torch.equal(cache.signatures, torch.ops.etaretrieval.pack_signatures(emb.weight.detach(),
+                                                                                    eta.retriever.planes))
+    handle.remove()
+    with torch.no_grad():
+        emb.weight.neg_()
+    opt.step()  # detached: no refresh
+    assert not torch.equal(cache.signatures,
+                           torch.ops.etaretrieval.pack_signatures(emb.weight.detach(), eta.retriever.planes))
+
+
+def _retrieve(**overrides: object) -> None:
+    emb, ids, mask, target = batch(12, length=10)
+    args = dict(target=target, seq=emb(ids), mask=mask)
+    args.update(overrides)
+    ETARetriever(DIM, BITS, k=3)(**args)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "match"),
+    [
+        ({"target": torch.zeros(3, DIM, dtype=torch.int64)}, TypeError, "target must have a floating-point"),
+        ({"target": torch.zeros(3, DIM + 1)}, ValueError, rf"target must have shape \(B, {DIM}\)"),
+        ({"target": np.zeros((3, DIM))}, TypeError, "target must be a torch.Tensor"),
+        ({"target": torch.zeros(3, DIM, device="meta")}, ValueError, "target must be on the device of the module"),
+        ({"seq": torch.zeros(3, 10)}, ValueError, rf"seq must have shape \(B, L, {DIM}\)"),
+        ({"seq": torch.zeros(2, 10, DIM)}, ValueError, rf"seq must have shape \(3, L, {DIM}\)"),
+        ({"seq": torch.zeros(3, 10, DIM, device="meta")}, ValueError, "seq must be on the device of target"),
+        ({"mask": torch.ones(3, 10)}, TypeError, "mask must have dtype torch.bool"),
+        ({"mask": torch.ones(3, 9, dtype=torch.bool)}, ValueError, r"mask must have shape \(3, 10\)"),
+        ({"seq": None}, ValueError, "pass seq"),
+        ({"seq_ids": torch.zeros(3, 9, dtype=torch.int64)}, ValueError, r"seq_ids must have shape \(3, 10\)"),
+        ({"seq_ids": torch.zeros(3, 10)}, TypeError, "seq_ids must have an integer dtype"),
+        ({"items": torch.zeros(5, DIM)}, ValueError, "pass items alone"),
+        ({"seq": None, "items": torch.zeros(5, DIM)}, ValueError, "need seq_ids"),
+        ({"seq": None, "items": torch.zeros(5, DIM + 1), "seq_ids": torch.zeros(3, 10, dtype=torch.int64)},
+         ValueError, rf"items must have shape \(N, {DIM}\)"),
+        ({"seq": None, "cache": "table", "seq_ids": torch.zeros(3, 10, dtype=torch.int64)}, TypeError,
+         "cache must be a SignatureCache"),
+        ({"seq": None, "items": torch.zeros(5, DIM), "seq_ids": torch.full((3, 10), 5)}, IndexError,
+         "outside the table's rows"),
+    ],
+)
+def test_retriever_errors(overrides: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        _retrieve(**overrides)
+
+
+def test_module_constructor_errors() -> None:
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        ETARetriever(DIM, BITS, k=-1)
+    with pytest.raises(ValueError, match="bits must be in 1..1024"):
+        ETARetriever(DIM, 0, k=1)
+    with pytest.raises(ValueError, match="heads must be >= 1 and divide dim"):
+        ETAAttention(DIM, BITS, k=1, heads=3)
+    emb = nn.Embedding(5, DIM)
+    with pytest.raises(TypeError, match="embedding must be a torch.nn.Embedding"):
+        SignatureCache(emb.weight, ETARetriever(DIM, BITS, 1))
+    with pytest.raises(TypeError, match="hasher must be an ETARetriever"):
+        SignatureCache(emb, torch.randn(DIM, BITS))
+    with pytest.raises(ValueError, match=f"hasher must have dim = {DIM}"):
+        SignatureCache(emb, ETARetriever(DIM + 1, BITS, 1))
+    with pytest.raises(ValueError, match="optimizer must update embedding.weight"):
+        SignatureCache(emb, ETARetriever(DIM, BITS, 1)).attach(torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1))
+    with pytest.raises(ValueError, match="cache must be built with planes of shape"):
+        ETARetriever(DIM, 2 * BITS, 2)(torch.zeros(1, DIM), seq_ids=torch.zeros(1, 3, dtype=torch.int64),
+                                       cache=SignatureCache(emb, ETARetriever(DIM, BITS, 1)))
