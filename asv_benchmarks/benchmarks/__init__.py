@@ -1,0 +1,1 @@
+"""airspeed velocity benchmarks of etaretrieval (scikit-learn's layout: one module per kernel family)."""

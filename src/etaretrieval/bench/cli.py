@@ -1,0 +1,132 @@
+"""``python -m etaretrieval.bench``: the side-by-side tables, the pack and cold-start checks, the sweeps."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import platform
+from collections.abc import Sequence
+
+import numba
+import numpy as np
+
+from .. import __version__
+from . import sweep
+from .coldstart import run_coldstart
+from .runner import CONFIGS, Config, Timing, format_table, make_data, run_config, run_pack, set_threads
+
+__all__ = ["main", "parser"]
+
+_SIZES = ("batch", "length", "rows", "dim", "bits", "k")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line parser.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Its options override the sizes of the chosen configurations.
+    """
+    p = argparse.ArgumentParser(
+        prog="python -m etaretrieval.bench",
+        description="Time etaretrieval against the floor and the alternatives, side by side in one process "
+        "on the same data. Behaviours/s counts target-behaviour pairs scored per second (B x L per call); "
+        "'x floor' is the time ratio to the first row.",
+    )
+    p.add_argument("--config", choices=[*CONFIGS, "all"], default="all",
+                   help="standard configuration(s) to run (default: all)")
+    for size, what in zip(_SIZES, ("targets B", "sequence length L", "table rows N", "embedding dim d",
+                                   "signature bits", "items retrieved k")):
+        p.add_argument(f"--{size}", type=int, help=f"override {what}")
+    p.add_argument("--shared", action=argparse.BooleanOptionalAction, default=None,
+                   help="one sequence shared by all targets (default: per configuration)")
+    p.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS,
+                   help="threads for numba, torch and faiss (default: all)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where etaretrieval runs")
+    p.add_argument("--repeat", type=int, default=7, help="timed rounds per method (default: 7)")
+    p.add_argument("--subset", type=int, default=16,
+                   help="rows for the slow baselines with per-row sequences, scaled; 0 for all (default: 16)")
+    p.add_argument("--seed", type=int, default=0, help="data seed")
+    p.add_argument("--no-pack", dest="pack", action="store_false", help="skip pack_signatures vs matmul")
+    p.add_argument("--no-coldstart", dest="coldstart", action="store_false",
+                   help="skip first-call latency in fresh processes")
+    p.add_argument("--sweep", action="store_true", help="sweep L, bits and table size (per-row sequences, B <= 64)")
+    p.add_argument("--sweep-base", choices=list(CONFIGS), default="long",
+                   help="configuration the sweeps start from (default: long)")
+    p.add_argument("--plot", metavar="PATH", help="save the sweeps as a PNG (implies --sweep)")
+    return p
+
+
+def _config(name: str, args: argparse.Namespace) -> Config:
+    """The standard configuration ``name`` with the command line's size overrides."""
+    changes: dict[str, object] = {f: getattr(args, f) for f in _SIZES if getattr(args, f) is not None}
+    if args.shared is not None:
+        changes["shared"] = args.shared
+    return dataclasses.replace(CONFIGS[name], **changes)  # type: ignore[arg-type]
+
+
+def _environment(threads: int) -> str:
+    """One line: the processor, the thread count and the libraries' versions."""
+    libs = [f"etaretrieval {__version__}", f"numba {numba.__version__}", f"numpy {np.__version__}"]
+    for mod in ("torch", "faiss"):
+        if importlib.util.find_spec(mod) is not None:
+            libs.append(f"{mod} {__import__(mod).__version__}")
+    return f"{platform.processor() or platform.machine()}, {threads} threads ({', '.join(libs)})"
+
+
+def _pack_table(rows: list[tuple[Timing, int]], n: int, dim: int, bits: int) -> str:
+    """The :func:`run_pack` table, with ratios to both forms of the product."""
+    head = f"{'method':<20}{'best ms':>10}{'median ms':>11}{'x (x @ planes)':>16}{'x (out=)':>10}{'peak extra MiB':>16}"
+    lines = [f"pack_signatures vs its BLAS projection: x ({n}, {dim}) float32, {bits} bits", head]
+    alloc, bare = rows[0][0].best, rows[1][0].best
+    for t, peak in rows:
+        lines.append(f"{t.name:<20}{t.best * 1e3:>10.1f}{t.median * 1e3:>11.1f}{t.best / alloc:>16.2f}"
+                     f"{t.best / bare:>10.2f}{peak / 2**20:>16.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmarks and print the tables.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit status.
+    """
+    args = parser().parse_args(argv)
+    set_threads(args.threads)
+    print(_environment(args.threads), flush=True)
+    names = list(CONFIGS) if args.config == "all" else [args.config]
+    for cfg in (_config(name, args) for name in names):
+        data = make_data(cfg, args.seed)
+        timings = run_config(data, repeat=args.repeat, subset=args.subset, threads=args.threads, device=args.device)
+        print("\n" + format_table(cfg, timings, f"[{args.device}]"), flush=True)
+        if args.pack and args.device == "cpu":
+            print("\n" + _pack_table(run_pack(data.embedding, data.planes), cfg.rows, cfg.dim, cfg.bits), flush=True)
+    try:
+        print(f"\nnumba threading layer: {numba.threading_layer()}")
+    except ValueError:  # no parallel CPU kernel ran (--device cuda)
+        pass
+    if args.coldstart:
+        print("\nfirst calls in a fresh process (import; first pack_signatures; first topk_hamming_lookup), s:")
+        for label, t in run_coldstart():
+            print(f"  {label:<40} {t['import']:.3f}; {t['pack_signatures']:.3f}; {t['topk_hamming_lookup']:.3f}")
+    if args.sweep or args.plot:
+        base = _config(args.sweep_base, args)
+        base = dataclasses.replace(base, batch=min(base.batch, 64), shared=False)
+        results = {}
+        for field, values in sweep.SWEEPS.items():
+            results[field] = sweep.run_sweep(base, field, values, repeat=max(1, args.repeat // 2))
+            for value, timings in results[field]:
+                print("\n" + format_table(dataclasses.replace(base, **{field: value}), timings, f"[sweep {field}]"))
+        if args.plot:
+            sweep.plot_sweeps(results, base, args.plot)
+            print(f"\nsweep plot saved to {args.plot}")
+    return 0
