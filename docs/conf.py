@@ -20,11 +20,18 @@ Environment variables:
 from __future__ import annotations
 
 import doctest as _doctest
+import inspect
 import os
 import warnings
 from importlib.metadata import version as _dist_version
 
-import etaretrieval
+# The gallery examples run in this process. OpenBLAS threads spin while they
+# wait; next to Numba's and torch's threads on a small machine they make the
+# small matrix products of pack_signatures many times slower. Must be set
+# before NumPy is first imported (Sphinx itself does not import it).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import etaretrieval  # noqa: E402
 
 # -- Project -----------------------------------------------------------------
 
@@ -59,6 +66,10 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(array_like|array-like|optional|default|callable|ndarray|Tensor|Generator|Module)"),
     (r"py:.*", r"(int|bool|float|str|tuple|list|dict|None|type|object|sequence)"),
     (r"py:.*", r"(npt\..*|NDArray|Any)"),
+    # Attributes listed in a numpydoc "Attributes" section get no link target;
+    # docstrings refer to them as :attr:`planes` etc. Fully qualified
+    # attribute references are still checked.
+    (r"py:attr", r"(?!etaretrieval\.).*"),
 ]
 
 # -- Autodoc / autosummary / numpydoc ----------------------------------------
@@ -114,16 +125,18 @@ html_last_updated_fmt = None
 html_show_sourcelink = True
 
 # -- Sphinx-Gallery ------------------------------------------------------------
-# Only examples/plot_*.py run during the build (CPU, a few seconds each); the
-# others (GPU examples) are rendered without running. examples/quickstart.py and
-# examples/train_eta_ctr.py are stand-alone scripts run by `make demo` / by hand
-# and stay out of the gallery.
+# Only examples/plot_*.py run during the build (CPU, under half a minute each);
+# examples/gpu_*.py are rendered without running. The other scripts in
+# examples/ (quickstart.py for `make demo`, train_eta_ctr.py, ...) are
+# stand-alone and stay out of the gallery.
 
 sphinx_gallery_conf = {
     "examples_dirs": os.path.join("..", "examples"),
     "gallery_dirs": "auto_examples",
     "filename_pattern": r"[\\/]plot_",
-    "ignore_pattern": r"(__init__\.py|[\\/](quickstart|train_eta_ctr)\.py)$",
+    # matched against the bare file name: only plot_*.py (run) and gpu_*.py
+    # (rendered) belong to the gallery; other scripts in examples/ stay out.
+    "ignore_pattern": r"^(?!plot_|gpu_).*\.py$",
     "within_subsection_order": "FileNameSortKey",
     "doc_module": ("etaretrieval",),
     "backreferences_dir": os.path.join("generated", "backreferences"),
@@ -139,7 +152,56 @@ sphinx_gallery_conf = {
     "matplotlib_animations": False,
 }
 
-# Numba prints nothing on success; keep third-party deprecation chatter (e.g.
-# from torch on import) out of the example outputs.
+# Keep torch's deprecation chatter out of the gallery examples' printed output.
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch(\..*)?")
 _ = etaretrieval  # imported above so that a broken install fails fast
+
+
+# -- A figure that is left out when its image does not exist -----------------
+# Used for images that another step produces: the gallery's figures (absent
+# when the gallery is not executed, e.g. ``-D plot_gallery=0`` for doctest
+# builds) and the benchmark plot (present once committed).
+
+from sphinx.directives.patches import Figure as _Figure  # noqa: E402
+
+
+class OptionalFigure(_Figure):
+    """``.. optional-figure::`` -- a ``figure`` when its image file exists, else nothing."""
+
+    def run(self):  # type: ignore[no-untyped-def]
+        env = self.state.document.settings.env
+        _, path = env.relfn2path(self.arguments[0], env.docname)
+        if not os.path.isfile(path):
+            return []
+        return super().run()
+
+
+def _op_signatures() -> None:
+    """Give torch custom operators (``CustomOpDef``) the signature of the function they wrap.
+
+    autodoc cannot introspect the operator objects; ``__signature__`` is what
+    :func:`inspect.signature` reads first.
+    """
+    try:
+        import etaretrieval.torch as et
+    except ImportError:  # the API pages of the plugin need torch
+        return
+    for name in et.__all__:
+        op = getattr(et, name)
+        init = getattr(op, "_init_fn", None)
+        if type(op).__name__ == "CustomOpDef" and init is not None:
+            op.__signature__ = inspect.signature(init)
+
+
+def _skip_namedtuple_fields(app, what, name, obj, skip, options):  # type: ignore[no-untyped-def]
+    """NamedTuple fields are described in the class's numpydoc Attributes section already."""
+    if (getattr(obj, "__doc__", None) or "").startswith("Alias for field number"):
+        return True
+    return None
+
+
+def setup(app):  # type: ignore[no-untyped-def]
+    app.add_directive("optional-figure", OptionalFigure)
+    _op_signatures()
+    app.connect("autodoc-skip-member", _skip_namedtuple_fields)
+    return {"parallel_read_safe": True}

@@ -2,7 +2,7 @@
 
 They change speed and memory use only, never results; the tests set them to
 tiny values to exercise every chunk boundary. (The top-K kernels' own
-compile-time constants live in :mod:`etaretrieval.cpu.topk`.)
+compile-time constants live in ``etaretrieval.cpu.topk``.)
 """
 
 from __future__ import annotations
