@@ -1,14 +1,18 @@
 # Two commands on a fresh machine (Python 3.11 + pip, nothing else):
 #   make demo   - virtualenv, install, run the quickstart on synthetic data
-#   make test   - virtualenv with test extras, run the whole test suite
+#   make test   - virtualenv with test extras, run the whole check: the CPU test suite
+#                 and docstring examples, the CUDA kernels under the simulator, the docs
+#                 build (warnings as errors) and its doctests, and an asv smoke run
 PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
+VBIN := $(abspath $(VENV))/bin
 PIP := $(VPY) -m pip -q --disable-pip-version-check
 # The CPU build of torch (on local disk here); the project itself asks for torch>=2.4.
 TORCH_PIN ?= torch==2.13.0
+SPHINX := $(VPY) -m sphinx -W --keep-going -q
 
-.PHONY: demo test install install-test test-cpu test-cudasim
+.PHONY: demo test install install-test test-cpu test-cudasim docs asv-smoke bench gpu-check
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +22,36 @@ install: $(VPY)
 
 install-test: $(VPY)
 	$(PIP) install "$(TORCH_PIN)"
-	$(PIP) install -e ".[test,torch,cuda]"
+	$(PIP) install -e ".[test,torch,cuda,docs,bench]"
 
 demo: install
 	$(VPY) examples/quickstart.py
 
+# CPU tests, property tests and the docstring examples of src/ (testpaths in pyproject.toml)
 test-cpu: install-test
-	$(VPY) -m pytest
+	$(VPY) -m pytest --durations=10
 
-test: test-cpu
+# The CUDA kernels under numba-cuda's simulator, in their own process
+test-cudasim: install-test
+	NUMBA_ENABLE_CUDASIM=1 $(VPY) -m pytest tests/test_cuda_sim.py -m cudasim -p no:cacheprovider --durations=5
+
+# The documentation site (gallery examples executed) and its doctests, offline, warnings as errors
+docs: install-test
+	$(SPHINX) -b html docs docs/_build/html
+	$(SPHINX) -b doctest -D plot_gallery=0 docs docs/_build/doctest
+
+# asv: the suite imports and every benchmark runs once (no timings are compared)
+asv-smoke: install-test
+	cd asv_benchmarks && $(VBIN)/asv check --python=same
+	cd asv_benchmarks && $(VBIN)/asv machine --yes >/dev/null && \
+		$(VBIN)/asv run --python=same --quick --dry-run --show-stderr
+
+test: test-cpu test-cudasim docs asv-smoke
+
+# The side-by-side benchmark table (paper and long configurations)
+bench: install-test
+	$(VPY) -m etaretrieval.bench
+
+# On a machine with a CUDA GPU: gpu-marked tests + the GPU benchmark, logs in gpu_check_out/
+gpu-check:
+	bash scripts/gpu_check.sh
