@@ -139,15 +139,9 @@ def topk_hamming_lookup(
 
     Notes
     -----
-    Order: ascending distance; among equal distances the larger position (the
-    more recent behaviour) first. The order is total, so the result is unique.
-    Rows with fewer than ``k`` valid positions end in ``idx = -1``,
-    ``dist = -1``.
-
-    Device arrays (``__cuda_array_interface__``: CuPy, torch CUDA tensors,
-    numba device arrays) run on the GPU and give results of the same library
-    on the same device, identical to the CPU's; mixing host and device
-    arguments is a :class:`ValueError`.
+    The order of the results, the ``-1`` fill of short rows and the device
+    dispatch are those of :func:`topk_hamming`: the result equals
+    ``topk_hamming(query, table[ids], k, ...)`` with padding masked out.
 
     Examples
     --------

@@ -51,7 +51,7 @@ NBUCKETS = 64 * MAX_WORDS + 1
 
 
 @functools.lru_cache(maxsize=None)
-def _kernels(threads: int, items: int) -> tuple[Any, Any]:
+def _kernels(threads: int, items: int) -> Any:
     if threads < 1 or threads > 1024 or threads & (threads - 1):
         raise ValueError(f"TOPK_THREADS must be a power of two in 1..1024, got {threads}")
     if items < 1 or threads * items > 32767:
@@ -179,8 +179,13 @@ def _kernels(threads: int, items: int) -> tuple[Any, Any]:
             dist[b, s] = -1
 
     @cuda.jit
-    def topk_keys_kernel(query, keys, lengths, use_len, mask, use_mask, k, idx, dist, gdist, use_global, err):  # type: ignore[no-untyped-def]
-        """Top-``k`` of ``keys[b]`` (``(B or 1, L, W)``) for ``query[b]``; one block per row."""
+    def topk_kernel(query, keys, ids, table, use_ids, lengths, use_len, mask, use_mask, pad, use_pad, k, idx, dist, gdist, use_global, err):  # type: ignore[no-untyped-def]
+        """Top-``k`` for ``query[b]``, one block per row ``b``.
+
+        The signature of position ``pos`` is ``keys[b or 0, pos]`` (``(B or 1,
+        L, W)``), or with ``use_ids`` the fused lookup ``table[ids[b or 0,
+        pos]]``; a row holding a bad id gets no result (reported in ``err[1]``).
+        """
         hist = cuda.shared.array(NB, int32)
         scan = cuda.shared.array(T, int32)
         listd = cuda.shared.array(TILE, int16)
@@ -190,8 +195,9 @@ def _kernels(threads: int, items: int) -> tuple[Any, Any]:
         sdist = cuda.shared.array(0, uint16)
         b = cuda.blockIdx.x
         tid = cuda.threadIdx.x
-        length = keys.shape[1]
-        words = keys.shape[2]
+        length = ids.shape[1] if use_ids else keys.shape[1]
+        nrows = table.shape[0]
+        words = query.shape[1]
         nb = 64 * words + 1
         end = int64(length)
         if use_len:
@@ -201,52 +207,6 @@ def _kernels(threads: int, items: int) -> tuple[Any, Any]:
                     cuda.atomic.min(err, 0, int64(b))
                 return
         kb = b if keys.shape[0] > 1 else 0
-        mb = b if mask.shape[0] > 1 else 0
-        for v in range(tid, nb, T):
-            hist[v] = 0
-        for w in range(tid, words, T):
-            qs[w] = query[b, w]
-        if tid == 0:
-            info[0] = 0
-        cuda.syncthreads()
-        count = int64(0)
-        if k > 0:
-            for pos in range(tid, end, T):
-                d = INV
-                if not use_mask or mask[mb, pos]:
-                    d = 0
-                    for w in range(words):
-                        d += int32(cuda.popc(qs[w] ^ keys[kb, pos, w]))
-                    cuda.atomic.add(hist, d, 1)
-                    count += 1
-                store(sdist, gdist, use_global, b, pos, d)
-        cuda.atomic.add(info, 0, count)
-        cuda.syncthreads()
-        select(b, tid, end, nb, k, hist, scan, listd, listp, info, sdist, gdist, use_global, idx, dist)
-
-    @cuda.jit
-    def topk_lookup_kernel(query, ids, table, lengths, use_len, mask, use_mask, pad, use_pad, k, idx, dist, gdist, use_global, err):  # type: ignore[no-untyped-def]
-        """Fused ids -> table rows -> Hamming -> top-``k``; a row with a bad id gets no result."""
-        hist = cuda.shared.array(NB, int32)
-        scan = cuda.shared.array(T, int32)
-        listd = cuda.shared.array(TILE, int16)
-        listp = cuda.shared.array(TILE, int16)
-        qs = cuda.shared.array(MW, uint64)
-        info = cuda.shared.array(4, int64)
-        sdist = cuda.shared.array(0, uint16)
-        b = cuda.blockIdx.x
-        tid = cuda.threadIdx.x
-        length = ids.shape[1]
-        nrows = table.shape[0]
-        words = table.shape[1]
-        nb = 64 * words + 1
-        end = int64(length)
-        if use_len:
-            end = int64(lengths[b])
-            if end < 0 or end > length:
-                if tid == 0:
-                    cuda.atomic.min(err, 0, int64(b))
-                return
         ib = b if ids.shape[0] > 1 else 0
         mb = b if mask.shape[0] > 1 else 0
         for v in range(tid, nb, T):
@@ -258,20 +218,26 @@ def _kernels(threads: int, items: int) -> tuple[Any, Any]:
             info[3] = 0
         cuda.syncthreads()
         count = int64(0)
-        for pos in range(tid, end, T):
+        for pos in range(tid, end if k > 0 or use_ids else 0, T):
             d = INV
             if not use_mask or mask[mb, pos]:
-                item = int64(ids[ib, pos])
-                if not (use_pad and item == pad):
-                    if item < 0 or item >= nrows:
-                        cuda.atomic.min(err, 1, int64(b) * length + pos)
-                        info[3] = 1
-                    else:
-                        d = 0
-                        for w in range(words):
-                            d += int32(cuda.popc(qs[w] ^ table[item, w]))
-                        cuda.atomic.add(hist, d, 1)
-                        count += 1
+                if not use_ids:
+                    d = 0
+                    for w in range(words):
+                        d += int32(cuda.popc(qs[w] ^ keys[kb, pos, w]))
+                else:
+                    item = int64(ids[ib, pos])
+                    if not (use_pad and item == pad):
+                        if item < 0 or item >= nrows:
+                            cuda.atomic.min(err, 1, int64(b) * length + pos)
+                            info[3] = 1
+                        else:
+                            d = 0
+                            for w in range(words):
+                                d += int32(cuda.popc(qs[w] ^ table[item, w]))
+                if d != INV:
+                    cuda.atomic.add(hist, d, 1)
+                    count += 1
             store(sdist, gdist, use_global, b, pos, d)
         cuda.atomic.add(info, 0, count)
         cuda.syncthreads()
@@ -279,7 +245,7 @@ def _kernels(threads: int, items: int) -> tuple[Any, Any]:
             return
         select(b, tid, end, nb, k, hist, scan, listd, listp, info, sdist, gdist, use_global, idx, dist)
 
-    return topk_keys_kernel, topk_lookup_kernel
+    return topk_kernel
 
 
 def _expand0(arr: Any) -> Any:
@@ -363,9 +329,10 @@ def topk_hamming_into(
         if batch > 0:
             n, use_len, m, use_mask = _validity(like, lengths, mask, stream)
             gdist, use_global, shared_bytes = _scratch(like, batch, length, stream)
-            keys_kernel, _ = _kernels(config.TOPK_THREADS, config.TOPK_ITEMS)
-            keys_kernel[batch, config.TOPK_THREADS, stream, shared_bytes](
-                q, kk, n, use_len, m, use_mask, np.int64(k),
+            ids = _backend.placeholder(like, (1, 1), np.int64, stream)
+            table = _backend.placeholder(like, (1, 1), np.uint64, stream)
+            _kernels(config.TOPK_THREADS, config.TOPK_ITEMS)[batch, config.TOPK_THREADS, stream, shared_bytes](
+                q, kk, ids, table, False, n, use_len, m, use_mask, np.int64(0), False, np.int64(k),
                 _backend.as_numba(idx), _backend.as_numba(dist), gdist, use_global, cells,
             )
         if not check:
@@ -413,10 +380,10 @@ def topk_hamming_lookup_into(
         if batch > 0:
             n, use_len, m, use_mask = _validity(like, lengths, mask, stream)
             gdist, use_global, shared_bytes = _scratch(like, batch, length, stream)
-            _, lookup_kernel = _kernels(config.TOPK_THREADS, config.TOPK_ITEMS)
+            keys = _backend.placeholder(like, (1, 1, 1), np.uint64, stream)
             pad = 0 if padding_id is None else padding_id
-            lookup_kernel[batch, config.TOPK_THREADS, stream, shared_bytes](
-                q, i, t, n, use_len, m, use_mask, np.int64(pad), padding_id is not None, np.int64(k),
+            _kernels(config.TOPK_THREADS, config.TOPK_ITEMS)[batch, config.TOPK_THREADS, stream, shared_bytes](
+                q, keys, i, t, True, n, use_len, m, use_mask, np.int64(pad), padding_id is not None, np.int64(k),
                 _backend.as_numba(idx), _backend.as_numba(dist), gdist, use_global, cells,
             )
         if not check:
