@@ -160,7 +160,7 @@ _ = etaretrieval  # imported above so that a broken install fails fast
 # -- A figure that is left out when its image does not exist -----------------
 # Used for images that another step produces: the gallery's figures (absent
 # when the gallery is not executed, e.g. ``-D plot_gallery=0`` for doctest
-# builds) and the benchmark plot (present once committed).
+# builds).
 
 from sphinx.directives.patches import Figure as _Figure  # noqa: E402
 

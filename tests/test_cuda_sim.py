@@ -79,6 +79,12 @@ def host(a: Any) -> np.ndarray:
     return np.asarray(a.copy_to_host())
 
 
+def same(got: tuple[Any, Any], want: tuple[np.ndarray, np.ndarray]) -> None:
+    """Device results ``(idx, dist)`` equal the CPU's exactly."""
+    np.testing.assert_array_equal(host(got[0]), want[0])
+    np.testing.assert_array_equal(host(got[1]), want[1])
+
+
 def same_error(cpu: Any, gpu: Any) -> None:
     """Both calls raise the same exception type with the same message."""
     with pytest.raises(Exception) as e_cpu:
@@ -132,8 +138,7 @@ def test_topk_fixed_cases(config: tuple[int, ...], shared: bool) -> None:
             lengths, mask = validity(rng, kind, batch, length)
             want = er.topk_hamming(query, keys, k, lengths=lengths, mask=mask)
             got = er.topk_hamming(dev(query), dev(keys), k, lengths=dev(lengths), mask=dev(mask))
-            np.testing.assert_array_equal(host(got[0]), want[0])
-            np.testing.assert_array_equal(host(got[1]), want[1])
+            same(got, want)
             assert host(got[0]).dtype == np.int64 and host(got[1]).dtype == np.int32
 
 
@@ -161,8 +166,7 @@ def test_topk_matches_cpu(seed: int, batch: int, length: int, words: int, style:
     want = er.topk_hamming(query, keys, k, lengths=lengths, mask=mask)
     with cuda_config(config):
         got = er.topk_hamming(dev(query), dev(keys), k, lengths=dev(lengths), mask=dev(mask))
-    np.testing.assert_array_equal(host(got[0]), want[0])
-    np.testing.assert_array_equal(host(got[1]), want[1])
+    same(got, want)
 
 
 @pytest.mark.cudasim
@@ -175,8 +179,7 @@ def test_topk_strided_device_inputs() -> None:
     qd, kd = dev(query), dev(keys)
     want = er.topk_hamming(query[:, ::2], keys[:, ::3, ::2], 6)
     got = er.topk_hamming(qd[:, ::2], kd[:, ::3, ::2], 6)
-    np.testing.assert_array_equal(host(got[0]), want[0])
-    np.testing.assert_array_equal(host(got[1]), want[1])
+    same(got, want)
     np.testing.assert_array_equal(host(qd), query)  # inputs untouched
     np.testing.assert_array_equal(host(kd), keys)
 
@@ -190,8 +193,7 @@ def test_topk_all_tied_and_far() -> None:
     for k in (1, 8, 17, 20):
         want = er.topk_hamming(query, keys, k)
         got = er.topk_hamming(dev(query), dev(keys), k)
-        np.testing.assert_array_equal(host(got[0]), want[0])
-        np.testing.assert_array_equal(host(got[1]), want[1])
+        same(got, want)
 
 
 @pytest.mark.cudasim
@@ -288,8 +290,7 @@ def test_lookup_matches_cpu(seed: int, batch: int, length: int, nrows: int, word
     with cuda_config(config):
         got = er.topk_hamming_lookup(dev(query), dev(ids), dev(table), k, lengths=dev(lengths), mask=dev(mask),
                                      padding_id=pad)
-    np.testing.assert_array_equal(host(got[0]), want[0])
-    np.testing.assert_array_equal(host(got[1]), want[1])
+    same(got, want)
 
 
 @pytest.mark.cudasim
@@ -318,8 +319,7 @@ def test_lookup_bad_id_raises_like_cpu(dtype: type) -> None:
     ids2[0, 8] = pad
     want = er.topk_hamming_lookup(query, ids2, table, 4, padding_id=int(pad))
     got = er.topk_hamming_lookup(dev(query), dev(ids2), dev(table), 4, padding_id=int(pad))
-    np.testing.assert_array_equal(host(got[0]), want[0])
-    np.testing.assert_array_equal(host(got[1]), want[1])
+    same(got, want)
 
 
 @pytest.mark.cudasim
