@@ -467,3 +467,14 @@ def test_pack_planes_nonfinite(bad: float) -> None:
     planes[2, 5] = bad
     with pytest.raises(ValueError, match="planes must be finite"):
         er.pack_signatures(np.ones((2, 4)), planes)
+
+
+def test_simhasher_pickle_round_trip_keeps_planes_read_only() -> None:
+    import pickle
+
+    hasher = er.SimHasher(6, 90, seed=4)
+    again = pickle.loads(pickle.dumps(hasher))
+    np.testing.assert_array_equal(again.planes, hasher.planes)
+    assert not again.planes.flags.writeable
+    x = np.random.default_rng(0).standard_normal((5, 6))
+    np.testing.assert_array_equal(again(x), hasher(x))

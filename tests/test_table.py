@@ -181,6 +181,16 @@ def test_table_refresh_nonfinite_raises() -> None:
         table.refresh()
 
 
+def test_table_refresh_rows_nonfinite_names_the_weight_row() -> None:
+    weight = np.ones((6, 4))
+    table = er.SignatureTable(weight, er.SimHasher(4, 64))
+    old = table.signatures.copy()
+    weight[4, 2] = np.inf
+    with pytest.raises(ValueError, match=r"weight holds a non-finite value \(NaN or inf\) in row 4"):
+        table.refresh([1, 4])
+    np.testing.assert_array_equal(table.signatures, old)  # nothing half-written
+
+
 @pytest.mark.parametrize("shape", [(5, 3), (5,), (2, 5, 4)])
 def test_table_weight_wrong_shape(shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match=r"weight.*\(N, 4\)"):

@@ -193,6 +193,52 @@ def test_compiled_fullgraph_equals_eager() -> None:
     torch.testing.assert_close(compiled(target, seq, ids, mask), both(target, seq, ids, mask))
 
 
+@pytest.mark.parametrize("pad", [-1, 25])
+def test_masked_padding_ids_in_short_rows(pad: int) -> None:
+    """Left-padded rows with fewer than k items: empty slots never read the padding id (at position 0)."""
+    emb, ids, _, target = batch(12, b=3, length=20, n=25)
+    ids[1, :15] = pad  # 5 behaviours < k
+    ids[2, :] = pad  # none
+    mask = ids != pad
+    retriever = ETARetriever(DIM, BITS, k=8)
+    want = retriever(target, emb(ids.clamp(min=0, max=24)), mask)
+    cache = SignatureCache(emb, retriever)
+    for got in (retriever(target, mask=mask, seq_ids=ids, cache=cache),
+                retriever(target, mask=mask, seq_ids=ids, items=emb.weight)):
+        assert torch.equal(got.index, want.index) and torch.equal(got.mask, want.mask)
+        assert torch.equal(got.values, want.values)
+    assert want.mask.sum(1).tolist() == [8, 5, 0]
+    assert (want.values[~want.mask] == 0).all()
+    out = ETAAttention(DIM, BITS, k=8, heads=2)(target, mask=mask, seq_ids=ids, cache=SignatureCache(emb, retriever))
+    assert torch.isfinite(out).all()
+
+
+def test_cache_of_other_planes_is_refused_until_refreshed() -> None:
+    emb, ids, mask, target = batch(13)
+    retriever = ETARetriever(DIM, BITS, k=5, seed=0)
+    other = SignatureCache(emb, er.SimHasher(DIM, BITS, seed=1))
+    with pytest.raises(ValueError, match="cache holds signatures hashed with other planes"):
+        retriever(target, mask=mask, seq_ids=ids, cache=other)
+    cache = SignatureCache(emb, retriever)
+    retriever.load_state_dict(ETARetriever(DIM, BITS, k=5, seed=7).state_dict())  # new planes
+    with pytest.raises(ValueError, match="or call cache.refresh"):
+        retriever(target, mask=mask, seq_ids=ids, cache=cache)
+    cache.refresh([0])  # a row refresh after new planes rehashes every row
+    assert torch.equal(retriever(target, mask=mask, seq_ids=ids, cache=cache).index,
+                       retriever(target, emb(ids), mask).index)
+
+
+def test_signature_cache_refresh_nothing() -> None:
+    emb, _, _, _ = batch(14)
+    cache = SignatureCache(emb, er.SimHasher(DIM, BITS))
+    before = cache.signatures.clone()
+    with torch.no_grad():
+        emb.weight[2] *= -1
+    for rows in ([], (), torch.empty(0, dtype=torch.int64)):
+        cache.refresh(rows)
+    assert torch.equal(cache.signatures, before)
+
+
 def test_signature_cache_refresh_rows() -> None:
     emb, _, _, _ = batch(10, n=30)
     hasher = er.SimHasher(DIM, BITS, seed=0)

@@ -284,6 +284,11 @@ def test_clear_errors(call: object, error: type, match: str) -> None:
         call()  # type: ignore[operator]
 
 
+def test_empty_batch_with_huge_k() -> None:
+    idx, dist = ops.topk_hamming_lookup(_i64(0, 1), _i64(0, 5), _i64(4, 1), 10**12)
+    assert idx.shape == dist.shape == (0, 10**12)
+
+
 def test_registration_is_guarded() -> None:
     """Defining an op that exists returns the registered op instead of failing."""
     again = _ops._define("topk_hamming", _ops._topk_fake)(lambda *args: None)

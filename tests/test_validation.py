@@ -311,6 +311,15 @@ def test_empty_batch_accepts_empty_lengths_list(fn: str) -> None:
     assert idx.shape == (0, 2) and dist.shape == (0, 2)
 
 
+@BOTH
+def test_empty_batch_with_huge_k(fn: str) -> None:
+    """No rows: (0, k) results without per-row work space (k far beyond any memory)."""
+    empty = {"query": np.zeros((0, W), dtype=np.uint64), "keys": np.zeros((0, L, W), dtype=np.uint64),
+             "ids": np.zeros((0, L), dtype=np.int64)}
+    idx, dist = call(fn, k=10**12, **empty)
+    assert idx.shape == (0, 10**12) and idx.dtype == np.int64 and dist.dtype == np.int32
+
+
 def test_out_of_range_ids_at_invalid_positions_are_not_read() -> None:
     ids = np.zeros((B, L), dtype=np.int64)
     ids[0, 5] = 10**12  # beyond lengths[0] / masked

@@ -31,6 +31,7 @@ __all__ = [
     "ids_error",
     "lengths_error",
     "nonfinite_error",
+    "weight_nonfinite_error",
 ]
 
 MAX_WORDS = MAX_BITS // 64
@@ -134,6 +135,11 @@ def nonfinite_error(where: tuple[Any, ...]) -> ValueError:
     """The error for a row (index tuple ``where`` over the leading axes of ``x``) holding a NaN or inf."""
     row = f" in row {tuple(int(i) for i in where)}" if where else ""
     return ValueError(f"x holds a non-finite value (NaN or inf){row}; pass check_finite=False to hash it anyway")
+
+
+def weight_nonfinite_error(row: int) -> ValueError:
+    """The error of :meth:`SignatureTable.refresh` for a changed row ``row`` of ``weight`` holding a NaN or inf."""
+    return ValueError(f"weight holds a non-finite value (NaN or inf) in row {row}; the signature table cannot hash it")
 
 
 def validity(lengths: Any, mask: Any, batch: int, length: int, *, device: bool = False) -> tuple[Any, Any]:

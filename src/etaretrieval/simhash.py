@@ -228,5 +228,9 @@ class SimHasher:
         state.pop("_device_planes", None)  # device copies are not pickled; re-uploaded on use
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.planes.flags.writeable = False  # unpickled arrays come back writeable
+
     def __repr__(self) -> str:
         return f"SimHasher(dim={self.dim}, bits={self.bits})"

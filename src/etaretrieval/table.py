@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._device import describe
-from ._validate import DTypeError, _shape
+from ._validate import DTypeError, _shape, weight_nonfinite_error
 from .simhash import SimHasher
 
 __all__ = ["SignatureTable"]
@@ -81,10 +81,11 @@ class SignatureTable:
             self.signatures[...] = self.hasher(self.weight)
             return
         rows_device = describe(rows)
-        if rows_device is not None:  # a short id list: read it on the host
-            from .cuda._backend import as_numba
+        if rows_device is not None:  # a short id list: read it on the host, after the work that wrote it
+            from .cuda import _backend
 
-            r = as_numba(rows_device).copy_to_host()
+            with _backend.device_scope(rows_device):
+                r = _backend.read_back(_backend.as_numba(rows_device), _backend.launch_stream(rows_device))
         else:
             r = np.asarray(rows)
         if r.size == 0:  # nothing changed (an empty list is float64 to NumPy)
@@ -102,7 +103,11 @@ class SignatureTable:
 
             refresh_rows(device, self.hasher.device_planes(device), r, self.signatures)
             return
-        self.signatures[r] = self.hasher(self.weight[r])
+        changed = self.weight[r]
+        finite = np.isfinite(changed).all(axis=1)
+        if not finite.all():  # name the row of weight, not of the subset
+            raise weight_nonfinite_error(int(r[np.argmin(finite)]))
+        self.signatures[r] = self.hasher(changed, check_finite=False)
 
     def __len__(self) -> int:
         return int(self.signatures.shape[0])

@@ -90,7 +90,8 @@ def topk_hamming(
     kk = np.broadcast_to(kk, (batch, length, words))
     n, m = validity(lengths, mask, batch, length)
     idx, dist, ntasks = _outputs(batch, k)
-    topk_keys(q, kk, k, n, _NO_MASK if m is None else m, m is not None, ntasks, idx, dist)
+    if batch:
+        topk_keys(q, kk, k, n, _NO_MASK if m is None else m, m is not None, ntasks, idx, dist)
     return idx, dist
 
 
@@ -169,6 +170,8 @@ def topk_hamming_lookup(
     n, m = validity(lengths, mask, batch, i.shape[1])
     idx, dist, ntasks = _outputs(batch, k)
     bad = np.full(batch, -1, dtype=np.int64)
+    if not batch:
+        return idx, dist
     topk_lookup(q, i, t, k, n, _NO_MASK if m is None else m, m is not None,
                 0 if pad is None else pad, pad is not None, ntasks, idx, dist, bad)
     rows = np.flatnonzero(bad >= 0)

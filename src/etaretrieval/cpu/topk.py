@@ -340,7 +340,10 @@ def _select(scratch, end, nvalid, k, work, idx_row, dist_row):  # type: ignore[n
 
 @jit()
 def _workspace(length, words, k):  # type: ignore[no-untyped-def]
-    """Per-task scratch (a multiple of :data:`LANES` slots) and :func:`_select`'s buffers."""
+    """Per-task scratch (a multiple of :data:`LANES` slots) and :func:`_select`'s buffers.
+
+    ``k`` is at most ``length``: no row returns more than ``length`` positions.
+    """
     padded = (length + LANES - 1) // LANES * LANES
     work = (
         np.empty(64 * words + 2, dtype=np.int64),  # histogram
@@ -357,7 +360,7 @@ def topk_keys(query, keys, k, lengths, mask, use_mask, ntasks, idx, dist):  # ty
     batch, length, words = keys.shape
     invalid = 64 * words + 1
     for task in numba.prange(ntasks):
-        scratch, work = _workspace(length, words, k)
+        scratch, work = _workspace(length, words, min(k, length))
         for b in range(task * batch // ntasks, (task + 1) * batch // ntasks):
             end = lengths[b]
             if use_mask:
@@ -382,7 +385,7 @@ def topk_lookup(  # type: ignore[no-untyped-def]
     nrows, words = table.shape
     invalid = 64 * words + 1
     for task in numba.prange(ntasks):
-        scratch, work = _workspace(length, words, k)
+        scratch, work = _workspace(length, words, min(k, length))
         for b in range(task * batch // ntasks, (task + 1) * batch // ntasks):
             end = lengths[b]
             if nrows == 0:  # no row 0 to read in place of a bad id

@@ -191,10 +191,9 @@ class ETARetriever(nn.Module):
             values = target.new_zeros(target.shape[0], self.k, self.dim)
         elif seq is not None:
             values = seq.gather(1, safe.unsqueeze(-1).expand(-1, -1, seq.shape[-1]))
-        elif items is not None:
-            values = items[seq_ids.gather(1, safe)]
-        else:
-            values = cache.embedding(seq_ids.gather(1, safe))
+        else:  # empty slots read id 0, not the id at position 0 (possibly a masked padding id)
+            ids = torch.where(valid, seq_ids.gather(1, safe), 0)
+            values = items[ids] if items is not None else cache.embedding(ids)
         return Retrieved(values * valid.unsqueeze(-1).to(values.dtype), index, valid)
 
     def _distinct(self, seq: torch.Tensor, seq_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,6 +235,12 @@ class ETARetriever(nn.Module):
                 raise ValueError(
                     f"cache must be built with planes of shape {_shape(tuple(self.planes.shape))} like this "
                     f"module's, got {_shape(tuple(cache.planes.shape))}"
+                )
+            if not torch.compiler.is_compiling() and not cache.hashed_with(self.planes):
+                raise ValueError(
+                    "cache holds signatures hashed with other planes than this module's (built with another "
+                    "hasher or seed, or the module's planes were loaded or changed since): build it with this "
+                    "module, or call cache.refresh()"
                 )
         if items is not None:
             _floats("items", items, 2, f"(N, {d})", device)
@@ -311,6 +316,7 @@ class SignatureCache:
                 f"hasher must have dim = {embedding.embedding_dim} (the embedding's), got dim {self.planes.shape[0]}"
             )
         self._seen: Optional[torch.Tensor] = None  # weights last hashed, kept once attach() is used
+        self._hashed: torch.Tensor = self.planes.detach().clone()  # planes of the current signatures
         self.signatures = self._pack(self.embedding.weight)
 
     @property
@@ -320,6 +326,22 @@ class SignatureCache:
 
     def _pack(self, rows: torch.Tensor) -> torch.Tensor:
         return _ops.pack_signatures(rows.detach(), self.planes.to(rows.device))
+
+    def hashed_with(self, planes: torch.Tensor) -> bool:
+        """Whether :attr:`signatures` were hashed with ``planes`` (e.g. a retriever's).
+
+        Parameters
+        ----------
+        planes : torch.Tensor
+            ``(dim, bits)`` hyperplanes, on any device.
+
+        Returns
+        -------
+        bool
+            False after :attr:`hasher`'s planes changed (``load_state_dict``)
+            until :meth:`refresh` rehashes every row.
+        """
+        return planes.shape == self._hashed.shape and torch.equal(planes.detach().to(self._hashed.device), self._hashed)
 
     def refresh(self, rows: Any = None) -> None:
         """Rehash every row (``rows=None``) or only the given row ids.
@@ -333,14 +355,22 @@ class SignatureCache:
         ------
         IndexError
             A row id outside ``[0, N)``.
+
+        Notes
+        -----
+        If the hasher's planes changed since the last full refresh (e.g. the
+        retriever's ``load_state_dict``), every row is rehashed.
         """
         weight = self.embedding.weight.detach()
         if rows is None:
+            self._hashed = self.planes.detach().clone()
             self.signatures = self._pack(weight)
             if self._seen is not None:
                 self._seen = weight.clone()
             return
         r = torch.as_tensor(rows, device=weight.device)
+        if r.numel() == 0:  # nothing changed (an empty list is float to torch)
+            return
         if not _ops.is_integer(r.dtype):
             raise DTypeError(f"rows must have an integer dtype, got {r.dtype}")
         r = r.reshape(-1).to(torch.int64)
@@ -348,6 +378,9 @@ class SignatureCache:
         out = (r < 0) | (r >= n)
         if bool(out.any()):
             raise IndexError(f"rows must lie in [0, {n}), got row {int(r[out][0])}")
+        if not self.hashed_with(self.planes):  # the hasher has new planes: every row changes
+            self.refresh()
+            return
         r = torch.unique(r)
         self.signatures[r] = self._pack(weight[r])
         if self._seen is not None:
