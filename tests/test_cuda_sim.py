@@ -559,6 +559,12 @@ def test_raw_launchers_for_the_torch_plugin() -> None:
     pack_signatures_into(dev(x), dev(planes), sig)
     np.testing.assert_array_equal(host(sig).view(np.uint64), er.pack_signatures(x, planes))
 
+    with pytest.raises(ValueError, match="as many as keys"):  # W that would read outside the arrays
+        topk_hamming_into(dev(q), dev(keys[:, :, :1]), 4, idx, dist)
+    with pytest.raises(ValueError, match="1..16 signature words"):
+        topk_hamming_lookup_into(dev(np.zeros((3, 17), np.uint64)), dev(ids), dev(np.zeros((5, 17), np.uint64)),
+                                 4, idx, dist)
+
 
 # ----------------------------------------------------------------------------- CPU process (no simulator)
 
@@ -636,3 +642,13 @@ def test_device_validation_reads_the_interface_only() -> None:
         same_error(lambda: call(lambda a: a), lambda: call(fake))
     with pytest.raises(ValueError, match="is host data"):
         er.topk_hamming(fake(q), keys, 1)
+
+
+@pytest.mark.cudasim
+@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
+def test_shared_memory_budget_is_checked() -> None:
+    rng = np.random.default_rng(13)
+    q, keys = dev(signatures(rng, (2, 1), "ties")), dev(signatures(rng, (2, 9, 1), "ties"))
+    with cuda_config((256, 8, 40 * 1024, 256, 4)):
+        with pytest.raises(ValueError, match="TOPK_SHARED_SCRATCH_BYTES = 40960 plus the 13476 bytes"):
+            er.topk_hamming(q, keys, 3)

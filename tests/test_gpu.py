@@ -221,6 +221,24 @@ def test_torch_ops_cuda_kernels() -> None:
         assert all(t.is_cuda for t in got)
         for a, b in zip(got, cpu):
             torch.testing.assert_close(a.cpu(), b, rtol=0, atol=0)
+    # edge cases: B = 0, k = 0, L = 0, shared (L,) ids and keys, int32 lengths, (L,) mask
+    shared_mask = keys[0, :, 0] % 3 == 0
+    cases = [
+        (ops.topk_hamming, (q[:0], keys[0], 5), {}),
+        (ops.topk_hamming, (q, keys, 0), {}),
+        (ops.topk_hamming, (q, keys[:, :0], 3), {}),
+        (ops.topk_hamming, (q, keys[0], 7), {"lengths": lengths.int()}),
+        (ops.topk_hamming, (q, keys[0], 7), {"mask": shared_mask}),
+        (ops.topk_hamming_lookup, (q, ids[0], table, 7), {"mask": shared_mask, "padding_id": 3}),
+        (ops.topk_hamming_lookup, (q, ids[:, :0], table, 4), {}),
+    ]
+    for op, args, kwargs in cases:
+        want = op(*args, **kwargs)
+        got = op(*[a.cuda() if isinstance(a, torch.Tensor) else a for a in args],
+                 **{name: v.cuda() if isinstance(v, torch.Tensor) else v for name, v in kwargs.items()})
+        for a, b in zip(got, want):
+            assert a.is_cuda
+            torch.testing.assert_close(a.cpu(), b, rtol=0, atol=0)
     torch.library.opcheck(ops.topk_hamming, (q.cuda(), keys.cuda(), 5))
     torch.library.opcheck(ops.topk_hamming_lookup, (q.cuda(), ids.cuda(), table.cuda(), 5))
     with pytest.raises(IndexError, match=r"ids\[0, 0\]"):

@@ -13,6 +13,7 @@ that names one argument of each kind.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,10 @@ class DeviceArray:
 
 
 def _family(obj: Any) -> str:
+    for name, cls in (("torch", "Tensor"), ("cupy", "ndarray")):  # subclasses defined elsewhere too
+        lib = sys.modules.get(name)
+        if lib is not None and isinstance(obj, getattr(lib, cls, ())):
+            return name
     module = type(obj).__module__ or ""
     for name in ("torch", "cupy", "numba"):
         if module == name or module.startswith(name + "."):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+import warnings
 from typing import Any, Iterator
 
 import numpy as np
@@ -26,6 +27,7 @@ from .._device import DeviceArray, describe
 __all__ = [
     "cuda",
     "simulator",
+    "configure",
     "as_numba",
     "view",
     "empty",
@@ -33,7 +35,7 @@ __all__ = [
     "launch_stream",
     "device_scope",
     "error_cells",
-    "read_cells",
+    "read_back",
     "element",
 ]
 
@@ -227,6 +229,18 @@ def _init_kernel() -> Any:
     return _INIT_KERNEL
 
 
+def configure(kernel: Any, grid: Any, block: Any, stream: Any, shared_bytes: int = 0) -> Any:
+    """``kernel[grid, block, stream, shared_bytes]``, without numba's low-occupancy warning.
+
+    One block per row makes small batches small grids by design; numba-cuda
+    warns about every grid under 128 blocks, which would fail callers that turn
+    warnings into errors.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Grid size", category=Warning)
+        return kernel[grid, block, stream, shared_bytes]
+
+
 def error_cells(like: DeviceArray | None, first: int, second: int, stream: Any) -> Any:
     """A ``(2,)`` int64 device array set (in stream order) to ``[first, second]``.
 
@@ -235,13 +249,13 @@ def error_cells(like: DeviceArray | None, first: int, second: int, stream: Any) 
     with ``like``'s library (no ``cudaMalloc`` per call under torch or CuPy).
     """
     _, cells = empty(like, (2,), np.int64, stream)
-    _init_kernel()[1, 1, stream](cells, np.int64(first), np.int64(second))
+    configure(_init_kernel(), 1, 1, stream)(cells, np.int64(first), np.int64(second))
     return cells
 
 
-def read_cells(cells: Any, stream: Any) -> np.ndarray:
-    """Copy error cells to the host (waits for the stream)."""
-    host = cells.copy_to_host(stream=stream)
+def read_back(arr: Any, stream: Any) -> np.ndarray:
+    """Copy a small device array (error cells, row ids) to the host, in stream order; waits for it."""
+    host = arr.copy_to_host(stream=stream)
     if not isinstance(stream, int):
         stream.synchronize()
     return host

@@ -71,7 +71,7 @@ def _launch(x: Any, y: Any, out: Any, stream: Any) -> None:
     threads = config.HAMMING_THREADS
     for _, (xv, yv, ov) in _layout.tiles(shape, arrays):
         count = int(np.prod(ov.shape, dtype=np.int64))
-        kernel[(count + threads - 1) // threads, threads, stream](xv, yv, ov)
+        _backend.configure(kernel, (count + threads - 1) // threads, threads, stream)(xv, yv, ov)
 
 
 def hamming(a: DeviceArray, b: DeviceArray, shape: tuple[int, ...]) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .._device import DeviceArray, describe
-from .._validate import nonfinite_error
+from .._validate import nonfinite_error, weight_nonfinite_error
 from . import _backend, _layout, config
 
 __all__ = ["pack_signatures", "pack_signatures_into", "planes_for", "refresh_rows", "refresh_all"]
@@ -145,13 +145,13 @@ def _launch(x: Any, planes: Any, out: Any, check_finite: bool, stream: Any, like
     err = _backend.error_cells(like, rows, rows, stream) if check_finite else None
     for row0, (xv, ov) in _layout.tiles(lead, arrays):
         count = int(np.prod(xv.shape[:-1], dtype=np.int64))
-        pack_kernel[((count + rb - 1) // rb, _words(planes)), (64, rb), stream](xv, planes, ov, zero)
+        _backend.configure(pack_kernel, ((count + rb - 1) // rb, _words(planes)), (64, rb), stream)(xv, planes, ov, zero)
         if check_finite:
             threads = config.HAMMING_THREADS
-            nonfinite_kernel[(count + threads - 1) // threads, threads, stream](xv, np.int64(row0), err)
+            _backend.configure(nonfinite_kernel, (count + threads - 1) // threads, threads, stream)(xv, np.int64(row0), err)
     if not check_finite:
         return -1
-    first = int(_backend.read_cells(err, stream)[0])
+    first = int(_backend.read_back(err, stream)[0])
     return first if first < rows else -1
 
 
@@ -217,8 +217,8 @@ def refresh_all(weight: DeviceArray, planes: Any, signatures: Any) -> None:
         x5 = _backend.view(x, (1, 1, 1) + tuple(x.shape), (0, 0, 0) + tuple(x.strides))
         err = _backend.error_cells(weight, rows, rows, stream)
         threads = config.HAMMING_THREADS
-        nonfinite_kernel[(rows + threads - 1) // threads, threads, stream](x5, np.int64(0), err)
-        first = int(_backend.read_cells(err, stream)[0])
+        _backend.configure(nonfinite_kernel, (rows + threads - 1) // threads, threads, stream)(x5, np.int64(0), err)
+        first = int(_backend.read_back(err, stream)[0])
         if first < rows:
             raise nonfinite_error((first,))
         _launch(x, p, _backend.as_numba(signatures, np.uint64), False, stream, weight)
@@ -227,8 +227,9 @@ def refresh_all(weight: DeviceArray, planes: Any, signatures: Any) -> None:
 def refresh_rows(weight: DeviceArray, planes: Any, rows: np.ndarray, signatures: Any) -> None:
     """Rehash the (unique, in-range, host) ``rows`` of a device table in place.
 
-    Raises :class:`ValueError` naming position ``i`` of ``rows`` (as the CPU's
-    ``hasher(weight[rows])`` does) before writing anything if a row is non-finite.
+    Raises :class:`ValueError` naming the first non-finite row of ``weight``
+    among ``rows`` (as the CPU's :meth:`SignatureTable.refresh` does) before
+    writing anything.
     """
     n = int(rows.shape[0])
     if n == 0:
@@ -243,9 +244,9 @@ def refresh_rows(weight: DeviceArray, planes: Any, rows: np.ndarray, signatures:
         _, _, pack_rows_kernel, nonfinite_rows_kernel = _kernels(config.PACK_ROWS_PER_BLOCK)
         err = _backend.error_cells(weight, n, n, stream)
         threads = config.HAMMING_THREADS
-        nonfinite_rows_kernel[(n + threads - 1) // threads, threads, stream](x, r, err)
-        first = int(_backend.read_cells(err, stream)[0])
+        _backend.configure(nonfinite_rows_kernel, (n + threads - 1) // threads, threads, stream)(x, r, err)
+        first = int(_backend.read_back(err, stream)[0])
         if first < n:
-            raise nonfinite_error((first,))
+            raise weight_nonfinite_error(int(rows[first]))
         rb = config.PACK_ROWS_PER_BLOCK
-        pack_rows_kernel[((n + rb - 1) // rb, _words(p)), (64, rb), stream](x, p, r, out, _zero(x, p))
+        _backend.configure(pack_rows_kernel, ((n + rb - 1) // rb, _words(p)), (64, rb), stream)(x, p, r, out, _zero(x, p))

@@ -248,13 +248,44 @@ def _kernels(threads: int, items: int) -> Any:
     return topk_kernel
 
 
+def _words_checked(query: Any, other: Any, name: str) -> Any:
+    """``query``, checked to fit the kernel's shared copy and to match ``other``'s ``W``.
+
+    The raw launchers validate nothing else, but an out-of-range ``W`` would
+    make the kernel read or write outside its arrays.
+    """
+    words = query.shape[1]
+    if not 1 <= words <= MAX_WORDS or tuple(other.shape)[-1] != words:
+        raise ValueError(
+            f"query must have 1..{MAX_WORDS} signature words, as many as {name}: "
+            f"got shapes {tuple(query.shape)} and {tuple(other.shape)}"
+        )
+    return query
+
+
 def _expand0(arr: Any) -> Any:
     """``arr`` with a leading axis of length 1 (shared keys / ids / mask)."""
     return _backend.view(arr, (1,) + tuple(arr.shape), (0,) + tuple(arr.strides))
 
 
+#: Shared memory a block may use without opting in (every CUDA GPU since compute capability 2.0).
+SHARED_LIMIT = 48 * 1024
+
+
+def _static_shared_bytes(threads: int, items: int) -> int:
+    """The top-K kernel's static shared arrays: hist, scan, listd + listp, qs, info."""
+    return 4 * NBUCKETS + 4 * threads + 2 * 2 * threads * items + 8 * MAX_WORDS + 8 * 4
+
+
 def _scratch(like: DeviceArray | None, batch: int, length: int, stream: Any) -> tuple[Any, bool, int]:
     """(global scratch, use it, dynamic shared bytes) for rows of ``length`` positions."""
+    static = _static_shared_bytes(config.TOPK_THREADS, config.TOPK_ITEMS)
+    if static + config.TOPK_SHARED_SCRATCH_BYTES > SHARED_LIMIT:
+        raise ValueError(
+            f"etaretrieval.cuda.config: TOPK_SHARED_SCRATCH_BYTES = {config.TOPK_SHARED_SCRATCH_BYTES} plus the "
+            f"{static} bytes of static shared memory of TOPK_THREADS = {config.TOPK_THREADS} x TOPK_ITEMS = "
+            f"{config.TOPK_ITEMS} exceed the {SHARED_LIMIT} bytes a block may use"
+        )
     if 2 * length <= config.TOPK_SHARED_SCRATCH_BYTES:
         return _backend.placeholder(like, (1, 1), np.uint16, stream), False, 2 * length
     return _backend.empty(like, (batch, length), np.uint16, stream)[1], True, 0
@@ -319,8 +350,8 @@ def topk_hamming_into(
     like = describe(idx)
     with _backend.device_scope(like):
         stream = _backend.launch_stream(like, stream)
-        q = _backend.as_numba(query, np.uint64)
         kk = _backend.as_numba(keys, np.uint64)
+        q = _words_checked(_backend.as_numba(query, np.uint64), kk, "keys")
         if kk.ndim == 2:
             kk = _expand0(kk)
         batch = q.shape[0]
@@ -331,13 +362,14 @@ def topk_hamming_into(
             gdist, use_global, shared_bytes = _scratch(like, batch, length, stream)
             ids = _backend.placeholder(like, (1, 1), np.int64, stream)
             table = _backend.placeholder(like, (1, 1), np.uint64, stream)
-            _kernels(config.TOPK_THREADS, config.TOPK_ITEMS)[batch, config.TOPK_THREADS, stream, shared_bytes](
+            kernel = _kernels(config.TOPK_THREADS, config.TOPK_ITEMS)
+            _backend.configure(kernel, batch, config.TOPK_THREADS, stream, shared_bytes)(
                 q, kk, ids, table, False, n, use_len, m, use_mask, np.int64(0), False, np.int64(k),
                 _backend.as_numba(idx), _backend.as_numba(dist), gdist, use_global, cells,
             )
         if not check:
             return cells
-        raise_errors(_backend.read_cells(cells, stream), batch, length, 0, lengths=lengths)
+        raise_errors(_backend.read_back(cells, stream), batch, length, 0, lengths=lengths)
     return None
 
 
@@ -369,8 +401,8 @@ def topk_hamming_lookup_into(
     like = describe(idx)
     with _backend.device_scope(like):
         stream = _backend.launch_stream(like, stream)
-        q = _backend.as_numba(query, np.uint64)
         t = _backend.as_numba(table, np.uint64)
+        q = _words_checked(_backend.as_numba(query, np.uint64), t, "table")
         i = _backend.as_numba(ids)
         if i.ndim == 1:
             i = _expand0(i)
@@ -382,13 +414,14 @@ def topk_hamming_lookup_into(
             gdist, use_global, shared_bytes = _scratch(like, batch, length, stream)
             keys = _backend.placeholder(like, (1, 1, 1), np.uint64, stream)
             pad = 0 if padding_id is None else padding_id
-            _kernels(config.TOPK_THREADS, config.TOPK_ITEMS)[batch, config.TOPK_THREADS, stream, shared_bytes](
+            kernel = _kernels(config.TOPK_THREADS, config.TOPK_ITEMS)
+            _backend.configure(kernel, batch, config.TOPK_THREADS, stream, shared_bytes)(
                 q, keys, i, t, True, n, use_len, m, use_mask, np.int64(pad), padding_id is not None, np.int64(k),
                 _backend.as_numba(idx), _backend.as_numba(dist), gdist, use_global, cells,
             )
         if not check:
             return cells
-        raise_errors(_backend.read_cells(cells, stream), batch, length, t.shape[0], lengths=lengths, ids=ids)
+        raise_errors(_backend.read_back(cells, stream), batch, length, t.shape[0], lengths=lengths, ids=ids)
     return None
 
 

@@ -13,6 +13,7 @@ with the same messages.
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Optional
 
 import numpy as np
@@ -32,6 +33,15 @@ __all__ = [
 ]
 
 _FLOATS = (torch.float32, torch.float64)
+
+# The CUDA kernels read their error cells back to the host (a stream sync), which
+# CUDA-graph capture forbids: the tag keeps the ops out of graphs
+# (torch.compile(mode="reduce-overhead")) where this torch knows it.
+_TAGS = (
+    {"tags": (torch.Tag.cudagraph_unsafe,)}
+    if hasattr(torch.Tag, "cudagraph_unsafe") and "tags" in inspect.signature(torch.library.custom_op).parameters
+    else {}
+)
 
 
 def _on(name: str, t: torch.Tensor, device: torch.device | None) -> torch.Tensor:
@@ -187,7 +197,7 @@ def _define(name: str, fake: Callable[..., object]) -> Callable[[Callable[..., o
         if hasattr(torch.ops.etaretrieval, name):
             existing: Callable[..., object] = getattr(torch.ops.etaretrieval, name)
             return existing
-        op = torch.library.custom_op(f"etaretrieval::{name}", fn, mutates_args=())
+        op = torch.library.custom_op(f"etaretrieval::{name}", fn, mutates_args=(), **_TAGS)
         op.register_fake(fake)
         op.__doc__ = fn.__doc__
         return op
