@@ -318,6 +318,46 @@ def raise_errors(cells: np.ndarray, batch: int, length: int, nrows: int, lengths
         raise ids_error(row, pos, value, nrows, shared=i.ndim == 1)
 
 
+def _run(
+    like: DeviceArray | None,
+    stream: Any,
+    query: Any,
+    keys: Any,
+    ids: Any,
+    table: Any,
+    length: int,
+    k: int,
+    idx: Any,
+    dist: Any,
+    lengths: Any,
+    mask: Any,
+    padding_id: int | None,
+) -> Any:
+    """Launch the top-K kernel on numba views: given ``keys``, or ``ids`` into ``table`` (the other ``None``).
+
+    Returns the ``(2,)`` error cells, filled in stream order.
+    """
+    batch = query.shape[0]
+    cells = _backend.error_cells(like, batch, batch * length, stream)
+    if batch == 0:
+        return cells
+    use_ids = ids is not None
+    if use_ids:
+        keys = _backend.placeholder(like, (1, 1, 1), np.uint64, stream)
+    else:
+        ids = _backend.placeholder(like, (1, 1), np.int64, stream)
+        table = _backend.placeholder(like, (1, 1), np.uint64, stream)
+    n, use_len, m, use_mask = _validity(like, lengths, mask, stream)
+    gdist, use_global, shared_bytes = _scratch(like, batch, length, stream)
+    pad = np.int64(0 if padding_id is None else padding_id)
+    _backend.configure(_kernels(config.TOPK_THREADS, config.TOPK_ITEMS), batch, config.TOPK_THREADS, stream,
+                       shared_bytes)(
+        query, keys, ids, table, use_ids, n, use_len, m, use_mask, pad, padding_id is not None, np.int64(k),
+        _backend.as_numba(idx), _backend.as_numba(dist), gdist, use_global, cells,
+    )
+    return cells
+
+
 def topk_hamming_into(
     query: Any,
     keys: Any,
@@ -354,22 +394,11 @@ def topk_hamming_into(
         q = _words_checked(_backend.as_numba(query, np.uint64), kk, "keys")
         if kk.ndim == 2:
             kk = _expand0(kk)
-        batch = q.shape[0]
         length = kk.shape[1]
-        cells = _backend.error_cells(like, batch, batch * length, stream)
-        if batch > 0:
-            n, use_len, m, use_mask = _validity(like, lengths, mask, stream)
-            gdist, use_global, shared_bytes = _scratch(like, batch, length, stream)
-            ids = _backend.placeholder(like, (1, 1), np.int64, stream)
-            table = _backend.placeholder(like, (1, 1), np.uint64, stream)
-            kernel = _kernels(config.TOPK_THREADS, config.TOPK_ITEMS)
-            _backend.configure(kernel, batch, config.TOPK_THREADS, stream, shared_bytes)(
-                q, kk, ids, table, False, n, use_len, m, use_mask, np.int64(0), False, np.int64(k),
-                _backend.as_numba(idx), _backend.as_numba(dist), gdist, use_global, cells,
-            )
+        cells = _run(like, stream, q, kk, None, None, length, k, idx, dist, lengths, mask, None)
         if not check:
             return cells
-        raise_errors(_backend.read_back(cells, stream), batch, length, 0, lengths=lengths)
+        raise_errors(_backend.read_back(cells, stream), q.shape[0], length, 0, lengths=lengths)
     return None
 
 
@@ -406,22 +435,11 @@ def topk_hamming_lookup_into(
         i = _backend.as_numba(ids)
         if i.ndim == 1:
             i = _expand0(i)
-        batch = q.shape[0]
         length = i.shape[1]
-        cells = _backend.error_cells(like, batch, batch * length, stream)
-        if batch > 0:
-            n, use_len, m, use_mask = _validity(like, lengths, mask, stream)
-            gdist, use_global, shared_bytes = _scratch(like, batch, length, stream)
-            keys = _backend.placeholder(like, (1, 1, 1), np.uint64, stream)
-            pad = 0 if padding_id is None else padding_id
-            kernel = _kernels(config.TOPK_THREADS, config.TOPK_ITEMS)
-            _backend.configure(kernel, batch, config.TOPK_THREADS, stream, shared_bytes)(
-                q, keys, i, t, True, n, use_len, m, use_mask, np.int64(pad), padding_id is not None, np.int64(k),
-                _backend.as_numba(idx), _backend.as_numba(dist), gdist, use_global, cells,
-            )
+        cells = _run(like, stream, q, None, i, t, length, k, idx, dist, lengths, mask, padding_id)
         if not check:
             return cells
-        raise_errors(_backend.read_back(cells, stream), batch, length, t.shape[0], lengths=lengths, ids=ids)
+        raise_errors(_backend.read_back(cells, stream), q.shape[0], length, t.shape[0], lengths=lengths, ids=ids)
     return None
 
 
