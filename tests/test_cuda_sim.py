@@ -652,3 +652,34 @@ def test_shared_memory_budget_is_checked() -> None:
     with cuda_config((256, 8, 40 * 1024, 256, 4)):
         with pytest.raises(ValueError, match="TOPK_SHARED_SCRATCH_BYTES = 40960 plus the 13476 bytes"):
             er.topk_hamming(q, keys, 3)
+
+
+@pytest.mark.cudasim
+@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
+@pytest.mark.parametrize("shared", [False, True])
+def test_benchmark_floor_on_device_sums_like_the_cpu(shared: bool) -> None:
+    """The GPU floor of ``python -m etaretrieval.bench --device cuda`` computes what the CPU floor does."""
+    from etaretrieval.bench import floor
+
+    rng = np.random.default_rng(14)
+    query = signatures(rng, (5, 2), "random")
+    table = signatures(rng, (30, 2), "random")
+    ids = rng.integers(0, 30, size=(37,) if shared else (5, 37)).astype(np.int32)
+    old = floor.CUDA_THREADS
+    floor.CUDA_THREADS = 8  # a few threads per block: the sum crosses several strides and reduction steps
+    try:
+        got = floor.floor_lookup_cuda(dev(query), dev(ids), dev(table))
+    finally:
+        floor.CUDA_THREADS = old
+    np.testing.assert_array_equal(host(got), floor.floor_lookup(query, ids, table))
+
+
+@pytest.mark.cudasim
+@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
+def test_benchmark_device_table() -> None:
+    """``--device cuda`` times the GPU floor first, then the library on device arrays."""
+    from etaretrieval.bench.runner import Config, make_data, run_config
+
+    data = make_data(Config("tiny", batch=2, length=12, rows=20, dim=4, bits=64, k=3, shared=False), seed=1)
+    names = [t.name for t in run_config(data, repeat=1, device="cuda")]
+    assert names[:3] == ["floor", "etaretrieval topk_hamming_lookup", "etaretrieval topk_hamming"]

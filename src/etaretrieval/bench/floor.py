@@ -5,9 +5,14 @@ XOR with the query, then only sums the distances (so the work cannot be
 optimised away). It selects nothing, so no top-K kernel over the same inputs
 can be faster; it is parallel over rows like the library's kernels and, like
 them, compiled with the word loop unrolled for 1, 2 and 4 words.
+:func:`floor_lookup_cuda` is the same measuring stick on the GPU: one block
+per row, like the library's CUDA top-K, and a block-wide sum.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Any
 
 import numba
 import numpy as np
@@ -16,7 +21,10 @@ import numpy.typing as npt
 from .._bits import popcount
 from .._jit import jit
 
-__all__ = ["floor_lookup"]
+__all__ = ["floor_lookup", "floor_lookup_cuda"]
+
+#: Threads per block of :func:`floor_lookup_cuda` (a power of two).
+CUDA_THREADS = 256
 
 
 @jit()
@@ -71,4 +79,65 @@ def floor_lookup(query: np.ndarray, ids: np.ndarray, table: np.ndarray) -> npt.N
     ids2 = np.broadcast_to(ids, (query.shape[0], ids.shape[-1])) if ids.ndim == 1 else ids
     out = np.empty(query.shape[0], dtype=np.int64)
     _floor(query, ids2, table, out)
+    return out
+
+
+#: ``numba.cuda`` once the kernel is built (a module global: the simulator swaps it while kernels run).
+cuda: Any = None
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_kernel(threads: int) -> Any:
+    from numba import int64
+
+    from ..cuda import _backend
+
+    global cuda
+    cuda = _backend.cuda()
+
+    @cuda.jit
+    def floor_kernel(query, ids, table, out):  # type: ignore[no-untyped-def]
+        partial = cuda.shared.array(threads, int64)
+        b = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        ib = b if ids.shape[0] > 1 else 0
+        total = int64(0)
+        for pos in range(tid, ids.shape[1], threads):
+            item = ids[ib, pos]
+            for w in range(table.shape[1]):
+                total += cuda.popc(query[b, w] ^ table[item, w])
+        partial[tid] = total
+        cuda.syncthreads()
+        half = threads // 2
+        while half > 0:
+            if tid < half:
+                partial[tid] += partial[tid + half]
+            cuda.syncthreads()
+            half //= 2
+        if tid == 0:
+            out[b] = partial[0]
+
+    return floor_kernel
+
+
+def floor_lookup_cuda(query: Any, ids: Any, table: Any) -> Any:
+    """:func:`floor_lookup` on the GPU, for numba device arrays.
+
+    Parameters
+    ----------
+    query, ids, table : numba.cuda device arrays
+        As in :func:`floor_lookup` (``ids`` ``(B, L)`` or shared ``(L,)``).
+
+    Returns
+    -------
+    numba.cuda device array
+        ``(B,)`` int64 sums, computed on the default stream.
+    """
+    from ..cuda import _backend
+
+    ids2 = ids.reshape(1, ids.shape[0]) if ids.ndim == 1 else ids
+    out = _backend.cuda().device_array(query.shape[0], dtype=np.int64)
+    if query.shape[0]:
+        kernel = _cuda_kernel(CUDA_THREADS)
+        _backend.configure(kernel, query.shape[0], CUDA_THREADS, 0)(query, ids2, table, out)
     return out

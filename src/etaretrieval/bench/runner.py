@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import hyperplanes, pack_signatures, topk_hamming, topk_hamming_lookup
 from . import baselines
-from .floor import floor_lookup
+from .floor import floor_lookup, floor_lookup_cuda
 
 __all__ = [
     "CONFIGS",
@@ -339,6 +339,7 @@ def _cuda_methods(data: Data) -> tuple[list[Method], Callable[[], None]]:
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"--device cuda: this etaretrieval does not accept device arrays ({exc})") from None
     methods: list[Method] = [
+        ("floor", lambda: floor_lookup_cuda(q, ids, table), 1.0, "read ids, gather, popcount; no selection, cuda"),
         ("etaretrieval topk_hamming_lookup", lambda: topk_hamming_lookup(q, ids, table, cfg.k), 1.0, "fused, cuda"),
         ("etaretrieval topk_hamming", lambda: topk_hamming(q, keys, cfg.k), 1.0, "keys pre-gathered, cuda"),
     ]
@@ -350,6 +351,11 @@ def _cuda_methods(data: Data) -> tuple[list[Method], Callable[[], None]]:
             dev = torch.device("cuda")
             host = _as_torch(data.embedding, data.target, data.planes, data.ids)
             emb, target, planes, tids = (t.to(dev) for t in host)
+            op = _torch_op()
+            if op is not None:
+                oq, oids, otable = (t.to(dev) for t in _as_torch(data.query, data.ids, data.table))
+                methods.append(("torch.ops.etaretrieval.topk_hamming_lookup", lambda: op(oq, oids, otable, cfg.k), 1.0,
+                                "torch op, cuda"))
             methods += [
                 ("torch inner product", lambda: baselines.torch_inner_product(target, tids, emb, cfg.k), 1.0, "cuda"),
                 ("torch ETA port", lambda: baselines.torch_eta_port(target, tids, emb, planes, cfg.k), 1.0, "cuda"),
@@ -384,8 +390,8 @@ def run_config(data: Data, *, repeat: int = 5, subset: int = 16, threads: int = 
     Returns
     -------
     list of Timing
-        The floor first on the CPU; on CUDA (no floor kernel there) the
-        fused lookup first. The first is the reference of the ratios.
+        The floor first (the CPU's or the GPU's); it is the reference of the
+        ratios.
     """
     if device == "cuda":
         methods, sync = _cuda_methods(data)
