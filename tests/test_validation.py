@@ -303,6 +303,18 @@ def test_out_of_range_shared_id_names_its_position() -> None:
         call("lookup", ids=ids)
 
 
+def test_out_of_range_shared_id_names_the_first_row_that_reads_it() -> None:
+    """Shared ids are gathered once for all rows; a bad id still names the first row where it is valid."""
+    ids = np.zeros(L, dtype=np.int64)
+    ids[4] = N
+    with pytest.raises(IndexError, match=r"ids\[4\] \(shared, met in batch row 1\)"):
+        call("lookup", ids=ids, lengths=[3, 6, 5])
+    ids[4] = 2**40  # beyond every length: never read
+    call("lookup", ids=ids, lengths=[3, 4, 2])
+    call("lookup", ids=ids, mask=np.arange(L) != 4)
+    call("lookup", ids=ids, padding_id=2**40)
+
+
 @BOTH
 def test_empty_batch_accepts_empty_lengths_list(fn: str) -> None:
     empty = {"query": np.zeros((0, W), dtype=np.uint64), "keys": np.zeros((0, L, W), dtype=np.uint64),

@@ -24,6 +24,31 @@ def _outputs(batch: int, k: int) -> tuple[np.ndarray, np.ndarray, int]:
     return np.empty((batch, k), dtype=np.int64), np.empty((batch, k), dtype=np.int32), ntasks
 
 
+def _gather_shared(
+    ids: np.ndarray, table: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None, pad: int | None
+) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The ``(L, W)`` signatures of a shared ``(L,)`` id sequence, gathered once for every row.
+
+    Returns ``(keys, valid)`` with ``valid`` the ``(L,)`` mask of positions that
+    are not masked out nor padding (``None``: all are), or ``None`` when a
+    position valid in some row holds an id outside the table (the fused kernel
+    then finds the first ``(row, position)`` to report). Positions valid in no
+    row are never read: their keys are row 0's, and ``valid`` or ``lengths``
+    exclude them.
+    """
+    readable = np.arange(ids.shape[0]) < lengths.max()
+    valid = mask
+    if pad is not None:
+        not_pad = ids.astype(np.int64) != pad  # pad is the id's int64 bit pattern
+        valid = not_pad if valid is None else valid & not_pad
+    if valid is not None:
+        readable &= valid
+    inside = (ids >= 0) & (ids < table.shape[0])
+    if table.shape[0] == 0 or not (inside | ~readable).all():
+        return None
+    return table[np.where(readable, ids, 0)], valid
+
+
 def topk_hamming(
     query: Any, keys: Any, k: int, *, lengths: Any = None, mask: Any = None
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
@@ -109,6 +134,8 @@ def topk_hamming_lookup(
 
     One pass over each sequence; the ``B x L x W`` signatures are never
     materialised and ids of any integer dtype are read without conversion.
+    Shared ``(L,)`` ids (many targets against one sequence) are looked up
+    once, into ``(L, W)`` signatures that every row then scans.
 
     Parameters
     ----------
@@ -169,9 +196,17 @@ def topk_hamming_lookup(
         return device_lookup(q, i, t, k, n, m, pad)  # type: ignore[no-any-return]
     n, m = validity(lengths, mask, batch, i.shape[1])
     idx, dist, ntasks = _outputs(batch, k)
-    bad = np.full(batch, -1, dtype=np.int64)
     if not batch:
         return idx, dist
+    if shared and (m is None or m.strides[0] == 0):
+        gathered = _gather_shared(i[0], t, n, None if m is None else m[0], pad)
+        if gathered is not None:  # many targets, one sequence: its signatures are gathered once
+            keys, valid = gathered
+            m = None if valid is None else np.broadcast_to(valid, i.shape)
+            topk_keys(q, np.broadcast_to(keys, (batch, *keys.shape)), k, n, _NO_MASK if m is None else m,
+                      m is not None, ntasks, idx, dist)
+            return idx, dist
+    bad = np.full(batch, -1, dtype=np.int64)
     topk_lookup(q, i, t, k, n, _NO_MASK if m is None else m, m is not None,
                 0 if pad is None else pad, pad is not None, ntasks, idx, dist, bad)
     rows = np.flatnonzero(bad >= 0)
