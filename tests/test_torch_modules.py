@@ -358,3 +358,13 @@ def test_module_constructor_errors() -> None:
     with pytest.raises(ValueError, match="cache must be built with planes of shape"):
         ETARetriever(DIM, 2 * BITS, 2)(torch.zeros(1, DIM), seq_ids=torch.zeros(1, 3, dtype=torch.int64),
                                        cache=SignatureCache(emb, ETARetriever(DIM, BITS, 1)))
+
+
+def test_cache_on_another_device_is_a_clear_error() -> None:
+    """A cache hashed before the module moved names the fix (the meta device stands in for CUDA here)."""
+    emb, ids, mask, target = batch(15)
+    retriever = ETARetriever(DIM, BITS, k=5)
+    cache = SignatureCache(emb, retriever)
+    retriever.to("meta")
+    with pytest.raises(ValueError, match=r"cache signatures are on cpu, target on meta: .*cache.refresh\(\)"):
+        retriever(target.to("meta"), mask=mask.to("meta"), seq_ids=ids.to("meta"), cache=cache)

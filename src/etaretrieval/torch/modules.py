@@ -236,6 +236,11 @@ class ETARetriever(nn.Module):
                     f"cache must be built with planes of shape {_shape(tuple(self.planes.shape))} like this "
                     f"module's, got {_shape(tuple(cache.planes.shape))}"
                 )
+            if cache.signatures.device != device:
+                raise ValueError(
+                    f"cache signatures are on {cache.signatures.device}, target on {device}: after moving the "
+                    "embedding, call cache.refresh() (it rehashes on the embedding's device)"
+                )
             if not torch.compiler.is_compiling() and not cache.hashed_with(self.planes):
                 raise ValueError(
                     "cache holds signatures hashed with other planes than this module's (built with another "
