@@ -387,6 +387,11 @@ def topk_hamming_into(
     ``None`` is returned. With ``check=False`` nothing is read back and the
     ``(2,)`` int64 error cells are returned (cell 0 is ``B`` unless a lengths
     entry is bad); see :func:`raise_errors`.
+
+    Rows longer than ``TOPK_SHARED_SCRATCH_BYTES / 2`` use a global scratch
+    allocated (by torch or CuPy, from their pools) on their current stream and
+    released on return: with ``check=False`` and a ``stream`` other than that
+    current stream, synchronise ``stream`` before that library allocates again.
     """
     like = describe(idx)
     with _backend.device_scope(like):
