@@ -7,7 +7,7 @@ the valid positions, sort by (distance ascending, position descending)" with
 exactly.
 
 The second half holds small helpers shared by the test modules (array layout
-variants, random signatures); they are not references.
+variants, random signatures, the top-K result check); they are not references.
 """
 
 from __future__ import annotations
@@ -240,6 +240,30 @@ class RefSignatureTable:
 
 
 # --------------------------------------------------------------------------- helpers for the tests
+
+
+def check_topk(idx: Any, dist: Any, want: tuple[np.ndarray, np.ndarray], valid: np.ndarray, k: int) -> None:
+    """Assert a top-K result: dtypes, shapes, equality with ``want`` and invariants stated apart from it.
+
+    Each row holds as many positions as ``k`` and its ``valid`` positions allow,
+    only valid ones, each once, ordered by (distance ascending, position
+    descending), then ``-1`` in both arrays.
+    """
+    batch = valid.shape[0]
+    assert isinstance(idx, np.ndarray) and isinstance(dist, np.ndarray)
+    assert idx.dtype == np.int64 and dist.dtype == np.int32
+    assert idx.shape == (batch, k) and dist.shape == (batch, k)
+    np.testing.assert_array_equal(idx, want[0])
+    np.testing.assert_array_equal(dist, want[1])
+    for b in range(batch):
+        got = idx[b][idx[b] >= 0]
+        n = len(got)
+        assert (idx[b, n:] == -1).all() and (dist[b, n:] == -1).all()
+        assert n == min(k, int(valid[b].sum()))
+        assert valid[b, got].all()  # masked, padded and beyond-length positions are never returned
+        assert len(set(got.tolist())) == n
+        order = list(zip(dist[b, :n].tolist(), (-got).tolist()))
+        assert order == sorted(order)  # distance ascending, then position descending
 
 
 def clear_unused_bits(sig: Any, bits: int) -> np.ndarray:
