@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etaretrieval.datasets import LONG_TERM, OTHER, SHORT_TERM, _other_categories, make_long_behavior_ctr
+from etaretrieval.datasets import LONG_TERM, OTHER, SHORT_TERM, make_long_behavior_ctr
+from etaretrieval.datasets.synthetic import _other_categories
 
 SMALL = dict(n_users=300, seq_len=120, recent=10, n_categories=40, items_per_category=5)
 
