@@ -1,0 +1,218 @@
+"""Long-sequence CTR samples over time-ordered user histories, and padded batches of them.
+
+The behaviours of all users are stored once, flat and grouped by user (CSR:
+``offsets[u]:offsets[u + 1]``), oldest first; a sample is a (user, target,
+time, label) with ``end``, the flat index just past the last behaviour it may
+see. A batch gathers the last ``max_len`` visible behaviours of each sample
+into padded ``(B, max_len)`` arrays with one vectorised fancy index: memory
+stays ``O(behaviours + samples)`` whatever the history length.
+
+Item id ``0`` is padding; real items are ``1..n_items`` (categories
+``1..n_categories``, ``0`` for padding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["SequenceSamples", "SequenceBatch"]
+
+
+@dataclass(frozen=True)
+class SequenceBatch:
+    """Padded arrays of ``B`` samples with at most ``L`` history behaviours each.
+
+    Attributes
+    ----------
+    history : numpy.ndarray
+        ``(B, L)`` int64 item ids, oldest to newest, ``0`` at padding.
+    times : numpy.ndarray
+        ``(B, L)`` int64 behaviour timestamps, ``0`` at padding.
+    categories : numpy.ndarray or None
+        ``(B, L)`` int64 behaviour categories, ``0`` at padding.
+    mask : numpy.ndarray
+        ``(B, L)`` bool, true at real behaviours.
+    lengths : numpy.ndarray
+        ``(B,)`` int64 number of real behaviours per row.
+    target, target_time : numpy.ndarray
+        ``(B,)`` int64 target item ids and request times.
+    target_category : numpy.ndarray or None
+        ``(B,)`` int64 target categories.
+    label : numpy.ndarray
+        ``(B,)`` float32 clicks (0 or 1).
+    padding_side : {"left", "right"}
+        ``"left"``: the real behaviours are the last ``lengths[b]`` positions
+        (newest at ``L - 1``); ``"right"``: the first ``lengths[b]``.
+    """
+
+    history: npt.NDArray[np.int64]
+    times: npt.NDArray[np.int64]
+    categories: Optional[npt.NDArray[np.int64]]
+    mask: npt.NDArray[np.bool_]
+    lengths: npt.NDArray[np.int64]
+    target: npt.NDArray[np.int64]
+    target_time: npt.NDArray[np.int64]
+    target_category: Optional[npt.NDArray[np.int64]]
+    label: npt.NDArray[np.float32]
+    padding_side: str
+
+
+def _check_1d(name: str, a: np.ndarray, size: int, what: str) -> None:
+    if a.ndim != 1 or a.shape[0] != size:
+        raise ValueError(f"{name} must have shape ({what},) = ({size},), got shape {a.shape}")
+
+
+@dataclass(frozen=True)
+class SequenceSamples:
+    """CTR samples with long, time-ordered histories, stored flat (CSR) by user.
+
+    Attributes
+    ----------
+    items : numpy.ndarray
+        ``(E,)`` int64 item ids (``1..n_items``) of every behaviour, grouped by
+        user, oldest first within a user.
+    times : numpy.ndarray
+        ``(E,)`` int64 timestamps of the behaviours (any unit; seconds for real logs).
+    categories : numpy.ndarray or None
+        ``(E,)`` int64 categories of the behaviours, if known.
+    offsets : numpy.ndarray
+        ``(U + 1,)`` int64: user ``u``'s behaviours are ``items[offsets[u]:offsets[u + 1]]``.
+    user : numpy.ndarray
+        ``(S,)`` int64 user of each sample.
+    target : numpy.ndarray
+        ``(S,)`` int64 target item ids.
+    target_time : numpy.ndarray
+        ``(S,)`` int64 request times.
+    target_category : numpy.ndarray or None
+        ``(S,)`` int64 target categories, if known.
+    end : numpy.ndarray
+        ``(S,)`` int64 flat index just past the last behaviour sample ``s`` may
+        see: its history is ``items[offsets[user[s]]:end[s]]``.
+    label : numpy.ndarray
+        ``(S,)`` float32 clicks (0 or 1).
+    train : numpy.ndarray
+        ``(S,)`` bool, true for training samples (false: test).
+    n_items : int
+        Number of item ids (``1..n_items``; ``0`` is padding).
+    n_categories : int
+        Number of categories (``1..n_categories``), ``0`` if unknown.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from etaretrieval.datasets import SequenceSamples
+    >>> data = SequenceSamples(
+    ...     items=np.array([3, 1, 2, 5]), times=np.array([10, 20, 30, 15]), categories=None,
+    ...     offsets=np.array([0, 3, 4]), user=np.array([0, 1]), target=np.array([4, 2]),
+    ...     target_time=np.array([40, 16]), target_category=None, end=np.array([3, 4]),
+    ...     label=np.array([1, 0], dtype=np.float32), train=np.array([True, False]), n_items=5, n_categories=0)
+    >>> batch = data.batch(np.array([0, 1]), max_len=2)
+    >>> batch.history.tolist(), batch.lengths.tolist()
+    ([[1, 2], [0, 5]], [2, 1])
+    """
+
+    items: npt.NDArray[np.int64]
+    times: npt.NDArray[np.int64]
+    categories: Optional[npt.NDArray[np.int64]]
+    offsets: npt.NDArray[np.int64]
+    user: npt.NDArray[np.int64]
+    target: npt.NDArray[np.int64]
+    target_time: npt.NDArray[np.int64]
+    target_category: Optional[npt.NDArray[np.int64]]
+    end: npt.NDArray[np.int64]
+    label: npt.NDArray[np.float32]
+    train: npt.NDArray[np.bool_]
+    n_items: int
+    n_categories: int
+
+    def __post_init__(self) -> None:
+        events, samples = self.items.shape[0], self.user.shape[0]
+        _check_1d("items", self.items, events, "E")
+        _check_1d("times", self.times, events, "E")
+        if self.categories is not None:
+            _check_1d("categories", self.categories, events, "E")
+        if self.offsets.ndim != 1 or self.offsets.shape[0] < 1 or self.offsets[0] != 0 or self.offsets[-1] != events:
+            raise ValueError(f"offsets must be a (U + 1,) array from 0 to E = {events}, got {self.offsets!r}")
+        if (np.diff(self.offsets) < 0).any():
+            raise ValueError("offsets must be non-decreasing")
+        for name in ("target", "target_time", "end", "label", "train"):
+            _check_1d(name, getattr(self, name), samples, "S")
+        if self.target_category is not None:
+            _check_1d("target_category", self.target_category, samples, "S")
+        if samples and not (0 <= self.user.min() and self.user.max() < self.n_users):
+            raise ValueError(f"user must hold users in [0, {self.n_users}), got range "
+                             f"[{self.user.min()}, {self.user.max()}]")
+        if samples and not ((self.offsets[self.user] <= self.end) & (self.end <= self.offsets[self.user + 1])).all():
+            raise ValueError("end must lie within each sample's user's behaviours: "
+                             "offsets[user] <= end <= offsets[user + 1]")
+
+    @property
+    def n_users(self) -> int:
+        """Number of users ``U``."""
+        return self.offsets.shape[0] - 1
+
+    @property
+    def n_samples(self) -> int:
+        """Number of samples ``S``."""
+        return self.user.shape[0]
+
+    def history_lengths(self) -> npt.NDArray[np.int64]:
+        """``(S,)`` number of behaviours each sample may see (before truncation to a batch's ``max_len``)."""
+        return self.end - self.offsets[self.user]
+
+    def batch(
+        self, rows: npt.ArrayLike, max_len: int, *, padding_side: Literal["left", "right"] = "left"
+    ) -> SequenceBatch:
+        """Padded arrays of the samples ``rows`` with their last ``max_len`` visible behaviours.
+
+        Parameters
+        ----------
+        rows : array_like
+            ``(B,)`` sample indices.
+        max_len : int
+            History length ``L`` of the batch, ``>= 1``.
+        padding_side : {"left", "right"}, default "left"
+            Where the padding goes: ``"left"`` keeps the newest behaviour at
+            position ``L - 1`` in every row (the recent window is the last
+            columns); ``"right"`` makes the real behaviours a prefix.
+
+        Returns
+        -------
+        SequenceBatch
+        """
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        rows = np.asarray(rows, dtype=np.int64)
+        end = self.end[rows]
+        start = np.maximum(self.offsets[self.user[rows]], end - max_len)
+        lengths = end - start
+        col = np.arange(max_len)
+        if padding_side == "left":
+            flat = end[:, None] - max_len + col
+            mask = flat >= start[:, None]
+        else:
+            flat = start[:, None] + col
+            mask = col < lengths[:, None]
+        flat = np.where(mask, flat, 0)
+
+        def gather(values: Optional[np.ndarray]) -> Optional[np.ndarray]:
+            return None if values is None else np.where(mask, values[flat] if values.size else 0, 0)
+
+        return SequenceBatch(
+            history=gather(self.items),  # type: ignore[arg-type]
+            times=gather(self.times),  # type: ignore[arg-type]
+            categories=gather(self.categories),
+            mask=mask,
+            lengths=lengths,
+            target=self.target[rows],
+            target_time=self.target_time[rows],
+            target_category=None if self.target_category is None else self.target_category[rows],
+            label=self.label[rows],
+            padding_side=padding_side,
+        )

@@ -1,0 +1,65 @@
+"""SequenceSamples: padded batches against a per-row loop, and validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from etaretrieval.datasets import SequenceSamples
+
+
+def _store(rng: np.random.Generator, n_users: int, per_user: int, samples: int) -> SequenceSamples:
+    counts = rng.integers(0, per_user + 1, size=n_users)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    events = int(offsets[-1])
+    user = rng.integers(0, n_users, size=samples)
+    end = offsets[user] + (rng.random(samples) * (counts[user] + 1)).astype(np.int64)
+    return SequenceSamples(
+        items=rng.integers(1, 50, size=events), times=np.arange(events) * 7 + 3,
+        categories=rng.integers(1, 5, size=events), offsets=offsets, user=user,
+        target=rng.integers(1, 50, size=samples), target_time=rng.integers(0, 1000, size=samples),
+        target_category=rng.integers(1, 5, size=samples), end=end,
+        label=(rng.random(samples) < 0.5).astype(np.float32), train=rng.random(samples) < 0.8,
+        n_items=49, n_categories=4,
+    )
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 6), st.integers(0, 12), st.integers(0, 10), st.integers(1, 9),
+       st.sampled_from(["left", "right"]))
+def test_batch_matches_a_loop(seed, n_users, per_user, samples, max_len, side):
+    data = _store(np.random.default_rng(seed), n_users, per_user, samples)
+    rows = np.arange(samples)[::-1]
+    batch = data.batch(rows, max_len, padding_side=side)
+    for b, s in enumerate(rows):
+        seen = np.arange(data.offsets[data.user[s]], data.end[s])[-max_len:]
+        n = seen.size
+        assert batch.lengths[b] == n == batch.mask[b].sum()
+        cols = np.arange(max_len - n, max_len) if side == "left" else np.arange(n)
+        assert batch.mask[b, cols].all()
+        for name, values in (("history", data.items), ("times", data.times), ("categories", data.categories)):
+            got = getattr(batch, name)[b]
+            np.testing.assert_array_equal(got[cols], values[seen])
+            assert (np.delete(got, cols) == 0).all()
+        assert batch.target[b] == data.target[s] and batch.label[b] == data.label[s]
+        assert batch.target_time[b] == data.target_time[s] and batch.target_category[b] == data.target_category[s]
+    assert (data.history_lengths() == data.end - data.offsets[data.user]).all()
+
+
+def test_validation_names_the_field():
+    data = _store(np.random.default_rng(0), 3, 5, 4)
+    fields = {name: getattr(data, name) for name in data.__dataclass_fields__}
+    with pytest.raises(ValueError, match="end must lie within"):
+        SequenceSamples(**{**fields, "end": data.offsets[data.user + 1] + 1})
+    with pytest.raises(ValueError, match=r"times must have shape \(E,\)"):
+        SequenceSamples(**{**fields, "times": data.times[:-1]})
+    with pytest.raises(ValueError, match="user must hold users in"):
+        SequenceSamples(**{**fields, "user": data.user + 3})
+    with pytest.raises(ValueError, match="offsets must be"):
+        SequenceSamples(**{**fields, "offsets": data.offsets[:-1]})
+    with pytest.raises(ValueError, match="max_len must be >= 1"):
+        data.batch([0], 0)
+    with pytest.raises(ValueError, match="padding_side must be"):
+        data.batch([0], 3, padding_side="middle")  # type: ignore[arg-type]
