@@ -8,9 +8,12 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 VBIN := $(abspath $(VENV))/bin
 PIP := $(VPY) -m pip -q --disable-pip-version-check
-# The CPU build of torch (on local disk here); the project itself asks for torch>=2.4.
-TORCH_PIN ?= torch==2.13.0
-SPHINX := $(VPY) -m sphinx -W --keep-going -q
+# The CPU build of torch, from PyTorch's CPU index (or a local wheel of the same
+# version where pip is configured with one); plain `pip install torch` on Linux pulls a
+# multi-GB CUDA build. The project itself asks for torch>=2.4.
+TORCH_SPEC ?= torch==2.13.0+cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+SPHINX := $(VPY) -m sphinx -W --keep-going
 
 .PHONY: demo test install install-test test-cpu test-cudasim docs asv-smoke bench gpu-check
 
@@ -21,7 +24,7 @@ install: $(VPY)
 	$(PIP) install -e .
 
 install-test: $(VPY)
-	$(PIP) install "$(TORCH_PIN)"
+	$(PIP) install "$(TORCH_SPEC)" --extra-index-url $(TORCH_INDEX)
 	$(PIP) install -e ".[test,torch,cuda,docs,bench]"
 
 demo: install
@@ -29,22 +32,28 @@ demo: install
 
 # CPU tests, property tests and the docstring examples of src/ (testpaths in pyproject.toml)
 test-cpu: install-test
+	@echo; echo "== [1/4] CPU tests, property tests and docstring examples (about 5 min on 2 cores; the cudasim-marked tests are skipped here and run in step 2) =="
 	$(VPY) -m pytest --durations=10
 
 # The CUDA kernels under numba-cuda's simulator, in their own process
 test-cudasim: install-test
+	@echo; echo "== [2/4] CUDA kernels under numba-cuda's simulator, in their own process (about 1 min) =="
 	NUMBA_ENABLE_CUDASIM=1 $(VPY) -m pytest tests/test_cuda_sim.py -m cudasim -p no:cacheprovider --durations=5
 
 # The documentation site (gallery examples executed) and its doctests, offline, warnings as errors
 docs: install-test
+	@echo; echo "== [3/4] documentation: html with the gallery examples executed (about 3 min), then its doctests =="
 	$(SPHINX) -b html docs docs/_build/html
-	$(SPHINX) -b doctest -D plot_gallery=0 docs docs/_build/doctest
+	$(SPHINX) -q -b doctest -D plot_gallery=0 docs docs/_build/doctest
+	@echo "docs: built in docs/_build/html (warnings as errors) and every doctest passed"
 
 # asv: the suite imports and every benchmark runs once (no timings are compared)
 asv-smoke: install-test
+	@echo; echo "== [4/4] asv smoke run: the benchmark suite imports and each benchmark runs once (no timings compared) =="
 	cd asv_benchmarks && $(VBIN)/asv check --python=same
 	cd asv_benchmarks && $(VBIN)/asv machine --yes >/dev/null && \
 		$(VBIN)/asv run --python=same --quick --dry-run --show-stderr
+	@echo "asv smoke: every benchmark ran once without error"
 
 test: test-cpu test-cudasim docs asv-smoke
 
