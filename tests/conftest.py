@@ -50,6 +50,19 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
+#: Whether numba's CUDA simulator is on (it must be set before numba is imported).
+CUDASIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the ``cudasim``-marked tests unless the simulator is on (they run in a process of their own)."""
+    if CUDASIM:
+        return
+    skip = pytest.mark.skip(reason="cudasim: needs NUMBA_ENABLE_CUDASIM=1 (make test-cudasim runs them)")
+    for item in items:
+        if "cudasim" in item.keywords:
+            item.add_marker(skip)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def warm_jit() -> None:

@@ -125,7 +125,6 @@ VALIDITY = st.sampled_from(["none", "lengths", "mask2d", "mask1d"])
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("shared", [False, True])
 def test_topk_fixed_cases(config: tuple[int, ...], shared: bool) -> None:
@@ -143,7 +142,6 @@ def test_topk_fixed_cases(config: tuple[int, ...], shared: bool) -> None:
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 @MORE
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -170,7 +168,6 @@ def test_topk_matches_cpu(seed: int, batch: int, length: int, words: int, style:
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 def test_topk_strided_device_inputs() -> None:
     """Non-contiguous device views (every other position and word) give the CPU's answer."""
     rng = np.random.default_rng(7)
@@ -185,7 +182,6 @@ def test_topk_strided_device_inputs() -> None:
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 def test_topk_all_tied_and_far() -> None:
     """A whole row in one bucket (ties everywhere) and the largest distance 64 W."""
     query = np.zeros((2, 1), dtype=np.uint64)
@@ -197,7 +193,6 @@ def test_topk_all_tied_and_far() -> None:
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 def test_topk_errors_match_cpu() -> None:
     rng = np.random.default_rng(3)
     q = signatures(rng, (2, 1), "random")
@@ -223,7 +218,6 @@ def test_topk_errors_match_cpu() -> None:
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 def test_host_device_mix_is_an_error() -> None:
     rng = np.random.default_rng(4)
     q = signatures(rng, (2, 1), "random")
@@ -256,7 +250,6 @@ ID_DTYPES = st.sampled_from([np.int64, np.int32, np.uint64, np.uint16, np.int8])
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 @settings(parent=MORE, max_examples=16)
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -294,7 +287,6 @@ def test_lookup_matches_cpu(seed: int, batch: int, length: int, nrows: int, word
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 @pytest.mark.parametrize("dtype", [np.int64, np.int16, np.uint64, np.uint32])
 def test_lookup_bad_id_raises_like_cpu(dtype: type) -> None:
     rng = np.random.default_rng(5)
@@ -323,7 +315,6 @@ def test_lookup_bad_id_raises_like_cpu(dtype: type) -> None:
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 def test_lookup_errors_match_cpu() -> None:
     rng = np.random.default_rng(6)
     q = signatures(rng, (2, 1), "random")
@@ -365,7 +356,6 @@ def _broadcast_pair(rng: np.random.Generator, ndim: int, words: int) -> tuple[np
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 @FEW
 @given(seed=st.integers(0, 2**32 - 1), ndim=st.integers(0, 6), words=WORDS, config=st.sampled_from(CONFIGS))
 def test_hamming_matches_cpu(seed: int, ndim: int, words: int, config: tuple[int, int, int, int, int]) -> None:
@@ -379,7 +369,6 @@ def test_hamming_matches_cpu(seed: int, ndim: int, words: int, config: tuple[int
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 def test_hamming_layouts_and_errors() -> None:
     rng = np.random.default_rng(8)
     a = signatures(rng, (2, 3, 2, 3, 2, 3, 2), "random")  # 6 leading axes, none mergeable below
@@ -407,7 +396,6 @@ def _integer_inputs(rng: np.random.Generator, lead: tuple[int, ...], dim: int, b
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 @FEW
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -430,7 +418,6 @@ def test_pack_matches_cpu_exact_inputs(seed: int, lead: tuple[int, ...], dim: in
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 def test_pack_gaussian_agrees_away_from_zero() -> None:
     rng = np.random.default_rng(9)
     hasher = er.SimHasher(6, 100, seed=3)
@@ -451,7 +438,6 @@ def test_pack_gaussian_agrees_away_from_zero() -> None:
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 @pytest.mark.filterwarnings("ignore:invalid value encountered in:RuntimeWarning")  # inf * 0 in the projections
 def test_pack_nonfinite_and_errors_match_cpu() -> None:
     rng = np.random.default_rng(10)
@@ -473,7 +459,6 @@ def test_pack_nonfinite_and_errors_match_cpu() -> None:
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 def test_signature_table_on_device() -> None:
     rng = np.random.default_rng(11)
     hasher = er.SimHasher(4, 70, seed=2)
@@ -513,7 +498,6 @@ def test_signature_table_on_device() -> None:
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 def test_raw_launchers_for_the_torch_plugin() -> None:
     """int64 signatures (torch's carrier) are read as uint64; check=False hands back the error cells."""
     from numba import cuda
@@ -645,7 +629,6 @@ def test_device_validation_reads_the_interface_only() -> None:
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 def test_shared_memory_budget_is_checked() -> None:
     rng = np.random.default_rng(13)
     q, keys = dev(signatures(rng, (2, 1), "ties")), dev(signatures(rng, (2, 9, 1), "ties"))
@@ -655,7 +638,6 @@ def test_shared_memory_budget_is_checked() -> None:
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 @pytest.mark.parametrize("shared", [False, True])
 def test_benchmark_floor_on_device_sums_like_the_cpu(shared: bool) -> None:
     """The GPU floor of ``python -m etaretrieval.bench --device cuda`` computes what the CPU floor does."""
@@ -675,7 +657,6 @@ def test_benchmark_floor_on_device_sums_like_the_cpu(shared: bool) -> None:
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 def test_benchmark_device_table() -> None:
     """``--device cuda`` times the GPU floor first, then the library on device arrays."""
     from etaretrieval.bench.runner import Config, make_data, run_config

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .._device import DeviceArray, describe
+from .._device import DeviceArray
 
 __all__ = [
     "cuda",

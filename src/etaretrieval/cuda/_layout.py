@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _backend
 
-__all__ = ["KERNEL_AXES", "broadcast_strides", "contiguous_strides", "tiles"]
+__all__ = ["KERNEL_AXES", "broadcast_strides", "tiles"]
 
 KERNEL_AXES = 4
 
@@ -29,16 +29,6 @@ def broadcast_strides(shape: Sequence[int], strides: Sequence[int], target: Sequ
         i = j - pad
         out.append(0 if i < 0 or shape[i] != n or n == 1 else int(strides[i]))
     return tuple(out)
-
-
-def contiguous_strides(shape: Sequence[int], itemsize: int) -> tuple[int, ...]:
-    """C-order byte strides."""
-    out = []
-    step = itemsize
-    for n in reversed(shape):
-        out.append(step)
-        step *= max(int(n), 1)
-    return tuple(reversed(out))
 
 
 def _collapse(shape: Sequence[int], strides: Sequence[Sequence[int]]) -> list[tuple[int, list[int]]]:
