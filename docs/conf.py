@@ -131,6 +131,7 @@ html_theme = "pydata_sphinx_theme"
 html_title = f"etaretrieval {release}"
 html_static_path = ["_static"]
 html_css_files = ["custom.css"]
+html_js_files = ["dotted-names.js"]
 html_theme_options = {
     "navbar_align": "left",
     "show_toc_level": 2,

@@ -100,7 +100,10 @@ def plot_sweeps(results: dict[str, list[tuple[int, list[Timing]]]], base: Config
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
+    # Sized for a documentation column (~800 px): the legend goes below the
+    # panels, in one place for all of them, so that no panel's data hides it.
+    fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results), 4.6), squeeze=False,
+                             layout="constrained")
     for ax, (field, points) in zip(axes[0], results.items()):
         names = [t.name for t in points[0][1]]
         xs = [v for v, _ in points]
@@ -109,12 +112,13 @@ def plot_sweeps(results: dict[str, list[tuple[int, list[Timing]]]], base: Config
             ax.plot(xs, ys, marker="o", label=name)
         ax.set_xscale("log", base=2 if field == "bits" else 10)
         ax.set_yscale("log")
-        ax.set_xlabel(field)
-        ax.set_ylabel("ns per behaviour (best)")
+        ax.set_xlabel(field, fontsize=12)
+        ax.tick_params(labelsize=11)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize="small")
-    fig.suptitle(f"B={base.batch} L={base.length} N={base.rows} bits={base.bits} k={base.k} "
-                 "(one field swept per panel; wall time per behaviour)")
-    fig.tight_layout()
+    axes[0][0].set_ylabel("ns per behaviour (best)", fontsize=12)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncol=2,
+               fontsize=11, frameon=False)
+    fig.suptitle(f"B={base.batch} L={base.length} N={base.rows} bits={base.bits} k={base.k}; "
+                 "one field swept per panel", fontsize=12)
     fig.savefig(path, dpi=120)
     plt.close(fig)
