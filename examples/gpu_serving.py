@@ -25,6 +25,7 @@ from numba import cuda
 
 import etaretrieval as er
 
+# sphinx_gallery_thumbnail_path = "_static/gpu_serving_thumb.svg"
 small = os.environ.get("ETA_EXAMPLE_SMALL", "0") != "0"
 n_items, dim, bits = (2_000, 16, 64) if small else (1_000_000, 64, 128)
 batch, seq_len, k = (8, 300, 16) if small else (1_024, 10_000, 64)
