@@ -7,12 +7,14 @@ import math
 import shutil
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from etaretrieval.datasets import build as build_module
 from etaretrieval.datasets import LOG_FORMATS, InteractionLog, SequenceSamples, build_samples, read_log
 
 pa = pytest.importorskip("pyarrow")
@@ -257,11 +259,12 @@ def _logs(draw):
 @settings(deadline=None, max_examples=60)
 @given(_logs(), st.one_of(st.none(), st.integers(1, 6)), st.sampled_from([0.0, 0.2, 0.5, 1.0]),
        st.integers(0, 3), st.integers(0, 2), st.sampled_from(["uniform", "popularity"]), st.booleans(),
-       st.integers(0, 2**32 - 1))
+       st.integers(0, 2**32 - 1), st.sampled_from([1, 3, 1 << 20]))
 def test_build_samples_matches_a_loop(log, max_len, test_fraction, min_history, negatives, sampling, exclude_seen,
-                                      seed):
-    data = build_samples(log, max_len=max_len, test_fraction=test_fraction, negatives=negatives, sampling=sampling,
-                         exclude_seen=exclude_seen, min_history=min_history, seed=seed)
+                                      seed, chunk):
+    with mock.patch.object(build_module, "_CHUNK", chunk):  # negatives drawn for `chunk` positives at a time
+        data = build_samples(log, max_len=max_len, test_fraction=test_fraction, negatives=negatives,
+                             sampling=sampling, exclude_seen=exclude_seen, min_history=min_history, seed=seed)
     assert isinstance(data, SequenceSamples)
     store, positives = _reference(log, max_len, test_fraction, min_history)
     assert data.items.tolist() == log.item[store].tolist() and data.times.tolist() == log.timestamp[store].tolist()
@@ -285,8 +288,9 @@ def test_build_samples_matches_a_loop(log, max_len, test_fraction, min_history, 
             for s, i in zip(pos, neg):
                 seen = set(log.item[log.user == data.user[s]].tolist())
                 assert i not in seen or len(seen) == log.n_items
-    again = build_samples(log, max_len=max_len, test_fraction=test_fraction, negatives=negatives, sampling=sampling,
-                          exclude_seen=exclude_seen, min_history=min_history, seed=seed)
+    with mock.patch.object(build_module, "_CHUNK", chunk):
+        again = build_samples(log, max_len=max_len, test_fraction=test_fraction, negatives=negatives,
+                              sampling=sampling, exclude_seen=exclude_seen, min_history=min_history, seed=seed)
     np.testing.assert_array_equal(again.target, data.target)
 
 

@@ -23,6 +23,8 @@ __all__ = ["build_samples"]
 
 #: Popularity draws of a negative that hit a forbidden item before it is drawn uniformly among the allowed ones.
 _MAX_REDRAWS = 32
+#: Positives whose negatives are drawn at once (bounds the sampler's temporaries).
+_CHUNK = 1 << 20
 
 
 def _time_order(log: InteractionLog) -> npt.NDArray[np.int64]:
@@ -31,8 +33,10 @@ def _time_order(log: InteractionLog) -> npt.NDArray[np.int64]:
     if len(log):
         lo, hi = int(t.min()), int(t.max())
         span = hi - lo + 1
-        if span > 0 and log.n_users * span < 2**62:  # one composite int64 key: one stable sort instead of two
-            key = log.user * span + (t - lo)
+        if log.n_users * span < 2**62:  # one composite int64 key: one stable sort instead of two
+            key = log.user * span
+            key += t
+            key -= lo
             return np.argsort(key, kind="stable")
     return np.lexsort((t, log.user))
 
@@ -51,7 +55,13 @@ class _Unseen:
     def __init__(self, log: InteractionLog) -> None:
         stride = log.n_items + 1
         self.stride = stride
-        self.keys = np.unique(log.user * stride + log.item)
+        keys = log.user * stride
+        keys += log.item
+        keys.sort(kind="stable")  # the log's rows are often grouped by user: stable (timsort/radix) sorts runs fast
+        new = np.ones(keys.size, dtype=np.bool_)
+        np.not_equal(keys[1:], keys[:-1], out=new[1:])
+        self.keys = keys[new]
+        del keys, new
         owner = self.keys // stride
         self.count = np.bincount(owner, minlength=log.n_users).astype(np.int64)
         self.start = np.cumsum(self.count) - self.count
@@ -80,15 +90,14 @@ def _other_than(rng: np.random.Generator, positive: np.ndarray, n_items: int) ->
 def _sample_negatives(
     rng: np.random.Generator,
     log: InteractionLog,
+    unseen: Optional[_Unseen],
     user: npt.NDArray[np.int64],
     positive: npt.NDArray[np.int64],
     negatives: int,
     sampling: str,
-    exclude_seen: bool,
 ) -> npt.NDArray[np.int64]:
-    """``(P, negatives)`` items: never the positive, never (``exclude_seen``) an item of the user unless all are."""
+    """``(P, negatives)`` items: never the positive, never (``unseen``) an item of the user unless all are."""
     user, positive = np.repeat(user, negatives), np.repeat(positive, negatives)
-    unseen = _Unseen(log) if exclude_seen else None
 
     def uniform(u: np.ndarray, p: np.ndarray) -> npt.NDArray[np.int64]:
         return _other_than(rng, p, log.n_items) if unseen is None else unseen.uniform(rng, u, p)
@@ -209,42 +218,49 @@ def build_samples(
     rng = np.random.default_rng(_as_int("seed", seed))
 
     order = _time_order(log)
-    user = log.user[order]
     counts = np.bincount(log.user, minlength=log.n_users).astype(np.int64)
+    if max_len is not None and (counts > max_len).any():
+        user = log.user[order]
+        rank = np.arange(order.size, dtype=np.int64) - (np.cumsum(counts) - counts)[user]
+        order = order[rank >= (counts - max_len)[user]]
+        del user, rank
+        counts = np.minimum(counts, max_len)
     offsets = np.zeros(log.n_users + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    if max_len is not None and (counts > max_len).any():
-        rank = np.arange(order.size, dtype=np.int64) - offsets[user]
-        keep = rank >= (counts - max_len)[user]
-        order, user = order[keep], user[keep]
-        counts = np.minimum(counts, max_len)
-        np.cumsum(counts, out=offsets[1:])
     items = log.item[order]
     times = log.timestamp[order]
     categories = None if log.category is None else log.category[order]
     del order
 
-    # end of a behaviour's history: the first behaviour of its (user, time) run
+    # A behaviour's history ends at the first behaviour of its (user, time) run.
     events = items.shape[0]
     starts = np.ones(events, dtype=np.bool_)
-    starts[1:] = (user[1:] != user[:-1]) | (times[1:] != times[:-1])
-    end = np.maximum.accumulate(np.where(starts, np.arange(events, dtype=np.int64), 0))
+    np.not_equal(times[1:], times[:-1], out=starts[1:])
+    starts[offsets[:-1][counts > 0]] = True
+    end = np.where(starts, np.arange(events, dtype=np.int64), 0)
     del starts
+    np.maximum.accumulate(end, out=end)
+    user = np.repeat(np.arange(log.n_users, dtype=np.int64), counts)
     pos = np.flatnonzero(end - offsets[user] >= min_history)
     p_user, p_end = user[pos], end[pos]
     del end, user
 
     per_user = np.bincount(p_user, minlength=log.n_users).astype(np.int64)
-    first = np.cumsum(per_user) - per_user
-    rank = np.arange(pos.size, dtype=np.int64) - first[p_user]
+    rank = np.arange(pos.size, dtype=np.int64) - (np.cumsum(per_user) - per_user)[p_user]
     n_test = np.floor(per_user * float(test_fraction) + 1e-9).astype(np.int64)
     p_train = rank < (per_user - n_test)[p_user]
+    del rank
 
     width = 1 + negatives
     target = np.empty((pos.size, width), dtype=np.int64)
     target[:, 0] = items[pos]
     if negatives:
-        target[:, 1:] = _sample_negatives(rng, log, p_user, target[:, 0], negatives, sampling, exclude_seen)
+        unseen = _Unseen(log) if exclude_seen else None
+        for lo in range(0, pos.size, _CHUNK):  # bounded temporaries
+            hi = min(lo + _CHUNK, pos.size)
+            target[lo:hi, 1:] = _sample_negatives(rng, log, unseen, p_user[lo:hi], target[lo:hi, 0], negatives,
+                                                  sampling)
+        del unseen
     target_category = None
     if categories is not None:
         target_category = np.empty((pos.size, width), dtype=np.int64)
@@ -253,14 +269,16 @@ def build_samples(
             target_category[:, 1:] = log.item_categories()[target[:, 1:]]
     label = np.zeros((pos.size, width), dtype=np.float32)
     label[:, 0] = 1.0
-
-    def repeat(a: np.ndarray) -> np.ndarray:
-        return np.repeat(a, width)
-
+    target_time = np.repeat(times[pos], width)
+    del pos
+    user_out = np.repeat(p_user, width)
+    del p_user
+    end_out = np.repeat(p_end, width)
+    del p_end
     return SequenceSamples(
         items=items, times=times, categories=categories, offsets=offsets,
-        user=repeat(p_user), target=target.ravel(), target_time=repeat(times[pos]),
+        user=user_out, target=target.ravel(), target_time=target_time,
         target_category=None if target_category is None else target_category.ravel(),
-        end=repeat(p_end), label=label.ravel(), train=repeat(p_train),
+        end=end_out, label=label.ravel(), train=np.repeat(p_train, width),
         n_items=log.n_items, n_categories=log.n_categories,
     )

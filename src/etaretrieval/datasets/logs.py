@@ -60,6 +60,44 @@ def _pyarrow() -> Any:
 # --------------------------------------------------------------------------- re-indexing
 
 
+def _unique_inverse(values: np.ndarray) -> tuple[npt.NDArray[np.int64], np.ndarray]:
+    """``(codes, vocab)`` by one stable argsort (:func:`numpy.unique` can be many times slower on large int64)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    new = np.ones(ordered.shape[0], dtype=np.bool_)
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    codes = np.empty(ordered.shape[0], dtype=np.int64)
+    codes[order] = np.cumsum(new, dtype=np.int64) - 1
+    return codes, ordered[new]
+
+
+def _factorize_ints(chunks: Sequence[np.ndarray]) -> tuple[npt.NDArray[np.int64], np.ndarray]:
+    """``(codes, vocab)`` of integer ids given in chunks (arrow blocks, no concatenated copy when dense).
+
+    Dense ids (range at most ``4 n + 2**20``) go through a presence table,
+    ``O(n + range)`` without a sort; sparse ones through :func:`numpy.unique`.
+    """
+    dtype = chunks[0].dtype if chunks else np.dtype(np.int64)
+    chunks = [c for c in chunks if c.size]
+    total = sum(c.size for c in chunks)
+    if not total:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=dtype)
+    lo, hi = min(int(c.min()) for c in chunks), max(int(c.max()) for c in chunks)
+    span = hi - lo + 1
+    if span <= 4 * total + (1 << 20):
+        present = np.zeros(span, dtype=np.bool_)
+        for c in chunks:
+            present[c if lo == 0 else c - lo] = True
+        lookup = np.cumsum(present, dtype=np.int64) - 1
+        codes = np.empty(total, dtype=np.int64)
+        at = 0
+        for c in chunks:
+            codes[at:at + c.size] = lookup[c if lo == 0 else c - lo]
+            at += c.size
+        return codes, (np.flatnonzero(present) + lo).astype(dtype)
+    return _unique_inverse(np.concatenate(chunks))
+
+
 def _factorize_numpy(values: np.ndarray, name: str) -> tuple[npt.NDArray[np.int64], np.ndarray]:
     """``(codes, vocab)``: ``vocab`` sorted unique values, ``values == vocab[codes]``."""
     if values.ndim != 1:
@@ -68,18 +106,9 @@ def _factorize_numpy(values: np.ndarray, name: str) -> tuple[npt.NDArray[np.int6
         if not np.isfinite(values).all() or (values != np.round(values)).any():
             raise ValueError(f"{name} holds floats that are not whole numbers (ids must be integers or strings)")
         values = values.astype(np.int64)
-    if values.dtype.kind in "iu" and values.size:
-        lo, hi = int(values.min()), int(values.max())
-        span = hi - lo + 1
-        if span <= 4 * values.size + (1 << 20):  # dense enough: presence table, O(n + span), no sort
-            shifted = values if lo == 0 else values - lo
-            present = np.zeros(span, dtype=np.bool_)
-            present[shifted] = True
-            vocab = np.flatnonzero(present)
-            lookup = np.cumsum(present, dtype=np.int64) - 1
-            return lookup[shifted], (vocab + lo).astype(values.dtype)
-    vocab, codes = np.unique(values, return_inverse=True)
-    return codes.astype(np.int64, copy=False).reshape(-1), vocab
+    if values.dtype.kind in "iu":
+        return _factorize_ints([values])
+    return _unique_inverse(values)
 
 
 def _as_keys(dictionary: Any) -> np.ndarray:
@@ -106,6 +135,8 @@ def _factorize_arrow(column: Any, name: str, *, allow_null: bool = False) -> tup
             codes = np.full(len(column), -1, dtype=np.int64)
             codes[valid], vocab = _factorize_numpy(column.drop_null().to_numpy(), name)
             return codes, vocab
+        if pa.types.is_integer(column.type) and isinstance(column, pa.ChunkedArray):
+            return _factorize_ints([chunk.to_numpy() for chunk in column.chunks])
         return _factorize_numpy(column.to_numpy(), name)
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         raise TypeError(f"the {name} column must hold integers or strings, got arrow type {column.type}")
@@ -394,24 +425,33 @@ def _join_categories(item_ids: np.ndarray, keys: np.ndarray, names: Any) -> tupl
     return (np.cumsum(used, dtype=np.int64) * used)[per_item], vocab[used[1:]]
 
 
-def _log_from_table(table: Any, roles: Mapping[str, str], item_categories: Optional[tuple[np.ndarray, Any]] = None,
-                    ) -> InteractionLog:
-    """Re-index the columns ``roles`` (role -> column) of an arrow table into a log.
+def _columns(table: Any, roles: Mapping[str, str]) -> dict[str, Any]:
+    """The role -> arrow column dict of a table (the table itself can then be released)."""
+    return {role: table.column(name) for role, name in roles.items() if role != "behavior"}
 
-    ``item_categories = (keys, names)`` gives each original item id in ``keys``
-    a category name (arrow array, null where unknown) instead of a category column.
+
+def _log_from_columns(columns: dict[str, Any], item_categories: Optional[tuple[np.ndarray, Any]] = None,
+                      ) -> InteractionLog:
+    """Re-index arrow columns (role -> column) into a log, popping each column once converted.
+
+    Popping releases each raw column as soon as its int64 codes exist, so
+    the peak memory is the log plus one raw column. ``item_categories =
+    (keys, names)`` gives each original item id in ``keys`` a category name
+    (arrow array, null where unknown) instead of a category column.
     """
-    users, user_ids = _factorize_arrow(table.column(roles["user"]), "user")
-    items, item_ids = _factorize_arrow(table.column(roles["item"]), "item")
-    times = _as_int64_time(table.column(roles["time"]))
+    users, user_ids = _factorize_arrow(columns.pop("user"), "user")
+    items, item_ids = _factorize_arrow(columns.pop("item"), "item")
+    items += 1
+    times = _as_int64_time(columns.pop("time"))
     category = category_ids = None
-    if "category" in roles:
-        codes, category_ids = _factorize_arrow(table.column(roles["category"]), "category", allow_null=True)
-        category = codes + 1
+    if "category" in columns:
+        category, category_ids = _factorize_arrow(columns.pop("category"), "category", allow_null=True)
+        category += 1
     elif item_categories is not None:
         per_item, category_ids = _join_categories(item_ids, *item_categories)
-        category = per_item[items + 1]
-    return InteractionLog(user=users, item=items + 1, timestamp=times, category=category,
+        category = per_item[items]
+    _pyarrow().default_memory_pool().release_unused()  # hand the parsed blocks back to the system
+    return InteractionLog(user=users, item=items, timestamp=times, category=category,
                           user_ids=user_ids, item_ids=item_ids, category_ids=category_ids)
 
 
@@ -443,23 +483,26 @@ def _lines(path: Path, encoding: str) -> Any:
     ).column("line")
 
 
+_ML_ROLES = {"user": "user", "item": "item", "time": "time"}
+
+
 def _read_movielens_100k(path: Path, item_file: Union[PathLike, bool, None]) -> InteractionLog:
     pa = _pyarrow()
-    table = _read_csv(path, names=["user", "item", "rating", "time"], include=["user", "item", "time"],
-                      types={"user": pa.int64(), "item": pa.int64(), "time": pa.int64()}, delimiter="\t")
     genres_at = _companion(path, "u.item", item_file)
-    if genres_at is None:
-        return _log_from_table(table, {"user": "user", "item": "item", "time": "time"})
-    flags = [f"g{i}" for i in range(len(ML100K_GENRES))]
-    movies = _read_csv(genres_at, names=["item", "title", "release", "video", "url", *flags], include=["item", *flags],
-                       types={"item": pa.int64(), **{f: pa.int8() for f in flags}}, delimiter="|", quote=False,
-                       encoding="latin1")
-    onehot = np.stack([movies.column(f).to_numpy() for f in flags[1:]], axis=1).astype(bool)
-    first = np.where(onehot.any(axis=1), onehot.argmax(axis=1), -1)
-    names = np.asarray(ML100K_GENRES[1:], dtype=object)[np.maximum(first, 0)]
-    genre = pa.array(names, type=pa.string(), mask=first < 0)
-    return _log_from_table(table, {"user": "user", "item": "item", "time": "time"},
-                           item_categories=(movies.column("item").to_numpy(), genre))
+    item_categories = None
+    if genres_at is not None:
+        flags = [f"g{i}" for i in range(len(ML100K_GENRES))]
+        movies = _read_csv(genres_at, names=["item", "title", "release", "video", "url", *flags],
+                           include=["item", *flags], types={"item": pa.int64(), **{f: pa.int8() for f in flags}},
+                           delimiter="|", quote=False, encoding="latin1")
+        onehot = np.stack([movies.column(f).to_numpy() for f in flags[1:]], axis=1).astype(bool)
+        first = np.where(onehot.any(axis=1), onehot.argmax(axis=1), -1)
+        names = np.asarray(ML100K_GENRES[1:], dtype=object)[np.maximum(first, 0)]
+        item_categories = (movies.column("item").to_numpy(), pa.array(names, type=pa.string(), mask=first < 0))
+    columns = _columns(_read_csv(path, names=["user", "item", "rating", "time"], include=["user", "item", "time"],
+                                 types={"user": pa.int64(), "item": pa.int64(), "time": pa.int64()}, delimiter="\t"),
+                       _ML_ROLES)
+    return _log_from_columns(columns, item_categories)
 
 
 def _first_genre(genres: Any) -> Any:
@@ -473,50 +516,52 @@ def _first_genre(genres: Any) -> Any:
 def _read_movielens_1m(path: Path, item_file: Union[PathLike, bool, None]) -> InteractionLog:
     pa = _pyarrow()
     pc = pa.compute
-    # ``a::b::c::d`` is seven ':'-separated fields with empty ones between.
-    table = _read_csv(path, names=["user", "_1", "item", "_3", "rating", "_5", "time"],
-                      include=["user", "item", "time"],
-                      types={"user": pa.int64(), "item": pa.int64(), "time": pa.int64()}, delimiter=":")
     movies_at = _companion(path, "movies.dat", item_file)
-    if movies_at is None:
-        return _log_from_table(table, {"user": "user", "item": "item", "time": "time"})
-    lines = _lines(movies_at, "latin1")
-    lines = lines.filter(pc.not_equal(pc.utf8_trim_whitespace(lines), ""))
-    parts = pc.extract_regex(lines, r"^(?P<item>[0-9]+)::.*::(?P<genres>[^:]*)$")
-    if parts.null_count:
-        bad = lines.filter(pc.is_null(parts))[0].as_py()
-        raise ValueError(f"{movies_at}: expected lines 'MovieID::Title::Genre1|Genre2', got {bad!r}")
-    parts = parts.combine_chunks()
-    keys = parts.field("item").cast(pa.int64()).to_numpy()
-    return _log_from_table(table, {"user": "user", "item": "item", "time": "time"},
-                           item_categories=(keys, _first_genre(parts.field("genres"))))
+    item_categories = None
+    if movies_at is not None:
+        lines = _lines(movies_at, "latin1")
+        lines = lines.filter(pc.not_equal(pc.utf8_trim_whitespace(lines), ""))
+        parts = pc.extract_regex(lines, r"^(?P<item>[0-9]+)::.*::(?P<genres>[^:]*)$")
+        if parts.null_count:
+            bad = lines.filter(pc.is_null(parts))[0].as_py()
+            raise ValueError(f"{movies_at}: expected lines 'MovieID::Title::Genre1|Genre2', got {bad!r}")
+        parts = parts.combine_chunks()
+        item_categories = (parts.field("item").cast(pa.int64()).to_numpy(), _first_genre(parts.field("genres")))
+    # ``a::b::c::d`` is seven ':'-separated fields with empty ones between.
+    columns = _columns(_read_csv(path, names=["user", "_1", "item", "_3", "rating", "_5", "time"],
+                                 include=["user", "item", "time"],
+                                 types={"user": pa.int64(), "item": pa.int64(), "time": pa.int64()}, delimiter=":"),
+                       _ML_ROLES)
+    return _log_from_columns(columns, item_categories)
 
 
 def _read_movielens_csv(path: Path, item_file: Union[PathLike, bool, None]) -> InteractionLog:
     pa = _pyarrow()
     roles = {"user": "userId", "item": "movieId", "time": "timestamp"}
     _require(_csv_schema_names(path, delimiter=",", quote=True, encoding="utf8"), roles, str(path))
-    table = _read_csv(path, names=None, include=list(roles.values()),
-                      types={"userId": pa.int64(), "movieId": pa.int64(), "timestamp": pa.int64()}, delimiter=",")
     movies_at = _companion(path, "movies.csv", item_file)
-    if movies_at is None:
-        return _log_from_table(table, roles)
-    _require(_csv_schema_names(movies_at, delimiter=",", quote=True, encoding="utf8"),
-             {"item": "movieId", "category": "genres"}, str(movies_at))
-    movies = _read_csv(movies_at, names=None, include=["movieId", "genres"],
-                       types={"movieId": pa.int64(), "genres": pa.string()}, delimiter=",")
-    return _log_from_table(table, roles, item_categories=(movies.column("movieId").to_numpy(),
-                                                          _first_genre(movies.column("genres"))))
+    item_categories = None
+    if movies_at is not None:
+        _require(_csv_schema_names(movies_at, delimiter=",", quote=True, encoding="utf8"),
+                 {"item": "movieId", "category": "genres"}, str(movies_at))
+        movies = _read_csv(movies_at, names=None, include=["movieId", "genres"],
+                           types={"movieId": pa.int64(), "genres": pa.string()}, delimiter=",")
+        item_categories = (movies.column("movieId").to_numpy(), _first_genre(movies.column("genres")))
+    columns = _columns(_read_csv(path, names=None, include=list(roles.values()),
+                                 types={"userId": pa.int64(), "movieId": pa.int64(), "timestamp": pa.int64()},
+                                 delimiter=","), roles)
+    return _log_from_columns(columns, item_categories)
 
 
 def _read_taobao(path: Path, behaviors: Optional[Sequence[str]]) -> InteractionLog:
     pa = _pyarrow()
     names = ["user", "item", "category", "behavior", "time"]
-    table = _read_csv(path, names=names, include=["user", "item", "category", "time"],
-                      types={"user": pa.int64(), "item": pa.int64(), "category": pa.int64(), "behavior": pa.string(),
-                             "time": pa.int64()},
-                      delimiter=",", keep=None if behaviors is None else ("behavior", behaviors))
-    return _log_from_table(table, {"user": "user", "item": "item", "time": "time", "category": "category"})
+    columns = _columns(_read_csv(path, names=names, include=["user", "item", "category", "time"],
+                                 types={"user": pa.int64(), "item": pa.int64(), "category": pa.int64(),
+                                        "behavior": pa.string(), "time": pa.int64()},
+                                 delimiter=",", keep=None if behaviors is None else ("behavior", behaviors)),
+                       {"user": "user", "item": "item", "time": "time", "category": "category"})
+    return _log_from_columns(columns)
 
 
 def _recbole_header(path: Path) -> tuple[list[str], list[str]]:
@@ -546,27 +591,26 @@ def _read_recbole(path: Path, columns: dict[str, str], item_file: Union[PathLike
     _require(names, roles, str(path))
     types = {n: (pa.string() if k.startswith("token") else pa.float64()) for n, k in zip(names, kinds)}
     keep = (roles["behavior"], behaviors) if "behavior" in roles and behaviors is not None else None
-    table = _read_csv(path, names=names, include=[roles[r] for r in ("user", "item", "time", "category") if r in roles],
-                      types=types, delimiter="\t", quote=False, skip_rows=1, keep=keep)
-    if "category" in roles:
-        table = table.set_column(table.schema.get_field_index(roles["category"]), roles["category"],
-                                 _first_token(table.column(roles["category"])))
-        return _log_from_table(table, roles)
-    name = _strip_compression(path.name)
-    items_at = _companion(path, name.rsplit(".", 1)[0] + ".item", item_file)
-    if items_at is None:
-        return _log_from_table(table, roles)
-    item_names, _ = _recbole_header(items_at)
-    item_field = roles["item"]
-    candidates = [c for c in _RECBOLE_CATEGORY_FIELDS if c in item_names]
-    _require(item_names, {"item": item_field}, str(items_at))
-    if not candidates:
-        return _log_from_table(table, roles)
-    items = _read_csv(items_at, names=item_names, include=[item_field, candidates[0]],
-                      types={item_field: pa.string(), candidates[0]: pa.string()}, delimiter="\t", quote=False,
-                      skip_rows=1)
-    return _log_from_table(table, roles, item_categories=(_as_keys(items.column(item_field).combine_chunks()),
-                                                          _first_token(items.column(candidates[0]))))
+    item_categories = None
+    items_at = None if "category" in roles else _companion(
+        path, _strip_compression(path.name).rsplit(".", 1)[0] + ".item", item_file)
+    if items_at is not None:
+        item_names, _ = _recbole_header(items_at)
+        item_field = roles["item"]
+        _require(item_names, {"item": item_field}, str(items_at))
+        candidates = [c for c in _RECBOLE_CATEGORY_FIELDS if c in item_names]
+        if candidates:
+            items = _read_csv(items_at, names=item_names, include=[item_field, candidates[0]],
+                              types={item_field: pa.string(), candidates[0]: pa.string()}, delimiter="\t",
+                              quote=False, skip_rows=1)
+            item_categories = (_as_keys(items.column(item_field).combine_chunks()),
+                               _first_token(items.column(candidates[0])))
+    columns = _columns(_read_csv(path, names=names, include=[roles[r] for r in ("user", "item", "time", "category")
+                                                             if r in roles],
+                                 types=types, delimiter="\t", quote=False, skip_rows=1, keep=keep), roles)
+    if "category" in columns:
+        columns["category"] = _first_token(columns["category"])
+    return _log_from_columns(columns, item_categories)
 
 
 def _first_token(column: Any) -> Any:
@@ -596,16 +640,19 @@ def _read_named(path: Path, fmt: str, columns: dict[str, str], delimiter: Option
         if filter_on:
             table = table.filter(pc.is_in(table.column(filter_on).cast(pa.string()),
                                           value_set=pa.array(list(behaviors or ()), type=pa.string())))
-        return _log_from_table(table, roles)
+        columns = _columns(table, roles)
+        del table
+        return _log_from_columns(columns)
     sep = delimiter if delimiter is not None else ("\t" if _strip_compression(path.name).endswith(".tsv") else ",")
     available = _csv_schema_names(path, delimiter=sep, quote=True, encoding="utf8")
     _require(available, {**roles, **({"behavior": filter_on} if filter_on else {})}, str(path))
     types = {roles[r]: pa.string() for r in ("user", "item", "category") if r in roles}
     if filter_on:
         types[filter_on] = pa.string()
-    table = _read_csv(path, names=None, include=wanted, types=types, delimiter=sep,
-                      keep=None if filter_on is None else (filter_on, behaviors))  # type: ignore[arg-type]
-    return _log_from_table(table, roles)
+    return _log_from_columns(_columns(
+        _read_csv(path, names=None, include=wanted, types=types, delimiter=sep,
+                  keep=None if filter_on is None else (filter_on, behaviors)),  # type: ignore[arg-type]
+        roles))
 
 
 def _strip_compression(name: str) -> str:
