@@ -331,3 +331,21 @@ def test_build_samples_validation():
     with pytest.raises(ValueError, match="negatives need at least 2 items"):
         build_samples(InteractionLog.from_arrays([1, 1], [1, 1], [1, 2]))
     assert build_samples(InteractionLog.from_arrays([1, 1], [1, 1], [1, 2]), negatives=0).n_samples == 1
+
+
+def test_string_ids_become_integers_only_when_canonical(tmp_path):
+    (tmp_path / "a.csv").write_text("u,i,t\n10,7,1\n9,12,2\n")
+    (tmp_path / "b.csv").write_text("u,i,t\nNA,007,1\nNA,7,2\n")
+    cols = {"user": "u", "item": "i", "time": "t"}
+    a = read_log(tmp_path / "a.csv", columns=cols)
+    assert a.user_ids.tolist() == [9, 10] and a.item_ids.tolist() == [7, 12]  # numeric order, not "10" < "9"
+    b = read_log(tmp_path / "b.csv", columns=cols)
+    assert b.user_ids.tolist() == ["NA"] and b.item_ids.tolist() == ["007", "7"] and b.item.tolist() == [1, 2]
+
+
+def test_time_order_with_huge_timestamps_falls_back_to_lexsort():
+    t = np.array([2**62 + 5, -(2**62), 2**62 + 5, 7])
+    log = InteractionLog.from_arrays([1, 1, 1, 2], [1, 2, 3, 1], t)
+    data = build_samples(log, negatives=0, min_history=0, test_fraction=0.0)
+    assert data.times.tolist() == [-(2**62), 2**62 + 5, 2**62 + 5, 7] and data.items.tolist() == [2, 1, 3, 1]
+    assert data.history_lengths().tolist() == [0, 1, 1, 0]

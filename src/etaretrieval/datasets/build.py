@@ -33,7 +33,7 @@ def _time_order(log: InteractionLog) -> npt.NDArray[np.int64]:
     if len(log):
         lo, hi = int(t.min()), int(t.max())
         span = hi - lo + 1
-        if log.n_users * span < 2**62:  # one composite int64 key: one stable sort instead of two
+        if log.n_users * span < 2**62 and max(-lo, hi) < 2**62:  # a composite int64 key: one stable sort, not two
             key = log.user * span
             key += t
             key -= lo
@@ -77,8 +77,11 @@ class _Unseen:
         """An unseen item of each user, uniformly; any item but ``positive`` for users who saw them all."""
         n_unseen = (self.stride - 1) - self.count[user]
         k = rng.integers(0, np.maximum(n_unseen, 1), dtype=np.int64)
-        below = np.searchsorted(self.gaps, user * self.stride + k, side="right") - self.start[user]
-        return np.where(n_unseen > 0, k + 1 + below, _other_than(rng, positive, self.stride - 1))
+        out = k + 1 + np.searchsorted(self.gaps, user * self.stride + k, side="right") - self.start[user]
+        full = np.flatnonzero(n_unseen == 0)
+        if full.size:
+            out[full] = _other_than(rng, positive[full], self.stride - 1)
+        return out
 
 
 def _other_than(rng: np.random.Generator, positive: np.ndarray, n_items: int) -> npt.NDArray[np.int64]:
@@ -189,15 +192,22 @@ def build_samples(
     Examples
     --------
     >>> from etaretrieval.datasets import InteractionLog, build_samples
-    >>> log = InteractionLog.from_arrays(user=[1, 1, 1, 1, 2, 2], item=[5, 6, 7, 8, 5, 9],
-    ...                                  timestamp=[10, 20, 20, 30, 5, 6])
+    >>> log = InteractionLog.from_arrays(
+    ...     user=[1, 1, 1, 1, 2, 2], item=[5, 6, 7, 8, 5, 9],
+    ...     timestamp=[10, 20, 20, 30, 5, 6])
     >>> data = build_samples(log, test_fraction=0.5, negatives=1, seed=0)
     >>> data.items.tolist(), data.offsets.tolist()
     ([1, 2, 3, 4, 1, 5], [0, 4, 6])
-    >>> data.target.tolist()[::2], data.history_lengths().tolist()[::2], data.train.tolist()[::2]
-    ([2, 3, 4, 5], [1, 1, 3, 1], [True, True, False, True])
-    >>> data.label.tolist()[:2], bool((data.target[1::2] != data.target[::2]).all())
-    ([1.0, 0.0], True)
+
+    Positives are every other sample, each followed by its negative:
+
+    >>> positive = data.label == 1
+    >>> data.target[positive].tolist(), data.history_lengths()[positive].tolist()
+    ([2, 3, 4, 5], [1, 1, 3, 1])
+    >>> data.train[positive].tolist()
+    [True, True, False, True]
+    >>> bool((data.target[~positive] != data.target[positive]).all())
+    True
     """
     if not isinstance(log, InteractionLog):
         raise TypeError(f"log must be an InteractionLog (see read_log), got {type(log).__name__}")

@@ -111,15 +111,21 @@ def _factorize_numpy(values: np.ndarray, name: str) -> tuple[npt.NDArray[np.int6
     return _unique_inverse(values)
 
 
-def _as_keys(dictionary: Any) -> np.ndarray:
-    """A pyarrow array as numpy; strings become int64 when every one is a whole number."""
+def _as_keys(strings: Any) -> np.ndarray:
+    """A pyarrow array as numpy; strings become int64 when each is an integer written canonically.
+
+    ``"42"`` becomes ``42``; ``"042"`` or ``"4.2"`` anywhere keep the whole
+    array as strings, so two distinct strings never become one id.
+    """
     pa = _pyarrow()
     pc = pa.compute
-    if pa.types.is_string(dictionary.type) or pa.types.is_large_string(dictionary.type):
-        if len(dictionary) and pc.all(pc.match_substring_regex(dictionary, r"^-?[0-9]{1,18}$")).as_py():
-            return dictionary.cast(pa.int64()).to_numpy()
-        return np.asarray(dictionary.to_numpy(zero_copy_only=False).astype(str))
-    return dictionary.to_numpy(zero_copy_only=False)
+    if pa.types.is_string(strings.type) or pa.types.is_large_string(strings.type):
+        if len(strings) and pc.all(pc.match_substring_regex(strings, r"^-?[0-9]{1,18}$")).as_py():
+            ints = strings.cast(pa.int64())
+            if pc.all(pc.equal(ints.cast(strings.type), strings)).as_py():
+                return ints.to_numpy()
+        return np.asarray(strings.to_numpy(zero_copy_only=False).astype(str))
+    return strings.to_numpy(zero_copy_only=False)
 
 
 def _factorize_arrow(column: Any, name: str, *, allow_null: bool = False) -> tuple[npt.NDArray[np.int64], np.ndarray]:
@@ -216,8 +222,9 @@ class InteractionLog:
     Examples
     --------
     >>> from etaretrieval.datasets import InteractionLog
-    >>> log = InteractionLog.from_arrays(user=["bob", "amy", "bob"], item=[30, 10, 10],
-    ...                                  timestamp=[5, 7, 9], category=["x", "y", "y"])
+    >>> log = InteractionLog.from_arrays(
+    ...     user=["bob", "amy", "bob"], item=[30, 10, 10],
+    ...     timestamp=[5, 7, 9], category=["x", "y", "y"])
     >>> log.user.tolist(), log.item.tolist(), log.category.tolist()
     ([1, 0, 1], [2, 1, 1], [1, 2, 2])
     >>> log.user_ids.tolist(), log.item_ids.tolist(), log.n_items, len(log)
@@ -370,7 +377,7 @@ def _read_csv(
         read_options=pa.csv.ReadOptions(column_names=None if names is None else list(names), skip_rows=skip_rows,
                                         encoding=encoding, block_size=_BLOCK),
         parse_options=pa.csv.ParseOptions(delimiter=delimiter, quote_char='"' if quote else False),
-        convert_options=pa.csv.ConvertOptions(include_columns=columns, strings_can_be_null=True,
+        convert_options=pa.csv.ConvertOptions(include_columns=columns, strings_can_be_null=True, null_values=[""],
                                               column_types={k: v for k, v in types.items() if k in columns}),
     )
     value_set = None if keep is None else pa.array(list(keep[1]), type=pa.string())
@@ -764,14 +771,19 @@ def read_log(
     >>> import tempfile, pathlib
     >>> from etaretrieval.datasets import read_log
     >>> folder = pathlib.Path(tempfile.mkdtemp())
-    >>> _ = (folder / "clicks.csv").write_text("uid,iid,ts,cat\\nu1,9,100,a\\nu2,9,50,b\\nu1,4,70,a\\n")
-    >>> log = read_log(folder / "clicks.csv", columns={"user": "uid", "item": "iid", "time": "ts", "category": "cat"})
-    >>> log.user.tolist(), log.item.tolist(), log.timestamp.tolist(), log.category.tolist()
-    ([0, 1, 0], [2, 2, 1], [100, 50, 70], [1, 2, 1])
+    >>> rows = ["uid,iid,ts,cat", "u1,9,100,a", "u2,9,50,b", "u1,4,70,a"]
+    >>> _ = (folder / "clicks.csv").write_text("\\n".join(rows))
+    >>> log = read_log(folder / "clicks.csv",
+    ...                columns={"user": "uid", "item": "iid", "time": "ts",
+    ...                         "category": "cat"})
+    >>> log.user.tolist(), log.item.tolist(), log.timestamp.tolist()
+    ([0, 1, 0], [2, 2, 1], [100, 50, 70])
+    >>> log.category.tolist()
+    [1, 2, 1]
     >>> log.user_ids.tolist(), log.item_ids.tolist(), log.category_ids.tolist()
     (['u1', 'u2'], [4, 9], ['a', 'b'])
     """
-    path = Path(os.fspath(path))
+    path = Path(os.fspath(path)).expanduser()
     if format not in ("auto", *LOG_FORMATS):
         raise ValueError(f"format must be 'auto' or one of {list(LOG_FORMATS)}, got {format!r}")
     if behaviors is not None and (isinstance(behaviors, str) or not all(isinstance(b, str) for b in behaviors)):
