@@ -190,12 +190,19 @@ def test_missing_pyarrow_names_the_extra(monkeypatch):
 
 
 @settings(deadline=None, max_examples=40)
-@given(st.lists(st.tuples(st.sampled_from(["a", "b", "zz"]), st.integers(-3, 2**40), st.integers(0, 9),
-                          st.sampled_from([3, 5, 11])), max_size=20))
-def test_from_arrays_matches_sorted_vocabularies(rows):
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "zz"]), st.integers(0, 2**31 - 1), st.integers(0, 9),
+                          st.sampled_from([3, 5, 11])), max_size=20),
+       st.sampled_from([np.int32, np.int64, np.uint64]), st.sampled_from([0, -(2**31), 2**63 + 7]))
+def test_from_arrays_matches_sorted_vocabularies(rows, dtype, shift):
     user, item, time, cat = (list(c) for c in zip(*rows)) if rows else ([], [], [], [])
-    log = InteractionLog.from_arrays(np.array(user, dtype=str), np.array(item, dtype=np.int64),
-                                     np.array(time, dtype=np.int64), np.array(cat, dtype=np.int64))
+    if not np.can_cast(np.min_scalar_type(shift), dtype) or (shift > 0 and dtype != np.uint64):
+        shift = 0
+    item = [i + shift for i in item]  # dense and sparse ids, negative ids, uint64 ids above 2**63
+    arrays = [np.array(user, dtype=str), np.array(item, dtype=dtype), np.array(time, dtype=np.int64),
+              np.array(cat, dtype=np.int64)]
+    for a in arrays:
+        a.flags.writeable = False  # never written to
+    log = InteractionLog.from_arrays(*arrays)
     users, items, cats = sorted(set(user)), sorted(set(item)), sorted(set(cat))
     assert log.user.tolist() == [users.index(u) for u in user]
     assert log.item.tolist() == [items.index(i) + 1 for i in item]
@@ -262,6 +269,9 @@ def _logs(draw):
        st.integers(0, 2**32 - 1), st.sampled_from([1, 3, 1 << 20]))
 def test_build_samples_matches_a_loop(log, max_len, test_fraction, min_history, negatives, sampling, exclude_seen,
                                       seed, chunk):
+    for name in ("user", "item", "timestamp", "category"):
+        if getattr(log, name) is not None:
+            getattr(log, name).flags.writeable = False  # never written to
     with mock.patch.object(build_module, "_CHUNK", chunk):  # negatives drawn for `chunk` positives at a time
         data = build_samples(log, max_len=max_len, test_fraction=test_fraction, negatives=negatives,
                              sampling=sampling, exclude_seen=exclude_seen, min_history=min_history, seed=seed)

@@ -94,7 +94,7 @@ def _factorize_ints(chunks: Sequence[np.ndarray]) -> tuple[npt.NDArray[np.int64]
         for c in chunks:
             codes[at:at + c.size] = lookup[c if lo == 0 else c - lo]
             at += c.size
-        return codes, (np.flatnonzero(present) + lo).astype(dtype)
+        return codes, np.flatnonzero(present).astype(dtype) + dtype.type(lo)
     return _unique_inverse(np.concatenate(chunks))
 
 
