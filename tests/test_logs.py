@@ -6,6 +6,7 @@ import gzip
 import math
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from unittest import mock
 
@@ -359,3 +360,52 @@ def test_time_order_with_huge_timestamps_falls_back_to_lexsort():
     data = build_samples(log, negatives=0, min_history=0, test_fraction=0.0)
     assert data.times.tolist() == [-(2**62), 2**62 + 5, 2**62 + 5, 7] and data.items.tolist() == [2, 1, 3, 1]
     assert data.history_lengths().tolist() == [0, 1, 1, 0]
+
+
+def _write(fmt: str, folder: Path, rows: list[tuple[int, int, int, int, str]]) -> Path:
+    """``rows`` of (user, item, time, category, behaviour) in the file layout of ``fmt``."""
+    if fmt == "taobao":
+        path = folder / "UserBehavior.csv"
+        path.write_text("".join(f"{u},{i},{c},{b},{t}\n" for u, i, t, c, b in rows))
+    elif fmt == "movielens-100k":
+        path = folder / "u.data"
+        path.write_text("".join(f"{u}\t{i}\t3\t{t}\n" for u, i, t, _, _ in rows))
+    elif fmt == "movielens-1m":
+        path = folder / "ratings.dat"
+        path.write_text("".join(f"{u}::{i}::3::{t}\n" for u, i, t, _, _ in rows))
+    elif fmt == "recbole":
+        path = folder / "x.inter"
+        path.write_text("user_id:token\titem_id:token\ttimestamp:float\tcat:token\n"
+                        + "".join(f"u{u}\t{i}\t{t}.0\t{c}\n" for u, i, t, c, _ in rows))
+    elif fmt == "csv":
+        path = folder / "log.csv"
+        path.write_text("who,what,when,kind\n" + "".join(f"u{u},{i},{t},c{c}\n" for u, i, t, c, _ in rows))
+    else:
+        path = folder / "log.parquet"
+        cols = list(zip(*rows, strict=True)) if rows else [[]] * 5
+        pq.write_table(pa.table({"who": pa.array(cols[0], pa.int64()), "what": pa.array(cols[1], pa.int64()),
+                                 "when": pa.array(cols[2], pa.int64()), "kind": pa.array(cols[3], pa.int64())}), path)
+    return path
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.sampled_from(["taobao", "movielens-100k", "movielens-1m", "recbole", "csv", "parquet"]),
+       st.lists(st.tuples(st.integers(1, 6), st.integers(1, 10**7), st.integers(0, 2**40), st.integers(1, 4),
+                          st.sampled_from(["pv", "buy"])), min_size=1, max_size=15))
+def test_every_format_reads_back_what_was_written(fmt, rows):
+    with tempfile.TemporaryDirectory() as folder:
+        path = _write(fmt, Path(folder), rows)
+        columns = {"user": "who", "item": "what", "time": "when", "category": "kind"}
+        log = read_log(path, columns=columns if fmt in ("csv", "parquet") else
+                       {"category": "cat"} if fmt == "recbole" else None)
+    kept = [r for r in rows if r[4] == "pv"] if fmt == "taobao" else rows
+    expect = [(u, i, t) for u, i, t, _, _ in kept]
+    got = [r[:3] for r in _original(log)]
+    if fmt in ("recbole", "csv"):
+        expect = [(f"u{u}", i, t) for u, i, t in expect]
+    assert got == expect
+    if fmt in ("taobao", "recbole", "csv", "parquet"):
+        prefix = "c" if fmt == "csv" else ""
+        want = [f"{prefix}{c}" if prefix else c for _, _, _, c, _ in kept]
+        assert [r[3] for r in _original(log)] == want
+    _check_dense(log)

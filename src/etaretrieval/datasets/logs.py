@@ -32,7 +32,7 @@ Format = Literal["auto", "movielens-100k", "movielens-1m", "movielens-csv", "tao
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: The 19 genre flags of MovieLens 100K's ``u.item``, in file order (``u.genre``).
-ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+_ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
                  "War", "Western")
 
@@ -229,6 +229,8 @@ class InteractionLog:
     ([1, 0, 1], [2, 1, 1], [1, 2, 2])
     >>> log.user_ids.tolist(), log.item_ids.tolist(), log.n_items, len(log)
     (['amy', 'bob'], [10, 30], 2, 3)
+    >>> log.item_categories().tolist()  # padding, item 1 (10), item 2 (30)
+    [0, 2, 1]
     """
 
     user: npt.NDArray[np.int64]
@@ -498,13 +500,13 @@ def _read_movielens_100k(path: Path, item_file: Union[PathLike, bool, None]) -> 
     genres_at = _companion(path, "u.item", item_file)
     item_categories = None
     if genres_at is not None:
-        flags = [f"g{i}" for i in range(len(ML100K_GENRES))]
+        flags = [f"g{i}" for i in range(len(_ML100K_GENRES))]
         movies = _read_csv(genres_at, names=["item", "title", "release", "video", "url", *flags],
                            include=["item", *flags], types={"item": pa.int64(), **{f: pa.int8() for f in flags}},
                            delimiter="|", quote=False, encoding="latin1")
         onehot = np.stack([movies.column(f).to_numpy() for f in flags[1:]], axis=1).astype(bool)
         first = np.where(onehot.any(axis=1), onehot.argmax(axis=1), -1)
-        names = np.asarray(ML100K_GENRES[1:], dtype=object)[np.maximum(first, 0)]
+        names = np.asarray(_ML100K_GENRES[1:], dtype=object)[np.maximum(first, 0)]
         item_categories = (movies.column("item").to_numpy(), pa.array(names, type=pa.string(), mask=first < 0))
     columns = _columns(_read_csv(path, names=["user", "item", "rating", "time"], include=["user", "item", "time"],
                                  types={"user": pa.int64(), "item": pa.int64(), "time": pa.int64()}, delimiter="\t"),
