@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +18,42 @@ from ._validate import DTypeError, _shape, weight_nonfinite_error
 from .simhash import SimHasher
 
 __all__ = ["SignatureTable"]
+
+_FORMAT = "etaretrieval.SignatureTable"
+_VERSION = 1
+_META, _SIGNATURES, _PLANES = "table.json", "signatures.npy", "planes.npy"
+
+
+def _fingerprint(planes: np.ndarray) -> str:
+    """SHA-256 of float32 planes: shape and little-endian bytes."""
+    p = np.ascontiguousarray(planes, dtype="<f4")
+    return hashlib.sha256(repr(p.shape).encode() + p.tobytes()).hexdigest()
+
+
+def _read_meta(where: Path) -> dict[str, Any]:
+    """The description of a saved table, checked to be one this version reads."""
+    try:
+        meta = json.loads((where / _META).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(
+            f"path {str(where)!r} holds no saved SignatureTable (no {_META}); write one with SignatureTable.save"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        raise ValueError(f"{str(where / _META)!r} does not describe a SignatureTable")
+    if meta.get("version") != _VERSION:
+        raise ValueError(
+            f"the table at {str(where)!r} has format version {meta.get('version')}; this etaretrieval reads "
+            f"version {_VERSION}: save it again with a matching etaretrieval"
+        )
+    return meta
+
+
+def _hasher_of(planes: np.ndarray) -> SimHasher:
+    """A SimHasher holding given planes (the pickle protocol's way in: planes, dim, bits, words)."""
+    hasher = SimHasher.__new__(SimHasher)
+    dim, bits = planes.shape
+    hasher.__setstate__({"planes": planes, "dim": int(dim), "bits": int(bits), "words": (int(bits) + 63) // 64})
+    return hasher
 
 
 class SignatureTable:
@@ -71,6 +113,11 @@ class SignatureTable:
         rows : array_like of int, optional
             Ids of the rows of ``weight`` that changed; duplicates are fine.
         """
+        if self.weight is None:
+            raise ValueError(
+                "this table was loaded without its weight, so it cannot rehash rows: pass weight= to "
+                "SignatureTable.load (the (N, dim) embedding it was made from) to refresh it"
+            )
         device = describe(self.weight)
         if rows is None:
             if device is not None:
@@ -108,6 +155,174 @@ class SignatureTable:
         if not finite.all():  # name the row of weight, not of the subset
             raise weight_nonfinite_error(int(r[np.argmin(finite)]))
         self.signatures[r] = self.hasher(changed, check_finite=False)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the table to the directory ``path``: signatures, planes and a description.
+
+        The directory holds ``signatures.npy`` (the ``(N, W)`` uint64 table,
+        memory-mappable), ``planes.npy`` (the ``(dim, bits)`` float32 planes)
+        and ``table.json`` (format version, ``bits``, ``dim``, ``N``, ``W``,
+        the embedding shape and a SHA-256 fingerprint of the planes). The
+        files are written next to ``path`` and moved into place, so a reader
+        never sees half a table; an existing table at ``path`` is replaced.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A directory to create (or a table directory to replace).
+
+        Raises
+        ------
+        FileExistsError
+            ``path`` exists and is not a table directory.
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile, os, etaretrieval as er
+        >>> weight = np.random.default_rng(0).standard_normal((1000, 16)).astype(np.float32)
+        >>> table = er.SignatureTable(weight, er.SimHasher(16, 64))
+        >>> path = os.path.join(tempfile.mkdtemp(), "items.sigtable")
+        >>> table.save(path)
+        >>> sorted(os.listdir(path))
+        ['planes.npy', 'signatures.npy', 'table.json']
+        """
+        target = Path(path)
+        if target.exists() and not (target / _META).is_file():
+            raise FileExistsError(f"path {str(target)!r} exists and is not a saved SignatureTable; pick a new path")
+        signatures = self.signatures
+        device = describe(signatures)
+        if device is not None:  # a device table: copy it to the host once
+            from .cuda import _backend
+
+            with _backend.device_scope(device):
+                signatures = _backend.read_back(_backend.as_numba(device), _backend.launch_stream(device))
+        planes = np.ascontiguousarray(self.hasher.planes, dtype=np.float32)
+        meta = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "rows": int(signatures.shape[0]),
+            "words": int(signatures.shape[1]),
+            "bits": int(self.hasher.bits),
+            "dim": int(self.hasher.dim),
+            "embedding_shape": [int(signatures.shape[0]), int(self.hasher.dim)],
+            "planes_sha256": _fingerprint(planes),
+        }
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            np.save(staging / _SIGNATURES, np.ascontiguousarray(signatures, dtype=np.uint64))
+            np.save(staging / _PLANES, planes)
+            (staging / _META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            if target.exists():  # replace an older table; readers that mapped it keep their (unlinked) files
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        mmap: bool = True,
+        weight: Any = None,
+        hasher: SimHasher | None = None,
+    ) -> SignatureTable:
+        """Open a table written by :meth:`save`, memory-mapped by default.
+
+        With ``mmap=True`` opening costs the same for ``10**3`` or ``10**9``
+        rows: the signatures are paged in from the file as lookups touch them,
+        and processes that open the same file share those pages (the OS page
+        cache), so worker processes do not each hold a copy.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A directory written by :meth:`save`.
+        mmap : bool, default True
+            Map the signatures instead of reading them into memory. The map
+            is read-only without ``weight``; with ``weight`` it is
+            copy-on-write (:meth:`refresh` changes this process's copy, never
+            the file).
+        weight : numpy.ndarray, optional
+            The ``(N, dim)`` embedding table the signatures were hashed from,
+            held by reference as in the constructor; needed by
+            :meth:`refresh`. Its shape must be the saved embedding shape.
+        hasher : SimHasher, optional
+            Check that the table was made with these planes. Without it, the
+            saved planes become the table's hasher.
+
+        Returns
+        -------
+        SignatureTable
+
+        Raises
+        ------
+        ValueError
+            Not a table directory, another format version, a table made with
+            other planes than ``hasher``'s, or ``weight`` of another shape.
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile, os, etaretrieval as er
+        >>> weight = np.random.default_rng(0).standard_normal((1000, 16)).astype(np.float32)
+        >>> hasher = er.SimHasher(16, 64)
+        >>> path = os.path.join(tempfile.mkdtemp(), "items.sigtable")
+        >>> er.SignatureTable(weight, hasher).save(path)
+        >>> table = er.SignatureTable.load(path, weight=weight, hasher=hasher)
+        >>> bool((table.signatures == hasher(weight)).all())
+        True
+        >>> er.SignatureTable.load(path, hasher=er.SimHasher(16, 64, seed=1))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: the table at ... was made with other planes than hasher's (fingerprint ...); ...
+        """
+        where = Path(path)
+        meta = _read_meta(where)
+        planes = np.load(where / _PLANES)
+        if planes.dtype != np.float32 or planes.shape != (meta["dim"], meta["bits"]):
+            raise ValueError(f"the table at {str(where)!r} is damaged: planes.npy does not match table.json")
+        if _fingerprint(planes) != meta["planes_sha256"]:
+            raise ValueError(f"the table at {str(where)!r} is damaged: planes.npy does not match its fingerprint")
+        if hasher is not None:
+            if not isinstance(hasher, SimHasher):
+                raise TypeError(f"hasher must be a SimHasher, got {type(hasher).__name__}")
+            mine = np.ascontiguousarray(hasher.planes, dtype=np.float32)
+            if mine.shape != planes.shape or _fingerprint(mine) != meta["planes_sha256"]:
+                raise ValueError(
+                    f"the table at {str(where)!r} was made with other planes than hasher's (fingerprint "
+                    f"{meta['planes_sha256'][:12]}, shape {_shape(planes.shape)}; hasher's {_fingerprint(mine)[:12]}, "
+                    f"shape {_shape(mine.shape)}); load it with the hasher that made it, or rebuild the table"
+                )
+        else:
+            hasher = _hasher_of(planes)
+        want = tuple(meta["embedding_shape"])
+        if weight is not None:
+            if describe(weight) is not None:
+                raise ValueError(
+                    "weight must be a host (numpy) array to load a table from disk; for a table on the GPU "
+                    "build SignatureTable(device_weight, hasher)"
+                )
+            shape = tuple(np.shape(weight))
+            if shape != want:
+                raise ValueError(
+                    f"weight must have the shape of the embedding the table at {str(where)!r} was made for, "
+                    f"{_shape(want)}, got shape {_shape(shape)}"
+                )
+        mode = ("c" if weight is not None else "r") if mmap else None
+        signatures = np.load(where / _SIGNATURES, mmap_mode=mode)
+        if signatures.dtype != np.uint64 or signatures.shape != (meta["rows"], meta["words"]):
+            raise ValueError(f"the table at {str(where)!r} is damaged: signatures.npy does not match table.json")
+        signatures = signatures.view(np.ndarray)  # a plain array viewing the map (the map stays open)
+        if weight is not None:
+            table = cls(weight[:0], hasher)  # the constructor's checks of weight, on no rows: nothing hashed
+        else:
+            table = cls.__new__(cls)
+        table.weight = weight
+        table.hasher = hasher
+        table.signatures = signatures
+        return table
 
     def __len__(self) -> int:
         return int(self.signatures.shape[0])
