@@ -1,0 +1,301 @@
+"""Signature tables that ship with the model: SignatureTable.save/load, SignatureCache in the state_dict,
+and the stale-cache check (eager and compiled)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import etaretrieval as er
+
+DIM, BITS = 8, 70
+
+
+def _table(n: int = 50, seed: int = 0, dtype: type = np.float32) -> tuple[np.ndarray, er.SimHasher, er.SignatureTable]:
+    weight = np.random.default_rng(seed).standard_normal((n, DIM)).astype(dtype)
+    hasher = er.SimHasher(DIM, BITS, seed=seed)
+    return weight, hasher, er.SignatureTable(weight, hasher)
+
+
+# --------------------------------------------------------------------------- SignatureTable.save / load
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_save_load_round_trip(tmp_path: Path, mmap: bool) -> None:
+    weight, hasher, table = _table()
+    table.save(tmp_path / "t")
+    meta = json.loads((tmp_path / "t" / "table.json").read_text())
+    assert (meta["rows"], meta["words"], meta["bits"], meta["dim"]) == (50, 2, BITS, DIM)
+    assert meta["embedding_shape"] == [50, DIM] and meta["version"] == 1
+    loaded = er.SignatureTable.load(tmp_path / "t", mmap=mmap)
+    assert type(loaded.signatures) is np.ndarray and loaded.signatures.dtype == np.uint64
+    np.testing.assert_array_equal(loaded.signatures, table.signatures)
+    np.testing.assert_array_equal(loaded.hasher.planes, hasher.planes)
+    assert not loaded.hasher.planes.flags.writeable
+    assert loaded.signatures.flags.writeable is not mmap  # a read-only map without weight
+    assert len(loaded) == 50 and repr(loaded) == f"SignatureTable(rows=50, bits={BITS})"
+    ids = np.random.default_rng(1).integers(0, 50, size=(4, 30))
+    query = hasher(weight[:4])
+    for got, want in zip(er.topk_hamming_lookup(query, ids, loaded.signatures, 7),
+                         er.topk_hamming_lookup(query, ids, table.signatures, 7)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_loaded_with_weight_refreshes_without_touching_the_file(tmp_path: Path) -> None:
+    weight, hasher, table = _table()
+    table.save(tmp_path / "t")
+    on_disk = np.load(tmp_path / "t" / "signatures.npy").copy()
+    loaded = er.SignatureTable.load(tmp_path / "t", weight=weight, hasher=hasher)
+    assert loaded.weight is weight
+    weight[[3, 9]] *= -1.0
+    loaded.refresh([3, 9])
+    np.testing.assert_array_equal(loaded.signatures, hasher(weight))
+    loaded.refresh()
+    np.testing.assert_array_equal(loaded.signatures, hasher(weight))
+    np.testing.assert_array_equal(np.load(tmp_path / "t" / "signatures.npy"), on_disk)  # copy-on-write
+
+
+def test_save_replaces_a_table_and_keeps_open_maps_valid(tmp_path: Path) -> None:
+    _, _, first = _table(seed=0)
+    _, _, second = _table(n=20, seed=1)
+    first.save(tmp_path / "t")
+    opened = er.SignatureTable.load(tmp_path / "t")
+    second.save(tmp_path / "t")
+    np.testing.assert_array_equal(opened.signatures, first.signatures)  # the old file stays mapped
+    np.testing.assert_array_equal(er.SignatureTable.load(tmp_path / "t").signatures, second.signatures)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]  # no staging directory left behind
+
+
+def test_empty_table_round_trip(tmp_path: Path) -> None:
+    _, _, table = _table(n=0)
+    table.save(tmp_path / "t")
+    assert er.SignatureTable.load(tmp_path / "t").signatures.shape == (0, 2)
+
+
+def test_load_refuses_other_planes(tmp_path: Path) -> None:
+    _, _, table = _table(seed=0)
+    table.save(tmp_path / "t")
+    with pytest.raises(ValueError, match="was made with other planes than hasher's"):
+        er.SignatureTable.load(tmp_path / "t", hasher=er.SimHasher(DIM, BITS, seed=1))
+    with pytest.raises(ValueError, match="other planes"):
+        er.SignatureTable.load(tmp_path / "t", hasher=er.SimHasher(DIM, BITS + 1, seed=0))
+    with pytest.raises(TypeError, match="hasher must be a SimHasher"):
+        er.SignatureTable.load(tmp_path / "t", hasher=table.hasher.planes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("shape", [(49, DIM), (50, DIM + 1), (50,)])
+def test_load_refuses_another_embedding_shape(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    _, hasher, table = _table()
+    table.save(tmp_path / "t")
+    with pytest.raises(ValueError, match=r"weight must have the shape of the embedding .* \(50, 8\), got shape"):
+        er.SignatureTable.load(tmp_path / "t", weight=np.zeros(shape, dtype=np.float32), hasher=hasher)
+
+
+def test_load_checks_weight_like_the_constructor(tmp_path: Path) -> None:
+    _, hasher, table = _table()
+    table.save(tmp_path / "t")
+    with pytest.raises(TypeError, match="weight must have dtype float32 or float64"):
+        er.SignatureTable.load(tmp_path / "t", weight=np.zeros((50, DIM), dtype=np.int32))
+
+
+def test_loaded_without_weight_cannot_refresh(tmp_path: Path) -> None:
+    _, _, table = _table()
+    table.save(tmp_path / "t")
+    loaded = er.SignatureTable.load(tmp_path / "t")
+    for rows in (None, [1]):
+        with pytest.raises(ValueError, match="loaded without its weight.*pass weight="):
+            loaded.refresh(rows)
+
+
+def test_load_and_save_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="holds no saved SignatureTable"):
+        er.SignatureTable.load(tmp_path)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    _, _, table = _table()
+    with pytest.raises(FileExistsError, match="is not a saved SignatureTable"):
+        table.save(tmp_path / "busy")
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+    table.save(tmp_path / "t")
+    meta_path = tmp_path / "t" / "table.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(ValueError, match="format version 99"):
+        er.SignatureTable.load(tmp_path / "t")
+    meta_path.write_text(json.dumps({**meta, "planes_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="damaged"):
+        er.SignatureTable.load(tmp_path / "t")
+    meta_path.write_text(json.dumps({**meta, "rows": 51}))
+    with pytest.raises(ValueError, match="damaged: signatures.npy"):
+        er.SignatureTable.load(tmp_path / "t")
+
+
+def test_worker_processes_open_the_same_map(tmp_path: Path) -> None:
+    """Another process opens the saved table memory-mapped and answers the same lookups."""
+    weight, hasher, table = _table(n=200)
+    table.save(tmp_path / "t")
+    ids = np.random.default_rng(3).integers(0, 200, size=(5, 40))
+    query = hasher(weight[:5])
+    np.save(tmp_path / "ids.npy", ids)
+    np.save(tmp_path / "query.npy", query)
+    code = (
+        "import sys, numpy as np, etaretrieval as er\n"
+        "d = sys.argv[1]\n"
+        "t = er.SignatureTable.load(d + '/t')\n"
+        "assert not t.signatures.flags.owndata\n"
+        "idx, dist = er.topk_hamming_lookup(np.load(d + '/query.npy'), np.load(d + '/ids.npy'), t.signatures, 9)\n"
+        "np.save(d + '/idx.npy', idx)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=120)
+    want, _ = er.topk_hamming_lookup(query, ids, table.signatures, 9)
+    np.testing.assert_array_equal(np.load(tmp_path / "idx.npy"), want)
+
+
+# --------------------------------------------------------------------------- SignatureCache in the state_dict
+
+try:
+    import torch
+    from torch import nn
+
+    from etaretrieval.torch import ETARetriever, SignatureCache
+except ImportError:  # the plugin needs torch, an optional extra
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="needs torch")
+#: Inductor uses a deprecated torch.jit API internally (torch 2.13); not ours to fix.
+TORCH_INTERNAL_WARNING = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+
+
+def _model(n: int = 40, bits: int = 64, cache_first: bool = False, seed: int = 0) -> nn.Module:
+    """A serving model that owns its embedding, retriever and cache (registered in either order)."""
+    torch.manual_seed(seed)
+    model = nn.Module()
+    if cache_first:  # the cache's table is loaded before the embedding's weights
+        emb, retriever = nn.Embedding(n, DIM), ETARetriever(DIM, bits, k=5, seed=seed)
+        model.cache = SignatureCache(emb, retriever)
+        model.items, model.retriever = emb, retriever
+    else:
+        model.items = nn.Embedding(n, DIM)
+        model.retriever = ETARetriever(DIM, bits, k=5, seed=seed)
+        model.cache = SignatureCache(model.items, model.retriever)
+    return model
+
+
+def _serve(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    return model.retriever(model.items(ids[:, 0]), seq_ids=ids, cache=model.cache).index
+
+
+@needs_torch
+@pytest.mark.parametrize("cache_first", [False, True])
+def test_state_dict_carries_the_table(tmp_path: Path, cache_first: bool) -> None:
+    model = _model(cache_first=cache_first, seed=0)
+    state = model.state_dict()
+    assert {"cache.signatures", "cache.planes"} <= set(state)
+    assert not any(key.startswith("cache.embedding") or key.startswith("cache.hasher") for key in state)
+    torch.save(state, tmp_path / "model.pt")
+    other = _model(cache_first=cache_first, seed=1)  # other weights and planes
+    other.load_state_dict(torch.load(tmp_path / "model.pt"))
+    assert not other.cache.embedding_changed()
+    assert torch.equal(other.cache.signatures, model.cache.signatures)
+    ids = torch.randint(0, 40, (3, 25), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(_serve(other, ids), _serve(model, ids))
+    assert torch.equal(_serve(other, ids), other.retriever(other.items(ids[:, 0]), other.items(ids)).index)
+
+
+@needs_torch
+def test_state_dict_of_another_embedding_shape_is_refused() -> None:
+    with pytest.raises(RuntimeError, match=r"cache.signatures has shape \(40, 1\), but this SignatureCache needs "
+                                           r"\(30, 1\) \(embedding \(30, 8\)"):
+        _model(n=30).load_state_dict(_model(n=40).state_dict())
+    with pytest.raises(RuntimeError, match="another embedding shape or other planes"):
+        _model(bits=64).cache.load_state_dict(_model(bits=128).cache.state_dict())
+
+
+@needs_torch
+def test_loaded_table_of_other_planes_is_refused_at_use() -> None:
+    model, other = _model(seed=0), _model(seed=1)
+    model.cache.load_state_dict(other.cache.state_dict())  # other planes than model.retriever's
+    ids = torch.zeros(1, 4, dtype=torch.int64)
+    with pytest.raises(ValueError, match="cache holds signatures hashed with other planes"):
+        _serve(model, ids)
+    model.cache.refresh()
+    _serve(model, ids)
+
+
+@needs_torch
+def test_embedding_loaded_alone_makes_the_cache_stale() -> None:
+    model, other = _model(seed=0), _model(seed=1)
+    ids = torch.zeros(1, 4, dtype=torch.int64)
+    _serve(model, ids)
+    model.items.load_state_dict(other.items.state_dict())
+    assert model.cache.embedding_changed()
+    with pytest.raises(ValueError, match="cache is stale"):
+        _serve(model, ids)
+
+
+@needs_torch
+def test_stale_cache_raises_eagerly() -> None:
+    model = _model()
+    ids = torch.randint(0, 40, (3, 25), generator=torch.Generator().manual_seed(1))
+    _serve(model, ids)
+    with torch.no_grad():
+        model.items.weight[[2, 7]] *= -1
+    assert model.cache.embedding_changed()
+    with pytest.raises(ValueError, match=r"cache is stale: embedding.weight changed .*cache.refresh\(rows\)"):
+        _serve(model, ids)
+    model.cache.refresh([2, 7])
+    assert torch.equal(_serve(model, ids), model.retriever(model.items(ids[:, 0]), model.items(ids)).index)
+    model.items.weight = nn.Parameter(model.items.weight.detach().clone())  # replaced, not changed in place
+    with pytest.raises(ValueError, match="replaced by another tensor"):
+        _serve(model, ids)
+    model.cache.refresh()
+    _serve(model, ids)
+
+
+@needs_torch
+@pytest.mark.filterwarnings(TORCH_INTERNAL_WARNING)
+def test_stale_cache_raises_under_compile() -> None:
+    """Issue 11.2: compiled code checks the cache on every call, as eager code does, and matches eager when fresh."""
+    model = _model()
+    ids = torch.randint(0, 40, (3, 25), generator=torch.Generator().manual_seed(2))
+    compiled = torch.compile(_serve, fullgraph=True)
+    assert torch.equal(compiled(model, ids), _serve(model, ids))
+    optimizer = torch.optim.SGD(model.items.parameters(), lr=1.0)
+    model.items(ids).square().sum().backward()
+    optimizer.step()  # not attached: the cache is now stale
+    with pytest.raises(ValueError, match="cache is stale"):
+        compiled(model, ids)
+    model.cache.refresh(ids)
+    fresh = model.retriever(model.items(ids[:, 0]), model.items(ids)).index
+    assert torch.equal(compiled(model, ids), fresh)
+    with torch.no_grad():
+        model.items.weight[5] *= -1
+    with pytest.raises(ValueError, match="cache is stale"):
+        compiled(model, ids)
+    model.cache.load_state_dict(_model(seed=3).cache.state_dict())  # other planes, same shapes
+    with pytest.raises(ValueError, match="other planes"):
+        compiled(model, ids)
+
+
+@needs_torch
+def test_attached_cache_stays_fresh_through_sparse_updates() -> None:
+    model = _model()
+    model.items = nn.Embedding(40, DIM, sparse=True)
+    model.cache = SignatureCache(model.items, model.retriever)
+    optimizer = torch.optim.SparseAdam(list(model.items.parameters()), lr=0.5)
+    model.cache.attach(optimizer)
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        ids = torch.randint(0, 20, (3, 10), generator=gen)
+        model.items(ids).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        assert not model.cache.embedding_changed()
+        assert torch.equal(model.cache.signatures,
+                           torch.ops.etaretrieval.pack_signatures(model.items.weight.detach(), model.retriever.planes))
+        _serve(model, ids)
