@@ -406,7 +406,7 @@ class SignatureCache(nn.Module):
     def _mark_fresh(self) -> None:
         weight = self.embedding.weight
         self._stamp.fill_(_version(weight))
-        self._hashed_weight = weight
+        object.__setattr__(self, "_hashed_weight", weight)  # a reference: never registered as a parameter here
         self._adopt_load = False
 
     def _pack(self, rows: torch.Tensor) -> torch.Tensor:
