@@ -1,0 +1,478 @@
+"""Offline retrieval over Parquet datasets, on a Dask cluster.
+
+Each row of the input holds a behaviour history (a list of item ids, oldest
+first) and a target item id; the query of a row is the target's row of a
+signature table saved by :meth:`etaretrieval.SignatureTable.save`. The output
+keeps every input row and column and adds the top-``k`` of the history by
+Hamming distance to the target: ``topk_ids``, ``topk_pos`` and ``topk_dist``
+(list columns, nearest first, as :func:`etaretrieval.topk_hamming_lookup`
+orders them, only the retrieved entries) and ``error`` (null, or why the row
+could not be served: an id outside the table, a null history or target).
+
+Work is split by input file: one task per Parquet file, run by
+``dask.distributed`` workers that open the table themselves, memory-mapped,
+once per worker process (the OS shares its pages between processes); tasks
+carry only the table's path. Each task writes its output file and then a
+marker, both by atomic rename, so a re-run skips finished files.
+
+Needs the ``dask`` extra: ``pip install "etaretrieval[dask]"`` (dask,
+distributed, pyarrow). The command line is ``python -m etaretrieval.offline``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    import distributed
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        f"etaretrieval.dask needs dask.distributed and pyarrow ({exc.name} is missing): "
+        "pip install 'etaretrieval[dask]'"
+    ) from exc
+
+from ._validate import check_k
+from .table import SignatureTable, _fingerprint
+from .topk import topk_hamming_lookup
+
+__all__ = ["OfflineSummary", "retrieve_arrow", "retrieve_parquet"]
+
+#: Columns added to every output row.
+OUTPUT_COLUMNS = ("topk_ids", "topk_pos", "topk_dist", "error")
+_DONE = "_done"  # marker folder (pyarrow and dask skip names starting with "_" and ".")
+_JOB = "_job.json"
+
+#: Padded ids built per lookup call, at most (rows x longest history), in elements.
+MAX_CELLS = 1 << 24
+
+
+def _column(batch: pa.Table, name: str) -> pa.Array:
+    if name not in batch.column_names:
+        raise KeyError(f"column {name!r} is not in the input (columns: {', '.join(batch.column_names)})")
+    col = batch.column(name)
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _check_schema(schema: pa.Schema, history_col: str, target_col: str) -> None:
+    """Refuse inputs whose columns cannot be read as (list of integer ids, integer id)."""
+    for name in (history_col, target_col):
+        if name not in schema.names:
+            raise KeyError(f"column {name!r} is not in the input (columns: {', '.join(schema.names)})")
+    hist = schema.field(history_col).type
+    if not (pa.types.is_list(hist) or pa.types.is_large_list(hist)) or not pa.types.is_integer(hist.value_type):
+        raise TypeError(f"column {history_col!r} must be a list of integer item ids, got {hist}")
+    target = schema.field(target_col).type
+    if not pa.types.is_integer(target):
+        raise TypeError(f"column {target_col!r} must hold integer item ids, got {target}")
+    taken = [c for c in OUTPUT_COLUMNS if c in schema.names]
+    if taken:
+        raise ValueError(f"the input already has column(s) {taken}, which the output adds; rename them")
+
+
+def _first_per_row(rows: np.ndarray, *values: np.ndarray) -> tuple[np.ndarray, ...]:
+    """For sorted-by-appearance ``rows``, each distinct row with the values of its first entry."""
+    first_rows, first = np.unique(rows, return_index=True)
+    return (first_rows, *(v[first] for v in values))
+
+
+def _lists(values: np.ndarray, keep: np.ndarray, null: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+    """A list array whose row ``i`` holds ``values[i][keep[i]]`` (a prefix), null where ``null``."""
+    counts = keep.sum(axis=1)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    return pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(values[keep], type=arrow_type), mask=pa.array(null)
+    )
+
+
+def retrieve_arrow(
+    batch: pa.Table | pa.RecordBatch,
+    signatures: np.ndarray,
+    k: int,
+    *,
+    history_col: str = "history",
+    target_col: str = "target",
+) -> pa.Table:
+    """Top-``k`` retrieval for every row of an Arrow table (what each Dask task runs on its rows).
+
+    Vectorised over the rows: the histories are read through the list
+    offsets, padded per block of rows to the longest history of the block
+    and passed with their lengths to :func:`etaretrieval.topk_hamming_lookup`.
+
+    Parameters
+    ----------
+    batch : pyarrow.Table or pyarrow.RecordBatch
+        Rows with a list-of-integers ``history_col`` (oldest first) and an
+        integer ``target_col``.
+    signatures : numpy.ndarray
+        ``(N, W)`` uint64 signature table (e.g. ``SignatureTable.load(path).signatures``).
+    k : int
+        Behaviours retrieved per row, ``>= 0``.
+    history_col, target_col : str
+        Column names.
+
+    Returns
+    -------
+    pyarrow.Table
+        The input columns, then ``topk_ids`` (list<int64>, the retrieved item
+        ids), ``topk_pos`` (list<int64>, their positions in the history),
+        ``topk_dist`` (list<int32>, Hamming distances), nearest first, at
+        most ``k`` each; and ``error`` (string, null when the row was
+        served). A row with a null history or target, or an id outside
+        ``[0, N)``, gets null lists and an ``error`` message.
+
+    Examples
+    --------
+    >>> import numpy as np, pyarrow as pa, etaretrieval as er
+    >>> from etaretrieval.dask import retrieve_arrow
+    >>> sig = np.array([[0b00], [0b01], [0b11]], dtype=np.uint64)
+    >>> rows = pa.table({"history": [[2, 0, 1], [1, 7]], "target": [2, 1]})
+    >>> out = retrieve_arrow(rows, sig, k=2)
+    >>> out.column("topk_ids").to_pylist(), out.column("topk_pos").to_pylist()
+    ([[2, 1], None], [[0, 2], None])
+    >>> out.column("error").to_pylist()[1]
+    'history[1] = 7 is outside the table rows [0, 3)'
+    """
+    k = check_k(k)
+    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    _check_schema(table.schema, history_col, target_col)
+    n_rows, n_items = table.num_rows, signatures.shape[0]
+    hist, target = _column(table, history_col), _column(table, target_col)
+
+    lengths = pc.fill_null(pc.list_value_length(hist), 0).to_numpy().astype(np.int64)
+    starts = np.zeros(n_rows, dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    flat = pc.list_flatten(hist)  # the ids of every row, in order (null histories give none)
+    parent = pc.list_parent_indices(hist).to_numpy()
+    flat_null = flat.is_null().to_numpy(zero_copy_only=False)
+    ids = pc.fill_null(flat, 0).to_numpy()
+    out_of_range = flat_null | (ids < 0) | (ids >= n_items)
+    target_null = target.is_null().to_numpy(zero_copy_only=False)
+    targets = pc.fill_null(target, 0).to_numpy()
+
+    messages = np.full(n_rows, None, dtype=object)
+    bad = np.flatnonzero(out_of_range)
+    if bad.size:  # one message per row: its first bad id (the loop runs over the bad rows only)
+        rows, where = _first_per_row(parent[bad], bad)
+        for row, at in zip(rows.tolist(), where.tolist()):
+            pos = at - int(starts[row])
+            what = "null" if flat_null[at] else f"{ids[at]} is outside the table rows [0, {n_items})"
+            messages[row] = f"{history_col}[{pos}] = {what}"
+    bad_target = target_null | (targets < 0) | (targets >= n_items)
+    for row in np.flatnonzero(bad_target).tolist():
+        messages[row] = (
+            f"{target_col} is null" if target_null[row]
+            else f"{target_col} = {targets[row]} is outside the table rows [0, {n_items})"
+        )
+    for row in np.flatnonzero(hist.is_null().to_numpy(zero_copy_only=False)).tolist():
+        messages[row] = f"{history_col} is null"
+    failed = np.not_equal(messages, None)
+
+    served = np.where(failed, 0, lengths)
+    query_rows = np.where(failed, 0, targets).astype(np.int64)
+    idx = np.full((n_rows, k), -1, dtype=np.int64)
+    dist = np.full((n_rows, k), -1, dtype=np.int32)
+    found = np.full((n_rows, k), -1, dtype=np.int64)
+    longest = int(served.max()) if n_rows else 0
+    block = max(1, MAX_CELLS // max(1, longest))
+    for a in range(0, n_rows, block):
+        b = min(a + block, n_rows)
+        n = served[a:b]
+        width = int(n.max())
+        padded = np.zeros((b - a, width), dtype=np.int64)
+        row = np.repeat(np.arange(b - a), n)
+        pos = np.arange(row.size) - np.repeat(np.cumsum(n) - n, n)
+        padded[row, pos] = ids[np.repeat(starts[a:b], n) + pos]
+        i, d = topk_hamming_lookup(signatures[query_rows[a:b]], padded, signatures, k, lengths=n)
+        idx[a:b], dist[a:b] = i, d
+        if width:
+            found[a:b] = np.where(i >= 0, np.take_along_axis(padded, np.maximum(i, 0), axis=1), -1)
+    keep = idx >= 0
+    return (
+        table.append_column("topk_ids", _lists(found, keep, failed, pa.int64()))
+        .append_column("topk_pos", _lists(idx, keep, failed, pa.int64()))
+        .append_column("topk_dist", _lists(dist, keep, failed, pa.int32()))
+        .append_column("error", pa.array(messages, type=pa.string()))
+    )
+
+
+# --------------------------------------------------------------------------- per worker process
+
+_OPEN: dict[tuple[str, int], SignatureTable] = {}
+
+
+def _open_table(path: str) -> SignatureTable:
+    """The table at ``path``, memory-mapped once per process (reopened if it was saved again)."""
+    real = os.path.realpath(path)
+    key = (real, os.stat(os.path.join(real, "table.json")).st_mtime_ns)
+    table = _OPEN.get(key)
+    if table is None:
+        _OPEN.clear()
+        table = _OPEN[key] = SignatureTable.load(real, mmap=True)
+    return table
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _input_stamp(source: Path) -> dict[str, Any]:
+    st = source.stat()
+    return {"input": str(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _run_partition(
+    source: str, index: int, output: str, table_path: str, k: int, history_col: str, target_col: str, batch_rows: int
+) -> dict[str, int]:
+    """One task: retrieve for every row of one input file, write its part file and then its marker."""
+    signatures = _open_table(table_path).signatures
+    out_dir = Path(output)
+    final = out_dir / f"part-{index:05d}.parquet"
+    tmp = out_dir / f".{final.name}.{uuid.uuid4().hex}.tmp"
+    rows = errors = 0
+    reader = pq.ParquetFile(source)
+    writer = None
+    try:
+        for batch in reader.iter_batches(batch_size=batch_rows):
+            result = retrieve_arrow(batch, signatures, k, history_col=history_col, target_col=target_col)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, result.schema)
+            writer.write_table(result)
+            rows += result.num_rows
+            errors += result.num_rows - result.column("error").null_count
+        if writer is None:  # an empty file: an empty part with the output's columns
+            empty = retrieve_arrow(reader.schema_arrow.empty_table(), signatures, k,
+                                   history_col=history_col, target_col=target_col)
+            pq.write_table(empty, tmp)
+        else:
+            writer.close()
+            writer = None
+        os.replace(tmp, final)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    marker = {**_input_stamp(Path(source)), "rows": rows, "errors": errors}
+    _atomic_write_text(out_dir / _DONE / f"part-{index:05d}.json", json.dumps(marker))
+    return {"index": index, "rows": rows, "errors": errors}
+
+
+# --------------------------------------------------------------------------- driver
+
+
+@dataclass(frozen=True)
+class OfflineSummary:
+    """What :func:`retrieve_parquet` did.
+
+    Attributes
+    ----------
+    partitions : int
+        Input files (one output part each).
+    skipped : int
+        Parts already finished by an earlier run, left as they were.
+    rows : int
+        Rows written, all parts together (equal to the rows read).
+    errors : int
+        Rows with an ``error`` message.
+    seconds : float
+        Wall time of the call.
+
+    Examples
+    --------
+    >>> from etaretrieval.dask import OfflineSummary
+    >>> OfflineSummary(partitions=4, skipped=1, rows=1000, errors=2, seconds=1.5).rows
+    1000
+    """
+
+    partitions: int
+    skipped: int
+    rows: int
+    errors: int
+    seconds: float
+
+
+def _input_files(source: Path) -> list[Path]:
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise FileNotFoundError(f"input {str(source)!r} is neither a Parquet file nor a directory")
+    files = sorted(
+        p for p in source.rglob("*.parquet")
+        if not any(part.startswith(("_", ".")) for part in p.relative_to(source).parts)
+    )
+    if not files:
+        raise FileNotFoundError(f"input directory {str(source)!r} holds no *.parquet files")
+    return files
+
+
+def _finished(out_dir: Path, index: int, source: Path) -> dict[str, Any] | None:
+    """The marker of part ``index`` if it was written from this very input file, else None."""
+    try:
+        marker = json.loads((out_dir / _DONE / f"part-{index:05d}.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if (out_dir / f"part-{index:05d}.parquet").is_file() and all(
+        marker.get(key) == value for key, value in _input_stamp(source).items()
+    ):
+        return dict(marker)
+    return None
+
+
+def retrieve_parquet(
+    input: str | os.PathLike[str],
+    table: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    k: int,
+    *,
+    history_col: str = "history",
+    target_col: str = "target",
+    client: distributed.Client | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    processes: bool = True,
+    progress: bool = True,
+    batch_rows: int = 65536,
+) -> OfflineSummary:
+    """Retrieve the top-``k`` history items of every row of a Parquet dataset, on Dask.
+
+    Parameters
+    ----------
+    input : str or os.PathLike
+        A Parquet file, or a directory of them (read recursively; names
+        starting with ``_`` or ``.`` are skipped). One task per file.
+    table : str or os.PathLike
+        A directory written by :meth:`etaretrieval.SignatureTable.save`,
+        readable at the same path by every worker (shared storage).
+    output : str or os.PathLike
+        Directory for ``part-NNNNN.parquet`` (part ``i`` holds the rows of the
+        ``i``-th input file, in order; see :func:`retrieve_arrow` for the
+        columns), the markers of finished parts (``_done/``) and the job
+        description (``_job.json``).
+    k : int
+        Behaviours retrieved per row.
+    history_col, target_col : str
+        Input column names.
+    client : distributed.Client, optional
+        Run on this client's cluster.
+    scheduler : str, optional
+        Or connect to the scheduler at this address. Without either, a
+        ``LocalCluster`` is started for the call and closed after it.
+    workers : int, optional
+        Workers of that local cluster (one thread each); default: the CPUs, up to 8.
+    processes : bool, default True
+        Local workers in processes (True) or threads of this process.
+    progress : bool, default True
+        Print a line to stderr as each part finishes.
+    batch_rows : int, default 65536
+        Rows read and retrieved at a time within a file (bounds each task's memory).
+
+    Returns
+    -------
+    OfflineSummary
+
+    Raises
+    ------
+    ValueError
+        ``output`` holds parts of another job (other table, ``k`` or columns).
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, pyarrow as pa, pyarrow.parquet as pq, etaretrieval as er
+    >>> from etaretrieval.dask import retrieve_parquet
+    >>> root = tempfile.mkdtemp()
+    >>> weight = np.random.default_rng(0).standard_normal((100, 8)).astype(np.float32)
+    >>> er.SignatureTable(weight, er.SimHasher(8, 64)).save(os.path.join(root, "table"))
+    >>> os.mkdir(os.path.join(root, "in"))
+    >>> rows = pa.table({"history": [[1, 2, 3], [4, 5], [99, 100]], "target": [3, 4, 5]})
+    >>> pq.write_table(rows, os.path.join(root, "in", "a.parquet"))
+    >>> summary = retrieve_parquet(os.path.join(root, "in"), os.path.join(root, "table"),
+    ...                            os.path.join(root, "out"), k=2, workers=1, processes=False, progress=False)
+    >>> summary.rows, summary.errors
+    (3, 1)
+    >>> out = pq.read_table(os.path.join(root, "out"))
+    >>> out.column("topk_pos").to_pylist()[0], out.column("error").to_pylist()[2]
+    ([2, 0], 'history[1] = 100 is outside the table rows [0, 100)')
+    """
+    start = time.perf_counter()
+    k = check_k(k)
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    if client is not None and scheduler is not None:
+        raise ValueError("pass either client or scheduler, not both")
+    files = _input_files(Path(input))
+    _check_schema(pq.read_schema(files[0]), history_col, target_col)
+    table_path = str(Path(table).resolve())
+    opened = SignatureTable.load(table_path)  # fails here, not in every task, if it is no table
+    out_dir = Path(output)
+    (out_dir / _DONE).mkdir(parents=True, exist_ok=True)
+    job = {
+        "k": k, "history_col": history_col, "target_col": target_col,
+        "table_rows": len(opened), "table_planes_sha256": _fingerprint(opened.hasher.planes),
+    }
+    job_file = out_dir / _JOB
+    if job_file.is_file():
+        earlier = json.loads(job_file.read_text(encoding="utf-8"))
+        if earlier != job:
+            raise ValueError(
+                f"output {str(out_dir)!r} holds parts of another job ({earlier}); this one is {job}: "
+                "use another output directory, or delete it to start over"
+            )
+    else:
+        _atomic_write_text(job_file, json.dumps(job))
+
+    done = {i: _finished(out_dir, i, f) for i, f in enumerate(files)}
+    todo = [i for i, marker in done.items() if marker is None]
+    rows = sum(m["rows"] for m in done.values() if m is not None)
+    errors = sum(m["errors"] for m in done.values() if m is not None)
+    if progress and len(todo) < len(files):
+        print(f"etaretrieval.offline: {len(files) - len(todo)} of {len(files)} parts already done", file=sys.stderr)
+    if todo:
+        own = None
+        if client is None:
+            if scheduler is not None:
+                client = own = distributed.Client(scheduler)
+            else:
+                n = workers or min(os.cpu_count() or 1, 8)
+                cluster = distributed.LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=":0"
+                )
+                client = own = distributed.Client(cluster)
+        try:
+            futures = [
+                client.submit(
+                    _run_partition, str(files[i]), i, str(out_dir.resolve()), table_path, k,
+                    history_col, target_col, batch_rows, key=f"etaretrieval-part-{i}-{uuid.uuid4().hex}",
+                )
+                for i in todo
+            ]
+            for count, future in enumerate(distributed.as_completed(futures), 1):
+                result = future.result()
+                rows += result["rows"]
+                errors += result["errors"]
+                if progress:
+                    print(
+                        f"etaretrieval.offline: part {result['index']} done ({result['rows']} rows, "
+                        f"{result['errors']} errors) [{count}/{len(todo)}, {time.perf_counter() - start:.1f} s]",
+                        file=sys.stderr,
+                    )
+        finally:
+            if own is not None:
+                cluster_of_own = own.cluster
+                own.close()
+                if cluster_of_own is not None:
+                    cluster_of_own.close()
+    return OfflineSummary(len(files), len(files) - len(todo), rows, errors, time.perf_counter() - start)
