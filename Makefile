@@ -25,7 +25,7 @@ install: $(VPY)
 
 install-test: $(VPY)
 	$(PIP) install "$(TORCH_SPEC)" --extra-index-url $(TORCH_INDEX)
-	$(PIP) install -e ".[test,torch,cuda,docs,bench,data]"
+	$(PIP) install -e ".[test,torch,cuda,docs,bench,data,dask]"
 
 demo: install
 	$(VPY) examples/quickstart.py

@@ -1,0 +1,233 @@
+"""Offline retrieval over Parquet: etaretrieval.dask and python -m etaretrieval.offline.
+
+Every output row equals the numpy API's answer for that row; rows out == rows in; bad rows get an error
+message; a re-run skips finished parts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+pytest.importorskip("distributed")
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import etaretrieval as er  # noqa: E402
+from etaretrieval import dask as edask  # noqa: E402
+
+N, DIM, BITS, K = 300, 8, 70, 6
+
+
+def expected(signatures: np.ndarray, history: list[int], target: int, k: int) -> tuple[list, list, list]:
+    """The numpy API on one row: (ids, positions, distances) of the retrieved entries."""
+    ids = np.asarray(history, dtype=np.int64).reshape(1, -1)
+    idx, dist = er.topk_hamming_lookup(signatures[[target]], ids, signatures, k)
+    keep = idx[0] >= 0
+    return ids[0, idx[0][keep]].tolist(), idx[0][keep].tolist(), dist[0][keep].tolist()
+
+
+def check_rows(out: pa.Table, signatures: np.ndarray, k: int) -> None:
+    """Each served row equals the numpy API; each failed row has null lists and a message."""
+    for row in out.to_pylist():
+        if row["error"] is None:
+            want = expected(signatures, row["history"], row["target"], k)
+            assert (row["topk_ids"], row["topk_pos"], row["topk_dist"]) == want, row
+        else:
+            assert row["topk_ids"] is None and row["topk_pos"] is None and row["topk_dist"] is None
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    root = tmp_path_factory.mktemp("table")
+    weight = np.random.default_rng(0).standard_normal((N, DIM)).astype(np.float32)
+    t = er.SignatureTable(weight, er.SimHasher(DIM, BITS, seed=2))
+    t.save(root / "items")
+    return root / "items", t.signatures
+
+
+def _rows(rng: np.random.Generator, n: int, start: int) -> dict[str, list]:
+    lengths = rng.integers(0, 60, size=n)
+    lengths[::7] = 0  # empty histories
+    return {
+        "request": list(range(start, start + n)),  # an extra column, kept as it is
+        "history": [rng.integers(0, N, size=m).tolist() for m in lengths],
+        "target": rng.integers(0, N, size=n).tolist(),
+    }
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 files: plain, with bad rows, with int32 ids, and an empty one."""
+    root = tmp_path_factory.mktemp("input")
+    rng = np.random.default_rng(1)
+    pq.write_table(pa.table(_rows(rng, 120, 0)), root / "a.parquet", row_group_size=50)
+    bad = _rows(rng, 40, 1000)
+    bad["history"][3] = [1, 2, N, 4]  # an id past the table
+    bad["history"][5] = [-1, 2]  # a negative id
+    bad["history"][8] = None  # a null history
+    bad["history"][9] = [5, None, 6]  # a null id
+    bad["target"][11] = N + 5  # a target past the table
+    bad["target"][12] = None  # a null target
+    pq.write_table(pa.table(bad), root / "b.parquet")
+    narrow = _rows(rng, 30, 2000)
+    schema = pa.schema([("request", pa.int64()), ("history", pa.list_(pa.int32())), ("target", pa.int32())])
+    pq.write_table(pa.table(narrow, schema=schema), root / "c.parquet")
+    wide = pa.schema([("request", pa.int64()), ("history", pa.list_(pa.int64())), ("target", pa.int64())])
+    pq.write_table(pa.table(_rows(rng, 0, 0), schema=wide), root / "d.parquet")
+    (root / "_ignored").mkdir()
+    (root / "_ignored" / "x.parquet").write_bytes(b"not parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cluster():  # type: ignore[no-untyped-def]
+    """A 2-worker LocalCluster in this process, shared by the tests of this module."""
+    import distributed
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=":0") as local, distributed.Client(local) as client:
+        yield client
+
+
+# --------------------------------------------------------------------------- retrieve_arrow
+
+
+def test_retrieve_arrow_equals_numpy_api_row_by_row(table: tuple[Path, np.ndarray], dataset: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    _, sig = table
+    rows = pq.read_table(dataset / "b.parquet")
+    whole = edask.retrieve_arrow(rows, sig, K)
+    check_rows(whole, sig, K)
+    monkeypatch.setattr(edask, "MAX_CELLS", 50)  # many small blocks of rows: the same answer
+    assert edask.retrieve_arrow(rows, sig, K).equals(whole)
+    errors = whole.column("error").to_pylist()
+    assert errors[3] == f"history[2] = {N} is outside the table rows [0, {N})"
+    assert errors[5] == f"history[0] = -1 is outside the table rows [0, {N})"
+    assert errors[8] == "history is null"
+    assert errors[9] == "history[1] = null"
+    assert errors[11] == f"target = {N + 5} is outside the table rows [0, {N})"
+    assert errors[12] == "target is null"
+    assert sum(e is not None for e in errors) == 6
+    assert whole.column_names == ["request", "history", "target", "topk_ids", "topk_pos", "topk_dist", "error"]
+    assert whole.schema.field("topk_dist").type == pa.list_(pa.int32())
+
+
+@settings(deadline=None, max_examples=20)
+@given(
+    lengths=st.lists(st.integers(0, 12), max_size=8),
+    k=st.integers(0, 5),
+    seed=st.integers(0, 2**32 - 1),
+    large=st.booleans(),
+)
+def test_retrieve_arrow_property(lengths: list[int], k: int, seed: int, large: bool) -> None:
+    rng = np.random.default_rng(seed)
+    sig = rng.integers(0, 2**64, size=(10, 1), dtype=np.uint64) & np.uint64(0b111)  # many ties
+    history = [rng.integers(0, 10, size=m).tolist() for m in lengths]
+    list_type = pa.large_list(pa.uint16()) if large else pa.list_(pa.int64())
+    rows = pa.table({"history": pa.array(history, type=list_type),
+                     "target": pa.array(rng.integers(0, 10, size=len(lengths)), type=pa.int64())})
+    out = edask.retrieve_arrow(rows.slice(0), sig, k)
+    assert out.num_rows == len(lengths) and out.column("error").null_count == len(lengths)
+    check_rows(out, sig, k)
+
+
+def test_retrieve_arrow_bad_columns(table: tuple[Path, np.ndarray]) -> None:
+    _, sig = table
+    with pytest.raises(KeyError, match="column 'history' is not in the input"):
+        edask.retrieve_arrow(pa.table({"hist": [[1]], "target": [1]}), sig, K)
+    with pytest.raises(TypeError, match="must be a list of integer item ids"):
+        edask.retrieve_arrow(pa.table({"history": [[1.0]], "target": [1]}), sig, K)
+    with pytest.raises(TypeError, match="column 'target' must hold integer item ids"):
+        edask.retrieve_arrow(pa.table({"history": [[1]], "target": ["a"]}), sig, K)
+    with pytest.raises(ValueError, match="already has column"):
+        edask.retrieve_arrow(pa.table({"history": [[1]], "target": [1], "error": ["x"]}), sig, K)
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        edask.retrieve_arrow(pa.table({"history": [[1]], "target": [1]}), sig, -1)
+
+
+# --------------------------------------------------------------------------- retrieve_parquet on a cluster
+
+
+def test_parquet_on_two_workers_then_resume(table: tuple[Path, np.ndarray], dataset: Path, tmp_path: Path,
+                                            cluster: object) -> None:
+    path, sig = table
+    out = tmp_path / "out"
+    summary = edask.retrieve_parquet(dataset, path, out, K, client=cluster, progress=False, batch_rows=32)
+    assert (summary.partitions, summary.skipped, summary.rows, summary.errors) == (4, 0, 190, 6)
+    parts = sorted(p.name for p in out.glob("part-*.parquet"))
+    assert parts == [f"part-{i:05d}.parquet" for i in range(4)]
+    for i, name in enumerate(["a", "b", "c", "d"]):  # part i holds input file i, rows in order
+        got = pq.read_table(out / parts[i])
+        source = pq.read_table(dataset / f"{name}.parquet")
+        assert got.num_rows == source.num_rows
+        assert got.select(source.column_names).equals(source)
+        check_rows(got, sig, K)
+    assert pq.read_table(out).num_rows == 190  # the markers and the job file are not data
+    assert not list(out.glob(".*"))  # no temporary files left
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    again = edask.retrieve_parquet(dataset, path, out, K, client=cluster, progress=False)
+    assert (again.skipped, again.rows, again.errors) == (4, 190, 6)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == stamps
+
+    (out / "_done" / "part-00002.json").unlink()  # as if the job had died before part 2 finished
+    (out / "part-00002.parquet").write_bytes(b"half a file")
+    resumed = edask.retrieve_parquet(dataset, path, out, K, client=cluster, progress=False)
+    assert (resumed.skipped, resumed.rows) == (3, 190)
+    check_rows(pq.read_table(out / "part-00002.parquet"), sig, K)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("part-*.parquet") if p.name != "part-00002.parquet"} == {
+        p: t for p, t in stamps.items() if p.name != "part-00002.parquet"
+    }
+
+    with pytest.raises(ValueError, match="holds parts of another job"):
+        edask.retrieve_parquet(dataset, path, out, K + 1, client=cluster, progress=False)
+
+
+def test_progress_lines(table: tuple[Path, np.ndarray], dataset: Path, tmp_path: Path, cluster: object,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    edask.retrieve_parquet(dataset / "a.parquet", table[0], tmp_path / "out", 2, client=cluster)
+    assert "part 0 done (120 rows, 0 errors) [1/1" in capsys.readouterr().err
+
+
+def test_parquet_errors(table: tuple[Path, np.ndarray], dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="neither a Parquet file nor a directory"):
+        edask.retrieve_parquet(tmp_path / "missing", table[0], tmp_path / "out", K)
+    with pytest.raises(FileNotFoundError, match="holds no"):
+        edask.retrieve_parquet(tmp_path, table[0], tmp_path / "out", K)
+    with pytest.raises(ValueError, match="holds no saved SignatureTable"):
+        edask.retrieve_parquet(dataset, tmp_path, tmp_path / "out", K)
+    with pytest.raises(KeyError, match="column 'items'"):
+        edask.retrieve_parquet(dataset, table[0], tmp_path / "out", K, history_col="items")
+
+
+def test_each_process_opens_the_table_once(table: tuple[Path, np.ndarray]) -> None:
+    first = edask._open_table(str(table[0]))
+    assert edask._open_table(str(table[0])) is first
+    assert not first.signatures.flags.writeable  # memory-mapped read-only
+
+
+def test_command_line_with_worker_processes(table: tuple[Path, np.ndarray], dataset: Path, tmp_path: Path) -> None:
+    """python -m etaretrieval.offline on a local cluster of 2 worker processes, then the re-run."""
+    command = [sys.executable, "-m", "etaretrieval.offline", "--input", str(dataset), "--table", str(table[0]),
+               "--output", str(tmp_path / "out"), "--k", str(K), "--workers", "2"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "190 rows in 4 parts (0 already done), 6 rows with errors" in done.stdout
+    assert "part 1 done (40 rows, 6 errors)" in done.stderr
+    check_rows(pq.read_table(tmp_path / "out"), table[1], K)
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert rerun.returncode == 0 and "(4 already done)" in rerun.stdout
+    assert json.loads((tmp_path / "out" / "_job.json").read_text())["k"] == K
+    bad = subprocess.run(command[:-4] + ["--k", "-1"], capture_output=True, text=True, timeout=300, env=env)
+    assert bad.returncode == 1 and "k must be >= 0" in bad.stderr
