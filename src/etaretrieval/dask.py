@@ -81,6 +81,13 @@ def _check_schema(schema: pa.Schema, history_col: str, target_col: str) -> None:
         raise ValueError(f"the input already has column(s) {taken}, which the output adds; rename them")
 
 
+def _values(a: pa.Array) -> tuple[np.ndarray | None, np.ndarray]:
+    """``(null mask or None, values with nulls as 0)`` of an integer array; no copy when nothing is null."""
+    if a.null_count == 0:
+        return None, a.to_numpy()
+    return a.is_null().to_numpy(zero_copy_only=False), pc.fill_null(a, 0).to_numpy()
+
+
 def _first_per_row(rows: np.ndarray, *values: np.ndarray) -> tuple[np.ndarray, ...]:
     """For sorted-by-appearance ``rows``, each distinct row with the values of its first entry."""
     first_rows, first = np.unique(rows, return_index=True)
@@ -156,11 +163,13 @@ def retrieve_arrow(
     np.cumsum(lengths[:-1], out=starts[1:])
     flat = pc.list_flatten(hist)  # the ids of every row, in order (null histories give none)
     parent = pc.list_parent_indices(hist).to_numpy()
-    flat_null = flat.is_null().to_numpy(zero_copy_only=False)
-    ids = pc.fill_null(flat, 0).to_numpy()
-    out_of_range = flat_null | (ids < 0) | (ids >= n_items)
-    target_null = target.is_null().to_numpy(zero_copy_only=False)
-    targets = pc.fill_null(target, 0).to_numpy()
+    flat_null, ids = _values(flat)
+    out_of_range = (ids < 0) | (ids >= n_items)
+    if flat_null is not None:
+        out_of_range |= flat_null
+    target_null, targets = _values(target)
+    if target_null is None:
+        target_null = np.zeros(n_rows, dtype=bool)
 
     messages = np.full(n_rows, None, dtype=object)
     bad = np.flatnonzero(out_of_range)
@@ -168,7 +177,7 @@ def retrieve_arrow(
         rows, where = _first_per_row(parent[bad], bad)
         for row, at in zip(rows.tolist(), where.tolist()):
             pos = at - int(starts[row])
-            what = "null" if flat_null[at] else f"{ids[at]} is outside the table rows [0, {n_items})"
+            what = "null" if flat_null is not None and flat_null[at] else f"{ids[at]} is outside the table rows [0, {n_items})"
             messages[row] = f"{history_col}[{pos}] = {what}"
     bad_target = target_null | (targets < 0) | (targets >= n_items)
     for row in np.flatnonzero(bad_target).tolist():
@@ -185,20 +194,20 @@ def retrieve_arrow(
     idx = np.full((n_rows, k), -1, dtype=np.int64)
     dist = np.full((n_rows, k), -1, dtype=np.int32)
     found = np.full((n_rows, k), -1, dtype=np.int64)
-    longest = int(served.max()) if n_rows else 0
+    longest = int(lengths.max()) if n_rows else 0
     block = max(1, MAX_CELLS // max(1, longest))
     for a in range(0, n_rows, block):
         b = min(a + block, n_rows)
-        n = served[a:b]
+        n = lengths[a:b]  # the ids of rows a..b-1 are one run of the flat ids: copy it into the padded rows
         width = int(n.max())
         padded = np.zeros((b - a, width), dtype=np.int64)
-        row = np.repeat(np.arange(b - a), n)
-        pos = np.arange(row.size) - np.repeat(np.cumsum(n) - n, n)
-        padded[row, pos] = ids[np.repeat(starts[a:b], n) + pos]
-        i, d = topk_hamming_lookup(signatures[query_rows[a:b]], padded, signatures, k, lengths=n)
+        first = int(starts[a])
+        run = ids[first : first + int(n.sum())]
+        padded.reshape(-1)[np.arange(run.size) + np.repeat(np.arange(b - a) * width - (starts[a:b] - first), n)] = run
+        i, d = topk_hamming_lookup(signatures[query_rows[a:b]], padded, signatures, k, lengths=served[a:b])
         idx[a:b], dist[a:b] = i, d
         if width:
-            found[a:b] = np.where(i >= 0, np.take_along_axis(padded, np.maximum(i, 0), axis=1), -1)
+            found[a:b] = np.where(i >= 0, padded[np.arange(b - a)[:, None], np.maximum(i, 0)], -1)
     keep = idx >= 0
     return (
         table.append_column("topk_ids", _lists(found, keep, failed, pa.int64()))
