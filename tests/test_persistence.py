@@ -299,3 +299,19 @@ def test_attached_cache_stays_fresh_through_sparse_updates() -> None:
         assert torch.equal(model.cache.signatures,
                            torch.ops.etaretrieval.pack_signatures(model.items.weight.detach(), model.retriever.planes))
         _serve(model, ids)
+
+
+@needs_torch
+def test_copies_are_stale_until_refreshed(tmp_path: Path) -> None:
+    import copy
+
+    model = _model()
+    torch.save(model, tmp_path / "whole.pt")  # pickles the cache with its references
+    for twin in (copy.deepcopy(model), torch.load(tmp_path / "whole.pt", weights_only=False)):
+        assert twin.cache.embedding is twin.items and twin.cache.hasher is twin.retriever
+        assert twin.cache.embedding_changed()
+        with pytest.raises(ValueError, match="cache is stale"):
+            _serve(twin, torch.zeros(1, 4, dtype=torch.int64))
+        twin.cache.refresh()
+        assert torch.equal(twin.cache.signatures, model.cache.signatures)
+        _serve(twin, torch.zeros(1, 4, dtype=torch.int64))

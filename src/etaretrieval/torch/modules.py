@@ -585,6 +585,12 @@ class SignatureCache(nn.Module):
             if self._seen is not None:
                 self._seen = self.embedding.weight.detach().clone()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies (``copy.deepcopy``, pickling) are stale until refreshed: version counters do not travel."""
+        state = self.__dict__.copy()
+        state["_stamp"] = torch.full((), -1, dtype=torch.int64)  # no weight has version -1
+        return state
+
     def __len__(self) -> int:
         return self.signatures.shape[0]
 
