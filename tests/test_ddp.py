@@ -28,7 +28,7 @@ def test_two_ranks_keep_identical_caches_and_learn(tmp_path: Path, gradients: st
         "--steps", "30", "--users", "200", "--seq-len", "150", "--batch", "128", "--lr", "0.03",
         "--report", str(report),
     ] + (["--dense"] if gradients == "dense" else [])
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(report.read_text())
     assert result["world_size"] == 2 and result["backend"] == "gloo"

@@ -97,7 +97,7 @@ def test_load_refuses_another_embedding_shape(tmp_path: Path, shape: tuple[int, 
 
 
 def test_load_checks_weight_like_the_constructor(tmp_path: Path) -> None:
-    _, hasher, table = _table()
+    _, _, table = _table()
     table.save(tmp_path / "t")
     with pytest.raises(TypeError, match="weight must have dtype float32 or float64"):
         er.SignatureTable.load(tmp_path / "t", weight=np.zeros((50, DIM), dtype=np.int32))
@@ -315,3 +315,4 @@ def test_copies_are_stale_until_refreshed(tmp_path: Path) -> None:
         twin.cache.refresh()
         assert torch.equal(twin.cache.signatures, model.cache.signatures)
         _serve(twin, torch.zeros(1, 4, dtype=torch.int64))
+

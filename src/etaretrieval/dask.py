@@ -34,9 +34,9 @@ import numpy as np
 
 try:
     import distributed
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow.compute as pc  # type: ignore[import-untyped]
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
         f"etaretrieval.dask needs dask.distributed and pyarrow ({exc.name} is missing): "
@@ -171,23 +171,27 @@ def retrieve_arrow(
     if target_null is None:
         target_null = np.zeros(n_rows, dtype=bool)
 
-    messages = np.full(n_rows, None, dtype=object)
+    messages = np.full(n_rows, None, dtype=object)  # filled for the failed rows only
+    failed = np.zeros(n_rows, dtype=bool)
     bad = np.flatnonzero(out_of_range)
-    if bad.size:  # one message per row: its first bad id (the loop runs over the bad rows only)
+    if bad.size:  # one message per row: its first bad id
         rows, where = _first_per_row(parent[bad], bad)
+        failed[rows] = True
         for row, at in zip(rows.tolist(), where.tolist()):
-            pos = at - int(starts[row])
-            what = "null" if flat_null is not None and flat_null[at] else f"{ids[at]} is outside the table rows [0, {n_items})"
-            messages[row] = f"{history_col}[{pos}] = {what}"
+            null = flat_null is not None and flat_null[at]
+            what = "null" if null else f"{ids[at]} is outside the table rows [0, {n_items})"
+            messages[row] = f"{history_col}[{at - int(starts[row])}] = {what}"
     bad_target = target_null | (targets < 0) | (targets >= n_items)
+    failed |= bad_target
     for row in np.flatnonzero(bad_target).tolist():
         messages[row] = (
             f"{target_col} is null" if target_null[row]
             else f"{target_col} = {targets[row]} is outside the table rows [0, {n_items})"
         )
-    for row in np.flatnonzero(hist.is_null().to_numpy(zero_copy_only=False)).tolist():
-        messages[row] = f"{history_col} is null"
-    failed = np.not_equal(messages, None)
+    if hist.null_count:
+        hist_null = hist.is_null().to_numpy(zero_copy_only=False)
+        failed |= hist_null
+        messages[hist_null] = f"{history_col} is null"
 
     served = np.where(failed, 0, lengths)
     query_rows = np.where(failed, 0, targets).astype(np.int64)

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -310,7 +310,7 @@ class SignatureTable:
                     f"weight must have the shape of the embedding the table at {str(where)!r} was made for, "
                     f"{_shape(want)}, got shape {_shape(shape)}"
                 )
-        mode = ("c" if weight is not None else "r") if mmap else None
+        mode: Literal["r", "c"] | None = ("c" if weight is not None else "r") if mmap else None
         signatures = np.load(where / _SIGNATURES, mmap_mode=mode)
         if signatures.dtype != np.uint64 or signatures.shape != (meta["rows"], meta["words"]):
             raise ValueError(f"the table at {str(where)!r} is damaged: signatures.npy does not match table.json")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union, cast
 
 import torch
 from torch import nn
@@ -300,6 +300,7 @@ def _check_cache_fake(weight: torch.Tensor, stamp: torch.Tensor, hashed: torch.T
 # Registered once per process (a reload finds it in the dispatcher). It "mutates" the CPU stamp so that
 # torch.compile keeps the check in the graph (a side-effect-free op without outputs would be dropped) and
 # runs it on every call, reading the live version counter of the weight.
+_check_cache: Callable[..., None]
 if hasattr(torch.ops.etaretrieval, "check_signature_cache"):
     _check_cache = torch.ops.etaretrieval.check_signature_cache
 else:
@@ -361,6 +362,8 @@ class SignatureCache(nn.Module):
 
     signatures: torch.Tensor
     planes: torch.Tensor
+    embedding: nn.Embedding
+    hasher: Union[ETARetriever, SimHasher]
 
     def __init__(self, embedding: nn.Embedding, hasher: Union[ETARetriever, SimHasher]) -> None:
         super().__init__()
@@ -401,7 +404,7 @@ class SignatureCache(nn.Module):
         return self._hashed_weight is not weight or _version(weight) != int(self._stamp)
 
     def _hasher_planes(self) -> torch.Tensor:
-        return self.hasher.planes if self._fixed_planes is None else self._fixed_planes
+        return cast(torch.Tensor, self.hasher.planes if self._fixed_planes is None else self._fixed_planes)
 
     def _mark_fresh(self) -> None:
         weight = self.embedding.weight
@@ -410,7 +413,7 @@ class SignatureCache(nn.Module):
         self._adopt_load = False
 
     def _pack(self, rows: torch.Tensor) -> torch.Tensor:
-        return _ops.pack_signatures(rows.detach(), self._hasher_planes().to(rows.device))
+        return cast(torch.Tensor, _ops.pack_signatures(rows.detach(), self._hasher_planes().to(rows.device)))
 
     def check(self, planes: torch.Tensor) -> None:
         """Raise unless the cache is fresh and hashed with ``planes`` (what a retriever calls).
