@@ -4,6 +4,7 @@ and the stale-cache check (eager and compiled)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -316,3 +317,17 @@ def test_copies_are_stale_until_refreshed(tmp_path: Path) -> None:
         assert torch.equal(twin.cache.signatures, model.cache.signatures)
         _serve(twin, torch.zeros(1, 4, dtype=torch.int64))
 
+
+
+@pytest.mark.cudasim
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM", "0") in ("", "0"), reason="needs NUMBA_ENABLE_CUDASIM=1")
+def test_device_table_saves_its_signatures(tmp_path: Path) -> None:
+    """A table on the device is copied to the host once and saved like a host table."""
+    from numba import cuda
+
+    weight = np.random.default_rng(5).integers(-3, 4, size=(9, DIM)).astype(np.float32)
+    hasher = er.SimHasher(DIM, BITS, seed=0)
+    er.SignatureTable(cuda.to_device(weight), hasher).save(tmp_path / "t")
+    np.testing.assert_array_equal(er.SignatureTable.load(tmp_path / "t", hasher=hasher).signatures, hasher(weight))
+    with pytest.raises(ValueError, match="weight must be a host"):
+        er.SignatureTable.load(tmp_path / "t", weight=cuda.to_device(weight))
