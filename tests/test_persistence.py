@@ -4,7 +4,6 @@ and the stale-cache check (eager and compiled)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -320,7 +319,6 @@ def test_copies_are_stale_until_refreshed(tmp_path: Path) -> None:
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM", "0") in ("", "0"), reason="needs NUMBA_ENABLE_CUDASIM=1")
 def test_device_table_saves_its_signatures(tmp_path: Path) -> None:
     """A table on the device is copied to the host once and saved like a host table."""
     from numba import cuda
