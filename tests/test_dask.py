@@ -165,7 +165,7 @@ def test_parquet_on_two_workers_then_resume(table: tuple[Path, np.ndarray], data
     summary = edask.retrieve_parquet(dataset, path, out, K, client=cluster, progress=False, batch_rows=32)
     assert (summary.partitions, summary.skipped, summary.rows, summary.errors) == (4, 0, 190, 6)
     parts = sorted(p.name for p in out.glob("part-*.parquet"))
-    assert parts == [f"part-{i:05d}.parquet" for i in range(4)]
+    assert parts == [f"part-{i:05d}-0000.parquet" for i in range(4)]
     for i, name in enumerate(["a", "b", "c", "d"]):  # part i holds input file i, rows in order
         got = pq.read_table(out / parts[i])
         source = pq.read_table(dataset / f"{name}.parquet")
@@ -180,23 +180,42 @@ def test_parquet_on_two_workers_then_resume(table: tuple[Path, np.ndarray], data
     assert (again.skipped, again.rows, again.errors) == (4, 190, 6)
     assert {p: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == stamps
 
-    (out / "_done" / "part-00002.json").unlink()  # as if the job had died before part 2 finished
-    (out / "part-00002.parquet").write_bytes(b"half a file")
+    (out / "_done" / "part-00002-0000.json").unlink()  # as if the job had died before part 2 finished
+    (out / "part-00002-0000.parquet").write_bytes(b"half a file")
     resumed = edask.retrieve_parquet(dataset, path, out, K, client=cluster, progress=False)
     assert (resumed.skipped, resumed.rows) == (3, 190)
-    check_rows(pq.read_table(out / "part-00002.parquet"), sig, K)
-    assert {p: p.stat().st_mtime_ns for p in out.glob("part-*.parquet") if p.name != "part-00002.parquet"} == {
-        p: t for p, t in stamps.items() if p.name != "part-00002.parquet"
+    check_rows(pq.read_table(out / "part-00002-0000.parquet"), sig, K)
+    redone = "part-00002-0000.parquet"
+    assert {p: p.stat().st_mtime_ns for p in out.glob("part-*.parquet") if p.name != redone} == {
+        p: t for p, t in stamps.items() if p.name != redone
     }
 
     with pytest.raises(ValueError, match="holds parts of another job"):
         edask.retrieve_parquet(dataset, path, out, K + 1, client=cluster, progress=False)
+    with pytest.raises(ValueError, match="holds parts of another job"):
+        edask.retrieve_parquet(dataset, path, out, K, client=cluster, progress=False, rows_per_part=10)
+
+
+def test_large_files_split_into_parts(table: tuple[Path, np.ndarray], dataset: Path, tmp_path: Path,
+                                      cluster: object) -> None:
+    """a.parquet has row groups of 50, 50 and 20 rows: parts of >= 60 rows are groups [0, 2) and [2, 3)."""
+    out = tmp_path / "out"
+    summary = edask.retrieve_parquet(dataset / "a.parquet", table[0], out, K, client=cluster, progress=False,
+                                     rows_per_part=60, batch_rows=7)
+    assert (summary.partitions, summary.rows) == (2, 120)
+    names = sorted(p.name for p in out.glob("part-*.parquet"))
+    assert names == ["part-00000-0000.parquet", "part-00000-0001.parquet"]
+    assert [pq.read_metadata(out / n).num_rows for n in names] == [100, 20]
+    got = pq.read_table(out)
+    source = pq.read_table(dataset / "a.parquet")
+    assert got.select(source.column_names).equals(source)
+    check_rows(got, table[1], K)
 
 
 def test_progress_lines(table: tuple[Path, np.ndarray], dataset: Path, tmp_path: Path, cluster: object,
                         capsys: pytest.CaptureFixture[str]) -> None:
     edask.retrieve_parquet(dataset / "a.parquet", table[0], tmp_path / "out", 2, client=cluster)
-    assert "part 0 done (120 rows, 0 errors) [1/1" in capsys.readouterr().err
+    assert "part-00000-0000 done (120 rows, 0 errors) [1/1" in capsys.readouterr().err
 
 
 def test_parquet_errors(table: tuple[Path, np.ndarray], dataset: Path, tmp_path: Path) -> None:
@@ -224,7 +243,7 @@ def test_command_line_with_worker_processes(table: tuple[Path, np.ndarray], data
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "190 rows in 4 parts (0 already done), 6 rows with errors" in done.stdout
-    assert "part 1 done (40 rows, 6 errors)" in done.stderr
+    assert "part-00001-0000 done (40 rows, 6 errors)" in done.stderr
     check_rows(pq.read_table(tmp_path / "out"), table[1], K)
     rerun = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)
     assert rerun.returncode == 0 and "(4 already done)" in rerun.stdout

@@ -9,11 +9,12 @@ Hamming distance to the target: ``topk_ids``, ``topk_pos`` and ``topk_dist``
 orders them, only the retrieved entries) and ``error`` (null, or why the row
 could not be served: an id outside the table, a null history or target).
 
-Work is split by input file: one task per Parquet file, run by
-``dask.distributed`` workers that open the table themselves, memory-mapped,
-once per worker process (the OS shares its pages between processes); tasks
-carry only the table's path. Each task writes its output file and then a
-marker, both by atomic rename, so a re-run skips finished files.
+Work is split into parts, runs of whole row groups of an input file, one task
+each, run by ``dask.distributed`` workers that open the table themselves,
+memory-mapped, once per worker process (the OS shares its pages between
+processes); tasks carry only the table's path. Each task writes its output
+file and then a marker, both by atomic rename, so a re-run skips finished
+parts.
 
 Needs the ``dask`` extra: ``pip install "etaretrieval[dask]"`` (dask,
 distributed, pyarrow). The command line is ``python -m etaretrieval.offline``.
@@ -248,26 +249,58 @@ def _input_stamp(source: Path) -> dict[str, Any]:
     return {"input": str(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _run_partition(
-    source: str, index: int, output: str, table_path: str, k: int, history_col: str, target_col: str, batch_rows: int
-) -> dict[str, int]:
-    """One task: retrieve for every row of one input file, write its part file and then its marker."""
+@dataclass(frozen=True)
+class _Part:
+    """A unit of work: row groups ``[first, stop)`` of one input file, written to ``<name>.parquet``."""
+
+    source: Path
+    name: str
+    first: int
+    stop: int
+
+    def stamp(self) -> dict[str, Any]:
+        """What a marker must match for the part to count as done: the input file as it is, and its row groups."""
+        return {**_input_stamp(self.source), "row_groups": [self.first, self.stop]}
+
+
+def _parts(files: list[Path], rows_per_part: int) -> list[_Part]:
+    """Split each file into runs of whole row groups of about ``rows_per_part`` rows (at least one part per file)."""
+    parts = []
+    for i, source in enumerate(files):
+        meta = pq.ParquetFile(source).metadata
+        sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        first, rows, j = 0, 0, 0
+        for g, size in enumerate(sizes):
+            rows += size
+            if rows >= rows_per_part or g == len(sizes) - 1:
+                parts.append(_Part(source, f"part-{i:05d}-{j:04d}", first, g + 1))
+                first, rows, j = g + 1, 0, j + 1
+        if not sizes:
+            parts.append(_Part(source, f"part-{i:05d}-0000", 0, 0))
+    return parts
+
+
+def _run_part(
+    part: _Part, output: str, table_path: str, k: int, history_col: str, target_col: str, batch_rows: int
+) -> dict[str, Any]:
+    """One task: retrieve for every row of one part, write its file and then its marker."""
     signatures = _open_table(table_path).signatures
     out_dir = Path(output)
-    final = out_dir / f"part-{index:05d}.parquet"
+    final = out_dir / f"{part.name}.parquet"
     tmp = out_dir / f".{final.name}.{uuid.uuid4().hex}.tmp"
     rows = errors = 0
-    reader = pq.ParquetFile(source)
+    reader = pq.ParquetFile(part.source)
     writer = None
     try:
-        for batch in reader.iter_batches(batch_size=batch_rows):
+        groups = list(range(part.first, part.stop))
+        for batch in reader.iter_batches(batch_size=batch_rows, row_groups=groups) if groups else ():
             result = retrieve_arrow(batch, signatures, k, history_col=history_col, target_col=target_col)
             if writer is None:
                 writer = pq.ParquetWriter(tmp, result.schema)
             writer.write_table(result)
             rows += result.num_rows
             errors += result.num_rows - result.column("error").null_count
-        if writer is None:  # an empty file: an empty part with the output's columns
+        if writer is None:  # no rows: an empty part with the output's columns
             empty = retrieve_arrow(reader.schema_arrow.empty_table(), signatures, k,
                                    history_col=history_col, target_col=target_col)
             pq.write_table(empty, tmp)
@@ -279,9 +312,9 @@ def _run_partition(
         if writer is not None:
             writer.close()
         tmp.unlink(missing_ok=True)
-    marker = {**_input_stamp(Path(source)), "rows": rows, "errors": errors}
-    _atomic_write_text(out_dir / _DONE / f"part-{index:05d}.json", json.dumps(marker))
-    return {"index": index, "rows": rows, "errors": errors}
+    marker = {**part.stamp(), "rows": rows, "errors": errors}
+    _atomic_write_text(out_dir / _DONE / f"{part.name}.json", json.dumps(marker))
+    return {"name": part.name, "rows": rows, "errors": errors}
 
 
 # --------------------------------------------------------------------------- driver
@@ -294,7 +327,7 @@ class OfflineSummary:
     Attributes
     ----------
     partitions : int
-        Input files (one output part each).
+        Parts (runs of row groups of an input file; one task and one output file each).
     skipped : int
         Parts already finished by an earlier run, left as they were.
     rows : int
@@ -332,14 +365,14 @@ def _input_files(source: Path) -> list[Path]:
     return files
 
 
-def _finished(out_dir: Path, index: int, source: Path) -> dict[str, Any] | None:
-    """The marker of part ``index`` if it was written from this very input file, else None."""
+def _finished(out_dir: Path, part: _Part) -> dict[str, Any] | None:
+    """The marker of ``part`` if it was written from this very input file and row groups, else None."""
     try:
-        marker = json.loads((out_dir / _DONE / f"part-{index:05d}.json").read_text(encoding="utf-8"))
+        marker = json.loads((out_dir / _DONE / f"{part.name}.json").read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    if (out_dir / f"part-{index:05d}.parquet").is_file() and all(
-        marker.get(key) == value for key, value in _input_stamp(source).items()
+    if (out_dir / f"{part.name}.parquet").is_file() and all(
+        marker.get(key) == value for key, value in part.stamp().items()
     ):
         return dict(marker)
     return None
@@ -359,6 +392,7 @@ def retrieve_parquet(
     processes: bool = True,
     progress: bool = True,
     batch_rows: int = 65536,
+    rows_per_part: int = 1_000_000,
 ) -> OfflineSummary:
     """Retrieve the top-``k`` history items of every row of a Parquet dataset, on Dask.
 
@@ -366,15 +400,16 @@ def retrieve_parquet(
     ----------
     input : str or os.PathLike
         A Parquet file, or a directory of them (read recursively; names
-        starting with ``_`` or ``.`` are skipped). One task per file.
+        starting with ``_`` or ``.`` are skipped).
     table : str or os.PathLike
         A directory written by :meth:`etaretrieval.SignatureTable.save`,
         readable at the same path by every worker (shared storage).
     output : str or os.PathLike
-        Directory for ``part-NNNNN.parquet`` (part ``i`` holds the rows of the
-        ``i``-th input file, in order; see :func:`retrieve_arrow` for the
-        columns), the markers of finished parts (``_done/``) and the job
-        description (``_job.json``).
+        Directory for ``part-FFFFF-PPPP.parquet`` (part ``P`` of the ``F``-th
+        input file in sorted order: in name order, the parts hold the input
+        rows in order; see :func:`retrieve_arrow` for the columns), the
+        markers of finished parts (``_done/``) and the job description
+        (``_job.json``).
     k : int
         Behaviours retrieved per row.
     history_col, target_col : str
@@ -391,7 +426,10 @@ def retrieve_parquet(
     progress : bool, default True
         Print a line to stderr as each part finishes.
     batch_rows : int, default 65536
-        Rows read and retrieved at a time within a file (bounds each task's memory).
+        Rows read and retrieved at a time within a part (bounds each task's memory).
+    rows_per_part : int, default 1000000
+        A file is split into parts of whole row groups of about this many
+        rows (one task each), so one large file still keeps every worker busy.
 
     Returns
     -------
@@ -422,8 +460,8 @@ def retrieve_parquet(
     """
     start = time.perf_counter()
     k = check_k(k)
-    if batch_rows < 1:
-        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    if batch_rows < 1 or rows_per_part < 1:
+        raise ValueError(f"batch_rows and rows_per_part must be >= 1, got {batch_rows} and {rows_per_part}")
     if client is not None and scheduler is not None:
         raise ValueError("pass either client or scheduler, not both")
     files = _input_files(Path(input))
@@ -433,7 +471,7 @@ def retrieve_parquet(
     out_dir = Path(output)
     (out_dir / _DONE).mkdir(parents=True, exist_ok=True)
     job = {
-        "k": k, "history_col": history_col, "target_col": target_col,
+        "k": k, "history_col": history_col, "target_col": target_col, "rows_per_part": rows_per_part,
         "table_rows": len(opened), "table_planes_sha256": _fingerprint(opened.hasher.planes),
     }
     job_file = out_dir / _JOB
@@ -447,12 +485,13 @@ def retrieve_parquet(
     else:
         _atomic_write_text(job_file, json.dumps(job))
 
-    done = {i: _finished(out_dir, i, f) for i, f in enumerate(files)}
-    todo = [i for i, marker in done.items() if marker is None]
-    rows = sum(m["rows"] for m in done.values() if m is not None)
-    errors = sum(m["errors"] for m in done.values() if m is not None)
-    if progress and len(todo) < len(files):
-        print(f"etaretrieval.offline: {len(files) - len(todo)} of {len(files)} parts already done", file=sys.stderr)
+    parts = _parts(files, rows_per_part)
+    done = [_finished(out_dir, part) for part in parts]
+    todo = [part for part, marker in zip(parts, done) if marker is None]
+    rows = sum(m["rows"] for m in done if m is not None)
+    errors = sum(m["errors"] for m in done if m is not None)
+    if progress and len(todo) < len(parts):
+        print(f"etaretrieval.offline: {len(parts) - len(todo)} of {len(parts)} parts already done", file=sys.stderr)
     if todo:
         own = None
         if client is None:
@@ -467,10 +506,10 @@ def retrieve_parquet(
         try:
             futures = [
                 client.submit(
-                    _run_partition, str(files[i]), i, str(out_dir.resolve()), table_path, k,
-                    history_col, target_col, batch_rows, key=f"etaretrieval-part-{i}-{uuid.uuid4().hex}",
+                    _run_part, part, str(out_dir.resolve()), table_path, k,
+                    history_col, target_col, batch_rows, key=f"etaretrieval-{part.name}-{uuid.uuid4().hex}",
                 )
-                for i in todo
+                for part in todo
             ]
             for count, future in enumerate(distributed.as_completed(futures), 1):
                 result = future.result()
@@ -478,7 +517,7 @@ def retrieve_parquet(
                 errors += result["errors"]
                 if progress:
                     print(
-                        f"etaretrieval.offline: part {result['index']} done ({result['rows']} rows, "
+                        f"etaretrieval.offline: {result['name']} done ({result['rows']} rows, "
                         f"{result['errors']} errors) [{count}/{len(todo)}, {time.perf_counter() - start:.1f} s]",
                         file=sys.stderr,
                     )
@@ -488,4 +527,4 @@ def retrieve_parquet(
                 own.close()
                 if cluster_of_own is not None:
                     cluster_of_own.close()
-    return OfflineSummary(len(files), len(files) - len(todo), rows, errors, time.perf_counter() - start)
+    return OfflineSummary(len(parts), len(parts) - len(todo), rows, errors, time.perf_counter() - start)

@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--workers", type=int, help="processes of the local cluster (default: the CPUs, up to 8)")
     p.add_argument("--history-col", default="history", help="list<int64> column of item ids, oldest first")
     p.add_argument("--target-col", default="target", help="int64 column: the item whose table row is the query")
-    p.add_argument("--batch-rows", type=int, default=65536, help="rows retrieved at a time within a file")
+    p.add_argument("--batch-rows", type=int, default=65536, help="rows retrieved at a time within a part")
+    p.add_argument("--rows-per-part", type=int, default=1_000_000, help="rows per task (whole row groups)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -70,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.input, args.table, args.output, args.k,
             history_col=args.history_col, target_col=args.target_col, scheduler=args.scheduler,
             workers=args.workers, progress=not args.quiet, batch_rows=args.batch_rows,
+            rows_per_part=args.rows_per_part,
         )
     except (OSError, ValueError, TypeError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
