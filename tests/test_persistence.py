@@ -208,6 +208,20 @@ def test_state_dict_carries_the_table(tmp_path: Path, cache_first: bool) -> None
 
 
 @needs_torch
+def test_checkpoint_without_the_table_loads_and_asks_for_a_refresh() -> None:
+    """A state_dict saved before caches were saved with the model loads (strict); the cache is then stale."""
+    model, other = _model(seed=0), _model(seed=1)
+    old = {key: value for key, value in other.state_dict().items() if not key.startswith("cache.")}
+    old["retriever.planes"] = model.retriever.planes.clone()  # the same planes, other item embeddings
+    model.load_state_dict(old)
+    with pytest.raises(ValueError, match="cache is stale"):
+        _serve(model, torch.zeros(1, 4, dtype=torch.int64))
+    model.cache.refresh()
+    assert torch.equal(model.cache.signatures,
+                       torch.ops.etaretrieval.pack_signatures(other.items.weight.detach(), model.retriever.planes))
+
+
+@needs_torch
 def test_state_dict_of_another_embedding_shape_is_refused() -> None:
     with pytest.raises(RuntimeError, match=r"cache.signatures has shape \(40, 1\), but this SignatureCache needs "
                                            r"\(30, 1\) \(embedding \(30, 8\)"):

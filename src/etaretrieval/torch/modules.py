@@ -561,7 +561,14 @@ class SignatureCache(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        """Load the table; refuse one of another shape with a message naming the embedding and the planes."""
+        """Load the table; refuse one of another shape with a message naming the embedding and the planes.
+
+        A ``state_dict`` without the cache's keys (saved before caches were
+        saved with the model) loads nothing here and is no error: if it
+        changed the embedding, the cache is stale until :meth:`refresh`.
+        """
+        if prefix + "signatures" not in state_dict and prefix + "planes" not in state_dict:
+            return
         want = {
             "signatures": (self.embedding.num_embeddings, (self._hasher_planes().shape[1] + 63) // 64),
             "planes": tuple(self._hasher_planes().shape),
