@@ -316,6 +316,20 @@ def test_attached_cache_stays_fresh_through_sparse_updates() -> None:
 
 
 @needs_torch
+def test_a_dropped_cache_is_freed() -> None:
+    import gc
+    import weakref
+
+    emb = nn.Embedding(10, DIM)
+    cache = SignatureCache(emb, er.SimHasher(DIM, BITS))
+    ref = weakref.ref(cache)
+    del cache
+    gc.collect()
+    assert ref() is None  # the embedding's load hook does not keep it alive
+    emb.load_state_dict(emb.state_dict())  # and the hook of the dead cache is harmless
+
+
+@needs_torch
 def test_copies_are_stale_until_refreshed(tmp_path: Path) -> None:
     import copy
 

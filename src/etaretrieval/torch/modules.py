@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Callable, NamedTuple, Optional, Union, cast
 
 import torch
@@ -609,14 +610,24 @@ class SignatureCache(nn.Module):
 
 
 class _AdoptLoadedWeights:
-    """Load hook of the embedding: weights loaded after the cache's table (same ``load_state_dict``) are its pair."""
+    """Load hook of the embedding: weights loaded after the cache's table (same ``load_state_dict``) are its pair.
+
+    Holds the cache weakly (a dropped cache is not kept alive by its embedding); pickles it strongly.
+    """
 
     def __init__(self, cache: SignatureCache) -> None:
-        self.cache = cache
+        self.cache = weakref.ref(cache)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cache": self.cache()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        cache = state["cache"]
+        self.cache = (lambda: None) if cache is None else weakref.ref(cache)
 
     def __call__(self, module: nn.Module, incompatible_keys: Any) -> None:
-        cache = self.cache
-        if cache._adopt_load:
+        cache = self.cache()
+        if cache is not None and cache._adopt_load:
             cache._mark_fresh()
             cache._adopt_load = True  # the same weights loaded again (a shared key) are still the saved pair
             if cache._seen is not None:
