@@ -616,7 +616,7 @@ class _AdoptLoadedWeights:
     """
 
     def __init__(self, cache: SignatureCache) -> None:
-        self.cache = weakref.ref(cache)
+        self.cache: Callable[[], Optional[SignatureCache]] = weakref.ref(cache)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"cache": self.cache()}
