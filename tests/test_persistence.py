@@ -316,6 +316,21 @@ def test_attached_cache_stays_fresh_through_sparse_updates() -> None:
 
 
 @needs_torch
+def test_attached_cache_follows_a_moved_model() -> None:
+    """After model.to(...) (here a dtype conversion, standing in for a device move) the hook rehashes every row."""
+    model = _model()
+    optimizer = torch.optim.SGD(model.items.parameters(), lr=0.1)
+    model.cache.attach(optimizer)
+    model.to(torch.float64)  # a conversion replaces the weight's data, as a device move does
+    assert model.cache.signatures.dtype == torch.int64  # buffers of integers are not converted
+    model.items(torch.tensor([1, 2])).sum().backward()
+    optimizer.step()
+    assert torch.equal(model.cache.signatures,
+                       torch.ops.etaretrieval.pack_signatures(model.items.weight.detach(), model.retriever.planes))
+    _serve(model, torch.zeros(1, 4, dtype=torch.int64))
+
+
+@needs_torch
 def test_a_dropped_cache_is_freed() -> None:
     import gc
     import weakref

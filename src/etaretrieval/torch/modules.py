@@ -549,6 +549,9 @@ class SignatureCache(nn.Module):
     def _refresh_changed(self) -> None:
         weight = self.embedding.weight.detach()
         assert self._seen is not None
+        if (self._seen.shape, self._seen.device, self._seen.dtype) != (weight.shape, weight.device, weight.dtype):
+            self.refresh()  # the embedding was resized, moved or converted: rehash every row
+            return
         changed = (weight != self._seen).any(dim=1).nonzero().squeeze(1)
         self.refresh(changed)
 
