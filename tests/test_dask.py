@@ -218,6 +218,17 @@ def test_progress_lines(table: tuple[Path, np.ndarray], dataset: Path, tmp_path:
     assert "part-00000-0000 done (120 rows, 0 errors) [1/1" in capsys.readouterr().err
 
 
+def test_any_cluster_by_scheduler_address(table: tuple[Path, np.ndarray], dataset: Path, tmp_path: Path,
+                                          cluster: object) -> None:
+    address = cluster.scheduler.address  # type: ignore[attr-defined]
+    summary = edask.retrieve_parquet(dataset / "c.parquet", table[0], tmp_path / "out", K, scheduler=address,
+                                     progress=False)
+    assert (summary.partitions, summary.rows) == (1, 30)
+    check_rows(pq.read_table(tmp_path / "out"), table[1], K)
+    with pytest.raises(ValueError, match="either client or scheduler"):
+        edask.retrieve_parquet(dataset, table[0], tmp_path / "out", K, scheduler=address, client=cluster)
+
+
 def test_parquet_errors(table: tuple[Path, np.ndarray], dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="neither a Parquet file nor a directory"):
         edask.retrieve_parquet(tmp_path / "missing", table[0], tmp_path / "out", K)
