@@ -11,6 +11,7 @@ kernels and raise the same errors, built by the ``*_error`` functions here.
 from __future__ import annotations
 
 import operator
+import sys
 from typing import Any
 
 import numpy as np
@@ -20,11 +21,20 @@ from .config import MAX_BITS
 
 __all__ = [
     "DTypeError",
+    "NonFiniteError",
+    "MAX_K",
+    "MAX_PLANE_ENTRIES",
+    "PADDING_SIDES",
     "as_array",
+    "is_integer_dtype",
     "as_signatures",
     "check_k",
     "check_bits",
     "check_dim",
+    "check_plane_size",
+    "check_padding_side",
+    "left_padding_mask",
+    "results",
     "validity",
     "as_ids",
     "as_padding",
@@ -35,6 +45,15 @@ __all__ = [
 ]
 
 MAX_WORDS = MAX_BITS // 64
+
+#: Largest ``k``: the ``(B, k)`` results are NumPy arrays, whose axes hold at most ``2**63 - 1`` entries.
+MAX_K = int(np.iinfo(np.intp).max)
+
+#: Largest ``dim * bits`` of :func:`etaretrieval.hyperplanes` (``2**28`` float32 entries, 1 GiB).
+MAX_PLANE_ENTRIES = 1 << 28
+
+#: The values of ``padding_side``: where the padding of a sequence given by ``lengths`` lies.
+PADDING_SIDES = ("right", "left")
 
 
 class DTypeError(TypeError, ValueError):
@@ -59,10 +78,38 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def as_array(a: Any) -> Any:
-    """``a`` as a NumPy array, or its :class:`~etaretrieval._device.DeviceArray` description (no copy)."""
+def _torch_tensor(a: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(a, torch.Tensor)
+
+
+def as_array(name: str, a: Any) -> Any:
+    """Argument ``name`` as a NumPy array, or its :class:`~etaretrieval._device.DeviceArray` description.
+
+    Device arrays are described without copying. Host data goes through
+    :func:`numpy.asarray`; a non-native byte order (e.g. big-endian data read
+    from a file) is converted to the native one, the only copy made here. A
+    CPU ``torch.Tensor`` is a :class:`TypeError` that points to the torch ops
+    (the NumPy API returns NumPy arrays, the ops tensors).
+    """
     d = describe(a)
-    return d if d is not None else np.asarray(a)
+    if d is not None:
+        return d
+    if _torch_tensor(a):
+        raise TypeError(
+            f"{name} is a torch.Tensor on {a.device}: the NumPy API takes NumPy arrays (and CUDA device arrays); "
+            "for tensors use the torch ops (import etaretrieval.torch, then torch.ops.etaretrieval.<op>), "
+            f"or pass {name}.detach().numpy()"
+        )
+    arr = np.asarray(a)
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
+def is_integer_dtype(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is a signed or unsigned integer dtype (not bool, timedelta64 nor datetime64)."""
+    return np.dtype(dtype).kind in "iu"
 
 
 def as_signatures(name: str, a: Any, ndims: tuple[int, ...], what: str) -> Any:
@@ -70,9 +117,12 @@ def as_signatures(name: str, a: Any, ndims: tuple[int, ...], what: str) -> Any:
 
     Returns the NumPy array, or the :class:`DeviceArray` of a device array.
     """
-    arr = as_array(a)
+    arr = as_array(name, a)
     if arr.dtype != np.uint64:
-        raise DTypeError(f"{name} must hold packed signatures of dtype uint64, got dtype {arr.dtype}")
+        hint = ""
+        if isinstance(a, (list, tuple)):
+            hint = f" (a Python list has no uint64 dtype: pass numpy.asarray({name}, dtype=numpy.uint64))"
+        raise DTypeError(f"{name} must hold packed signatures of dtype uint64, got dtype {arr.dtype}{hint}")
     if arr.ndim not in ndims:
         raise ValueError(f"{name} must have shape {what}, got shape {_shape(arr.shape)}")
     w = arr.shape[-1]
@@ -94,11 +144,30 @@ def _as_int(name: str, value: Any) -> int:
 
 
 def check_k(k: Any) -> int:
-    """``k`` as a Python int, ``>= 0``."""
+    """``k`` as a Python int in ``0..MAX_K``."""
     k = _as_int("k", k)
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
+    if k > MAX_K:
+        raise ValueError(f"k must be at most 2**63 - 1 (the largest array axis), got {k}")
     return k
+
+
+def results_error(batch: int, k: int) -> ValueError:
+    """The error for ``(batch, k)`` top-K results that cannot be allocated."""
+    size = batch * k * (8 + 4)
+    return ValueError(
+        f"k = {k} is too large: the ({batch}, k) results (int64 positions and int32 distances, {size:.3g} bytes) "
+        "cannot be allocated; slots beyond the valid positions of a row only hold -1, so k need not exceed L"
+    )
+
+
+def results(batch: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Uninitialised ``(batch, k)`` int64 positions and int32 distances; a :func:`results_error` if too large."""
+    try:
+        return np.empty((batch, k), dtype=np.int64), np.empty((batch, k), dtype=np.int32)
+    except (ValueError, MemoryError):
+        raise results_error(batch, k) from None
 
 
 def check_bits(bits: Any) -> int:
@@ -117,6 +186,27 @@ def check_dim(dim: Any) -> int:
     return dim
 
 
+def check_plane_size(dim: int, bits: int) -> None:
+    """Refuse ``(dim, bits)`` hyperplanes of more than :data:`MAX_PLANE_ENTRIES` entries, naming ``dim``."""
+    if dim * bits > MAX_PLANE_ENTRIES:
+        raise ValueError(
+            f"dim must be at most {MAX_PLANE_ENTRIES // bits} for bits = {bits} (dim * bits at most 2**28 "
+            f"hyperplane entries, 1 GiB of float32), got dim = {dim}"
+        )
+
+
+def check_padding_side(padding_side: Any) -> str:
+    """``padding_side``, checked to be ``"right"`` or ``"left"``."""
+    if not isinstance(padding_side, str) or padding_side not in PADDING_SIDES:
+        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    return padding_side
+
+
+def left_padding_mask(lengths: np.ndarray, length: int) -> np.ndarray:
+    """``(B, length)`` bool: the last ``lengths[b]`` positions of each row (front-padded sequences)."""
+    return np.arange(length) >= (length - lengths)[:, None]
+
+
 def lengths_error(length: int, row: int, value: int) -> ValueError:
     """The error for ``lengths[row] = value`` outside ``0..length``."""
     return ValueError(f"lengths must lie in 0..{length}, got lengths[{row}] = {value}")
@@ -131,32 +221,57 @@ def ids_error(row: int, pos: int, value: Any, nrows: int, *, shared: bool = Fals
     return IndexError(f"{where} = {value} is outside the table's rows [0, {nrows})")
 
 
-def nonfinite_error(where: tuple[Any, ...]) -> ValueError:
+class NonFiniteError(ValueError):
+    """A row of an input to hash holds a NaN or an infinity; ``where`` is its index tuple over the leading axes."""
+
+    def __init__(self, message: str, where: tuple[int, ...]) -> None:
+        super().__init__(message)
+        self.where = where
+
+
+def nonfinite_error(where: tuple[Any, ...]) -> NonFiniteError:
     """The error for a row (index tuple ``where`` over the leading axes of ``x``) holding a NaN or inf."""
-    row = f" in row {tuple(int(i) for i in where)}" if where else ""
-    return ValueError(f"x holds a non-finite value (NaN or inf){row}; pass check_finite=False to hash it anyway")
+    index = tuple(int(i) for i in where)
+    row = f" in row {index}" if where else ""
+    return NonFiniteError(
+        f"x holds a non-finite value (NaN or inf){row}; pass check_finite=False to hash it anyway", index
+    )
 
 
-def weight_nonfinite_error(row: int) -> ValueError:
-    """The error of :meth:`SignatureTable.refresh` for a changed row ``row`` of ``weight`` holding a NaN or inf."""
-    return ValueError(f"weight holds a non-finite value (NaN or inf) in row {row}; the signature table cannot hash it")
+def weight_nonfinite_error(row: int) -> NonFiniteError:
+    """The error of :class:`SignatureTable` for row ``row`` of ``weight`` holding a NaN or inf."""
+    return NonFiniteError(
+        f"weight holds a non-finite value (NaN or inf) in row {row}; "
+        "pass check_finite=False to SignatureTable to hash such rows anyway",
+        (row,),
+    )
 
 
-def validity(lengths: Any, mask: Any, batch: int, length: int, *, device: bool = False) -> tuple[Any, Any]:
+def validity(
+    lengths: Any, mask: Any, batch: int, length: int, *, device: bool = False, padding_side: str = "right"
+) -> tuple[Any, Any]:
     """Normalise ``lengths`` / ``mask`` for a ``(batch, length)`` sequence.
 
     Returns ``(lengths, mask)``: ``lengths`` a fresh ``(batch,)`` int64 array
     (all ``length`` when not given) and ``mask`` a ``(batch, length)`` bool view
     (broadcast without copying when given as ``(length,)``) or ``None``.
 
+    ``padding_side="left"`` reads ``lengths`` as the number of valid positions
+    at the *end* of each row (front-padded sequences): they become a mask of
+    the last ``lengths[b]`` positions, with ``lengths`` set to ``length``.
+
     With ``device=True`` (device arrays) only dtypes and shapes are checked
     here and the :class:`DeviceArray` descriptions (or ``None``) are returned
-    as given; the kernels check the range of ``lengths``.
+    as given; the kernels check the range of ``lengths``. Left-padded device
+    ``lengths`` become a device mask (:func:`etaretrieval.cuda.padding.left_padding`)
+    and device lengths that still carry the out-of-range entries for the
+    kernels to report.
     """
+    side = check_padding_side(padding_side)
     if lengths is not None and mask is not None:
         raise ValueError("pass either lengths or mask, not both")
     if mask is not None:
-        m = as_array(mask)
+        m = as_array("mask", mask)
         if m.dtype != np.bool_:
             raise DTypeError(f"mask must have dtype bool, got dtype {m.dtype}")
         if m.shape not in ((batch, length), (length,)):
@@ -169,21 +284,28 @@ def validity(lengths: Any, mask: Any, batch: int, length: int, *, device: bool =
         return np.full(batch, length, dtype=np.int64), np.broadcast_to(m, (batch, length))
     if lengths is None:
         return (None if device else np.full(batch, length, dtype=np.int64)), None
-    n = as_array(lengths)
+    n = as_array("lengths", lengths)
     if isinstance(n, np.ndarray) and n.size == 0:  # lengths=[] for an empty batch (float64 to NumPy)
         n = n.astype(np.int64)
-    if not np.issubdtype(n.dtype, np.integer):
+    if not is_integer_dtype(n.dtype):
         raise DTypeError(f"lengths must have an integer dtype, got dtype {n.dtype}")
     if n.shape != (batch,):
         raise ValueError(f"lengths must have shape {_shape((batch,))}, got shape {_shape(n.shape)}")
     if device:
+        if side == "left":
+            from .cuda.padding import left_padding
+
+            return left_padding(n, length)
         return n, None
     if n.size:
         lo, hi = n.min(), n.max()
         if lo < 0 or hi > length:
             bad = int(np.flatnonzero((n < 0) | (n > length))[0])
             raise lengths_error(length, bad, int(n[bad]))
-    return n.astype(np.int64), None
+    n = n.astype(np.int64)
+    if side == "left" and n.size and n.min() < length:
+        return np.full(batch, length, dtype=np.int64), left_padding_mask(n, length)
+    return n, None
 
 
 def as_ids(ids: Any, batch: int) -> tuple[Any, bool]:
@@ -194,8 +316,8 @@ def as_ids(ids: Any, batch: int) -> tuple[Any, bool]:
     :class:`DeviceArray` description is returned as given (shape ``(L,)``
     when shared).
     """
-    arr = as_array(ids)
-    if not np.issubdtype(arr.dtype, np.integer):
+    arr = as_array("ids", ids)
+    if not is_integer_dtype(arr.dtype):
         raise DTypeError(f"ids must have an integer dtype, got dtype {arr.dtype}")
     if arr.ndim == 1:
         if isinstance(arr, DeviceArray):

@@ -9,7 +9,7 @@ import numpy.typing as npt
 
 from . import config
 from ._device import DeviceArray, describe, placement
-from ._validate import DTypeError, _shape, as_array, check_bits, check_dim, nonfinite_error
+from ._validate import DTypeError, _shape, as_array, check_bits, check_dim, check_plane_size, nonfinite_error
 from .cpu.pack import pack_projection
 
 __all__ = ["hyperplanes", "pack_signatures", "SimHasher"]
@@ -38,7 +38,8 @@ def hyperplanes(dim: int, bits: int, seed: int | np.random.Generator = 0) -> npt
     Parameters
     ----------
     dim : int
-        Embedding dimension, ``>= 1``.
+        Embedding dimension, ``>= 1``; ``dim * bits`` is at most ``2**28``
+        (1 GiB of planes), a larger request is a :class:`ValueError`.
     bits : int
         Number of hyperplanes (signature bits), ``1..1024``.
     seed : int or numpy.random.Generator, default 0
@@ -60,6 +61,7 @@ def hyperplanes(dim: int, bits: int, seed: int | np.random.Generator = 0) -> npt
     """
     dim = check_dim(dim)
     bits = check_bits(bits)
+    check_plane_size(dim, bits)
     gen = _raw_generator(seed)
     n = dim * bits
     raw = gen.random_raw(2 * ((n + 1) // 2)).reshape(2, -1)
@@ -73,12 +75,14 @@ def hyperplanes(dim: int, bits: int, seed: int | np.random.Generator = 0) -> npt
 
 
 def _check_planes(planes: Any) -> Any:
-    p = as_array(planes)
+    p = as_array("planes", planes)
     if p.dtype not in _FLOATS:
         raise DTypeError(f"planes must have dtype float32 or float64, got dtype {p.dtype}")
-    if p.ndim != 2 or p.shape[0] < 1:
-        raise ValueError(f"planes must have shape (dim, bits), got shape {_shape(p.shape)}")
-    check_bits(p.shape[1])
+    if p.ndim != 2 or p.shape[0] < 1 or not 1 <= p.shape[1] <= config.MAX_BITS:
+        raise ValueError(
+            f"planes must have shape (dim, bits) with dim >= 1 and bits in 1..{config.MAX_BITS}, "
+            f"got shape {_shape(p.shape)}"
+        )
     if not isinstance(p, DeviceArray) and not np.isfinite(p).all():
         raise ValueError("planes must be finite, got a NaN or an infinity")
     return p
@@ -104,7 +108,8 @@ def pack_signatures(x: Any, planes: Any, *, check_finite: bool = True) -> npt.ND
     Parameters
     ----------
     x : array_like
-        ``(..., dim)`` float32 or float64 embeddings; any strides.
+        ``(..., dim)`` float32 or float64 embeddings; any strides. float16
+        (host arrays) is projected in float32.
     planes : array_like
         ``(dim, bits)`` float32 or float64 hyperplanes, ``bits`` in ``1..1024``
         (see :func:`hyperplanes`).
@@ -135,9 +140,11 @@ def pack_signatures(x: Any, planes: Any, *, check_finite: bool = True) -> npt.ND
     device = placement(x=x, planes=planes)
     p = _check_planes(planes)
     dim, bits = p.shape
-    a = as_array(x)
-    if a.dtype not in _FLOATS:
-        raise DTypeError(f"x must have dtype float32 or float64, got dtype {a.dtype}")
+    a = as_array("x", x)
+    if a.dtype not in _FLOATS and (device or a.dtype != np.float16):
+        raise DTypeError(
+            f"x must have dtype float32 or float64 (or float16 on the host, projected in float32), got dtype {a.dtype}"
+        )
     if a.ndim < 1 or a.shape[-1] != dim:
         raise ValueError(f"x must have shape (..., {dim}) to match planes {_shape(p.shape)}, got shape {_shape(a.shape)}")
     if device:

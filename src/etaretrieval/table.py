@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._device import describe
-from ._validate import DTypeError, _shape, weight_nonfinite_error
+from ._validate import DTypeError, NonFiniteError, _shape, weight_nonfinite_error
 from .simhash import SimHasher
 
 __all__ = ["SignatureTable"]
@@ -68,6 +68,10 @@ class SignatureTable:
         its device, hashed and refreshed by CUDA kernels.
     hasher : SimHasher
         Hyperplanes with ``hasher.dim == dim``.
+    check_finite : bool, default True
+        Raise :class:`ValueError` naming the first row of ``weight`` holding a
+        NaN or an infinity (when built and on :meth:`refresh`). With ``False``
+        such rows are hashed as they come (their signatures mean nothing).
 
     Attributes
     ----------
@@ -86,7 +90,7 @@ class SignatureTable:
     True
     """
 
-    def __init__(self, weight: Any, hasher: SimHasher) -> None:
+    def __init__(self, weight: Any, hasher: SimHasher, *, check_finite: bool = True) -> None:
         if not isinstance(hasher, SimHasher):
             raise TypeError(f"hasher must be a SimHasher, got {type(hasher).__name__}")
         device = describe(weight)
@@ -103,7 +107,15 @@ class SignatureTable:
             raise ValueError(f"weight must have shape (N, {hasher.dim}), got shape {_shape(tuple(shape))}")
         self.weight = weight
         self.hasher = hasher
-        self.signatures: npt.NDArray[np.uint64] = hasher(weight)
+        self.check_finite = bool(check_finite)
+        self.signatures: npt.NDArray[np.uint64] = self._hash_all()
+
+    def _hash_all(self) -> Any:
+        """Signatures of every row of ``weight``; a non-finite row is named as a row of ``weight``."""
+        try:
+            return self.hasher(self.weight, check_finite=self.check_finite)
+        except NonFiniteError as err:
+            raise weight_nonfinite_error(err.where[0]) from None
 
     def refresh(self, rows: Any = None) -> None:
         """Rehash all rows (``rows=None``) or only the given row ids.
@@ -123,9 +135,9 @@ class SignatureTable:
             if device is not None:
                 from .cuda.pack import refresh_all
 
-                refresh_all(device, self.hasher.device_planes(device), self.signatures)
+                refresh_all(device, self.hasher.device_planes(device), self.signatures, self.check_finite)
                 return
-            self.signatures[...] = self.hasher(self.weight)
+            self.signatures[...] = self._hash_all()
             return
         rows_device = describe(rows)
         if rows_device is not None:  # a short id list: read it on the host, after the work that wrote it
@@ -148,11 +160,11 @@ class SignatureTable:
         if device is not None:
             from .cuda.pack import refresh_rows
 
-            refresh_rows(device, self.hasher.device_planes(device), r, self.signatures)
+            refresh_rows(device, self.hasher.device_planes(device), r, self.signatures, self.check_finite)
             return
         changed = self.weight[r]
         finite = np.isfinite(changed).all(axis=1)
-        if not finite.all():  # name the row of weight, not of the subset
+        if self.check_finite and not finite.all():  # name the row of weight, not of the subset
             raise weight_nonfinite_error(int(r[np.argmin(finite)]))
         self.signatures[r] = self.hasher(changed, check_finite=False)
 

@@ -10,7 +10,7 @@ import numpy.typing as npt
 
 from . import config
 from ._device import placement
-from ._validate import _shape, as_ids, as_padding, as_signatures, check_k, ids_error, validity
+from ._validate import _shape, as_ids, as_padding, as_signatures, check_k, ids_error, results, validity
 from .cpu.topk import topk_keys, topk_lookup
 
 __all__ = ["topk_hamming", "topk_hamming_lookup"]
@@ -21,7 +21,7 @@ _NO_MASK = np.zeros((0, 0), dtype=np.bool_)
 
 def _outputs(batch: int, k: int) -> tuple[np.ndarray, np.ndarray, int]:
     ntasks = max(1, min(batch, config.TASKS_PER_THREAD * numba.get_num_threads()))
-    return np.empty((batch, k), dtype=np.int64), np.empty((batch, k), dtype=np.int32), ntasks
+    return (*results(batch, k), ntasks)
 
 
 def _gather_shared(
@@ -50,7 +50,7 @@ def _gather_shared(
 
 
 def topk_hamming(
-    query: Any, keys: Any, k: int, *, lengths: Any = None, mask: Any = None
+    query: Any, keys: Any, k: int, *, lengths: Any = None, mask: Any = None, padding_side: str = "right"
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
     """The ``k`` keys nearest to each query in Hamming distance.
 
@@ -62,12 +62,20 @@ def topk_hamming(
         ``(B, L, W)`` uint64 behaviour signatures, or ``(L, W)`` shared by every
         row of the batch (many candidates against one sequence; not copied).
     k : int
-        Number of positions to return per row, ``>= 0`` (may exceed ``L``).
+        Number of positions to return per row, ``>= 0`` (may exceed ``L``;
+        a ``k`` whose ``(B, k)`` results cannot be allocated is a
+        :class:`ValueError`).
     lengths : array_like, optional
         ``(B,)`` integers in ``0..L``: only the prefix ``[0, lengths[b])`` of
-        row ``b`` is valid.
+        row ``b`` is valid (the last ``lengths[b]`` positions with
+        ``padding_side="left"``).
     mask : array_like, optional
         ``(B, L)`` or ``(L,)`` bool: valid positions. Not together with ``lengths``.
+    padding_side : {"right", "left"}, default "right"
+        Where the padding of the rows given by ``lengths`` lies: after the
+        valid positions (``"right"``) or before them (``"left"``: front-padded
+        sequences, newest behaviour at ``L - 1``). Positions stay indices
+        into the given axis either way.
 
     Returns
     -------
@@ -96,6 +104,11 @@ def topk_hamming(
     >>> idx, dist = er.topk_hamming(query, keys, k=3)
     >>> idx, dist
     (array([[3, 2, 0]]), array([[0, 1, 1]], dtype=int32))
+
+    Front-padded rows: the valid positions are the last ``lengths[b]``.
+
+    >>> er.topk_hamming(query, keys, k=3, lengths=[2], padding_side="left")
+    (array([[3, 2, -1]]), array([[ 0,  1, -1]], dtype=int32))
     """
     device = placement(query=query, keys=keys, lengths=lengths, mask=mask)
     q = as_signatures("query", query, (2,), "(B, W)")
@@ -110,10 +123,10 @@ def topk_hamming(
     if device:
         from .cuda.topk import topk_hamming as device_topk
 
-        n, m = validity(lengths, mask, batch, length, device=True)
+        n, m = validity(lengths, mask, batch, length, device=True, padding_side=padding_side)
         return device_topk(q, kk, k, n, m)  # type: ignore[no-any-return]
     kk = np.broadcast_to(kk, (batch, length, words))
-    n, m = validity(lengths, mask, batch, length)
+    n, m = validity(lengths, mask, batch, length, padding_side=padding_side)
     idx, dist, ntasks = _outputs(batch, k)
     if batch:
         topk_keys(q, kk, k, n, _NO_MASK if m is None else m, m is not None, ntasks, idx, dist)
@@ -129,6 +142,7 @@ def topk_hamming_lookup(
     lengths: Any = None,
     mask: Any = None,
     padding_id: int | None = None,
+    padding_side: str = "right",
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
     """Fused serving path: item ids -> signature-table rows -> Hamming -> top-K.
 
@@ -151,6 +165,8 @@ def topk_hamming_lookup(
         Valid positions, as in :func:`topk_hamming`.
     padding_id : int, optional
         Positions holding this id are not valid (and never looked up).
+    padding_side : {"right", "left"}, default "right"
+        Side of the padding of rows given by ``lengths``, as in :func:`topk_hamming`.
 
     Returns
     -------
@@ -192,9 +208,9 @@ def topk_hamming_lookup(
     if device:
         from .cuda.topk import topk_hamming_lookup as device_lookup
 
-        n, m = validity(lengths, mask, batch, i.shape[-1], device=True)
+        n, m = validity(lengths, mask, batch, i.shape[-1], device=True, padding_side=padding_side)
         return device_lookup(q, i, t, k, n, m, pad)  # type: ignore[no-any-return]
-    n, m = validity(lengths, mask, batch, i.shape[1])
+    n, m = validity(lengths, mask, batch, i.shape[1], padding_side=padding_side)
     idx, dist, ntasks = _outputs(batch, k)
     if not batch:
         return idx, dist

@@ -204,8 +204,8 @@ def planes_for(cache: dict[Any, Any], planes: np.ndarray, x: DeviceArray) -> Any
     return dev
 
 
-def refresh_all(weight: DeviceArray, planes: Any, signatures: Any) -> None:
-    """Rehash every row of a device table in place; raises before writing if a row is non-finite."""
+def refresh_all(weight: DeviceArray, planes: Any, signatures: Any, check_finite: bool = True) -> None:
+    """Rehash every row of a device table in place; raises before writing if a row is non-finite (when checked)."""
     with _backend.device_scope(weight):
         stream = _backend.launch_stream(weight)
         x = _backend.as_numba(weight)
@@ -213,23 +213,26 @@ def refresh_all(weight: DeviceArray, planes: Any, signatures: Any) -> None:
         rows = x.shape[0]
         if rows == 0:
             return
-        _, nonfinite_kernel, _, _ = _kernels(config.PACK_ROWS_PER_BLOCK)
-        x5 = _backend.view(x, (1, 1, 1) + tuple(x.shape), (0, 0, 0) + tuple(x.strides))
-        err = _backend.error_cells(weight, rows, rows, stream)
-        threads = config.HAMMING_THREADS
-        _backend.configure(nonfinite_kernel, (rows + threads - 1) // threads, threads, stream)(x5, np.int64(0), err)
-        first = int(_backend.read_back(err, stream)[0])
-        if first < rows:
-            raise nonfinite_error((first,))
+        if check_finite:
+            _, nonfinite_kernel, _, _ = _kernels(config.PACK_ROWS_PER_BLOCK)
+            x5 = _backend.view(x, (1, 1, 1) + tuple(x.shape), (0, 0, 0) + tuple(x.strides))
+            err = _backend.error_cells(weight, rows, rows, stream)
+            threads = config.HAMMING_THREADS
+            _backend.configure(nonfinite_kernel, (rows + threads - 1) // threads, threads, stream)(x5, np.int64(0), err)
+            first = int(_backend.read_back(err, stream)[0])
+            if first < rows:
+                raise weight_nonfinite_error(first)
         _launch(x, p, _backend.as_numba(signatures, np.uint64), False, stream, weight)
 
 
-def refresh_rows(weight: DeviceArray, planes: Any, rows: np.ndarray, signatures: Any) -> None:
+def refresh_rows(
+    weight: DeviceArray, planes: Any, rows: np.ndarray, signatures: Any, check_finite: bool = True
+) -> None:
     """Rehash the (unique, in-range, host) ``rows`` of a device table in place.
 
-    Raises :class:`ValueError` naming the first non-finite row of ``weight``
-    among ``rows`` (as the CPU's :meth:`SignatureTable.refresh` does) before
-    writing anything.
+    With ``check_finite``, raises :class:`ValueError` naming the first
+    non-finite row of ``weight`` among ``rows`` (as the CPU's
+    :meth:`SignatureTable.refresh` does) before writing anything.
     """
     n = int(rows.shape[0])
     if n == 0:
@@ -242,11 +245,12 @@ def refresh_rows(weight: DeviceArray, planes: Any, rows: np.ndarray, signatures:
         _, r = _backend.empty(weight, (n,), np.int64, stream)
         r.copy_to_device(np.ascontiguousarray(rows, dtype=np.int64), stream=stream)
         _, _, pack_rows_kernel, nonfinite_rows_kernel = _kernels(config.PACK_ROWS_PER_BLOCK)
-        err = _backend.error_cells(weight, n, n, stream)
-        threads = config.HAMMING_THREADS
-        _backend.configure(nonfinite_rows_kernel, (n + threads - 1) // threads, threads, stream)(x, r, err)
-        first = int(_backend.read_back(err, stream)[0])
-        if first < n:
-            raise weight_nonfinite_error(int(rows[first]))
+        if check_finite:
+            err = _backend.error_cells(weight, n, n, stream)
+            threads = config.HAMMING_THREADS
+            _backend.configure(nonfinite_rows_kernel, (n + threads - 1) // threads, threads, stream)(x, r, err)
+            first = int(_backend.read_back(err, stream)[0])
+            if first < n:
+                raise weight_nonfinite_error(int(rows[first]))
         rb = config.PACK_ROWS_PER_BLOCK
         _backend.configure(pack_rows_kernel, ((n + rb - 1) // rb, _words(p)), (64, rb), stream)(x, p, r, out, _zero(x, p))
