@@ -319,7 +319,7 @@ def _retrieve(**overrides: object) -> None:
         ({"seq": torch.zeros(3, 10)}, ValueError, rf"seq must have shape \(B, L, {DIM}\)"),
         ({"seq": torch.zeros(2, 10, DIM)}, ValueError, rf"seq must have shape \(3, L, {DIM}\)"),
         ({"seq": torch.zeros(3, 10, DIM, device="meta")}, ValueError, "seq must be on the device of target"),
-        ({"mask": torch.ones(3, 10)}, TypeError, "mask must have dtype torch.bool"),
+        ({"mask": torch.ones(3, 10, dtype=torch.complex64)}, TypeError, "mask must have dtype torch.bool or a real"),
         ({"mask": torch.ones(3, 9, dtype=torch.bool)}, ValueError, r"mask must have shape \(3, 10\)"),
         ({"seq": None}, ValueError, "pass seq"),
         ({"seq_ids": torch.zeros(3, 9, dtype=torch.int64)}, ValueError, r"seq_ids must have shape \(3, 10\)"),

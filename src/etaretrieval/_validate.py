@@ -41,6 +41,7 @@ __all__ = [
     "ids_error",
     "lengths_error",
     "nonfinite_error",
+    "valid_nonfinite_error",
     "weight_nonfinite_error",
 ]
 
@@ -235,6 +236,17 @@ def nonfinite_error(where: tuple[Any, ...]) -> NonFiniteError:
     row = f" in row {index}" if where else ""
     return NonFiniteError(
         f"x holds a non-finite value (NaN or inf){row}; pass check_finite=False to hash it anyway", index
+    )
+
+
+def valid_nonfinite_error(where: tuple[Any, ...]) -> NonFiniteError:
+    """The error for a *valid* position ``where`` of ``x`` (hashed with a validity mask) holding a NaN or inf."""
+    index = tuple(int(i) for i in where)
+    at = f"in row {index[0]} at position {index[1]}" if len(index) == 2 else f"at {index}"
+    return NonFiniteError(
+        f"x holds a non-finite value (NaN or inf) {at}, a valid position (masked and padded positions are "
+        "not checked); pass check_finite=False to hash it anyway",
+        index,
     )
 
 

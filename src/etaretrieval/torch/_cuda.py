@@ -16,7 +16,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .._validate import as_padding
+from .._device import describe
+from .._validate import NonFiniteError, as_padding, results_error
 from . import _ops
 
 __all__ = ["register"]
@@ -31,21 +32,42 @@ def _bits(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.detach()
 
 
-def _pack_cuda(x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True) -> torch.Tensor:
+def _pack_cuda(
+    x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True, valid: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     from .. import cuda
 
-    out = torch.empty(_ops.check_pack(x, planes), dtype=torch.int64, device=x.device)
+    out = torch.empty(_ops.check_pack(x, planes, valid), dtype=torch.int64, device=x.device)
     if out.numel():
+        xs = _ops.as_float32(x).detach()
         with torch.cuda.device(x.device):
-            cuda.pack_signatures_into(
-                x.detach(), planes.detach(), out, check_finite=check_finite, stream=_stream(out)
-            )
+            try:
+                cuda.pack_signatures_into(xs, planes.detach(), out, check_finite=check_finite, stream=_stream(out))
+            except NonFiniteError:  # out is written either way: only a valid non-finite row is an error
+                if valid is None:
+                    raise
+                _ops.check_finite_where(xs, valid)
     return out
 
 
 def _outputs(query: torch.Tensor, batch: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    idx = torch.empty((batch, k), dtype=torch.int64, device=query.device)
-    return idx, torch.empty((batch, k), dtype=torch.int32, device=query.device)
+    try:
+        idx = torch.empty((batch, k), dtype=torch.int64, device=query.device)
+        return idx, torch.empty((batch, k), dtype=torch.int32, device=query.device)
+    except RuntimeError:  # out of memory (torch.OutOfMemoryError) or a size torch cannot represent
+        raise results_error(batch, k) from None
+
+
+def _validity(
+    lengths: Optional[torch.Tensor], mask: Optional[torch.Tensor], length: int, padding_side: str
+) -> tuple[object, object]:
+    """``(lengths, mask)`` for the launchers: a bool mask, and front-padded lengths turned into a mask."""
+    if lengths is not None and padding_side == "left":
+        from ..cuda.padding import left_padding
+
+        with torch.cuda.device(lengths.device):
+            return left_padding(describe(lengths.detach()), length)  # type: ignore[arg-type]
+    return _bits(lengths), _bits(_ops.bool_mask(mask))
 
 
 def _topk_cuda(
@@ -54,14 +76,15 @@ def _topk_cuda(
     k: int,
     lengths: Optional[torch.Tensor] = None,
     mask: Optional[torch.Tensor] = None,
+    padding_side: str = "right",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from .. import cuda
 
-    idx, dist = _outputs(query, _ops.check_topk(query, keys, k, lengths, mask), k)
+    idx, dist = _outputs(query, _ops.check_topk(query, keys, k, lengths, mask, padding_side), k)
+    n, m = _validity(lengths, mask, keys.shape[-2], padding_side)
     with torch.cuda.device(query.device):
         cuda.topk_hamming_into(
-            query.detach(), keys.detach(), k, idx, dist,
-            lengths=_bits(lengths), mask=_bits(mask), stream=_stream(idx),
+            query.detach(), keys.detach(), k, idx, dist, lengths=n, mask=m, stream=_stream(idx),
         )
     return idx, dist
 
@@ -74,15 +97,17 @@ def _lookup_cuda(
     lengths: Optional[torch.Tensor] = None,
     mask: Optional[torch.Tensor] = None,
     padding_id: Optional[int] = None,
+    padding_side: str = "right",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from .. import cuda
 
-    idx, dist = _outputs(query, _ops.check_lookup(query, ids, table, k, lengths, mask), k)
+    idx, dist = _outputs(query, _ops.check_lookup(query, ids, table, k, lengths, mask, padding_side), k)
     pad = as_padding(padding_id, np.dtype(str(ids.dtype).removeprefix("torch.")))
+    n, m = _validity(lengths, mask, ids.shape[-1], padding_side)
     with torch.cuda.device(query.device):
         cuda.topk_hamming_lookup_into(
             query.detach(), ids.detach(), table.detach(), k, idx, dist,
-            lengths=_bits(lengths), mask=_bits(mask), padding_id=pad, stream=_stream(idx),
+            lengths=n, mask=m, padding_id=pad, stream=_stream(idx),
         )
     return idx, dist
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import simhash, topk
-from .._validate import MAX_WORDS, DTypeError, _shape
+from .._validate import MAX_WORDS, DTypeError, NonFiniteError, _shape, check_padding_side, valid_nonfinite_error
 
 __all__ = [
     "pack_signatures",
@@ -30,9 +30,14 @@ __all__ = [
     "check_topk",
     "check_lookup",
     "is_integer",
+    "bool_mask",
+    "as_float32",
+    "check_finite_where",
 ]
 
 _FLOATS = (torch.float32, torch.float64)
+#: Embeddings of these dtypes are projected in float32 (the planes stay as they are).
+_HALF = (torch.float16, torch.bfloat16)
 
 # The CUDA kernels read their error cells back to the host (a stream sync), which
 # CUDA-graph capture forbids: the tag keeps the ops out of graphs
@@ -78,9 +83,20 @@ def _check_k(k: int) -> None:
         raise ValueError(f"k must be >= 0, got {k}")
 
 
+def bool_mask(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A checked ``mask`` as bool: numeric masks (attention-mask convention) are valid where non-zero."""
+    return mask if mask is None or mask.dtype == torch.bool else mask != 0
+
+
 def _check_validity(
-    lengths: Optional[torch.Tensor], mask: Optional[torch.Tensor], batch: int, length: int, device: torch.device
+    lengths: Optional[torch.Tensor],
+    mask: Optional[torch.Tensor],
+    batch: int,
+    length: int,
+    device: torch.device,
+    padding_side: str = "right",
 ) -> None:
+    check_padding_side(padding_side)
     if lengths is not None and mask is not None:
         raise ValueError("pass either lengths or mask, not both")
     if lengths is not None:
@@ -91,8 +107,10 @@ def _check_validity(
             raise ValueError(f"lengths must have shape {_shape((batch,))}, got shape {_shape(tuple(lengths.shape))}")
     if mask is not None:
         _on("mask", mask, device)
-        if mask.dtype != torch.bool:
-            raise DTypeError(f"mask must have dtype torch.bool, got {mask.dtype}")
+        if mask.dtype.is_complex:
+            raise DTypeError(
+                f"mask must have dtype torch.bool or a real numeric dtype (non-zero = valid), got {mask.dtype}"
+            )
         if tuple(mask.shape) not in ((batch, length), (length,)):
             raise ValueError(
                 f"mask must have shape {_shape((batch, length))} or {_shape((length,))}, "
@@ -100,13 +118,17 @@ def _check_validity(
             )
 
 
-def check_pack(x: torch.Tensor, planes: torch.Tensor) -> tuple[int, ...]:
+def check_pack(x: torch.Tensor, planes: torch.Tensor, valid: Optional[torch.Tensor] = None) -> tuple[int, ...]:
     """Check the inputs of ``pack_signatures``; return the output shape ``(..., W)``."""
     p = planes
     _on("x", x, p.device)
-    if p.dtype not in _FLOATS or x.dtype not in _FLOATS:
-        name, bad = ("planes", p) if p.dtype not in _FLOATS else ("x", x)
-        raise DTypeError(f"{name} must have dtype torch.float32 or torch.float64, got {bad.dtype}")
+    if p.dtype not in _FLOATS:
+        raise DTypeError(f"planes must have dtype torch.float32 or torch.float64, got {p.dtype}")
+    if x.dtype not in _FLOATS + _HALF:
+        raise DTypeError(
+            f"x must have dtype torch.float32 or torch.float64 (or float16 / bfloat16, projected in float32), "
+            f"got {x.dtype}"
+        )
     if p.dim() != 2 or p.shape[0] < 1 or not 1 <= p.shape[1] <= 64 * MAX_WORDS:
         raise ValueError(
             f"planes must have shape (dim, bits) with 1 <= bits <= {64 * MAX_WORDS}, got shape {_shape(tuple(p.shape))}"
@@ -116,11 +138,23 @@ def check_pack(x: torch.Tensor, planes: torch.Tensor) -> tuple[int, ...]:
             f"x must have shape (..., {p.shape[0]}) to match planes {_shape(tuple(p.shape))}, "
             f"got shape {_shape(tuple(x.shape))}"
         )
+    if valid is not None:
+        _on("valid", valid, p.device)
+        if valid.dtype != torch.bool or tuple(valid.shape) != tuple(x.shape[:-1]):
+            raise ValueError(
+                f"valid must be a bool tensor of shape {_shape(tuple(x.shape[:-1]))} (the rows of x), "
+                f"got {valid.dtype} of shape {_shape(tuple(valid.shape))}"
+            )
     return (*x.shape[:-1], (p.shape[1] + 63) // 64)
 
 
 def check_topk(
-    query: torch.Tensor, keys: torch.Tensor, k: int, lengths: Optional[torch.Tensor], mask: Optional[torch.Tensor]
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    k: int,
+    lengths: Optional[torch.Tensor],
+    mask: Optional[torch.Tensor],
+    padding_side: str = "right",
 ) -> int:
     """Check the inputs of ``topk_hamming``; return the batch size ``B``."""
     q = _signatures("query", query, (2,), "(B, W)", None)
@@ -133,7 +167,7 @@ def check_topk(
             f"keys must have shape ({batch}, L, {words}) or (L, {words}), got shape {_shape(tuple(kk.shape))}"
         )
     _check_k(k)
-    _check_validity(lengths, mask, batch, kk.shape[-2], q.device)
+    _check_validity(lengths, mask, batch, kk.shape[-2], q.device, padding_side)
     return batch
 
 
@@ -144,6 +178,7 @@ def check_lookup(
     k: int,
     lengths: Optional[torch.Tensor],
     mask: Optional[torch.Tensor],
+    padding_side: str = "right",
 ) -> int:
     """Check the inputs of ``topk_hamming_lookup``; return the batch size ``B``."""
     q = _signatures("query", query, (2,), "(B, W)", None)
@@ -160,8 +195,21 @@ def check_lookup(
             f"got shape {_shape(tuple(i.shape))}"
         )
     _check_k(k)
-    _check_validity(lengths, mask, batch, i.shape[-1], q.device)
+    _check_validity(lengths, mask, batch, i.shape[-1], q.device, padding_side)
     return batch
+
+
+def as_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x``, or a float32 copy of float16 / bfloat16 embeddings (the projection runs in float32)."""
+    return x.detach().to(torch.float32) if x.dtype in _HALF else x
+
+
+def check_finite_where(x: torch.Tensor, valid: torch.Tensor) -> None:
+    """Raise naming the first row of ``x`` (``(..., dim)``) that ``valid`` marks and that holds a NaN or inf."""
+    bad = valid & ~torch.isfinite(x).all(dim=-1)
+    if bool(bad.any()):
+        first = int(bad.reshape(-1).nonzero()[0, 0])
+        raise valid_nonfinite_error(np.unravel_index(first, tuple(bad.shape)))
 
 
 def _numpy(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
@@ -205,22 +253,31 @@ def _define(name: str, fake: Callable[..., object]) -> Callable[[Callable[..., o
     return register
 
 
-def _pack_fake(x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True) -> torch.Tensor:
-    return x.new_empty(check_pack(x, planes), dtype=torch.int64)
+def _pack_fake(
+    x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True, valid: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    return x.new_empty(check_pack(x, planes, valid), dtype=torch.int64)
 
 
 @_define("pack_signatures", _pack_fake)
-def pack_signatures(x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True) -> torch.Tensor:
+def pack_signatures(
+    x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True, valid: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """SimHash signatures of ``x`` as int64 tensors (see :func:`etaretrieval.pack_signatures`).
 
     Parameters
     ----------
     x : torch.Tensor
         ``(..., dim)`` float32/float64 embeddings; any strides, not copied.
+        float16 / bfloat16 embeddings are copied to float32 and projected there.
     planes : torch.Tensor
         ``(dim, bits)`` float32/float64 hyperplanes.
     check_finite : bool, default True
         Raise :class:`ValueError` naming the first row holding a NaN or an infinity.
+    valid : torch.Tensor, optional
+        ``x.shape[:-1]`` bool: the rows that will be used (e.g. the unmasked
+        positions of a padded sequence). Only these are checked for
+        non-finite values; every row is hashed.
 
     Returns
     -------
@@ -234,9 +291,16 @@ def pack_signatures(x: torch.Tensor, planes: torch.Tensor, check_finite: bool = 
     >>> torch.ops.etaretrieval.pack_signatures(torch.tensor([[2.0], [-1.0], [0.0]]), planes).ravel()
     tensor([1, 2, 0])
     """
-    check_pack(x, planes)
+    check_pack(x, planes, valid)
     _require_cpu("pack_signatures", x)
-    sig = simhash.pack_signatures(_numpy(x), _numpy(planes), check_finite=check_finite)
+    xs = as_float32(x)
+    try:
+        sig = simhash.pack_signatures(_numpy(xs), _numpy(planes), check_finite=check_finite)
+    except NonFiniteError:
+        if valid is None:
+            raise
+        check_finite_where(xs, valid)  # the non-finite rows are all invalid ones: hash them anyway
+        sig = simhash.pack_signatures(_numpy(xs), _numpy(planes), check_finite=False)
     return torch.from_numpy(sig.view(np.int64))
 
 
@@ -246,8 +310,9 @@ def _topk_fake(
     k: int,
     lengths: Optional[torch.Tensor] = None,
     mask: Optional[torch.Tensor] = None,
+    padding_side: str = "right",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    batch = check_topk(query, keys, k, lengths, mask)
+    batch = check_topk(query, keys, k, lengths, mask, padding_side)
     return query.new_empty((batch, k)), query.new_empty((batch, k), dtype=torch.int32)
 
 
@@ -258,6 +323,7 @@ def topk_hamming(
     k: int,
     lengths: Optional[torch.Tensor] = None,
     mask: Optional[torch.Tensor] = None,
+    padding_side: str = "right",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` keys nearest to each query (see :func:`etaretrieval.topk_hamming`).
 
@@ -270,9 +336,13 @@ def topk_hamming(
     k : int
         Positions to return per row, ``>= 0``.
     lengths : torch.Tensor, optional
-        ``(B,)`` integers in ``0..L``: only the prefix of each row is valid.
+        ``(B,)`` integers in ``0..L``: only the prefix of each row is valid
+        (the last ``lengths[b]`` positions with ``padding_side="left"``).
     mask : torch.Tensor, optional
-        ``(B, L)`` or ``(L,)`` bool valid positions. Not together with ``lengths``.
+        ``(B, L)`` or ``(L,)`` valid positions: bool, or any real numeric
+        dtype (an attention mask: non-zero = valid). Not together with ``lengths``.
+    padding_side : str, default "right"
+        ``"left"`` for front-padded rows given by ``lengths``.
 
     Returns
     -------
@@ -289,9 +359,14 @@ def topk_hamming(
     >>> torch.ops.etaretrieval.topk_hamming(torch.tensor([[0]]), keys, 3)
     (tensor([[3, 2, 0]]), tensor([[0, 1, 1]], dtype=torch.int32))
     """
-    check_topk(query, keys, k, lengths, mask)
+    check_topk(query, keys, k, lengths, mask, padding_side)
     _require_cpu("topk_hamming", query)
-    return _results(*topk.topk_hamming(_uint64(query), _uint64(keys), k, lengths=_numpy(lengths), mask=_numpy(mask)))
+    return _results(
+        *topk.topk_hamming(
+            _uint64(query), _uint64(keys), k,
+            lengths=_numpy(lengths), mask=_numpy(bool_mask(mask)), padding_side=padding_side,
+        )
+    )
 
 
 def _lookup_fake(
@@ -302,8 +377,9 @@ def _lookup_fake(
     lengths: Optional[torch.Tensor] = None,
     mask: Optional[torch.Tensor] = None,
     padding_id: Optional[int] = None,
+    padding_side: str = "right",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    batch = check_lookup(query, ids, table, k, lengths, mask)
+    batch = check_lookup(query, ids, table, k, lengths, mask, padding_side)
     return query.new_empty((batch, k)), query.new_empty((batch, k), dtype=torch.int32)
 
 
@@ -316,6 +392,7 @@ def topk_hamming_lookup(
     lengths: Optional[torch.Tensor] = None,
     mask: Optional[torch.Tensor] = None,
     padding_id: Optional[int] = None,
+    padding_side: str = "right",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused ids -> signature table -> top-``k`` (see :func:`etaretrieval.topk_hamming_lookup`).
 
@@ -333,6 +410,8 @@ def topk_hamming_lookup(
         Valid positions, as in ``topk_hamming``.
     padding_id : int, optional
         Positions holding this id are not valid.
+    padding_side : str, default "right"
+        ``"left"`` for front-padded rows given by ``lengths``.
 
     Returns
     -------
@@ -352,11 +431,11 @@ def topk_hamming_lookup(
     >>> torch.ops.etaretrieval.topk_hamming_lookup(torch.tensor([[0b11]]), ids, table, 2, padding_id=0)
     (tensor([[4, 0]]), tensor([[0, 0]], dtype=torch.int32))
     """
-    check_lookup(query, ids, table, k, lengths, mask)
+    check_lookup(query, ids, table, k, lengths, mask, padding_side)
     _require_cpu("topk_hamming_lookup", query)
     return _results(
         *topk.topk_hamming_lookup(
             _uint64(query), _numpy(ids), _uint64(table), k,
-            lengths=_numpy(lengths), mask=_numpy(mask), padding_id=padding_id,
+            lengths=_numpy(lengths), mask=_numpy(bool_mask(mask)), padding_id=padding_id, padding_side=padding_side,
         )
     )

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .._validate import DTypeError, _shape, check_k
+from .._validate import DTypeError, _shape, check_k, check_padding_side
 from ..simhash import SimHasher, hyperplanes
 from . import _ops
 
@@ -30,15 +30,35 @@ def _floats(name: str, t: object, ndim: int, what: str, device: Optional[torch.d
     return t
 
 
-def _bool_mask(mask: object, shape: tuple[int, ...], device: torch.device) -> None:
+def _bool_mask(mask: object, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Check a mask argument (bool, or numeric with non-zero = valid); return it as bool."""
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
-    if mask.dtype != torch.bool:
-        raise DTypeError(f"mask must have dtype torch.bool, got {mask.dtype}")
+    if mask.dtype.is_complex:
+        raise DTypeError(f"mask must have dtype torch.bool or a real numeric dtype (non-zero = valid), got {mask.dtype}")
     if tuple(mask.shape) != shape:
         raise ValueError(f"mask must have shape {_shape(shape)}, got shape {_shape(tuple(mask.shape))}")
     if mask.device != device:
         raise ValueError(f"mask must be on the device of target ({device}), got {mask.device}")
+    return _ops.bool_mask(mask)  # type: ignore[return-value]
+
+
+def _planes(planes: object) -> torch.Tensor:
+    """Check existing hyperplanes (a tensor or an array); return them as a tensor of the module's own."""
+    if not isinstance(planes, torch.Tensor):
+        try:
+            planes = torch.as_tensor(planes)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"planes must be a torch.Tensor or an array, got {type(planes).__name__}") from None
+    if planes.dtype not in (torch.float32, torch.float64):
+        raise DTypeError(f"planes must have dtype torch.float32 or torch.float64, got {planes.dtype}")
+    if planes.dim() != 2 or planes.shape[0] < 1 or not 1 <= planes.shape[1] <= 64 * 16:
+        raise ValueError(
+            f"planes must have shape (dim, bits) with dim >= 1 and bits in 1..1024, got shape {_shape(tuple(planes.shape))}"
+        )
+    if not bool(torch.isfinite(planes).all()):
+        raise ValueError("planes must be finite, got a NaN or an infinity")
+    return planes.detach().clone()
 
 
 class Retrieved(NamedTuple):
@@ -125,6 +145,36 @@ class ETARetriever(nn.Module):
         self.k = check_k(k)
         self.register_buffer("planes", torch.from_numpy(hyperplanes(dim, bits, seed)))
 
+    @classmethod
+    def from_planes(cls, planes: Any, k: int) -> ETARetriever:
+        """A retriever hashing with existing hyperplanes (e.g. those of a model that already has them).
+
+        Parameters
+        ----------
+        planes : torch.Tensor or array_like
+            ``(dim, bits)`` float32/float64 finite hyperplanes, ``bits`` in
+            ``1..1024``; copied into the :attr:`planes` buffer (same dtype and device).
+        k : int
+            Behaviours kept per target, ``>= 0``.
+
+        Returns
+        -------
+        ETARetriever
+
+        Examples
+        --------
+        >>> import etaretrieval as er
+        >>> from etaretrieval.torch import ETARetriever
+        >>> hasher = er.SimHasher(16, 64, seed=3)
+        >>> retriever = ETARetriever.from_planes(hasher.planes, k=4)
+        >>> retriever
+        ETARetriever(dim=16, bits=64, k=4)
+        """
+        p = _planes(planes)
+        module = cls(p.shape[0], p.shape[1], k)
+        module.planes = p
+        return module
+
     @property
     def dim(self) -> int:
         """Embedding dimension."""
@@ -147,6 +197,8 @@ class ETARetriever(nn.Module):
         seq_ids: Optional[torch.Tensor] = None,
         items: Optional[torch.Tensor] = None,
         cache: Optional[SignatureCache] = None,
+        lengths: Optional[torch.Tensor] = None,
+        padding_side: str = "right",
     ) -> Retrieved:
         """Retrieve the ``k`` behaviours nearest to each target.
 
@@ -158,7 +210,8 @@ class ETARetriever(nn.Module):
             ``(B, L, d)`` behaviour embeddings, oldest to newest. Required
             unless ``items`` or ``cache`` is given.
         mask : torch.Tensor, optional
-            ``(B, L)`` bool, true at valid (non-padding) positions.
+            ``(B, L)`` valid (non-padding) positions: bool, or numeric with
+            non-zero = valid (the attention-mask convention).
         seq_ids : torch.Tensor, optional
             ``(B, L)`` integer item ids of the behaviours; needed by ``items``
             and ``cache``.
@@ -166,6 +219,12 @@ class ETARetriever(nn.Module):
             ``(N, d)`` float32/float64 embeddings of every id (instead of ``seq``).
         cache : SignatureCache, optional
             Signatures of every id, built with the same planes.
+        lengths : torch.Tensor, optional
+            ``(B,)`` integer numbers of valid positions per row, instead of ``mask``.
+        padding_side : {"right", "left"}, default "right"
+            Where the padding of rows given by ``lengths`` lies: valid
+            positions ``[0, lengths[b])`` (``"right"``) or the last
+            ``lengths[b]`` (``"left"``, front-padded sequences).
 
         Returns
         -------
@@ -173,19 +232,28 @@ class ETARetriever(nn.Module):
             ``(values, index, mask)``; ``values`` is differentiable w.r.t.
             ``seq`` (or ``items``, or ``cache.embedding``), with gradient on the
             retrieved rows only.
+
+        Raises
+        ------
+        ValueError
+            A NaN or an infinity in ``target``, or in ``seq`` at a valid
+            position (naming its row and position); values at masked or
+            padded positions are never used and not checked.
         """
-        length = self._check(target, seq, mask, seq_ids, items, cache)
+        length = self._check(target, seq, mask, seq_ids, items, cache, lengths, padding_side)
+        mask = None if mask is None else _ops.bool_mask(mask)
         query = _ops.pack_signatures(target, self.planes)
         if seq_ids is None:
-            index, _ = _ops.topk_hamming(query, _ops.pack_signatures(seq, self.planes), self.k, None, mask)
+            keys = _ops.pack_signatures(seq, self.planes, True, self._valid(mask, lengths, padding_side, length))
+            index, _ = _ops.topk_hamming(query, keys, self.k, lengths, mask, padding_side)
         else:
             if cache is not None:
                 ids, table = seq_ids, cache.signatures
             elif items is not None:
                 ids, table = seq_ids, _ops.pack_signatures(items, self.planes)
             else:
-                ids, table = self._distinct(seq, seq_ids)
-            index, _ = _ops.topk_hamming_lookup(query, ids, table, self.k, None, mask)
+                ids, table = self._distinct(seq, seq_ids, self._valid(mask, lengths, padding_side, length))
+            index, _ = _ops.topk_hamming_lookup(query, ids, table, self.k, lengths, mask, None, padding_side)
         valid = index >= 0
         safe = index.clamp(min=0)
         if length == 0:  # nothing to gather from: every slot is empty
@@ -197,14 +265,35 @@ class ETARetriever(nn.Module):
             values = items[ids] if items is not None else cache.embedding(ids)
         return Retrieved(values * valid.unsqueeze(-1).to(values.dtype), index, valid)
 
-    def _distinct(self, seq: torch.Tensor, seq_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(inverse, table)``: signatures of each distinct id (from its first occurrence) and where each id is."""
-        length = seq_ids.shape[1]
+    @staticmethod
+    def _valid(
+        mask: Optional[torch.Tensor], lengths: Optional[torch.Tensor], padding_side: str, length: int
+    ) -> Optional[torch.Tensor]:
+        """``(B, L)`` bool valid positions, or ``None`` (all); out-of-range ``lengths`` are left to the top-K op."""
+        if lengths is None:
+            return mask
+        pos = torch.arange(length, device=lengths.device)
+        n = lengths.unsqueeze(1)
+        return pos >= length - n if padding_side == "left" else pos < n
+
+    def _distinct(
+        self, seq: torch.Tensor, seq_ids: torch.Tensor, valid: Optional[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inverse, table)``: signatures of each distinct id and where each id is.
+
+        Each id is hashed from its first valid occurrence (its first one if it
+        occurs at invalid positions only, which are not checked for NaN / inf).
+        """
+        length, numel = seq_ids.shape[1], seq_ids.numel()
         distinct, inverse = torch.unique(seq_ids, return_inverse=True)
-        flat = torch.arange(seq_ids.numel(), device=seq_ids.device)
-        first = torch.full_like(distinct, seq_ids.numel(), dtype=torch.int64)
+        flat = torch.arange(numel, device=seq_ids.device)
+        if valid is not None:
+            flat = flat + numel * (~valid).reshape(-1)  # invalid occurrences rank after every valid one
+        first = torch.full_like(distinct, 2 * numel, dtype=torch.int64)
         first = first.scatter_reduce(0, inverse.reshape(-1), flat, "amin")
-        return inverse, _ops.pack_signatures(seq[first // length, first % length], self.planes)
+        used = None if valid is None else first < numel
+        first = first % numel
+        return inverse, _ops.pack_signatures(seq[first // length, first % length], self.planes, True, used)
 
     def _check(
         self,
@@ -214,6 +303,8 @@ class ETARetriever(nn.Module):
         seq_ids: Optional[torch.Tensor],
         items: Optional[torch.Tensor],
         cache: Optional[SignatureCache],
+        lengths: Optional[torch.Tensor] = None,
+        padding_side: str = "right",
     ) -> int:
         """Check the arguments of :meth:`forward`; return the sequence length ``L``."""
         d = self.dim
@@ -266,6 +357,19 @@ class ETARetriever(nn.Module):
             length = seq_ids.shape[1]
         if mask is not None:
             _bool_mask(mask, (batch, length), device)
+        check_padding_side(padding_side)
+        if lengths is not None:
+            if mask is not None:
+                raise ValueError("pass either lengths or mask, not both")
+            if not isinstance(lengths, torch.Tensor):
+                raise TypeError(f"lengths must be a torch.Tensor, got {type(lengths).__name__}")
+            if not _ops.is_integer(lengths.dtype) or tuple(lengths.shape) != (batch,):
+                raise ValueError(
+                    f"lengths must be an integer tensor of shape {_shape((batch,))}, "
+                    f"got {lengths.dtype} of shape {_shape(tuple(lengths.shape))}"
+                )
+            if lengths.device != device:
+                raise ValueError(f"lengths must be on the device of target ({device}), got {lengths.device}")
         return length
 
 
@@ -683,7 +787,7 @@ class TargetAttention(nn.Module):
         items : torch.Tensor
             ``(B, T, d)`` keys and values.
         mask : torch.Tensor, optional
-            ``(B, T)`` bool, true at valid items.
+            ``(B, T)`` valid items: bool, or numeric with non-zero = valid.
 
         Returns
         -------
@@ -707,8 +811,7 @@ class TargetAttention(nn.Module):
         if mask is None:
             weights = torch.softmax(scores, dim=-1)
         else:
-            _bool_mask(mask, (batch, length), target.device)
-            keep = mask.unsqueeze(1)
+            keep = _bool_mask(mask, (batch, length), target.device).unsqueeze(1)
             weights = torch.softmax(scores.masked_fill(~keep, torch.finfo(scores.dtype).min), dim=-1) * keep
         return self.out(torch.einsum("bht,bthe->bhe", weights, v).reshape(batch, d))
 
@@ -754,6 +857,36 @@ class ETAAttention(nn.Module):
         self.retriever = ETARetriever(dim, bits, k, seed)
         self.attention = TargetAttention(dim, heads)
 
+    @classmethod
+    def from_planes(cls, planes: Any, k: int, heads: int) -> ETAAttention:
+        """An ETA block whose retriever hashes with existing hyperplanes (see :meth:`ETARetriever.from_planes`).
+
+        Parameters
+        ----------
+        planes : torch.Tensor or array_like
+            ``(dim, bits)`` float32/float64 hyperplanes.
+        k : int
+            Behaviours attended to per target.
+        heads : int
+            Number of attention heads, dividing ``dim``.
+
+        Returns
+        -------
+        ETAAttention
+
+        Examples
+        --------
+        >>> import torch
+        >>> from etaretrieval.torch import ETAAttention
+        >>> eta = ETAAttention.from_planes(torch.randn(16, 64), k=8, heads=2)
+        >>> eta(torch.randn(4, 16), torch.randn(4, 100, 16)).shape
+        torch.Size([4, 16])
+        """
+        retriever = ETARetriever.from_planes(planes, k)
+        module = cls(retriever.dim, retriever.bits, k, heads)
+        module.retriever = retriever
+        return module
+
     def forward(
         self,
         target: torch.Tensor,
@@ -763,7 +896,11 @@ class ETAAttention(nn.Module):
         seq_ids: Optional[torch.Tensor] = None,
         items: Optional[torch.Tensor] = None,
         cache: Optional[SignatureCache] = None,
+        lengths: Optional[torch.Tensor] = None,
+        padding_side: str = "right",
     ) -> torch.Tensor:
         """User-interest vector ``(B, d)``; arguments as in :meth:`ETARetriever.forward`."""
-        found = self.retriever(target, seq, mask, seq_ids=seq_ids, items=items, cache=cache)
+        found = self.retriever(
+            target, seq, mask, seq_ids=seq_ids, items=items, cache=cache, lengths=lengths, padding_side=padding_side
+        )
         return self.attention(target, found.values, found.mask)
