@@ -47,8 +47,9 @@ __all__ = [
 
 MAX_WORDS = MAX_BITS // 64
 
-#: Largest ``k``: the ``(B, k)`` results are NumPy arrays, whose axes hold at most ``2**63 - 1`` entries.
-MAX_K = int(np.iinfo(np.intp).max)
+#: Largest ``k``: the ``(B, k)`` int64 results are NumPy arrays, whose size in bytes must fit in an intp
+#: (``2**60 - 1`` on 64-bit platforms), even when ``B`` is 0.
+MAX_K = int(np.iinfo(np.intp).max) // 8
 
 #: Largest ``dim * bits`` of :func:`etaretrieval.hyperplanes` (``2**28`` float32 entries, 1 GiB).
 MAX_PLANE_ENTRIES = 1 << 28
@@ -150,7 +151,7 @@ def check_k(k: Any) -> int:
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     if k > MAX_K:
-        raise ValueError(f"k must be at most 2**63 - 1 (the largest array axis), got {k}")
+        raise ValueError(f"k must be at most {MAX_K} (the longest int64 array axis), got {k}")
     return k
 
 
