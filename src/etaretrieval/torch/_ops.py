@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import simhash, topk
-from .._validate import MAX_WORDS, DTypeError, NonFiniteError, _shape, check_padding_side, valid_nonfinite_error
+from .._validate import MAX_WORDS, DTypeError, NonFiniteError, _shape, check_k, check_padding_side, valid_nonfinite_error
 
 __all__ = [
     "pack_signatures",
@@ -79,8 +79,7 @@ def _signatures(
 
 
 def _check_k(k: int) -> None:
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
+    check_k(k)
 
 
 def bool_mask(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
