@@ -1,0 +1,258 @@
+"""Fuzzing the NumPy API: a clean exception naming an argument, or the reference's answer.
+
+Each example builds a valid call of :func:`~etaretrieval.topk_hamming`,
+:func:`~etaretrieval.topk_hamming_lookup`, :func:`~etaretrieval.pack_signatures`
+or :func:`~etaretrieval.hamming`, then spoils up to two of its arguments: another
+dtype (integers of every width, floats, bool, timedelta64, object, complex),
+another shape (an axis added, dropped, emptied or lengthened), another layout
+(strided, read-only, non-native byte order), another kind (a list, a scalar,
+``None``, a string) or out-of-range values. The call must either raise
+:class:`ValueError`, :class:`TypeError` or :class:`IndexError` whose message
+names an argument, or return exactly what the reference
+computes from the same values; the arguments are never modified.
+
+Bounded for CI: small shapes, and the dtypes and layouts that produce a result
+are few, so the number of compiled kernel variants stays small.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import reference as ref
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+import etaretrieval as er
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+#: dtypes an array argument is cast to; the integer ones are all accepted for ids and lengths.
+DTYPES = [np.int64, np.int32, np.uint8, np.uint64, np.float32, np.float64, np.bool_, "m8[s]", object, np.complex64]
+SCALARS = [None, 0, 1.5, "x", True, np.float64(2.0)]
+
+
+def spoil_array(draw: Callable[..., Any], a: np.ndarray, name: str) -> Any:
+    """``a`` spoilt in one way (some ways leave it valid: the call must then answer)."""
+    how = draw(st.sampled_from(["dtype", "add", "drop", "empty", "grow", "strided", "readonly", "byteorder",
+                                "list", "scalar", "values"]))
+    if how == "dtype":
+        dtype = draw(st.sampled_from(DTYPES))
+        if np.dtype(dtype).kind == "m":
+            return a.astype(np.int64).astype(dtype) if a.dtype.kind in "iub" else a.astype(dtype, casting="unsafe")
+        return a.astype(dtype)
+    if how == "add":
+        return a[None]
+    if how == "drop":
+        return a[0] if a.ndim and a.shape[0] else a.reshape(-1)[:0]
+    if how == "empty":
+        axis = draw(st.integers(0, max(a.ndim - 1, 0)))
+        return a[(slice(None),) * axis + (slice(0, 0),)] if a.ndim else a
+    if how == "grow":
+        if not a.ndim:
+            return a
+        axis = draw(st.integers(0, a.ndim - 1))
+        return np.concatenate([a, a.take([0] if a.shape[axis] else [], axis=axis) if a.shape[axis]
+                               else np.zeros(a.shape[:axis] + (1,) + a.shape[axis + 1:], a.dtype)], axis=axis)
+    if how == "strided":
+        return ref.relayout(a, draw(st.sampled_from(["f", "strided", "reversed"])))
+    if how == "readonly":
+        return ref.readonly(a)
+    if how == "byteorder":
+        return a.astype(a.dtype.newbyteorder("S")) if a.dtype.kind not in "bO" else a
+    if how == "list":
+        return a.tolist()
+    if how == "scalar":
+        return draw(st.sampled_from(SCALARS))
+    # values: out of range where there is a range
+    out = a.copy()
+    if out.size and name in ("ids", "lengths"):
+        flat = out.reshape(-1)
+        flat[draw(st.integers(0, flat.size - 1))] = draw(st.sampled_from([-1, 50, 127])) if out.dtype.kind == "i" \
+            else draw(st.sampled_from([50, 255]))
+    elif out.size and out.dtype.kind == "f":
+        out.reshape(-1)[draw(st.integers(0, out.size - 1))] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    return out
+
+
+SPOILT_K = [-1, 2.5, True, None, "3", np.int64(2), np.uint64(3), 2**61, 2**70, 40]
+SPOILT_PAD = [-1, 2**64, 1.5, True, 0, np.int8(3), "0", 300]
+SPOILT_SIDE = ["left", "LEFT", None, 1]
+
+
+def spoil(draw: Callable[..., Any], args: dict[str, Any], names: list[str]) -> list[str]:
+    chosen = draw(st.lists(st.sampled_from(names), max_size=2, unique=True))
+    for name in chosen:
+        value = args[name]
+        if name == "k":
+            args[name] = draw(st.sampled_from(SPOILT_K))
+        elif name == "padding_id":
+            args[name] = draw(st.sampled_from(SPOILT_PAD))
+        elif name == "padding_side":
+            args[name] = draw(st.sampled_from(SPOILT_SIDE))
+        elif name == "check_finite":
+            args[name] = draw(st.sampled_from([False, True]))
+        elif value is None:  # an optional array: give one, maybe a wrong one
+            args[name] = draw(st.sampled_from([[1, 2], np.ones((2, 2)), 3]))
+        else:
+            args[name] = spoil_array(draw, value, name)
+    return chosen
+
+
+def snapshot(args: dict[str, Any]) -> dict[str, Any]:
+    return {name: (v.copy(), v.flags.writeable) if isinstance(v, np.ndarray) else copy.deepcopy(v)
+            for name, v in args.items()}
+
+
+def unchanged(args: dict[str, Any], before: dict[str, Any]) -> None:
+    for name, v in args.items():
+        if isinstance(v, np.ndarray):
+            old, writeable = before[name]
+            assert v.dtype == old.dtype and v.shape == old.shape and v.flags.writeable == writeable, name
+            np.testing.assert_array_equal(v, old, err_msg=name)
+        elif isinstance(v, list):
+            assert v == before[name], name
+
+
+def outcome(call: Callable[[], Any], spoilt: list[str], names: list[str]) -> Any:
+    """The call's result, or ``None`` after a clean error naming an argument.
+
+    The argument named may be another than the spoilt one: a spoilt ``ids``
+    of another length makes the (valid) ``mask`` the one of the wrong shape.
+    """
+    try:
+        result = call()
+    except (ValueError, TypeError, IndexError) as err:
+        event(f"raised {type(err).__name__}")
+        message = str(err)
+        assert any(re.search(rf"\b{re.escape(n)}\b", message) for n in names), (spoilt, message)
+        return None
+    event("answered")
+    return result
+
+
+def native(value: Any) -> Any:
+    """``value`` as a NumPy array in native byte order, for the reference (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    a = np.asarray(value)
+    return a.astype(a.dtype.newbyteorder("="))
+
+
+# --------------------------------------------------------------------------- top-K
+
+
+@st.composite
+def topk_call(draw: Callable[..., Any], lookup: bool) -> tuple[dict[str, Any], list[str]]:
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    batch, length, words, nrows = draw(st.integers(0, 3)), draw(st.integers(0, 5)), draw(st.sampled_from([1, 2])), 4
+    shared = draw(st.booleans())
+    args: dict[str, Any] = {"query": ref.random_signatures(rng, (batch, words), style="pool"), "k": draw(st.integers(0, 7))}
+    if lookup:
+        args["ids"] = rng.integers(0, nrows, size=(length,) if shared else (batch, length))
+        args["table"] = ref.random_signatures(rng, (nrows, words), style="pool")
+        args["padding_id"] = draw(st.sampled_from([None, 1]))
+    else:
+        args["keys"] = ref.random_signatures(rng, (length, words) if shared else (batch, length, words), style="pool")
+    validity = draw(st.sampled_from(["none", "lengths", "mask"]))
+    args["lengths"] = rng.integers(0, length + 1, size=batch) if validity == "lengths" else None
+    args["mask"] = rng.random((batch, length)) < 0.6 if validity == "mask" else None
+    args["padding_side"] = draw(st.sampled_from(["right", "left"]))
+    spoilt = spoil(draw, args, list(args))
+    return args, spoilt
+
+
+def reference_topk(args: dict[str, Any], lookup: bool) -> tuple[np.ndarray, np.ndarray]:
+    query = native(args["query"])
+    k = int(args["k"])
+    lengths, mask = native(args["lengths"]), native(args["mask"])
+    other = native(args["ids"] if lookup else args["keys"])
+    length = other.shape[-1] if lookup else other.shape[-2]
+    if lengths is not None and args["padding_side"] == "left":
+        mask = np.arange(length) >= length - lengths.astype(np.int64)[:, None]
+        lengths = None
+    if lookup:
+        return ref.topk_hamming_lookup(query, other, native(args["table"]), k, lengths=lengths, mask=mask,
+                                       padding_id=None if args["padding_id"] is None else int(args["padding_id"]))
+    return ref.topk_hamming(query, other, k, lengths=lengths, mask=mask)
+
+
+TOPK_NAMES = ["query", "keys", "k", "lengths", "mask", "padding_side"]
+LOOKUP_NAMES = ["query", "ids", "table", "k", "lengths", "mask", "padding_id", "padding_side"]
+
+
+@pytest.mark.parametrize("lookup", [False, True], ids=["topk_hamming", "topk_hamming_lookup"])
+@FUZZ
+@given(data=st.data())
+def test_fuzz_topk(lookup: bool, data: st.DataObject) -> None:
+    args, spoilt = data.draw(topk_call(lookup))
+    before = snapshot(args)
+    kw = {"lengths": args["lengths"], "mask": args["mask"], "padding_side": args["padding_side"]}
+    if lookup:
+        got = outcome(lambda: er.topk_hamming_lookup(args["query"], args["ids"], args["table"], args["k"],
+                                                     padding_id=args["padding_id"], **kw), spoilt, LOOKUP_NAMES)
+    else:
+        got = outcome(lambda: er.topk_hamming(args["query"], args["keys"], args["k"], **kw), spoilt, TOPK_NAMES)
+    unchanged(args, before)
+    if got is not None:
+        want = reference_topk(args, lookup)
+        assert got[0].dtype == np.int64 and got[1].dtype == np.int32
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+# --------------------------------------------------------------------------- packing and Hamming
+
+
+@st.composite
+def pack_call(draw: Callable[..., Any]) -> tuple[dict[str, Any], list[str]]:
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    lead = tuple(draw(st.lists(st.integers(0, 3), max_size=2)))
+    dim, bits = draw(st.integers(1, 4)), draw(st.sampled_from([1, 64, 70]))
+    xdtype = draw(st.sampled_from([np.float32, np.float64, np.float16]))
+    args = {"x": rng.integers(-3, 4, size=lead + (dim,)).astype(xdtype),
+            "planes": rng.integers(-2, 3, size=(dim, bits)).astype(draw(st.sampled_from([np.float32, np.float64]))),
+            "check_finite": True}
+    return args, spoil(draw, args, list(args))
+
+
+@FUZZ
+@given(pack_call())
+def test_fuzz_pack_signatures(case: tuple[dict[str, Any], list[str]]) -> None:
+    args, spoilt = case
+    before = snapshot(args)
+    got = outcome(lambda: er.pack_signatures(args["x"], args["planes"], check_finite=args["check_finite"]),
+                  spoilt, ["x", "planes"])
+    unchanged(args, before)
+    if got is not None:
+        x = np.asarray(args["x"], dtype=np.float64)
+        finite = np.isfinite(x).all(axis=-1)  # non-finite rows (check_finite=False) hash to anything
+        want = ref.pack(np.where(finite[..., None], x, 0.0), np.asarray(args["planes"], dtype=np.float64))
+        assert got.dtype == np.uint64
+        np.testing.assert_array_equal(got[finite], want[finite])
+
+
+@st.composite
+def hamming_call(draw: Callable[..., Any]) -> tuple[dict[str, Any], list[str]]:
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    words = draw(st.sampled_from([1, 3]))
+    lead = tuple(draw(st.lists(st.integers(0, 3), max_size=2)))
+    other = tuple(draw(st.sampled_from([n, 1])) for n in lead)
+    args = {"a": ref.random_signatures(rng, lead + (words,)), "b": ref.random_signatures(rng, other + (words,))}
+    return args, spoil(draw, args, list(args))
+
+
+@FUZZ
+@given(hamming_call())
+def test_fuzz_hamming(case: tuple[dict[str, Any], list[str]]) -> None:
+    args, spoilt = case
+    before = snapshot(args)
+    got = outcome(lambda: er.hamming(args["a"], args["b"]), spoilt, ["a", "b"])
+    unchanged(args, before)
+    if got is not None:
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, ref.hamming(native(args["a"]), native(args["b"])))
