@@ -188,6 +188,15 @@ def test_cpu_tensors_point_to_the_torch_ops(requires_grad: bool) -> None:
             call(t)
 
 
+def test_table_points_cpu_tensors_to_the_signature_cache() -> None:
+    th = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"weight must be a numpy\.ndarray .*got Tensor; .*etaretrieval\.torch\.SignatureCache"):
+        er.SignatureTable(th.ones(4, 8), er.SimHasher(8, 64))
+    table = er.SignatureTable(np.ones((4, 8)), er.SimHasher(8, 64))
+    with pytest.raises(er.DTypeError, match="rows must have an integer dtype"):
+        table.refresh(rows=np.array([1, 2], dtype="m8[s]"))
+
+
 def test_python_lists() -> None:
     """Lists of ints work where an integer dtype is expected; signatures say how to build uint64."""
     g = data()

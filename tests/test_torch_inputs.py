@@ -308,7 +308,7 @@ def test_module_lengths_errors(kwargs: dict, error: type, match: str) -> None:
 def test_from_planes_equals_the_seeded_module_and_round_trips() -> None:
     planes = er.hyperplanes(DIM, BITS, seed=5)
     seeded = ETARetriever(DIM, BITS, k=3, seed=5)
-    for given_planes in (planes, torch.from_numpy(planes)):
+    for given_planes in (planes.tolist(), planes, er.SimHasher(DIM, BITS, seed=5).planes, torch.from_numpy(planes)):
         built = ETARetriever.from_planes(given_planes, k=3)
         assert torch.equal(built.planes, seeded.planes) and built.k == 3
     gen = torch.Generator().manual_seed(8)

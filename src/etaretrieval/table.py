@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._device import describe
-from ._validate import DTypeError, NonFiniteError, _shape, weight_nonfinite_error
+from ._validate import DTypeError, NonFiniteError, _shape, is_integer_dtype, weight_nonfinite_error
 from .simhash import SimHasher
 
 __all__ = ["SignatureTable"]
@@ -95,9 +95,10 @@ class SignatureTable:
             raise TypeError(f"hasher must be a SimHasher, got {type(hasher).__name__}")
         device = describe(weight)
         if not isinstance(weight, np.ndarray) and device is None:
+            hint = "; for a torch.nn.Embedding use etaretrieval.torch.SignatureCache" if "torch" in type(weight).__module__ else ""
             raise TypeError(
                 "weight must be a numpy.ndarray or a CUDA device array (held by reference), "
-                f"got {type(weight).__name__}"
+                f"got {type(weight).__name__}{hint}"
             )
         shape = weight.shape if device is None else device.shape
         dtype = weight.dtype if device is None else device.dtype
@@ -149,7 +150,7 @@ class SignatureTable:
             r = np.asarray(rows)
         if r.size == 0:  # nothing changed (an empty list is float64 to NumPy)
             return
-        if not np.issubdtype(r.dtype, np.integer):
+        if not is_integer_dtype(r.dtype):
             raise DTypeError(f"rows must have an integer dtype, got dtype {r.dtype}")
         r = r.reshape(-1)
         n = self.weight.shape[0] if device is None else device.shape[0]

@@ -6,6 +6,7 @@ import math
 import weakref
 from typing import Any, Callable, NamedTuple, Optional, Union, cast
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -46,8 +47,8 @@ def _bool_mask(mask: object, shape: tuple[int, ...], device: torch.device) -> to
 def _planes(planes: object) -> torch.Tensor:
     """Check existing hyperplanes (a tensor or an array); return them as a tensor of the module's own."""
     if not isinstance(planes, torch.Tensor):
-        try:
-            planes = torch.as_tensor(planes)
+        try:  # a copy: NumPy planes may be read-only (SimHasher.planes), which torch cannot view
+            planes = torch.from_numpy(np.array(planes))
         except (TypeError, ValueError, RuntimeError):
             raise TypeError(f"planes must be a torch.Tensor or an array, got {type(planes).__name__}") from None
     if planes.dtype not in (torch.float32, torch.float64):
