@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,7 +30,9 @@ from hypothesis import strategies as st
 
 import etaretrieval as er
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 #: dtypes an array argument is cast to; the integer ones are all accepted for ids and lengths.
 DTYPES = [np.int64, np.int32, np.uint8, np.uint64, np.float32, np.float64, np.bool_, "m8[s]", object, np.complex64]
@@ -151,7 +154,8 @@ def topk_call(draw: Callable[..., Any], lookup: bool) -> tuple[dict[str, Any], l
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     batch, length, words, nrows = draw(st.integers(0, 3)), draw(st.integers(0, 5)), draw(st.sampled_from([1, 2])), 4
     shared = draw(st.booleans())
-    args: dict[str, Any] = {"query": ref.random_signatures(rng, (batch, words), style="pool"), "k": draw(st.integers(0, 7))}
+    args: dict[str, Any] = {"query": ref.random_signatures(rng, (batch, words), style="pool")}
+    args["k"] = draw(st.integers(0, 7))
     if lookup:
         args["ids"] = rng.integers(0, nrows, size=(length,) if shared else (batch, length))
         args["table"] = ref.random_signatures(rng, (nrows, words), style="pool")

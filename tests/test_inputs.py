@@ -116,7 +116,8 @@ def test_huge_dim_names_dim_and_the_limit(dim: int, bits: int) -> None:
 
 @pytest.mark.parametrize("shape", [(4, 0), (4, 1025), (0, 8)])
 def test_planes_of_bad_shape_are_named(shape: tuple[int, int]) -> None:
-    with pytest.raises(ValueError, match=rf"planes must have shape \(dim, bits\) .*1\.\.1024, got shape \({shape[0]}, {shape[1]}\)"):
+    message = rf"planes must have shape \(dim, bits\) .*1\.\.1024, got shape \({shape[0]}, {shape[1]}\)"
+    with pytest.raises(ValueError, match=message):
         er.pack_signatures(np.zeros((2, 4)), np.zeros(shape))
 
 
@@ -190,7 +191,8 @@ def test_cpu_tensors_point_to_the_torch_ops(requires_grad: bool) -> None:
 
 def test_table_points_cpu_tensors_to_the_signature_cache() -> None:
     th = pytest.importorskip("torch")
-    with pytest.raises(TypeError, match=r"weight must be a numpy\.ndarray .*got Tensor; .*etaretrieval\.torch\.SignatureCache"):
+    message = r"weight must be a numpy\.ndarray .*got Tensor; .*etaretrieval\.torch\.SignatureCache"
+    with pytest.raises(TypeError, match=message):
         er.SignatureTable(th.ones(4, 8), er.SimHasher(8, 64))
     table = er.SignatureTable(np.ones((4, 8)), er.SimHasher(8, 64))
     with pytest.raises(er.DTypeError, match="rows must have an integer dtype"):
@@ -206,7 +208,8 @@ def test_python_lists() -> None:
     for name in ("query", "table"):
         args = dict(g)
         args[name] = [[1, 2], [3, 4]] if name == "table" else [[1, 2]] * B
-        with pytest.raises(er.DTypeError, match=rf"{name} must hold .*uint64.*numpy\.asarray\({name}, dtype=numpy\.uint64\)"):
+        message = rf"{name} must hold .*uint64.*numpy\.asarray\({name}, dtype=numpy\.uint64\)"
+        with pytest.raises(er.DTypeError, match=message):
             er.topk_hamming_lookup(args["query"], args["ids"], args["table"], 2)
 
 

@@ -8,16 +8,15 @@ equivalent bool-mask call.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-import etaretrieval as er  # noqa: E402
-from etaretrieval.torch import ETAAttention, ETARetriever, SignatureCache, TargetAttention  # noqa: E402
+import etaretrieval as er
+from etaretrieval.torch import ETAAttention, ETARetriever, SignatureCache, TargetAttention
 
 ops = torch.ops.etaretrieval
 DIM, BITS = 8, 64
@@ -91,7 +90,8 @@ NUMERIC = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.in
 @pytest.mark.parametrize("dtype", NUMERIC, ids=str)
 def test_numeric_masks_in_the_ops(dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(2)
-    query, keys, ids, table = sigs(gen, 3, 1), sigs(gen, 3, 8, 1), torch.randint(0, 5, (3, 8), generator=gen), sigs(gen, 5, 1)
+    query, keys, table = sigs(gen, 3, 1), sigs(gen, 3, 8, 1), sigs(gen, 5, 1)
+    ids = torch.randint(0, 5, (3, 8), generator=gen)
     mask = torch.rand(3, 8, generator=gen) < 0.6
     numeric = mask.to(dtype) * (3 if dtype.is_floating_point else 1)  # any non-zero value is valid
     before = numeric.clone()
@@ -202,7 +202,7 @@ def test_nonfinite_value_at_a_valid_position_names_row_and_position() -> None:
     target, seq, mask = nan_batch()
     seq[2, 5, 1] = float("nan")
     retriever = ETARetriever(DIM, BITS, k=4)
-    with pytest.raises(ValueError, match=r"non-finite value \(NaN or inf\) in row 2 at position 5, a valid position"):
+    with pytest.raises(ValueError, match=r"non-finite value \(NaN or inf\) in row 2 at position 5, a valid one"):
         retriever(target, seq, mask)
     with pytest.raises(ValueError, match=r"in row \(2, 5\)"):  # no mask: every position is valid
         retriever(target, seq)
@@ -224,8 +224,12 @@ def test_nonfinite_values_at_masked_positions_with_seq_ids() -> None:
     got = retriever(target, emb[ids], mask, seq_ids=ids)
     want = retriever(target, torch.nan_to_num(emb)[ids], mask)
     assert torch.equal(got.index, want.index)
+    got = retriever(target, mask=mask, seq_ids=ids, items=emb)  # row 0 of the table: padding only
+    assert torch.equal(got.index, want.index)
     with pytest.raises(ValueError, match=r"non-finite value"):
         retriever(target, emb[ids], mask | (ids == 0), seq_ids=ids)
+    with pytest.raises(ValueError, match=r"non-finite value \(NaN or inf\) in row 0, a valid one"):
+        retriever(target, mask=mask | (ids == 0), seq_ids=ids, items=emb)
 
 
 def test_pack_op_checks_only_valid_rows() -> None:
@@ -237,7 +241,7 @@ def test_pack_op_checks_only_valid_rows() -> None:
     sig = ops.pack_signatures(x, planes, True, valid)
     assert torch.equal(sig[0], ops.pack_signatures(x[0], planes)) and torch.equal(sig[1, 1:], sig[0, 1:])
     valid[1, 0] = True
-    with pytest.raises(ValueError, match=r"in row 1 at position 0, a valid position"):
+    with pytest.raises(ValueError, match=r"in row 1 at position 0, a valid one"):
         ops.pack_signatures(x, planes, True, valid)
     with pytest.raises(ValueError, match=r"valid must be a bool tensor of shape \(2, 3\)"):
         ops.pack_signatures(x, planes, True, valid[0])

@@ -243,9 +243,12 @@ def nonfinite_error(where: tuple[Any, ...]) -> NonFiniteError:
 def valid_nonfinite_error(where: tuple[Any, ...]) -> NonFiniteError:
     """The error for a *valid* position ``where`` of ``x`` (hashed with a validity mask) holding a NaN or inf."""
     index = tuple(int(i) for i in where)
-    at = f"in row {index[0]} at position {index[1]}" if len(index) == 2 else f"at {index}"
+    if len(index) == 2:
+        at = f"in row {index[0]} at position {index[1]}"
+    else:
+        at = f"in row {index[0]}" if len(index) == 1 else f"at {index}"
     return NonFiniteError(
-        f"x holds a non-finite value (NaN or inf) {at}, a valid position (masked and padded positions are "
+        f"x holds a non-finite value (NaN or inf) {at}, a valid one (rows that are masked or padding are "
         "not checked); pass check_finite=False to hash it anyway",
         index,
     )

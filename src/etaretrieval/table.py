@@ -95,7 +95,8 @@ class SignatureTable:
             raise TypeError(f"hasher must be a SimHasher, got {type(hasher).__name__}")
         device = describe(weight)
         if not isinstance(weight, np.ndarray) and device is None:
-            hint = "; for a torch.nn.Embedding use etaretrieval.torch.SignatureCache" if "torch" in type(weight).__module__ else ""
+            torch_hint = "; for a torch.nn.Embedding use etaretrieval.torch.SignatureCache"
+            hint = torch_hint if "torch" in type(weight).__module__ else ""
             raise TypeError(
                 "weight must be a numpy.ndarray or a CUDA device array (held by reference), "
                 f"got {type(weight).__name__}{hint}"

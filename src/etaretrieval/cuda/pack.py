@@ -218,7 +218,8 @@ def refresh_all(weight: DeviceArray, planes: Any, signatures: Any, check_finite:
             x5 = _backend.view(x, (1, 1, 1) + tuple(x.shape), (0, 0, 0) + tuple(x.strides))
             err = _backend.error_cells(weight, rows, rows, stream)
             threads = config.HAMMING_THREADS
-            _backend.configure(nonfinite_kernel, (rows + threads - 1) // threads, threads, stream)(x5, np.int64(0), err)
+            blocks = (rows + threads - 1) // threads
+            _backend.configure(nonfinite_kernel, blocks, threads, stream)(x5, np.int64(0), err)
             first = int(_backend.read_back(err, stream)[0])
             if first < rows:
                 raise weight_nonfinite_error(first)

@@ -20,7 +20,15 @@ import numpy as np
 import torch
 
 from .. import simhash, topk
-from .._validate import MAX_WORDS, DTypeError, NonFiniteError, _shape, check_k, check_padding_side, valid_nonfinite_error
+from .._validate import (
+    MAX_WORDS,
+    DTypeError,
+    NonFiniteError,
+    _shape,
+    check_k,
+    check_padding_side,
+    valid_nonfinite_error,
+)
 
 __all__ = [
     "pack_signatures",

@@ -36,7 +36,9 @@ def _bool_mask(mask: object, shape: tuple[int, ...], device: torch.device) -> to
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
     if mask.dtype.is_complex:
-        raise DTypeError(f"mask must have dtype torch.bool or a real numeric dtype (non-zero = valid), got {mask.dtype}")
+        raise DTypeError(
+            f"mask must have dtype torch.bool or a real numeric dtype (non-zero = valid), got {mask.dtype}"
+        )
     if tuple(mask.shape) != shape:
         raise ValueError(f"mask must have shape {_shape(shape)}, got shape {_shape(tuple(mask.shape))}")
     if mask.device != device:
@@ -55,7 +57,8 @@ def _planes(planes: object) -> torch.Tensor:
         raise DTypeError(f"planes must have dtype torch.float32 or torch.float64, got {planes.dtype}")
     if planes.dim() != 2 or planes.shape[0] < 1 or not 1 <= planes.shape[1] <= 64 * 16:
         raise ValueError(
-            f"planes must have shape (dim, bits) with dim >= 1 and bits in 1..1024, got shape {_shape(tuple(planes.shape))}"
+            "planes must have shape (dim, bits) with dim >= 1 and bits in 1..1024, "
+            f"got shape {_shape(tuple(planes.shape))}"
         )
     if not bool(torch.isfinite(planes).all()):
         raise ValueError("planes must be finite, got a NaN or an infinity")
@@ -251,7 +254,8 @@ class ETARetriever(nn.Module):
             if cache is not None:
                 ids, table = seq_ids, cache.signatures
             elif items is not None:
-                ids, table = seq_ids, _ops.pack_signatures(items, self.planes)
+                used = self._used_rows(seq_ids, self._valid(mask, lengths, padding_side, length), items.shape[0])
+                ids, table = seq_ids, _ops.pack_signatures(items, self.planes, True, used)
             else:
                 ids, table = self._distinct(seq, seq_ids, self._valid(mask, lengths, padding_side, length))
             index, _ = _ops.topk_hamming_lookup(query, ids, table, self.k, lengths, mask, None, padding_side)
@@ -276,6 +280,18 @@ class ETARetriever(nn.Module):
         pos = torch.arange(length, device=lengths.device)
         n = lengths.unsqueeze(1)
         return pos >= length - n if padding_side == "left" else pos < n
+
+    @staticmethod
+    def _used_rows(ids: torch.Tensor, valid: Optional[torch.Tensor], nrows: int) -> Optional[torch.Tensor]:
+        """``(nrows,)`` bool: the rows of ``items`` some valid position refers to (``None``: all positions are valid).
+
+        Out-of-range ids are clamped here; the top-K op reports them.
+        """
+        if valid is None or nrows == 0:
+            return None if valid is None else torch.zeros(0, dtype=torch.bool, device=ids.device)
+        where = ids.clamp(0, nrows - 1).reshape(-1).to(torch.int64)
+        used = torch.zeros(nrows, dtype=torch.uint8, device=ids.device)
+        return used.scatter_reduce(0, where, valid.reshape(-1).to(torch.uint8), "amax").bool()
 
     def _distinct(
         self, seq: torch.Tensor, seq_ids: torch.Tensor, valid: Optional[torch.Tensor]
