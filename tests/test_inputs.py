@@ -277,6 +277,12 @@ def test_left_padding_fixed_case_and_right_unchanged() -> None:
     right = er.topk_hamming(query, keys, 3, lengths=[2, 4])
     np.testing.assert_array_equal(right[0], [[1, 0, -1], [2, 1, 0]])
     np.testing.assert_array_equal(er.topk_hamming(query, keys, 3, lengths=[2, 4], padding_side="right")[0], right[0])
+    same = er.topk_hamming(query, keys, 3, lengths=[3, 3], padding_side="left")  # one suffix for both rows
+    np.testing.assert_array_equal(same[0], [[2, 4, 3]] * 2)
+    ids = np.array([0, 0, 0, 1, 1])
+    table = np.array([[0], [1]], dtype=np.uint64)
+    shared = er.topk_hamming_lookup(query, ids, table, 3, lengths=[3, 3], padding_side="left")
+    np.testing.assert_array_equal(shared[0], [[2, 4, 3]] * 2)
 
 
 def test_left_padding_ids_beyond_the_valid_suffix_are_not_read() -> None:

@@ -320,7 +320,10 @@ def validity(
             raise lengths_error(length, bad, int(n[bad]))
     n = n.astype(np.int64)
     if side == "left" and n.size and n.min() < length:
-        return np.full(batch, length, dtype=np.int64), left_padding_mask(n, length)
+        full = np.full(batch, length, dtype=np.int64)
+        if n.min() == n.max():  # one suffix for every row: a broadcast (L,) mask (shared sequences stay shared)
+            return full, np.broadcast_to(left_padding_mask(n[:1], length), (batch, length))
+        return full, left_padding_mask(n, length)
     return n, None
 
 
