@@ -232,6 +232,29 @@ def test_nonfinite_values_at_masked_positions_with_seq_ids() -> None:
         retriever(target, mask=mask | (ids == 0), seq_ids=ids, items=emb)
 
 
+def test_hamming_topk_ignores_nonfinite_values_at_masked_positions() -> None:
+    from etaretrieval.torch import HammingTopK
+
+    target, seq, mask = nan_batch()
+    planes = torch.randn(DIM, 70, generator=torch.Generator().manual_seed(1))
+    want = HammingTopK.apply(target, seq, planes, 4, mask)
+    seq[0, 8] = float("nan")
+    for m in (mask, mask.float()):
+        got = HammingTopK.apply(target, seq, planes, 4, m)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    shared = seq[1].clone()
+    shared[3] = float("inf")
+    row_mask = torch.arange(10) != 3
+    got = HammingTopK.apply(target, shared, planes, 4, row_mask)
+    assert torch.equal(got[0], HammingTopK.apply(target, torch.nan_to_num(shared), planes, 4, row_mask)[0])
+    got = HammingTopK.apply(target, shared, planes, 4, row_mask.expand(3, 10))
+    assert torch.equal(got[0], HammingTopK.apply(target, torch.nan_to_num(shared), planes, 4, row_mask)[0])
+    with pytest.raises(ValueError, match=r"in row \(0, 8\)"):  # every position is valid
+        HammingTopK.apply(target, seq, planes, 4, None)
+    with pytest.raises(ValueError, match=r"mask must have shape \(3, 10\) or \(10,\)"):
+        HammingTopK.apply(target, torch.nan_to_num(seq), planes, 4, mask[:, :9])
+
+
 def test_pack_op_checks_only_valid_rows() -> None:
     x = torch.ones(2, 3, 4)
     x[1, 0, 2] = float("nan")

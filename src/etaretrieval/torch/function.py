@@ -11,6 +11,22 @@ from . import _ops
 __all__ = ["HammingTopK"]
 
 
+def _used(seq: torch.Tensor, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The rows of ``seq`` that some valid position reads, for the non-finite check (``None``: all of them).
+
+    Masks of a shape the top-K op rejects give ``None`` here: that op names them.
+    """
+    if mask is None:
+        return None
+    rows = tuple(seq.shape[:-1])
+    m = _ops.bool_mask(mask)
+    if seq.dim() == 3 and tuple(m.shape) in (rows, rows[1:]):
+        return m.expand(rows)  # type: ignore[no-any-return]
+    if seq.dim() == 2 and m.dim() in (1, 2) and m.shape[-1] == rows[0]:
+        return m if m.dim() == 1 else m.any(dim=0)  # type: ignore[no-any-return]
+    return None
+
+
 class HammingTopK(torch.autograd.Function):
     """SimHash + Hamming top-K of a sequence for each target; not differentiable.
 
@@ -19,7 +35,9 @@ class HammingTopK(torch.autograd.Function):
     with ``planes`` ``(d, bits)`` and returns ``(index, dist)``, both ``(B, k)``
     and marked non-differentiable, in the order of
     :func:`etaretrieval.topk_hamming` (``-1`` past the valid positions). ``mask``
-    is ``None`` or the ``(B, L)`` / ``(L,)`` bool valid positions.
+    is ``None`` or the ``(B, L)`` / ``(L,)`` valid positions (bool, or numeric
+    with non-zero = valid); NaN or inf embeddings at invalid positions are
+    ignored.
 
     Selecting items is a discrete step with no gradient; the gradient reaches
     the retrieved embeddings through the gather that follows, e.g.
@@ -42,7 +60,7 @@ class HammingTopK(torch.autograd.Function):
         target: torch.Tensor, seq: torch.Tensor, planes: torch.Tensor, k: int, mask: Optional[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         query = _ops.pack_signatures(target, planes)
-        keys = _ops.pack_signatures(seq, planes)
+        keys = _ops.pack_signatures(seq, planes, True, _used(seq, mask))
         return _ops.topk_hamming(query, keys, k, None, mask)
 
     @staticmethod
