@@ -255,6 +255,18 @@ def test_hamming_topk_ignores_nonfinite_values_at_masked_positions() -> None:
         HammingTopK.apply(target, torch.nan_to_num(seq), planes, 4, mask[:, :9])
 
 
+def test_pack_op_valid_rows_whose_sum_overflows_are_finite() -> None:
+    x = torch.full((2, 3, 4), 3e38)
+    x[0, 1, 0] = float("nan")
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    valid[0, 1] = False
+    planes = torch.randn(4, 8)
+    assert torch.equal(ops.pack_signatures(x, planes, True, valid)[1], ops.pack_signatures(x[1], planes))
+    x[1, 2, 3] = -float("inf")
+    with pytest.raises(ValueError, match=r"in row 1 at position 2, a valid one"):
+        ops.pack_signatures(x, planes, True, valid)
+
+
 def test_pack_op_checks_only_valid_rows() -> None:
     x = torch.ones(2, 3, 4)
     x[1, 0, 2] = float("nan")

@@ -212,11 +212,17 @@ def as_float32(x: torch.Tensor) -> torch.Tensor:
 
 
 def check_finite_where(x: torch.Tensor, valid: torch.Tensor) -> None:
-    """Raise naming the first row of ``x`` (``(..., dim)``) that ``valid`` marks and that holds a NaN or inf."""
-    bad = valid & ~torch.isfinite(x).all(dim=-1)
-    if bool(bad.any()):
-        first = int(bad.reshape(-1).nonzero()[0, 0])
-        raise valid_nonfinite_error(np.unravel_index(first, tuple(bad.shape)))
+    """Raise naming the first row of ``x`` (``(..., dim)``) that ``valid`` marks and that holds a NaN or inf.
+
+    A row holding a NaN or an inf has a non-finite sum; so do the few finite
+    rows whose sum overflows, which the exact check of the suspects clears.
+    """
+    suspect = valid & ~torch.isfinite(x.sum(dim=-1))
+    if bool(suspect.any()):
+        bad = ~torch.isfinite(x[suspect]).all(dim=-1)
+        if bool(bad.any()):
+            first = int(suspect.reshape(-1).nonzero()[int(bad.nonzero()[0, 0]), 0])
+            raise valid_nonfinite_error(np.unravel_index(first, tuple(suspect.shape)))
 
 
 def _numpy(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
