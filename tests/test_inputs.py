@@ -7,7 +7,6 @@ reference (with the equivalent mask) and float16 embeddings.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,6 @@ from hypothesis import strategies as st
 import etaretrieval as er
 
 B, L, W, N = 3, 6, 2, 5
-SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 
 def data(seed: int = 0) -> dict[str, Any]:
@@ -314,7 +312,6 @@ def test_left_padding_lengths_errors_as_right() -> None:
 
 
 @pytest.mark.cudasim
-@pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1")
 @pytest.mark.parametrize("shared", [False, True])
 def test_left_padding_on_the_device_equals_the_cpu(shared: bool) -> None:
     from numba import cuda
