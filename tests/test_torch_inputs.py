@@ -311,6 +311,10 @@ def test_module_lengths_both_sides() -> None:
     assert torch.equal(right.index, eta.retriever(target, seq, torch.arange(9) < lengths[:, None]).index)
     left = eta.retriever(target, seq, lengths=lengths, padding_side="left")
     assert torch.equal(left.index, eta.retriever(target, seq, left_mask(lengths, 9)).index)
+    long_seq = torch.randn(4, 300, DIM, generator=gen)
+    long_seq[:, :295] = float("nan")  # front padding of uint8 lengths on a row longer than 255
+    small = eta.retriever(target, long_seq, lengths=torch.tensor([5, 1, 0, 3], dtype=torch.uint8), padding_side="left")
+    assert (small.index[small.mask] >= 295).all()
     valid = left.index[left.mask]
     assert (valid >= 9 - lengths.repeat_interleave(left.mask.sum(1))).all()
     torch.testing.assert_close(eta(target, seq, lengths=lengths, padding_side="left"),

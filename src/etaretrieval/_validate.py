@@ -35,6 +35,7 @@ __all__ = [
     "check_padding_side",
     "left_padding_mask",
     "results",
+    "results_error",
     "validity",
     "as_ids",
     "as_padding",

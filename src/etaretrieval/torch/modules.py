@@ -278,7 +278,7 @@ class ETARetriever(nn.Module):
         if lengths is None:
             return mask
         pos = torch.arange(length, device=lengths.device)
-        n = lengths.unsqueeze(1)
+        n = lengths.unsqueeze(1).to(torch.int64)  # L - n in int64 (uint8 lengths would wrap)
         return pos >= length - n if padding_side == "left" else pos < n
 
     @staticmethod
