@@ -108,7 +108,7 @@ def topk_hamming(
     Front-padded rows: the valid positions are the last ``lengths[b]``.
 
     >>> er.topk_hamming(query, keys, k=3, lengths=[2], padding_side="left")
-    (array([[3, 2, -1]]), array([[ 0,  1, -1]], dtype=int32))
+    (array([[ 3,  2, -1]]), array([[ 0,  1, -1]], dtype=int32))
     """
     device = placement(query=query, keys=keys, lengths=lengths, mask=mask)
     q = as_signatures("query", query, (2,), "(B, W)")
