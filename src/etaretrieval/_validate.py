@@ -86,8 +86,8 @@ def _torch_tensor(a: Any) -> bool:
     return torch is not None and isinstance(a, torch.Tensor)
 
 
-def as_array(name: str, a: Any) -> Any:
-    """Argument ``name`` as a NumPy array, or its :class:`~etaretrieval._device.DeviceArray` description.
+def as_array(a: Any, name: str = "the argument") -> Any:
+    """Argument ``a`` (called ``name`` in messages) as a NumPy array, or its :class:`DeviceArray` description.
 
     Device arrays are described without copying. Host data goes through
     :func:`numpy.asarray`; a non-native byte order (e.g. big-endian data read
@@ -120,7 +120,7 @@ def as_signatures(name: str, a: Any, ndims: tuple[int, ...], what: str) -> Any:
 
     Returns the NumPy array, or the :class:`DeviceArray` of a device array.
     """
-    arr = as_array(name, a)
+    arr = as_array(a, name)
     if arr.dtype != np.uint64:
         hint = ""
         if isinstance(a, (list, tuple)):
@@ -288,7 +288,7 @@ def validity(
     if lengths is not None and mask is not None:
         raise ValueError("pass either lengths or mask, not both")
     if mask is not None:
-        m = as_array("mask", mask)
+        m = as_array(mask, "mask")
         if m.dtype != np.bool_:
             raise DTypeError(f"mask must have dtype bool, got dtype {m.dtype}")
         if m.shape not in ((batch, length), (length,)):
@@ -301,7 +301,7 @@ def validity(
         return np.full(batch, length, dtype=np.int64), np.broadcast_to(m, (batch, length))
     if lengths is None:
         return (None if device else np.full(batch, length, dtype=np.int64)), None
-    n = as_array("lengths", lengths)
+    n = as_array(lengths, "lengths")
     if isinstance(n, np.ndarray) and n.size == 0:  # lengths=[] for an empty batch (float64 to NumPy)
         n = n.astype(np.int64)
     if not is_integer_dtype(n.dtype):
@@ -336,7 +336,7 @@ def as_ids(ids: Any, batch: int) -> tuple[Any, bool]:
     :class:`DeviceArray` description is returned as given (shape ``(L,)``
     when shared).
     """
-    arr = as_array("ids", ids)
+    arr = as_array(ids, "ids")
     if not is_integer_dtype(arr.dtype):
         raise DTypeError(f"ids must have an integer dtype, got dtype {arr.dtype}")
     if arr.ndim == 1:

@@ -75,7 +75,7 @@ def hyperplanes(dim: int, bits: int, seed: int | np.random.Generator = 0) -> npt
 
 
 def _check_planes(planes: Any) -> Any:
-    p = as_array("planes", planes)
+    p = as_array(planes, "planes")
     if p.dtype not in _FLOATS:
         raise DTypeError(f"planes must have dtype float32 or float64, got dtype {p.dtype}")
     if p.ndim != 2 or p.shape[0] < 1 or not 1 <= p.shape[1] <= config.MAX_BITS:
@@ -140,7 +140,7 @@ def pack_signatures(x: Any, planes: Any, *, check_finite: bool = True) -> npt.ND
     device = placement(x=x, planes=planes)
     p = _check_planes(planes)
     dim, bits = p.shape
-    a = as_array("x", x)
+    a = as_array(x, "x")
     if a.dtype not in _FLOATS and (device or a.dtype != np.float16):
         raise DTypeError(
             f"x must have dtype float32 or float64 (or float16 on the host, projected in float32), got dtype {a.dtype}"
