@@ -285,6 +285,8 @@ def validity(
     kernels to report.
     """
     side = check_padding_side(padding_side)
+    if lengths is None and mask is None:
+        return (None if device else np.full(batch, length, dtype=np.int64)), None
     if lengths is not None and mask is not None:
         raise ValueError("pass either lengths or mask, not both")
     if mask is not None:
@@ -299,8 +301,6 @@ def validity(
         if device:
             return None, m
         return np.full(batch, length, dtype=np.int64), np.broadcast_to(m, (batch, length))
-    if lengths is None:
-        return (None if device else np.full(batch, length, dtype=np.int64)), None
     n = as_array(lengths, "lengths")
     if isinstance(n, np.ndarray) and n.size == 0:  # lengths=[] for an empty batch (float64 to NumPy)
         n = n.astype(np.int64)
@@ -336,6 +336,9 @@ def as_ids(ids: Any, batch: int) -> tuple[Any, bool]:
     :class:`DeviceArray` description is returned as given (shape ``(L,)``
     when shared).
     """
+    if type(ids) is np.ndarray and ids.ndim == 2 and ids.shape[0] == batch and ids.dtype.kind in "iu" \
+            and ids.dtype.isnative:
+        return ids, False  # the common case, without the general checks (native byte order: Numba needs it)
     arr = as_array(ids, "ids")
     if not is_integer_dtype(arr.dtype):
         raise DTypeError(f"ids must have an integer dtype, got dtype {arr.dtype}")
