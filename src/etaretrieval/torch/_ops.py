@@ -308,12 +308,17 @@ def pack_signatures(
     _require_cpu("pack_signatures", x)
     xs = as_float32(x)
     try:
-        sig = simhash.pack_signatures(_numpy(xs), _numpy(planes), check_finite=check_finite)
+        return _pack_cpu(xs, planes, check_finite)
     except NonFiniteError:
         if valid is None:
             raise
         check_finite_where(xs, valid)  # the non-finite rows are all invalid ones: hash them anyway
-        sig = simhash.pack_signatures(_numpy(xs), _numpy(planes), check_finite=False)
+        return _pack_cpu(xs, planes, False)
+
+
+def _pack_cpu(x: torch.Tensor, planes: torch.Tensor, check_finite: bool) -> torch.Tensor:
+    """The CPU kernel of ``pack_signatures`` on checked float32/float64 inputs."""
+    sig = simhash.pack_signatures(_numpy(x), _numpy(planes), check_finite=check_finite)
     return torch.from_numpy(sig.view(np.int64))
 
 
