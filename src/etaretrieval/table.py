@@ -90,6 +90,9 @@ class SignatureTable:
     True
     """
 
+    #: Whether hashing raises on a non-finite row (the class default serves tables made without ``__init__``).
+    check_finite: bool = True
+
     def __init__(self, weight: Any, hasher: SimHasher, *, check_finite: bool = True) -> None:
         if not isinstance(hasher, SimHasher):
             raise TypeError(f"hasher must be a SimHasher, got {type(hasher).__name__}")
