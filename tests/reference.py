@@ -402,7 +402,7 @@ def sdim_normalise_mean(sums: Any) -> np.ndarray:
             n2 = 0.0
             for v in x:
                 n2 += v * v
-            if n2 > 0.0:
+            if n2 != 0.0:
                 r = math.sqrt(n2)
                 for i in range(d):
                     total[i] += x[i] / r

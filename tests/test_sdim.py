@@ -324,3 +324,14 @@ def test_bucket_errors() -> None:
         er.sdim_from_buckets(q, np.zeros((32, 16, 4)))
     with pytest.raises(er.DTypeError, match="buckets must have dtype float32 or float64"):
         er.sdim_from_buckets(q, np.zeros((16, 16, 4), np.int32))
+
+
+def test_nan_at_a_matching_position_propagates() -> None:
+    """Only an exactly zero squared norm skips a group: a NaN is not hidden."""
+    query = np.zeros((2, 1), dtype=np.uint64)
+    keys = np.array([[[0], [0]], [[0], [1]]], dtype=np.uint64)  # row 1: position 1 differs in group 0
+    values = np.array([[[1.0, 0.0], [np.nan, 1.0]], [[1.0, 0.0], [np.nan, 1.0]]])
+    out = er.sdim_pool(query, keys, values, 1, bits=2)
+    assert np.isnan(out[0]).all()
+    assert np.isnan(out[1]).all()  # group 1 of row 1 matches the NaN position
+    np.testing.assert_array_equal(er.sdim_pool(query, keys, values, 1, bits=2, lengths=[1, 1]), [[1.0, 0.0]] * 2)

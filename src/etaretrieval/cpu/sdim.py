@@ -15,13 +15,15 @@ Arithmetic contract, reproduced bit for bit by :mod:`etaretrieval.cuda.sdim`
    same sum over the positions whose code is ``c``.
 3. *Normalisation* (:func:`add_normalised`): ``n2 = sum_i S_i * S_i`` in
    float64 (``S_i`` widened exactly, products rounded, no fused multiply-add,
-   ``i`` increasing, from ``0.0``); if ``n2 > 0`` the group contributes
-   ``S_i / sqrt(n2)`` (correctly rounded square root and division), else
-   (no match, or an exactly zero sum) it contributes zero. There is no eps.
+   ``i`` increasing, from ``0.0``); unless ``n2 == 0`` the group contributes
+   ``S_i / sqrt(n2)`` (correctly rounded square root and division); a group
+   with ``n2 == 0`` (no match, or an exactly zero sum) contributes zero. There
+   is no eps.
 4. *Average.* ``out_i = (sum_g contribution_{g, i}, g increasing, from 0.0) / G``,
    rounded to the dtype of ``values``.
 
-Non-finite values at valid matching positions propagate (NaN in, NaN out).
+Non-finite values at valid matching positions propagate (NaN in, NaN out):
+only an exactly zero squared norm skips a group.
 """
 
 from __future__ import annotations
@@ -47,13 +49,13 @@ def code(sig, start, tau):  # type: ignore[no-untyped-def]
 
 @jit()
 def add_normalised(srow, total):  # type: ignore[no-untyped-def]
-    """``total += srow / ||srow||`` in float64 (nothing when the squared norm is 0); see step 3."""
+    """``total += srow / ||srow||`` in float64 (nothing when the squared norm is exactly 0); see step 3."""
     d = srow.shape[0]
     n2 = 0.0
     for i in range(d):
         x = np.float64(srow[i])
         n2 += x * x
-    if n2 > 0.0:
+    if n2 != 0.0:  # NaN goes on (and propagates)
         r = np.sqrt(n2)
         for i in range(d):
             total[i] += np.float64(srow[i]) / r

@@ -380,7 +380,7 @@ def normalise_mean(sums: torch.Tensor) -> torch.Tensor:
     tensor([[0.3000, 0.4000]])
     """
     n2 = sums.square().sum(-1, keepdim=True)
-    some = n2 > 0
+    some = n2 != 0  # NaN rows stay NaN, as in the kernels
     unit = sums / torch.where(some, n2, torch.ones_like(n2)).sqrt()
     return torch.where(some, unit, torch.zeros_like(unit)).mean(-2)
 
