@@ -31,6 +31,7 @@ from .. import sdim
 from .._validate import DTypeError, _shape
 from ..simhash import hyperplanes
 from . import _ops
+from ._cuda import _bits, _stream
 from ._ops import _check_validity, _numpy, _on, _require_cpu, _signatures, _uint64
 
 __all__ = ["SDIMAttention", "sdim_group_sums", "sdim_buckets", "sdim_from_buckets", "normalise_mean"]
@@ -573,5 +574,83 @@ class SDIMAttention(nn.Module):
         return torch.ops.etaretrieval.sdim_from_buckets(query, buckets)
 
 
+# ----------------------------------------------------------------------------- CUDA kernels
+
+
+def _sums_cuda(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    tau: int,
+    bits: int,
+    lengths: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    from ..cuda import sdim as device
+
+    out = torch.empty(check_sums(query, keys, values, tau, bits, lengths, mask), dtype=values.dtype,
+                      device=values.device)
+    with torch.cuda.device(query.device):
+        device.group_sums_into(query.detach(), keys.detach(), values.detach(), tau, out,
+                               lengths=_bits(lengths), mask=_bits(mask), stream=_stream(out))
+    return out
+
+
+def _backward_cuda(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    grad: torch.Tensor,
+    tau: int,
+    bits: int,
+    lengths: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    from ..cuda import sdim as device
+
+    out = torch.empty(check_backward(query, keys, grad, tau, bits, lengths, mask), dtype=grad.dtype,
+                      device=grad.device)
+    with torch.cuda.device(query.device):
+        device.group_sums_backward_into(query.detach(), keys.detach(), grad.detach(), tau, out,
+                                        lengths=_bits(lengths), mask=_bits(mask), stream=_stream(out))
+    return out
+
+
+def _buckets_cuda(
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    tau: int,
+    bits: int,
+    lengths: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    from ..cuda import sdim as device
+
+    shape = check_buckets(keys, values, tau, bits, lengths, mask)
+    out = torch.empty(shape if len(shape) == 4 else (1, *shape), dtype=values.dtype, device=values.device)
+    with torch.cuda.device(keys.device):
+        device.buckets_into(keys.detach(), values.detach(), tau, out, lengths=_bits(lengths), mask=_bits(mask),
+                            stream=_stream(out))
+    return out if len(shape) == 4 else out[0]
+
+
+def _from_buckets_cuda(query: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
+    from ..cuda import sdim as device
+
+    batch, d, tau = check_from_buckets(query, buckets)
+    out = torch.empty((batch, d), dtype=buckets.dtype, device=buckets.device)
+    with torch.cuda.device(query.device):
+        device.from_buckets_into(query.detach(), buckets.detach(), tau, out, stream=_stream(out))
+    return out
+
+
+_CUDA_KERNELS = {
+    "sdim_group_sums": _sums_cuda,
+    "sdim_group_sums_backward": _backward_cuda,
+    "sdim_buckets": _buckets_cuda,
+    "sdim_from_buckets": _from_buckets_cuda,
+}
+
 if _FRESH:
     torch.library.register_autograd("etaretrieval::sdim_group_sums", _backward_sums, setup_context=_setup_sums)
+for _name, _fn in _CUDA_KERNELS.items():  # registering again replaces them (as torch/_cuda.py does)
+    torch.library.register_kernel(f"etaretrieval::{_name}", "cuda", _fn)
