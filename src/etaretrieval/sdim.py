@@ -271,7 +271,7 @@ def sdim_pool(
 
 
 def check_bucket_size(groups: int, tau: int, d: int) -> None:
-    """Refuse bucket summaries above :data:`MAX_BUCKET_ELEMENTS` values per user."""
+    """Refuse bucket summaries above :data:`etaretrieval.sdim.MAX_BUCKET_ELEMENTS` values per user."""
     size = groups * (1 << tau) * d
     if size > MAX_BUCKET_ELEMENTS:
         raise ValueError(
@@ -304,7 +304,7 @@ def sdim_buckets(
         the other is batched).
     tau : int
         Bits per group, ``1..16``; must divide ``bits``. The summary holds
-        ``G * 2**tau * d`` values per user, at most :data:`MAX_BUCKET_ELEMENTS`.
+        ``G * 2**tau * d`` values per user, at most :data:`etaretrieval.sdim.MAX_BUCKET_ELEMENTS`.
     bits : int, optional
         Signature length (default ``64 W``).
     lengths : array_like, optional
