@@ -141,9 +141,10 @@ def test_one_user_summary_and_codes_equal_cpu(case: Case) -> None:
 @FEW
 @given(case=cases())
 def test_gradient_kernel_equals_cpu(case: Case) -> None:
+    from numba import cuda
+
     from etaretrieval import sdim
     from etaretrieval.cuda import sdim as device_sdim
-    from numba import cuda
 
     batch, length = case.query.shape[0], case.keys.shape[-2]
     groups = case.bits // case.tau

@@ -7,11 +7,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import reference as ref  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import etaretrieval as er  # noqa: E402
-import reference as ref  # noqa: E402
 from etaretrieval.torch import SDIMAttention  # noqa: E402
 from etaretrieval.torch.sdim import normalise_mean  # noqa: E402
 

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.extending import overload
 
+from .._bits import popcount
 from .._jit import jit
 
-__all__ = ["code", "add_normalised", "codes", "group_sums", "pool", "buckets", "from_buckets", "group_sums_backward"]
+__all__ = ["code", "group_layout", "matches", "add_normalised", "codes", "group_sums", "pool", "buckets", "from_buckets", "group_sums_backward"]
 
 
 @jit()
@@ -77,32 +79,105 @@ def codes(sig, tau, out):  # type: ignore[no-untyped-def]
 
 
 @jit()
-def _row_sums(query, keys, values, b, end, mask, use_mask, tau, qcodes, acc):  # type: ignore[no-untyped-def]
-    """float64 group sums of row ``b`` into ``acc`` ``(G, d)``, positions in increasing order (step 2)."""
-    groups, d = acc.shape
+def group_layout(tau, groups, words):  # type: ignore[no-untyped-def]
+    """Where the groups lie: per word, a mask of the start bits of the groups inside it, and its straddling group.
+
+    Returns ``(starts, straddle, group_at)``: ``starts[w]`` has bit ``j`` set
+    iff a group occupies bits ``[j, j + tau)`` of word ``w``; ``straddle[w]``
+    is the group that starts in word ``w`` and ends in word ``w + 1``, or
+    ``-1``; ``group_at[64 w + j]`` is the group starting at bit ``j`` of word
+    ``w`` (no division in the scan).
+    """
+    starts = np.zeros(words, dtype=np.uint64)
+    straddle = np.full(words, -1, dtype=np.int64)
+    group_at = np.zeros(64 * words, dtype=np.int64)
     for g in range(groups):
-        qcodes[g] = code(query[b], g * tau, tau)
+        start = g * tau
+        off = start & 63
+        group_at[start] = g
+        if off + tau > 64:
+            straddle[start >> 6] = g
+        else:
+            starts[start >> 6] |= np.uint64(1) << np.uint64(off)
+    return starts, straddle, group_at
+
+
+@jit()
+def _spread(x, tau):  # type: ignore[no-untyped-def]
+    """Bit ``j`` of the result = OR of bits ``j .. j + tau - 1`` of ``x`` (``O(log tau)`` shifts)."""
+    result = np.uint64(0)
+    have = np.uint64(0)  # bits already covered by result
+    width = 1  # bits covered by x
+    while width <= tau:
+        if tau & width:
+            result |= x >> have
+            have += np.uint64(width)
+        x |= x >> np.uint64(width)
+        width *= 2
+    return result
+
+
+def matches(query, keys, b, pos, tau, starts, straddle, group_at, found):  # type: ignore[no-untyped-def]
+    """The groups where ``keys[b, pos]`` has the code of ``query[b]``, increasing, into ``found``; returns their number.
+
+    Bit-parallel: a group matches when its bits of ``keys ^ query`` are all 0,
+    which :func:`_spread` tests for every group inside a word at once; only a
+    group straddling two words is extracted on its own.
+    """
+    low = np.uint64((1 << tau) - 1)
+    one = np.uint64(1)
+    none = np.uint64(0)  # uint64 compared with uint64: no float conversion
+    n = 0
+    for w in range(starts.shape[0]):
+        x = keys[b, pos, w] ^ query[b, w]
+        zero = ~_spread(x, tau) & starts[w]  # start bits of the groups of word w whose bits are all 0
+        while zero != none:
+            lowest = zero & (~zero + one)
+            found[n] = group_at[64 * w + popcount(lowest - one)]
+            n += 1
+            zero ^= lowest
+        g = straddle[w]
+        if g >= 0:  # after the groups inside word w: the order stays increasing
+            off = np.uint64((g * tau) & 63)
+            c = (x >> off) | ((keys[b, pos, w + 1] ^ query[b, w + 1]) << (np.uint64(64) - off))
+            if (c & low) == none:
+                found[n] = g
+                n += 1
+    return n
+
+
+@overload(matches, inline="always", jit_options={"nogil": True})
+def _matches_jit(query, keys, b, pos, tau, starts, straddle, group_at, found):  # type: ignore[no-untyped-def]
+    """Compiled :func:`matches`, inlined into each caller's loop (no call, no reference counting per position)."""
+    return matches
+
+
+@jit()
+def _row_sums(query, keys, values, b, end, mask, use_mask, tau, layout, found, acc):  # type: ignore[no-untyped-def]
+    """float64 group sums of row ``b`` into ``acc`` ``(G, d)``, positions in increasing order (step 2)."""
+    starts, straddle, group_at = layout
+    d = acc.shape[1]
     acc[:, :] = 0.0
     for pos in range(end):
         if use_mask and not mask[b, pos]:
             continue
-        sig = keys[b, pos]
-        for g in range(groups):
-            if code(sig, g * tau, tau) == qcodes[g]:
-                for i in range(d):
-                    acc[g, i] += values[b, pos, i]
+        for j in range(matches(query, keys, b, pos, tau, starts, straddle, group_at, found)):
+            g = found[j]
+            for i in range(d):
+                acc[g, i] += values[b, pos, i]
 
 
 @jit(parallel=True)
 def group_sums(query, keys, values, tau, lengths, mask, use_mask, ntasks, out):  # type: ignore[no-untyped-def]
     """``out[b, g, :]`` = the group sums ``S`` (``(B, G, d)``, the dtype of ``values``)."""
     batch, groups, d = out.shape
+    layout = group_layout(tau, groups, keys.shape[2])
     for task in numba.prange(ntasks):
-        qcodes = np.empty(groups, dtype=np.int64)
+        found = np.empty(groups, dtype=np.int64)
         acc = np.empty((groups, d), dtype=np.float64)
         lo, hi = _span(task, ntasks, batch)
         for b in range(lo, hi):
-            _row_sums(query, keys, values, b, lengths[b], mask, use_mask, tau, qcodes, acc)
+            _row_sums(query, keys, values, b, lengths[b], mask, use_mask, tau, layout, found, acc)
             for g in range(groups):
                 for i in range(d):
                     out[b, g, i] = acc[g, i]
@@ -112,14 +187,15 @@ def group_sums(query, keys, values, tau, lengths, mask, use_mask, ntasks, out): 
 def pool(query, keys, values, tau, groups, lengths, mask, use_mask, ntasks, out):  # type: ignore[no-untyped-def]
     """``out[b, :]`` = the SDIM user-interest vector of row ``b`` over ``groups`` groups (steps 2 to 4)."""
     batch, d = out.shape
+    layout = group_layout(tau, groups, keys.shape[2])
     for task in numba.prange(ntasks):
-        qcodes = np.empty(groups, dtype=np.int64)
+        found = np.empty(groups, dtype=np.int64)
         acc = np.empty((groups, d), dtype=np.float64)
         srow = np.empty(d, dtype=out.dtype)
         total = np.empty(d, dtype=np.float64)
         lo, hi = _span(task, ntasks, batch)
         for b in range(lo, hi):
-            _row_sums(query, keys, values, b, lengths[b], mask, use_mask, tau, qcodes, acc)
+            _row_sums(query, keys, values, b, lengths[b], mask, use_mask, tau, layout, found, acc)
             total[:] = 0.0
             for g in range(groups):
                 for i in range(d):
@@ -166,11 +242,16 @@ def from_buckets(query, summary, tau, ntasks, out):  # type: ignore[no-untyped-d
     groups = summary.shape[1]
     for task in numba.prange(ntasks):
         total = np.empty(d, dtype=np.float64)
+        srow = np.empty(d, dtype=summary.dtype)
         lo, hi = _span(task, ntasks, batch)
         for b in range(lo, hi):
+            target = query[b]
             total[:] = 0.0
             for g in range(groups):
-                add_normalised(summary[b, g, code(query[b], g * tau, tau)], total)
+                c = code(target, g * tau, tau)
+                for i in range(d):  # a copy rather than a view per group: no reference counting in the loop
+                    srow[i] = summary[b, g, c, i]
+                add_normalised(srow, total)
             for i in range(d):
                 out[b, i] = total[i] / groups
 
@@ -185,21 +266,19 @@ def group_sums_backward(query, keys, grad, tau, lengths, mask, use_mask, ntasks,
     """
     batch, length, d = out.shape
     groups = grad.shape[1]
+    starts, straddle, group_at = group_layout(tau, groups, keys.shape[2])
     for task in numba.prange(ntasks):
-        qcodes = np.empty(groups, dtype=np.int64)
+        found = np.empty(groups, dtype=np.int64)
         acc = np.empty(d, dtype=np.float64)
         lo, hi = _span(task, ntasks, batch)
         for b in range(lo, hi):
-            for g in range(groups):
-                qcodes[g] = code(query[b], g * tau, tau)
             end = lengths[b]
             for pos in range(length):
                 acc[:] = 0.0
                 if pos < end and (not use_mask or mask[b, pos]):
-                    sig = keys[b, pos]
-                    for g in range(groups):
-                        if code(sig, g * tau, tau) == qcodes[g]:
-                            for i in range(d):
-                                acc[i] += grad[b, g, i]
+                    for j in range(matches(query, keys, b, pos, tau, starts, straddle, group_at, found)):
+                        g = found[j]
+                        for i in range(d):
+                            acc[i] += grad[b, g, i]
                 for i in range(d):
                     out[b, pos, i] = acc[i]
