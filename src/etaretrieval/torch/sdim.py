@@ -626,11 +626,12 @@ def _buckets_cuda(
     from ..cuda import sdim as device
 
     shape = check_buckets(keys, values, tau, bits, lengths, mask)
-    out = torch.empty(shape if len(shape) == 4 else (1, *shape), dtype=values.dtype, device=values.device)
+    out = torch.empty(shape, dtype=values.dtype, device=values.device)
+    rows = out if len(shape) == 4 else out.unsqueeze(0)  # the launcher writes (B, G, 2**tau, d)
     with torch.cuda.device(keys.device):
-        device.buckets_into(keys.detach(), values.detach(), tau, out, lengths=_bits(lengths), mask=_bits(mask),
+        device.buckets_into(keys.detach(), values.detach(), tau, rows, lengths=_bits(lengths), mask=_bits(mask),
                             stream=_stream(out))
-    return out if len(shape) == 4 else out[0]
+    return out
 
 
 def _from_buckets_cuda(query: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
