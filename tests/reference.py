@@ -36,6 +36,11 @@ __all__ = [
     "relayout",
     "readonly",
     "random_signatures",
+    "sdim_codes",
+    "sdim_group_sums",
+    "sdim_normalise_mean",
+    "sdim_pool",
+    "sdim_buckets",
 ]
 
 MASK64 = (1 << 64) - 1
@@ -344,3 +349,89 @@ def random_signatures(rng: np.random.Generator, shape: tuple[int, ...], *, style
     if bits is not None:
         out = clear_unused_bits(out, bits)
     return np.ascontiguousarray(out)
+
+
+# --------------------------------------------------------------------------- SDIM
+
+
+def sdim_codes(sig: Any, tau: int, bits: int) -> np.ndarray:
+    """Reference :func:`etaretrieval.sdim_codes`: each signature as one Python int, cut into ``tau``-bit slices."""
+    sig = np.asarray(sig)
+    rows = sig.reshape(-1, sig.shape[-1])
+    groups = bits // tau
+    out = np.empty((rows.shape[0], groups), dtype=np.int64)
+    for r in range(rows.shape[0]):
+        value = sum(int(w) << (64 * k) for k, w in enumerate(rows[r]))
+        for g in range(groups):
+            out[r, g] = (value >> (g * tau)) & ((1 << tau) - 1)
+    return out.reshape(sig.shape[:-1] + (groups,))
+
+
+def sdim_group_sums(
+    query: Any, keys: Any, values: Any, tau: int, bits: int, *, lengths: Any = None, mask: Any = None
+) -> np.ndarray:
+    """Reference :func:`etaretrieval.sdim_group_sums`: Python float sums in position order, rounded to the dtype."""
+    query, keys, values = np.asarray(query), np.asarray(keys), np.asarray(values)
+    batch = query.shape[0]
+    length, d = keys.shape[-2], values.shape[-1]
+    qc = sdim_codes(query, tau, bits)
+    kc = np.broadcast_to(sdim_codes(keys, tau, bits), (batch, length, bits // tau))
+    vals = np.broadcast_to(values, (batch, length, d))
+    valid = valid_positions(batch, length, lengths=lengths, mask=mask)
+    out = np.empty((batch, bits // tau, d), dtype=values.dtype)
+    for b in range(batch):
+        for g in range(bits // tau):
+            acc = [0.0] * d
+            for pos in range(length):
+                if valid[b, pos] and kc[b, pos, g] == qc[b, g]:
+                    for i in range(d):
+                        acc[i] += float(vals[b, pos, i])
+            out[b, g] = np.array(acc, dtype=np.float64).astype(values.dtype)
+    return out
+
+
+def sdim_normalise_mean(sums: Any) -> np.ndarray:
+    """``(B, G, d)`` group sums -> ``(B, d)``: each row over its norm (float64, zero when the norm is 0), averaged."""
+    sums = np.asarray(sums)
+    batch, groups, d = sums.shape
+    out = np.empty((batch, d), dtype=sums.dtype)
+    for b in range(batch):
+        total = [0.0] * d
+        for g in range(groups):
+            x = [float(v) for v in sums[b, g]]
+            n2 = 0.0
+            for v in x:
+                n2 += v * v
+            if n2 != 0.0:
+                r = math.sqrt(n2)
+                for i in range(d):
+                    total[i] += x[i] / r
+        out[b] = np.array([t / groups for t in total], dtype=np.float64).astype(sums.dtype)
+    return out
+
+
+def sdim_pool(
+    query: Any, keys: Any, values: Any, tau: int, bits: int, *, lengths: Any = None, mask: Any = None
+) -> np.ndarray:
+    """Reference :func:`etaretrieval.sdim_pool`."""
+    return sdim_normalise_mean(sdim_group_sums(query, keys, values, tau, bits, lengths=lengths, mask=mask))
+
+
+def sdim_buckets(keys: Any, values: Any, tau: int, bits: int, *, lengths: Any = None, mask: Any = None) -> np.ndarray:
+    """Reference :func:`etaretrieval.sdim_buckets` for batched ``(B, L, W)`` keys: ``(B, G, 2**tau, d)``."""
+    keys, values = np.asarray(keys), np.asarray(values)
+    batch, length = keys.shape[:2]
+    groups, d = bits // tau, values.shape[-1]
+    kc = sdim_codes(keys, tau, bits)
+    vals = np.broadcast_to(values, (batch, length, d))
+    valid = valid_positions(batch, length, lengths=lengths, mask=mask)
+    out = np.empty((batch, groups, 1 << tau, d), dtype=values.dtype)
+    for b in range(batch):
+        for g in range(groups):
+            acc = [[0.0] * d for _ in range(1 << tau)]
+            for pos in range(length):
+                if valid[b, pos]:
+                    for i in range(d):
+                        acc[kc[b, pos, g]][i] += float(vals[b, pos, i])
+            out[b, g] = np.array(acc, dtype=np.float64).reshape(1 << tau, d).astype(values.dtype)
+    return out

@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from ._validate import DTypeError
 from .distance import hamming
 from .simhash import SimHasher, hyperplanes, pack_signatures
+from .sdim import sdim_buckets, sdim_codes, sdim_from_buckets, sdim_group_sums, sdim_pool
 from .table import SignatureTable
 from .topk import topk_hamming, topk_hamming_lookup
 
@@ -31,6 +32,11 @@ __all__ = [
     "hamming",
     "hyperplanes",
     "pack_signatures",
+    "sdim_buckets",
+    "sdim_codes",
+    "sdim_from_buckets",
+    "sdim_group_sums",
+    "sdim_pool",
     "topk_hamming",
     "topk_hamming_lookup",
 ]

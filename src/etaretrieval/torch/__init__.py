@@ -17,6 +17,7 @@ from . import _cuda
 from ._ops import pack_signatures, topk_hamming, topk_hamming_lookup
 from .function import HammingTopK
 from .modules import ETAAttention, ETARetriever, Retrieved, SignatureCache, TargetAttention
+from .sdim import SDIMAttention, sdim_buckets, sdim_from_buckets, sdim_group_sums
 
 _cuda.register()
 
@@ -25,9 +26,13 @@ __all__ = [
     "ETARetriever",
     "HammingTopK",
     "Retrieved",
+    "SDIMAttention",
     "SignatureCache",
     "TargetAttention",
     "pack_signatures",
+    "sdim_buckets",
+    "sdim_from_buckets",
+    "sdim_group_sums",
     "topk_hamming",
     "topk_hamming_lookup",
 ]
