@@ -18,7 +18,7 @@ unset NUMBA_ENABLE_CUDASIM
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/gpu.txt"
 "$py" -c "import numba, numba_cuda, numpy; print('numba', numba.__version__, 'numba-cuda', numba_cuda.__version__, 'numpy', numpy.__version__)" 2>&1 | tee -a "$out/gpu.txt"
 
-"$py" -m pytest tests/test_gpu.py tests/test_gpu_inputs.py -m gpu -p no:cacheprovider -q -rs --durations=10 2>&1 | tee "$out/test_gpu.log"
+"$py" -m pytest tests/test_gpu.py tests/test_gpu_inputs.py tests/test_sdim_gpu.py -m gpu -p no:cacheprovider -q -rs --durations=10 2>&1 | tee "$out/test_gpu.log"
 tests=${PIPESTATUS[0]}
 
 "$py" -m etaretrieval.bench --device cuda 2>&1 | tee "$out/bench_cuda.log"
