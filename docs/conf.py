@@ -20,7 +20,6 @@ Environment variables:
 from __future__ import annotations
 
 import doctest as _doctest
-import inspect
 import os
 import urllib.request
 import warnings
@@ -196,23 +195,6 @@ class OptionalFigure(_Figure):
         return super().run()
 
 
-def _op_signatures() -> None:
-    """Give torch custom operators (``CustomOpDef``) the signature of the function they wrap.
-
-    autodoc cannot introspect the operator objects; ``__signature__`` is what
-    :func:`inspect.signature` reads first.
-    """
-    try:
-        import etaretrieval.torch as et
-    except ImportError:  # the API pages of the plugin need torch
-        return
-    for name in et.__all__:
-        op = getattr(et, name)
-        init = getattr(op, "_init_fn", None)
-        if type(op).__name__ == "CustomOpDef" and init is not None:
-            op.__signature__ = inspect.signature(init)
-
-
 def _skip_namedtuple_fields(app, what, name, obj, skip, options):  # type: ignore[no-untyped-def]
     """NamedTuple fields are described in the class's numpydoc Attributes section already."""
     if (getattr(obj, "__doc__", None) or "").startswith("Alias for field number"):
@@ -222,6 +204,5 @@ def _skip_namedtuple_fields(app, what, name, obj, skip, options):  # type: ignor
 
 def setup(app):  # type: ignore[no-untyped-def]
     app.add_directive("optional-figure", OptionalFigure)
-    _op_signatures()
     app.connect("autodoc-skip-member", _skip_namedtuple_fields)
     return {"parallel_read_safe": True}

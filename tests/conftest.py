@@ -86,43 +86,48 @@ def warm_jit() -> None:
 def pack_chunk_elements() -> Callable[[int], contextlib.AbstractContextManager[None]]:
     """Context-manager factory: ``with pack_chunk_elements(3): ...`` runs with a tiny pack chunk.
 
-    Session-scoped (so hypothesis tests may use it); it restores
-    :data:`etaretrieval.config.PACK_CHUNK_ELEMENTS` on exit.
+    Session-scoped (so hypothesis tests may use it); it also sends every
+    input to the chunked BLAS path (``PACK_BLAS_WORK = 0``) and restores
+    both constants on exit.
     """
 
     @contextlib.contextmanager
     def patch(n: int) -> Iterator[None]:
-        old = config.PACK_CHUNK_ELEMENTS
-        config.PACK_CHUNK_ELEMENTS = n
+        old = config.PACK_CHUNK_ELEMENTS, config.PACK_BLAS_WORK
+        config.PACK_CHUNK_ELEMENTS, config.PACK_BLAS_WORK = n, 0
         try:
             yield
         finally:
-            config.PACK_CHUNK_ELEMENTS = old
+            config.PACK_CHUNK_ELEMENTS, config.PACK_BLAS_WORK = old
 
     return patch
 
 
 @pytest.fixture(params=[1, 7, 130])
 def tiny_pack_chunks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
-    """Run the test with ``config.PACK_CHUNK_ELEMENTS`` set tiny (1 row per chunk, and a few rows)."""
+    """Run the test with ``config.PACK_CHUNK_ELEMENTS`` set tiny (1 row per chunk, and a few rows), on the BLAS path."""
     monkeypatch.setattr(config, "PACK_CHUNK_ELEMENTS", request.param)
+    monkeypatch.setattr(config, "PACK_BLAS_WORK", 0)
     return int(request.param)
 
 
 @pytest.fixture(scope="session")
 def num_threads_and_tasks() -> Callable[[int, int], contextlib.AbstractContextManager[None]]:
-    """Context-manager factory: run with ``n`` Numba threads and ``TASKS_PER_THREAD = t``."""
-    import numba
+    """Context-manager factory: ``etaretrieval.threads(n)``, ``TASKS_PER_THREAD = t`` and no serial threshold.
+
+    With ``SERIAL_WORK = 0`` even the tests' tiny calls are split over ``n``
+    threads (``n`` may exceed the cores).
+    """
+    import etaretrieval
 
     @contextlib.contextmanager
     def patch(n: int, t: int) -> Iterator[None]:
-        old_n, old_t = numba.get_num_threads(), config.TASKS_PER_THREAD
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-        config.TASKS_PER_THREAD = t
+        old_t, old_w = config.TASKS_PER_THREAD, config.SERIAL_WORK
+        config.TASKS_PER_THREAD, config.SERIAL_WORK = t, 0
         try:
-            yield
+            with etaretrieval.threads(n):
+                yield
         finally:
-            numba.set_num_threads(old_n)
-            config.TASKS_PER_THREAD = old_t
+            config.TASKS_PER_THREAD, config.SERIAL_WORK = old_t, old_w
 
     return patch

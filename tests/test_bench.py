@@ -129,5 +129,27 @@ def test_cli_device_cuda_fails_clearly_without_a_gpu() -> None:
 
 def test_first_call_reports_each_step() -> None:
     seconds = first_call(None)  # the default on-disk cache, warm after this session's warm-up
-    assert set(seconds) == {"import", "pack_signatures", "topk_hamming_lookup"}
+    assert {"import", "pack_signatures", "topk_hamming_lookup", "topk_hamming"} <= set(seconds)
+    assert HAS_TORCH == ("torch ops (pack, lookup, topk)" in seconds)
     assert all(t > 0 for t in seconds.values())
+
+
+def test_pipeline_runs_every_measurement_and_formats() -> None:
+    """``--pipeline`` on tiny sizes (idle only): every section, parts, sums and ratios; p50 <= p99."""
+    from etaretrieval.bench.pipeline import PipelineConfig, format_pipeline, run_pipeline
+
+    cfg = PipelineConfig(candidates=8, length=64, rows=500, dim=8, bits=128, k=5, batch=4, train_length=30,
+                         requests=10)
+    results = run_pipeline(cfg, load=False)
+    titles = ["serving loop (idle)", *(["training step (idle)"] if HAS_TORCH else []), "single-call latency (idle)",
+              "concurrent callers (idle)"]
+    assert list(results) == titles
+    for title, rows in results.items():
+        for label, p50, p99 in rows:
+            assert 0 < p50 and ("ratio" in label or "requests/s" in label or p50 <= p99), (title, label)
+    serving = dict((label.strip(), p50) for label, p50, _ in results["serving loop (idle)"])
+    parts = serving["hash candidates (alone)"] + serving["fused lookup (alone)"] + serving["gather retrieved ids (alone)"]
+    assert serving["sum of the parts"] == pytest.approx(parts)
+    assert serving["ratio loop / parts"] == pytest.approx(serving["serving request"] / parts)
+    text = format_pipeline(cfg, results)
+    assert "ratio loop / parts" in text and "topk_hamming_lookup B=64" in text and "ratio 4 callers / 1" in text

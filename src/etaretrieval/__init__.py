@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._threads import threads
 from ._validate import DTypeError
 from .distance import hamming
 from .simhash import SimHasher, hyperplanes, pack_signatures
@@ -37,6 +38,7 @@ __all__ = [
     "sdim_from_buckets",
     "sdim_group_sums",
     "sdim_pool",
+    "threads",
     "topk_hamming",
     "topk_hamming_lookup",
 ]

@@ -69,6 +69,8 @@ def _family(obj: Any) -> str:
 
 def describe(obj: Any) -> DeviceArray | None:
     """A :class:`DeviceArray` for a device array (already described ones pass through), else ``None``."""
+    if type(obj) is np.ndarray:  # the common case first: it costs every call
+        return None
     if isinstance(obj, DeviceArray):
         return obj
     if obj is None or isinstance(obj, (np.ndarray, np.generic, list, tuple, int, float, bool)):
@@ -101,6 +103,8 @@ def placement(**arrays: Any) -> bool:
         Some arrays are device arrays and others are host data; the message
         names one of each.
     """
+    if all(value is None or type(value) is np.ndarray for value in arrays.values()):
+        return False  # the common case, decided without describing each argument
     device = host = None
     for name, value in arrays.items():
         if value is None:

@@ -10,7 +10,14 @@ Environment variables:
 ``ETARETRIEVAL_NO_CACHE=1``
     Compile without the on-disk cache (useful on read-only installs).
 ``ETARETRIEVAL_SERIAL=1``
-    Compile the kernels without ``parallel=True``; results are identical.
+    Run every call in the calling thread (see :func:`etaretrieval.threads`);
+    results are identical.
+
+The kernels themselves are serial (no ``parallel=True``): the library spreads
+row ranges over its own threads (:mod:`etaretrieval._threads`), so Numba's
+threading layer (GNU OpenMP by default, which kills children made by ``fork`` and
+shares its thread setting with torch) is never started, and one compiled
+variant serves serial and threaded calls alike.
 """
 
 from __future__ import annotations
@@ -19,20 +26,27 @@ import os
 from typing import Any, Callable
 
 import numba
+import numpy as np
 
-__all__ = ["jit", "PARALLEL", "CACHE"]
+__all__ = ["jit", "kernel_input", "PARALLEL", "CACHE"]
 
 CACHE: bool = os.environ.get("ETARETRIEVAL_NO_CACHE", "0") in ("", "0")
 PARALLEL: bool = os.environ.get("ETARETRIEVAL_SERIAL", "0") in ("", "0")
 
 
-def jit(*, parallel: bool = False) -> Callable[[Callable[..., Any]], Any]:
-    """Return the library's ``numba.njit`` decorator.
+def jit() -> Callable[[Callable[..., Any]], Any]:
+    """Return the library's ``numba.njit`` decorator (``nogil``, ``cache``, no ``fastmath``)."""
+    return numba.njit(nogil=True, cache=CACHE, fastmath=False)
 
-    Parameters
-    ----------
-    parallel : bool, default False
-        Ask for ``parallel=True`` (``prange`` loops run on Numba's thread
-        pool); ignored when ``ETARETRIEVAL_SERIAL=1``.
+
+def kernel_input(a: np.ndarray, *, contiguous: bool = False) -> np.ndarray:
+    """``a`` as a kernel argument: a read-only view (of a C-contiguous copy, if ``contiguous`` and needed).
+
+    Numba compiles one variant per combination of dtype, layout and
+    read-only flag of the arguments. Passing every input read-only (a view
+    costs well under a microsecond) halves the variants a program meets;
+    small arrays (``contiguous=True``: queries, hyperplanes) also get one layout.
     """
-    return numba.njit(nogil=True, cache=CACHE, parallel=parallel and PARALLEL, fastmath=False)
+    view = (np.ascontiguousarray(a) if contiguous else a).view()
+    view.flags.writeable = False
+    return view

@@ -9,8 +9,10 @@ import numpy.typing as npt
 
 from . import config
 from ._device import DeviceArray, describe, placement
+from ._jit import kernel_input
+from ._threads import parallel_rows
 from ._validate import DTypeError, _shape, as_array, check_bits, check_dim, check_plane_size, nonfinite_error
-from .cpu.pack import pack_projection
+from .cpu.pack import pack_projection, project_pack
 
 __all__ = ["hyperplanes", "pack_signatures", "SimHasher"]
 
@@ -96,14 +98,37 @@ def _raise_nonfinite(x2: np.ndarray, rows: np.ndarray, offset: int, lead: tuple[
         raise nonfinite_error(np.unravel_index(first, lead) if lead else ())
 
 
+def pack_small(x2: np.ndarray, planes: np.ndarray, out: np.ndarray, check_finite: bool,
+               lead: tuple[int, ...]) -> None:
+    """Pack the ``(rows, dim)`` rows of ``x2`` into ``out`` with the Numba projection (no BLAS).
+
+    For request-sized inputs (:data:`config.PACK_BLAS_WORK`): the projection
+    is summed in order in the working precision, on the library's threads,
+    so no BLAS thread pool wakes up (and keeps spinning) between two kernels.
+    Inputs are normalised to C-contiguous read-only arrays of the working
+    dtype (copies of a small ``x`` at most), so one variant per dtype is compiled.
+    """
+    ctype = np.result_type(x2.dtype, planes.dtype)
+    xs = kernel_input(x2.astype(ctype, copy=False), contiguous=True)
+    ps = kernel_input(planes.astype(ctype, copy=False), contiguous=True)
+    rows, (dim, bits) = xs.shape[0], ps.shape
+    flags = np.empty(rows, dtype=np.bool_)
+    parallel_rows(lambda lo, hi: project_pack(xs, ps, lo, hi, out, flags), rows, rows * dim * bits // 32)
+    if check_finite and flags.any():
+        _raise_nonfinite(xs, np.flatnonzero(flags), 0, lead)
+
+
 def pack_signatures(x: Any, planes: Any, *, check_finite: bool = True) -> npt.NDArray[np.uint64]:
     """SimHash signatures of embeddings, packed into uint64 words.
 
     Bit ``j`` of a signature is ``1`` iff ``x @ planes[:, j] > 0`` (exactly 0
     and NaN give 0); it lives in word ``j // 64`` at bit ``j % 64`` (least
-    significant first) and unused high bits are 0. Rows are projected in
-    chunks with BLAS, so the extra memory is ``O(chunk x bits)`` whatever the
-    number of rows.
+    significant first) and unused high bits are 0. Request-sized inputs
+    (``rows x dim x bits`` up to :data:`etaretrieval.config.PACK_BLAS_WORK`)
+    are projected by a Numba kernel on the library's threads (summed in
+    order, no BLAS thread pool involved); larger ones (table builds) in
+    chunks with BLAS, so the extra memory is ``O(chunk x bits)`` whatever
+    the number of rows.
 
     Parameters
     ----------
@@ -126,9 +151,9 @@ def pack_signatures(x: Any, planes: Any, *, check_finite: bool = True) -> npt.ND
 
     Notes
     -----
-    On the GPU each projection is summed in order in the same precision; a
-    bit can differ from the CPU's (BLAS) only where its projection lies
-    within rounding of 0. Integer-valued inputs give identical signatures.
+    The two CPU paths and the GPU sum the projection in different orders: a
+    bit can differ between them only where its projection lies within
+    rounding of 0. Integer-valued inputs give identical signatures.
 
     Examples
     --------
@@ -155,6 +180,9 @@ def pack_signatures(x: Any, planes: Any, *, check_finite: bool = True) -> npt.ND
     words = (bits + 63) // 64
     out = np.empty((int(np.prod(lead, dtype=np.int64)), words), dtype=np.uint64)
     if out.shape[0] == 0:
+        return out.reshape(lead + (words,))
+    if out.shape[0] * dim * bits <= config.PACK_BLAS_WORK:  # request-sized: no BLAS
+        pack_small(a.reshape(-1, dim), p, out, check_finite, lead)
         return out.reshape(lead + (words,))
     try:
         x2 = a.reshape(-1, dim, copy=False)

@@ -4,24 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
-from . import config
 from ._device import placement
+from ._jit import kernel_input
+from ._threads import parallel_rows
 from ._validate import _shape, as_ids, as_padding, as_signatures, check_k, ids_error, results, validity
 from .cpu.topk import topk_keys, topk_lookup
 
 __all__ = ["topk_hamming", "topk_hamming_lookup"]
 
-_NO_MASK = np.zeros((0, 0), dtype=np.bool_)
+_NO_MASK = kernel_input(np.zeros((0, 0), dtype=np.bool_))
 
 
 
-def _outputs(batch: int, k: int) -> tuple[np.ndarray, np.ndarray, int]:
-    ntasks = max(1, min(batch, config.TASKS_PER_THREAD * numba.get_num_threads()))
-    return (*results(batch, k), ntasks)
+def _run_keys(q: np.ndarray, keys: np.ndarray, k: int, n: np.ndarray, m: np.ndarray | None,
+              idx: np.ndarray, dist: np.ndarray) -> None:
+    """:func:`topk_keys` over every row, on the calling thread or spread over the pool."""
+    mask = _NO_MASK if m is None else kernel_input(m)
+    batch, length, words = keys.shape
+    q, keys = kernel_input(q, contiguous=True), kernel_input(keys)
+    parallel_rows(lambda lo, hi: topk_keys(q, keys, k, n, mask, m is not None, lo, hi, idx, dist),
+                  batch, batch * length * words)
 
 
 def _gather_shared(
@@ -127,9 +132,9 @@ def topk_hamming(
         return device_topk(q, kk, k, n, m)  # type: ignore[no-any-return]
     kk = np.broadcast_to(kk, (batch, length, words))
     n, m = validity(lengths, mask, batch, length, padding_side=padding_side)
-    idx, dist, ntasks = _outputs(batch, k)
+    idx, dist = results(batch, k)
     if batch:
-        topk_keys(q, kk, k, n, _NO_MASK if m is None else m, m is not None, ntasks, idx, dist)
+        _run_keys(q, kk, k, n, m, idx, dist)
     return idx, dist
 
 
@@ -211,7 +216,7 @@ def topk_hamming_lookup(
         n, m = validity(lengths, mask, batch, i.shape[-1], device=True, padding_side=padding_side)
         return device_lookup(q, i, t, k, n, m, pad)  # type: ignore[no-any-return]
     n, m = validity(lengths, mask, batch, i.shape[1], padding_side=padding_side)
-    idx, dist, ntasks = _outputs(batch, k)
+    idx, dist = results(batch, k)
     if not batch:
         return idx, dist
     if shared and (m is None or m.strides[0] == 0):
@@ -219,15 +224,22 @@ def topk_hamming_lookup(
         if gathered is not None:  # many targets, one sequence: its signatures are gathered once
             keys, valid = gathered
             m = None if valid is None else np.broadcast_to(valid, i.shape)
-            topk_keys(q, np.broadcast_to(keys, (batch, *keys.shape)), k, n, _NO_MASK if m is None else m,
-                      m is not None, ntasks, idx, dist)
+            _run_keys(q, np.broadcast_to(keys, (batch, *keys.shape)), k, n, m, idx, dist)
             return idx, dist
-    bad = np.full(batch, -1, dtype=np.int64)
-    topk_lookup(q, i, t, k, n, _NO_MASK if m is None else m, m is not None,
-                0 if pad is None else pad, pad is not None, ntasks, idx, dist, bad)
-    rows = np.flatnonzero(bad >= 0)
-    if rows.size:
-        row = int(rows[0])
+    bad = np.empty(batch, dtype=np.int64)  # written only for rows with a bad id
+    mask = _NO_MASK if m is None else kernel_input(m)
+    padding = 0 if pad is None else pad
+    q, i, t = kernel_input(q, contiguous=True), kernel_input(i), kernel_input(t)
+    first_bad: list[int] = []  # per task: its first row with a bad id, or -1
+
+    def run(lo: int, hi: int) -> None:
+        first_bad.append(topk_lookup(q, i, t, k, n, mask, m is not None, padding, pad is not None,
+                                     lo, hi, idx, dist, bad))
+
+    parallel_rows(run, batch, batch * i.shape[1] * words)
+    rows = [r for r in first_bad if r >= 0]
+    if rows:
+        row = min(rows)
         pos = int(bad[row])
         raise ids_error(row, pos, i[row, pos], t.shape[0], shared=shared)
     return idx, dist

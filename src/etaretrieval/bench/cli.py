@@ -11,9 +11,10 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 
-from .. import __version__
+from .. import __version__, threads
 from . import sweep
 from .coldstart import run_coldstart
+from .pipeline import PipelineConfig, format_pipeline, run_pipeline
 from .runner import CONFIGS, Config, Timing, format_table, make_data, run_config, run_pack, set_threads
 
 __all__ = ["main", "parser"]
@@ -43,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shared", action=argparse.BooleanOptionalAction, default=None,
                    help="one sequence shared by all targets (default: per configuration)")
     p.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS,
-                   help="threads for numba, torch and faiss (default: all)")
+                   help="threads for etaretrieval, torch and faiss (default: all cores)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where etaretrieval runs")
     p.add_argument("--repeat", type=int, default=7, help="timed rounds per method (default: 7)")
     p.add_argument("--subset", type=int, default=16,
@@ -56,6 +57,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-base", choices=list(CONFIGS), default="long",
                    help="configuration the sweeps start from (default: long)")
     p.add_argument("--plot", metavar="PATH", help="save the sweeps as a PNG (implies --sweep)")
+    p.add_argument("--pipeline", action="store_true",
+                   help="only the loops users run: serving requests, a training step, single-call latency; "
+                        "idle and with every core busy")
+    p.add_argument("--no-load", dest="load", action="store_false",
+                   help="--pipeline without the busy background processes")
+    p.add_argument("--requests", type=int, default=PipelineConfig.requests,
+                   help=f"--pipeline: requests (single calls) timed per measurement (default: {PipelineConfig.requests})")
     return p
 
 
@@ -103,6 +111,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     set_threads(args.threads)
     print(_environment(args.threads), flush=True)
+    with threads(args.threads):
+        if args.pipeline:
+            cfg = PipelineConfig(requests=args.requests)
+            print(format_pipeline(cfg, run_pipeline(cfg, load=args.load, seed=args.seed)), flush=True)
+            return 0
+        return _tables(args)
+
+
+def _tables(args: argparse.Namespace) -> int:
+    """The side-by-side tables, pack and cold-start checks and sweeps that ``args`` asks for."""
     names = list(CONFIGS) if args.config == "all" else [args.config]
     for cfg in (_config(name, args) for name in names):
         data = make_data(cfg, args.seed)
@@ -110,14 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n" + format_table(cfg, timings, f"[{args.device}]"), flush=True)
         if args.pack and args.device == "cpu":
             print("\n" + _pack_table(run_pack(data.embedding, data.planes), cfg.rows, cfg.dim, cfg.bits), flush=True)
-    try:
-        print(f"\nnumba threading layer: {numba.threading_layer()}")
-    except ValueError:  # no parallel CPU kernel ran (--device cuda)
-        pass
     if args.coldstart:
-        print("\nfirst calls in a fresh process (import; first pack_signatures; first topk_hamming_lookup), s:")
-        for label, t in run_coldstart():
-            print(f"  {label:<40} {t['import']:.3f}; {t['pack_signatures']:.3f}; {t['topk_hamming_lookup']:.3f}")
+        (cold_label, cold), (warm_label, warm) = run_coldstart()
+        print(f"\nfirst calls in a fresh process, s: {cold_label} | {warm_label}")
+        for step in cold:
+            print(f"  {step:<40}{cold[step]:>9.3f}{warm.get(step, float('nan')):>9.3f}")
+        print(f"  {'total':<40}{sum(cold.values()):>9.3f}{sum(warm.values()):>9.3f}")
     if args.sweep or args.plot:
         base = _config(args.sweep_base, args)
         base = dataclasses.replace(base, batch=min(base.batch, 64), shared=False)

@@ -16,14 +16,35 @@ import json, time
 start = time.perf_counter()
 import numpy as np
 import etaretrieval as er
-imported = time.perf_counter()
+seconds = {"import": time.perf_counter() - start}
+
+def step(name, call):
+    t = time.perf_counter()
+    call()
+    seconds[name] = time.perf_counter() - t
+
 rng = np.random.default_rng(0)
-table = er.pack_signatures(rng.standard_normal((100, 16), dtype=np.float32), er.hyperplanes(16, 64))
-packed = time.perf_counter()
-er.topk_hamming_lookup(table[:4], rng.integers(0, 100, size=(4, 50)), table, 8)
-looked_up = time.perf_counter()
-print(json.dumps({"import": imported - start, "pack_signatures": packed - imported,
-                  "topk_hamming_lookup": looked_up - packed}))
+x = rng.standard_normal((100, 16), dtype=np.float32)
+step("pack_signatures", lambda: er.pack_signatures(x, er.hyperplanes(16, 64)))
+table = er.pack_signatures(x, er.hyperplanes(16, 64))
+ids = rng.integers(0, 100, size=(4, 50))
+step("topk_hamming_lookup", lambda: er.topk_hamming_lookup(table[:4], ids, table, 8))
+step("lookup, int32 ids", lambda: er.topk_hamming_lookup(table[:4], ids.astype(np.int32), table, 8))
+step("lookup, shared ids + mask", lambda: er.topk_hamming_lookup(table[:4], ids[0], table, 8, mask=ids[0] > 5))
+step("topk_hamming", lambda: er.topk_hamming(table[:4], table[ids], 8))
+step("lookup, read-only table", lambda: er.topk_hamming_lookup(table[:4], ids, np.broadcast_to(table, table.shape), 8))
+try:
+    import torch
+except ImportError:
+    torch = None
+if torch is not None:
+    t = time.perf_counter()
+    import etaretrieval.torch
+    seconds["import etaretrieval.torch"] = time.perf_counter() - t
+    ops, tt = torch.ops.etaretrieval, torch.from_numpy(table.view(np.int64))
+    step("torch ops (pack, lookup, topk)", lambda: (ops.pack_signatures(torch.from_numpy(x), torch.ones(16, 64)),
+         ops.topk_hamming_lookup(tt[:4], torch.from_numpy(ids), tt, 8), ops.topk_hamming(tt[:4], tt[ids], 8)))
+print(json.dumps(seconds))
 """
 
 
@@ -40,7 +61,10 @@ def first_call(cache_dir: str | None) -> dict[str, float]:
     Returns
     -------
     dict
-        ``import``, ``pack_signatures`` and ``topk_hamming_lookup`` seconds.
+        Seconds of ``import``, then of the first call of each step of a
+        common program (in order): ``pack_signatures``,
+        ``topk_hamming_lookup``, the lookup with other input variants,
+        ``topk_hamming`` and, with torch installed, the torch ops.
     """
     env = dict(os.environ)
     env.pop("ETARETRIEVAL_NO_CACHE", None)

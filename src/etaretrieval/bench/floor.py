@@ -3,8 +3,10 @@
 :func:`floor_lookup` reads every id, gathers every signature and popcounts its
 XOR with the query, then only sums the distances (so the work cannot be
 optimised away). It selects nothing, so no top-K kernel over the same inputs
-can be faster; it is parallel over rows like the library's kernels and, like
-them, compiled with the word loop unrolled for 1, 2 and 4 words.
+can be faster. It is the fastest such loop we could write: indices are
+unsigned (no negative-index wrap-around, so the compiler vectorises the
+gathers and popcounts), the word loop is unrolled for 1, 2 and 4 words, and
+rows are spread over threads like the library's kernels.
 :func:`floor_lookup_cuda` is the same measuring stick on the GPU: one block
 per row, like the library's CUDA top-K, and a block-wide sum.
 """
@@ -14,12 +16,12 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
 from .._bits import popcount
 from .._jit import jit
+from .._threads import parallel_rows
 
 __all__ = ["floor_lookup", "floor_lookup_cuda"]
 
@@ -29,19 +31,21 @@ CUDA_THREADS = 256
 
 @jit()
 def _row_sum(query, ids, table, b, words):  # type: ignore[no-untyped-def]
-    total = 0
+    """``sum_l hamming(query[b], table[ids[b, l]])``: unsigned indices, so that the loop vectorises."""
+    row = np.uint64(b)
+    total = np.uint64(0)
     for pos in range(ids.shape[1]):
-        item = ids[b, pos]
+        item = np.uint64(ids[row, np.uint64(pos)])
         for w in range(words):
-            total += popcount(query[b, w] ^ table[item, w])
+            total += np.uint64(popcount(query[row, np.uint64(w)] ^ table[item, np.uint64(w)]))
     return total
 
 
-@jit(parallel=True)
-def _floor(query, ids, table, out):  # type: ignore[no-untyped-def]
+@jit()
+def _floor(query, ids, table, lo, hi, out):  # type: ignore[no-untyped-def]
     words = table.shape[1]
-    for b in numba.prange(ids.shape[0]):
-        if words == 1:
+    for b in range(lo, hi):
+        if words == 1:  # constant word counts: the word loop is unrolled
             out[b] = _row_sum(query, ids, table, b, 1)
         elif words == 2:
             out[b] = _row_sum(query, ids, table, b, 2)
@@ -53,6 +57,9 @@ def _floor(query, ids, table, out):  # type: ignore[no-untyped-def]
 
 def floor_lookup(query: np.ndarray, ids: np.ndarray, table: np.ndarray) -> npt.NDArray[np.int64]:
     """Sum of the Hamming distances of each row's looked-up signatures to its query.
+
+    Rows are spread over the library's threads exactly as the top-K kernels
+    spread them (:func:`etaretrieval.threads` bounds both).
 
     Parameters
     ----------
@@ -78,7 +85,8 @@ def floor_lookup(query: np.ndarray, ids: np.ndarray, table: np.ndarray) -> npt.N
     """
     ids2 = np.broadcast_to(ids, (query.shape[0], ids.shape[-1])) if ids.ndim == 1 else ids
     out = np.empty(query.shape[0], dtype=np.int64)
-    _floor(query, ids2, table, out)
+    parallel_rows(lambda lo, hi: _floor(query, ids2, table, lo, hi, out), query.shape[0],
+                  ids2.size * table.shape[1])
     return out
 
 

@@ -14,7 +14,6 @@ import tracemalloc
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numba
 import numpy as np
 
 from .. import hyperplanes, pack_signatures, topk_hamming, topk_hamming_lookup
@@ -218,14 +217,16 @@ def time_interleaved(
 
 
 def set_threads(threads: int) -> None:
-    """Use ``threads`` threads in Numba, torch and faiss (those importable).
+    """Use ``threads`` threads in torch and faiss (those importable).
+
+    etaretrieval's own threads are bounded by :func:`etaretrieval.threads`,
+    which the command line enters around the whole run.
 
     Parameters
     ----------
     threads : int
-        Thread count, at most Numba's ``NUMBA_NUM_THREADS``.
+        Thread count.
     """
-    numba.set_num_threads(threads)
     if importlib.util.find_spec("torch") is not None:
         import torch
 

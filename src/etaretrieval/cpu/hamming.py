@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba
 
 from .._bits import popcount
-from .._jit import CACHE, PARALLEL
+from .._jit import CACHE
 
 __all__ = ["hamming_gufunc"]
 
@@ -13,7 +13,7 @@ __all__ = ["hamming_gufunc"]
 @numba.guvectorize(
     ["void(uint64[:], uint64[:], int32[:])"],
     "(w),(w)->()",
-    target="parallel" if PARALLEL else "cpu",
+    target="cpu",  # a parallel gufunc would start Numba's threading layer at import
     cache=CACHE,
     nopython=True,
 )

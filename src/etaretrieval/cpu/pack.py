@@ -23,7 +23,7 @@ from numba.extending import intrinsic, overload
 
 from .._jit import jit
 
-__all__ = ["pack_projection"]
+__all__ = ["pack_projection", "project_pack"]
 
 
 @jit()
@@ -87,3 +87,23 @@ def pack_projection(proj, out, nonfinite):  # type: ignore[no-untyped-def]
             out[r, w] = word
             bad |= flag
         nonfinite[r] = bad
+
+
+@jit()
+def project_pack(x, planes, lo, hi, out, nonfinite):  # type: ignore[no-untyped-def]
+    """Rows ``lo..hi-1``: project ``x[r] @ planes`` and pack its signs into ``out[r]`` (no BLAS).
+
+    ``x`` and ``planes`` have the working dtype. Each projection is summed in
+    order over ``dim``, one vectorised pass over the bits per input value;
+    ``nonfinite[r]`` as in :func:`pack_projection`.
+    """
+    dim, bits = planes.shape
+    proj = np.empty((1, bits), dtype=planes.dtype)
+    acc = proj[0]
+    for r in range(lo, hi):
+        acc[:] = 0
+        for i in range(dim):
+            xi = x[r, i]
+            for j in range(bits):
+                acc[j] += xi * planes[i, j]
+        pack_projection(proj, out[r : r + 1], nonfinite[r : r + 1])

@@ -354,50 +354,55 @@ def _workspace(length, words, k):  # type: ignore[no-untyped-def]
     return np.empty(padded, dtype=np.uint16), work
 
 
-@jit(parallel=True)
-def topk_keys(query, keys, k, lengths, mask, use_mask, ntasks, idx, dist):  # type: ignore[no-untyped-def]
-    """Top-``k`` of ``keys[b]`` (``(B, L, W)``, may be a broadcast view) for each ``query[b]``."""
-    batch, length, words = keys.shape
+@jit()
+def topk_keys(query, keys, k, lengths, mask, use_mask, lo, hi, idx, dist):  # type: ignore[no-untyped-def]
+    """Top-``k`` of ``keys[b]`` (``(B, L, W)``, may be a broadcast view) for each ``query[b]``, rows ``lo..hi-1``.
+
+    Serial: :func:`etaretrieval._threads.parallel_rows` spreads row ranges over threads.
+    """
+    _, length, words = keys.shape
     invalid = 64 * words + 1
-    for task in numba.prange(ntasks):
-        scratch, work = _workspace(length, words, min(k, length))
-        for b in range(task * batch // ntasks, (task + 1) * batch // ntasks):
-            end = lengths[b]
-            if use_mask:
-                nvalid = _keys_pass(query, keys, b, end, mask, True, scratch)
-            else:  # the common case, compiled apart with the test removed (literal flag)
-                nvalid = _keys_pass(query, keys, b, end, mask, False, scratch)
-            scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
-            _select(scratch, end, nvalid, k, work, idx[b], dist[b])
+    scratch, work = _workspace(length, words, min(k, length))
+    for b in range(lo, hi):
+        end = lengths[b]
+        if use_mask:
+            nvalid = _keys_pass(query, keys, b, end, mask, True, scratch)
+        else:  # the common case, compiled apart with the test removed (literal flag)
+            nvalid = _keys_pass(query, keys, b, end, mask, False, scratch)
+        scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
+        _select(scratch, end, nvalid, k, work, idx[b], dist[b])
 
 
-@jit(parallel=True)
+@jit()
 def topk_lookup(  # type: ignore[no-untyped-def]
-    query, ids, table, k, lengths, mask, use_mask, pad, use_pad, ntasks, idx, dist, bad
+    query, ids, table, k, lengths, mask, use_mask, pad, use_pad, lo, hi, idx, dist, bad
 ):
-    """Fused ids -> table rows -> Hamming -> top-``k``.
+    """Fused ids -> table rows -> Hamming -> top-``k``, rows ``lo..hi-1`` (serial, like :func:`topk_keys`).
 
     ``bad[b]`` receives the first valid position of row ``b`` holding an id
-    outside ``[0, N)``, or stays ``-1``; such a row gets no result. Positions
+    outside ``[0, N)`` (it is not written otherwise); such a row gets no
+    result. Returns the first such row of the range, or ``-1``. Positions
     that are not valid never index the table.
     """
-    batch, length = ids.shape
+    length = ids.shape[1]
     nrows, words = table.shape
     invalid = 64 * words + 1
-    for task in numba.prange(ntasks):
-        scratch, work = _workspace(length, words, min(k, length))
-        for b in range(task * batch // ntasks, (task + 1) * batch // ntasks):
-            end = lengths[b]
-            if nrows == 0:  # no row 0 to read in place of a bad id
-                out_of_range, nvalid = True, 0
-            elif use_mask or use_pad:
-                out_of_range, nvalid = _lookup_pass(query, ids, table, b, end, mask, use_mask, pad, use_pad, scratch)
-            else:  # the common case, compiled apart with the tests removed (literal flags)
-                out_of_range, nvalid = _lookup_pass(query, ids, table, b, end, mask, False, pad, False, scratch)
-            if out_of_range:
-                bad[b] = _first_bad(ids, b, end, mask, use_mask, pad, use_pad, nrows)
-                if bad[b] >= 0:
-                    continue
-                scratch[:end] = invalid  # empty table and no valid position: an empty result
-            scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
-            _select(scratch, end, nvalid, k, work, idx[b], dist[b])
+    scratch, work = _workspace(length, words, min(k, length))
+    first_bad = -1
+    for b in range(lo, hi):
+        end = lengths[b]
+        if nrows == 0:  # no row 0 to read in place of a bad id
+            out_of_range, nvalid = True, 0
+        elif use_mask or use_pad:
+            out_of_range, nvalid = _lookup_pass(query, ids, table, b, end, mask, use_mask, pad, use_pad, scratch)
+        else:  # the common case, compiled apart with the tests removed (literal flags)
+            out_of_range, nvalid = _lookup_pass(query, ids, table, b, end, mask, False, pad, False, scratch)
+        if out_of_range:
+            bad[b] = _first_bad(ids, b, end, mask, use_mask, pad, use_pad, nrows)
+            if bad[b] >= 0:
+                first_bad = b if first_bad < 0 else first_bad
+                continue
+            scratch[:end] = invalid  # empty table and no valid position: an empty result
+        scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
+        _select(scratch, end, nvalid, k, work, idx[b], dist[b])
+    return first_bad

@@ -1,8 +1,13 @@
 """The ``torch.ops.etaretrieval`` custom operators.
 
-Each op is a :func:`torch.library.custom_op` (opaque to ``torch.compile``,
-``mutates_args=()``) with a fake kernel that checks shapes, dtypes and devices
-and allocates the outputs. The default kernel runs the Numba CPU kernels on
+Each op is defined with :class:`torch.library.Library` (schema inferred from
+the Python signature, no mutated arguments; opaque to ``torch.compile``) with
+a fake kernel that checks shapes, dtypes and devices and allocates the
+outputs. Unlike :func:`torch.library.custom_op`, whose Python autograd wrapper
+cost about 30 us per call and imported ``torch._dynamo`` (2 s) on the first
+call of a process, the kernel is registered with the dispatcher directly; the
+outputs are integer tensors, so no autograd formula is needed. The default
+kernel runs the Numba CPU kernels on
 zero-copy numpy views of the tensors (any strides; int64 signature tensors are
 reinterpreted as uint64, never converted) and raises a clear error on other
 devices. The CUDA kernels (:mod:`._cuda`) are added with
@@ -13,13 +18,13 @@ with the same messages.
 
 from __future__ import annotations
 
-import inspect
+import functools
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from .. import simhash, topk
+from .. import config, simhash, topk
 from .._validate import (
     MAX_WORDS,
     DTypeError,
@@ -29,6 +34,7 @@ from .._validate import (
     check_padding_side,
     valid_nonfinite_error,
 )
+from ..cpu.pack import pack_projection
 
 __all__ = [
     "pack_signatures",
@@ -50,11 +56,14 @@ _HALF = (torch.float16, torch.bfloat16)
 # The CUDA kernels read their error cells back to the host (a stream sync), which
 # CUDA-graph capture forbids: the tag keeps the ops out of graphs
 # (torch.compile(mode="reduce-overhead")) where this torch knows it.
-_TAGS = (
-    {"tags": (torch.Tag.cudagraph_unsafe,)}
-    if hasattr(torch.Tag, "cudagraph_unsafe") and "tags" in inspect.signature(torch.library.custom_op).parameters
-    else {}
-)
+_TAGS = (torch.Tag.cudagraph_unsafe,) if hasattr(torch.Tag, "cudagraph_unsafe") else ()
+
+_LIB = torch.library.Library("etaretrieval", "FRAGMENT")  # kept for the life of the process
+
+if hasattr(torch.library, "infer_schema"):
+    _infer_schema = torch.library.infer_schema
+else:  # torch 2.4
+    from torch._library.infer_schema import infer_schema as _infer_schema
 
 
 def _on(name: str, t: torch.Tensor, device: torch.device | None) -> torch.Tensor:
@@ -227,12 +236,14 @@ def check_finite_where(x: torch.Tensor, valid: torch.Tensor) -> None:
 
 def _numpy(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
     """A zero-copy numpy view of a CPU tensor (any strides), or None."""
-    return None if t is None else t.detach().numpy()
+    if t is None:
+        return None
+    return (t.detach() if t.requires_grad else t).numpy()  # detach() only when needed: it costs every call
 
 
 def _uint64(t: torch.Tensor) -> np.ndarray:
     """The uint64 bit patterns of an int64 signature tensor, without a copy."""
-    return t.detach().numpy().view(np.uint64)
+    return t.numpy().view(np.uint64)  # integer tensors never require grad
 
 
 def _require_cpu(op: str, t: torch.Tensor) -> None:
@@ -258,10 +269,17 @@ def _define(name: str, fake: Callable[..., object]) -> Callable[[Callable[..., o
         if hasattr(torch.ops.etaretrieval, name):
             existing: Callable[..., object] = getattr(torch.ops.etaretrieval, name)
             return existing
-        op = torch.library.custom_op(f"etaretrieval::{name}", fn, mutates_args=(), **_TAGS)
-        op.register_fake(fake)
-        op.__doc__ = fn.__doc__
-        return op
+        _LIB.define(name + _infer_schema(fn, mutates_args=()), tags=_TAGS)
+        _LIB.impl(name, fn, "CompositeExplicitAutograd")  # every device (CUDA: its own kernel, see _cuda)
+        _LIB.impl(name, fn, "Meta")  # a meta tensor is a device without a kernel: fn says so, as on other devices
+        torch.library.register_fake(f"etaretrieval::{name}", fake, lib=_LIB)
+        op = getattr(torch.ops.etaretrieval, name).default
+
+        @functools.wraps(fn)
+        def call(*args: object, **kwargs: object) -> object:
+            return op(*args, **kwargs)
+
+        return call
 
     return register
 
@@ -317,9 +335,35 @@ def pack_signatures(
 
 
 def _pack_cpu(x: torch.Tensor, planes: torch.Tensor, check_finite: bool) -> torch.Tensor:
-    """The CPU kernel of ``pack_signatures`` on checked float32/float64 inputs."""
-    sig = simhash.pack_signatures(_numpy(x), _numpy(planes), check_finite=check_finite)
-    return torch.from_numpy(sig.view(np.int64))
+    """The CPU kernel of ``pack_signatures`` on checked float32/float64 inputs.
+
+    Request-sized inputs go through the NumPy API (its Numba projection),
+    table-sized ones through :func:`_pack_large` (``torch.matmul``).
+    """
+    if x.numel() * planes.shape[1] <= config.PACK_BLAS_WORK:
+        sig = simhash.pack_signatures(_numpy(x), _numpy(planes), check_finite=check_finite)
+        return torch.from_numpy(sig.view(np.int64))
+    return _pack_large(x.detach(), planes.detach(), check_finite).view(*x.shape[:-1], -1)
+
+
+def _pack_large(x: torch.Tensor, planes: torch.Tensor, check_finite: bool) -> torch.Tensor:
+    """Table-sized packing: ``torch.matmul`` per row chunk (torch's own threads, not NumPy's BLAS), then the sign kernel."""
+    x2 = x.reshape(-1, x.shape[-1])
+    ctype = torch.promote_types(x2.dtype, planes.dtype)
+    p = planes.to(ctype)
+    rows, bits = x2.shape[0], p.shape[1]
+    out = np.empty((rows, (bits + 63) // 64), dtype=np.uint64)
+    chunk = max(1, config.PACK_CHUNK_ELEMENTS // bits)
+    proj = torch.empty((min(chunk, rows), bits), dtype=ctype)
+    flags = np.empty(proj.shape[0], dtype=np.bool_)
+    for start in range(0, rows, chunk):
+        n = min(chunk, rows - start)
+        block = x2[start : start + n].to(ctype)
+        torch.matmul(block, p, out=proj[:n])
+        pack_projection(proj[:n].numpy(), out[start : start + n], flags[:n])
+        if check_finite and flags[:n].any():
+            simhash._raise_nonfinite(block.numpy(), np.flatnonzero(flags[:n]), start, tuple(x.shape[:-1]))
+    return torch.from_numpy(out.view(np.int64))
 
 
 def _topk_fake(

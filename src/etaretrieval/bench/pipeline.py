@@ -1,0 +1,312 @@
+"""``--pipeline``: the loops users run, not only the kernels.
+
+Three measurements, each idle and then with a busy background process on
+every core:
+
+* *serving*: per request, hash the candidates (:class:`SimHasher`), the fused
+  lookup over the user's sequence (:func:`topk_hamming_lookup`, shared
+  ``(L,)`` ids) and the gather of the retrieved ids; p50/p99 per request and
+  the ratio of the loop to the sum of its parts timed alone;
+* *training*: one step (forward + backward + SGD) of a small CTR model with
+  :class:`~etaretrieval.torch.ETAAttention` over a :class:`SignatureCache`,
+  and its ratio to its parts timed alone (the retrieval, then the rest of
+  the step on the retrieved embeddings);
+* *single calls*: latency of :func:`topk_hamming_lookup` (and the torch op)
+  at ``B = 1..64``;
+* *concurrent callers*: requests per second of ``B = 64`` lookups issued by
+  1 and by 4 Python threads, each request on one thread
+  (:func:`etaretrieval.threads` ``(1)``) and with the default thread count.
+
+Progress lines go to standard error; the tables to standard output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from .. import SignatureTable, SimHasher, threads, topk_hamming_lookup
+
+__all__ = ["PipelineConfig", "percentiles", "busy_cores", "run_pipeline", "format_pipeline"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Sizes of the pipeline benchmark.
+
+    Attributes
+    ----------
+    candidates, length, rows, dim, bits, k : int
+        Serving: targets per request, the user's sequence length, items in
+        the table, embedding dimension, signature bits, retrieved items.
+    batch, train_length : int
+        Training: batch size and sequence length (same table, ``dim``, ``k``).
+    requests : int
+        Requests (and training steps, single calls) timed per measurement.
+    """
+
+    candidates: int = 1024
+    length: int = 1024
+    rows: int = 100_000
+    dim: int = 64
+    bits: int = 256
+    k: int = 48
+    batch: int = 128
+    train_length: int = 1000
+    requests: int = 200
+
+
+def percentiles(call: Callable[[], Any], n: int) -> tuple[float, float, np.ndarray]:
+    """p50 and p99 seconds of ``n`` calls (after one untimed call), and the samples.
+
+    Examples
+    --------
+    >>> p50, p99, samples = percentiles(lambda: None, 10)
+    >>> samples.shape, p50 <= p99
+    ((10,), True)
+    """
+    call()
+    samples = np.empty(n)
+    for i in range(n):
+        start = time.perf_counter()
+        call()
+        samples[i] = time.perf_counter() - start
+    return float(np.percentile(samples, 50)), float(np.percentile(samples, 99)), samples
+
+
+@contextlib.contextmanager
+def busy_cores(count: int | None = None) -> Iterator[None]:
+    """Keep ``count`` (default: every core) background processes spinning inside the block."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count or os.cpu_count() or 1)]
+    try:
+        time.sleep(0.5)  # let them start
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+def _progress(message: str) -> None:
+    print(f"[pipeline] {message}", file=sys.stderr, flush=True)
+
+
+def _serving(cfg: PipelineConfig, rng: np.random.Generator) -> list[tuple[str, float, float]]:
+    embedding = rng.standard_normal((cfg.rows, cfg.dim), dtype=np.float32)
+    hasher = SimHasher(cfg.dim, cfg.bits, seed=1)
+    table = SignatureTable(embedding, hasher).signatures
+    requests = [(embedding[rng.integers(0, cfg.rows, cfg.candidates)], rng.integers(0, cfg.rows, cfg.length))
+                for _ in range(8)]
+    # Every step cycles through the same requests, alone as in the loop (so that caches are as warm).
+    queries = [hasher(cand) for cand, _ in requests]
+    found = [topk_hamming_lookup(q, seq, table, cfg.k)[0] for q, (_, seq) in zip(queries, requests)]
+    turn = {"i": 0}
+
+    def next_request() -> int:
+        turn["i"] = (turn["i"] + 1) % len(requests)
+        return turn["i"]
+
+    def loop() -> np.ndarray:
+        cand, seq = requests[next_request()]
+        idx, _ = topk_hamming_lookup(hasher(cand), seq, table, cfg.k)
+        return np.where(idx >= 0, seq[idx], -1)
+
+    def gather() -> np.ndarray:
+        i = next_request()
+        return np.where(found[i] >= 0, requests[i][1][found[i]], -1)
+
+    parts = {
+        "hash candidates": lambda: hasher(requests[next_request()][0]),
+        "fused lookup": lambda: topk_hamming_lookup(queries[(i := next_request())], requests[i][1], table, cfg.k),
+        "gather retrieved ids": gather,
+    }
+    return _loop_and_parts("serving request", loop, parts, cfg.requests)
+
+
+def _loop_and_parts(name: str, loop: Callable[[], Any], parts: dict[str, Callable[[], Any]],
+                    n: int) -> list[tuple[str, float, float]]:
+    """Rows ``(label, p50, p99)``: each part alone, their sum, the loop, and the ratio row.
+
+    The parts and the loop are timed interleaved, one call of each per round,
+    so that a noisy neighbour slows them alike; the ratio row holds the
+    ratios of the loop's p50 and p99 to the sums of the parts'.
+    """
+    calls = {**{f"  {label} (alone)": part for label, part in parts.items()}, name: loop}
+    samples: dict[str, list[float]] = {label: [] for label in calls}
+    for call in calls.values():
+        call()
+    _progress(f"{name}: its {len(parts)} parts alone and the whole loop, interleaved, {n} rounds")
+    for _ in range(n):
+        for label, call in calls.items():
+            start = time.perf_counter()
+            call()
+            samples[label].append(time.perf_counter() - start)
+    stats = {label: (float(np.percentile(t, 50)), float(np.percentile(t, 99))) for label, t in samples.items()}
+    rows = [(label, *stats[label]) for label in calls if label != name]
+    total50, total99 = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    p50, p99 = stats[name]
+    return [*rows, ("  sum of the parts", total50, total99), (name, p50, p99),
+            ("  ratio loop / parts", p50 / total50, p99 / total99)]
+
+
+def _training(cfg: PipelineConfig) -> list[tuple[str, float, float]]:
+    import torch
+
+    from ..torch import ETAAttention, SignatureCache
+
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(cfg.rows, cfg.dim)
+    eta = ETAAttention(cfg.dim, 64, cfg.k, heads=2)
+    head = torch.nn.Sequential(torch.nn.Linear(2 * cfg.dim, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    params = [*emb.parameters(), *eta.parameters(), *head.parameters()]
+    opt = torch.optim.SGD(params, lr=0.01)
+    cache = SignatureCache(emb, eta.retriever)
+    ids = torch.randint(0, cfg.rows, (cfg.batch, cfg.train_length))
+    target = torch.randint(0, cfg.rows, (cfg.batch,))
+    mask = torch.rand(cfg.batch, cfg.train_length) < 0.95
+    label = torch.rand(cfg.batch, 1).round()
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    def rest(t: torch.Tensor, values: torch.Tensor, found_mask: torch.Tensor) -> None:
+        interest = eta.attention(t, values, found_mask)
+        loss = loss_fn(head(torch.cat([t, interest], dim=1)), label)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def step() -> None:
+        t = emb(target)
+        found = eta.retriever(t, mask=mask, seq_ids=ids, cache=cache)
+        rest(t, found.values, found.mask)
+
+    with torch.no_grad():
+        found = eta.retriever(emb(target), mask=mask, seq_ids=ids, cache=cache)
+    values = found.values.clone().requires_grad_(True)
+
+    def retrieval() -> None:
+        with torch.no_grad():
+            eta.retriever(emb(target), mask=mask, seq_ids=ids, cache=cache)
+
+    parts = {
+        "retrieval (no grad)": retrieval,
+        "attention + head, forward + backward + SGD": lambda: rest(emb(target), values, found.mask),
+    }
+    return _loop_and_parts("training step", step, parts, max(10, cfg.requests // 10))
+
+
+def _single_calls(cfg: PipelineConfig, rng: np.random.Generator) -> list[tuple[str, float, float]]:
+    table = rng.integers(0, 2**63, size=(cfg.rows, 1), dtype=np.uint64)
+    op = None
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        import etaretrieval.torch  # noqa: F401
+
+        op = torch.ops.etaretrieval.topk_hamming_lookup
+    rows = []
+    for batch in (1, 4, 16, 64):
+        query = table[:batch].copy()
+        ids = rng.integers(0, cfg.rows, (batch, 100 if batch == 1 else cfg.length))
+        length = ids.shape[1]
+        _progress(f"single calls: B={batch}, L={length}, {cfg.requests} calls")
+        p50, p99, _ = percentiles(lambda q=query, i=ids: topk_hamming_lookup(q, i, table, cfg.k), cfg.requests)
+        rows.append((f"topk_hamming_lookup B={batch} L={length}", p50, p99))
+        if op is not None:
+            tq, ti, tt = (torch.from_numpy(a.view(np.int64) if a.dtype == np.uint64 else a) for a in (query, ids, table))
+            p50, p99, _ = percentiles(lambda q=tq, i=ti, t=tt: op(q, i, t, cfg.k), cfg.requests)
+            rows.append((f"torch op B={batch} L={length}", p50, p99))
+    return rows
+
+
+def _concurrent(cfg: PipelineConfig, rng: np.random.Generator) -> list[tuple[str, float, float]]:
+    """Rows ``(label, requests/s, 0)`` and the 4-to-1 throughput ratios."""
+    table = rng.integers(0, 2**63, size=(cfg.rows, 1), dtype=np.uint64)
+    query = table[:64].copy()
+    ids = rng.integers(0, cfg.rows, (64, cfg.length))
+    topk_hamming_lookup(query, ids, table, cfg.k)
+    rows = []
+    for per_request in (1, None):
+        rates = []
+        for callers in (1, 4):
+            what = "1 thread" if per_request == 1 else "default threads"
+            _progress(f"concurrent callers: {callers} Python thread(s), {what} per request")
+            count = max(1, cfg.requests // callers)
+
+            def work() -> None:
+                with threads(per_request) if per_request else contextlib.nullcontext():
+                    for _ in range(count):
+                        topk_hamming_lookup(query, ids, table, cfg.k)
+
+            workers = [threading.Thread(target=work) for _ in range(callers)]
+            start = time.perf_counter()
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            rates.append(count * callers / (time.perf_counter() - start))
+            rows.append((f"B=64 requests/s, {callers} caller(s), {what} each", rates[-1], 0.0))
+        rows.append((f"  ratio 4 callers / 1 ({what} each)", rates[1] / rates[0], 0.0))
+    return rows
+
+
+def run_pipeline(cfg: PipelineConfig, *, load: bool = True, seed: int = 0) -> dict[str, list[tuple[str, float, float]]]:
+    """Every measurement idle, then (``load=True``) under a busy process per core.
+
+    Returns
+    -------
+    dict
+        Section title -> rows ``(label, p50 s, p99 s)``; ratio rows hold ratios.
+    """
+    results: dict[str, list[tuple[str, float, float]]] = {}
+    modes = [("idle", contextlib.nullcontext())]
+    if load:
+        modes.append((f"{os.cpu_count()} busy processes", busy_cores()))
+    for mode, ctx in modes:
+        _progress(f"--- {mode} ---")
+        with ctx:
+            rng = np.random.default_rng(seed)
+            results[f"serving loop ({mode})"] = _serving(cfg, rng)
+            if importlib.util.find_spec("torch") is not None:
+                results[f"training step ({mode})"] = _training(cfg)
+            results[f"single-call latency ({mode})"] = _single_calls(cfg, rng)
+            results[f"concurrent callers ({mode})"] = _concurrent(cfg, rng)
+    return results
+
+
+def format_pipeline(cfg: PipelineConfig, results: dict[str, list[tuple[str, float, float]]]) -> str:
+    """The tables of :func:`run_pipeline`: p50 and p99 in milliseconds, and the ratios.
+
+    Examples
+    --------
+    >>> print(format_pipeline(PipelineConfig(), {"s": [("a", 0.001, 0.002), ("  ratio loop / parts", 1.1, 1.2)]}))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    serving: 1024 candidates, L=1024, N=100000, d=64, 256 bits, k=48; training: B=128, L=1000, 64 bits
+    <BLANKLINE>
+    s
+      what                            p50 ms     p99 ms
+      a                                1.000      2.000
+        ratio loop / parts             1.10x      1.20x
+    """
+    lines = [(f"serving: {cfg.candidates} candidates, L={cfg.length}, N={cfg.rows}, d={cfg.dim}, {cfg.bits} bits, "
+              f"k={cfg.k}; training: B={cfg.batch}, L={cfg.train_length}, 64 bits")]
+    for title, rows in results.items():
+        lines += ["", title, f"  {'what':<52}{'p50 ms':>10}{'p99 ms':>11}"]
+        for label, p50, p99 in rows:
+            if "requests/s" in label:
+                lines.append(f"  {label:<52}{p50:>10.0f}")
+            elif "ratio" in label:
+                lines.append(f"  {label:<52}{p50:>9.2f}x" + (f"{p99:>10.2f}x" if p99 else ""))
+            else:
+                lines.append(f"  {label:<52}{p50 * 1e3:>10.3f}{p99 * 1e3:>11.3f}")
+    return "\n".join(lines)

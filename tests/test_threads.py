@@ -1,0 +1,282 @@
+"""Threads under the caller's control: ``etaretrieval.threads``, the serial path, concurrent callers, host settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import etaretrieval as er
+from etaretrieval import _threads, config
+
+
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-2, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_threads_rejects_bad_counts(bad: object, error: type) -> None:
+    with pytest.raises(error, match="n must be"):
+        with er.threads(bad):  # type: ignore[arg-type]
+            pass
+
+
+def test_threads_nest_restore_and_stay_in_their_thread() -> None:
+    default = _threads.thread_count()
+    seen: list[int] = []
+    with er.threads(3):
+        assert _threads.thread_count() == 3
+        with er.threads(1):
+            assert _threads.thread_count() == 1
+            worker = threading.Thread(target=lambda: seen.append(_threads.thread_count()))
+            worker.start()
+            worker.join()
+        assert _threads.thread_count() == 3
+    assert _threads.thread_count() == default
+    assert seen == [default]  # another thread keeps its own setting
+    with pytest.raises(RuntimeError), er.threads(2):
+        raise RuntimeError
+    assert _threads.thread_count() == default
+
+
+@settings(deadline=None, max_examples=60)
+@given(rows=st.integers(0, 70), work=st.integers(0, 10**6), serial_work=st.integers(0, 10**5),
+       n=st.integers(1, 5), tasks=st.integers(1, 6))
+def test_parallel_rows_covers_every_row_once(rows: int, work: int, serial_work: int, n: int, tasks: int) -> None:
+    calls: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def run(lo: int, hi: int) -> None:
+        with lock:
+            calls.append((lo, hi))
+
+    old = config.SERIAL_WORK, config.TASKS_PER_THREAD
+    config.SERIAL_WORK, config.TASKS_PER_THREAD = serial_work, tasks
+    try:
+        with er.threads(n):
+            _threads.parallel_rows(run, rows, work)
+    finally:
+        config.SERIAL_WORK, config.TASKS_PER_THREAD = old
+    covered = sorted(r for lo, hi in calls for r in range(lo, hi))
+    assert covered == list(range(rows))
+    threaded = min(n, rows, work // max(1, serial_work)) > 1
+    assert len(calls) == (min(rows, min(n, rows, work // max(1, serial_work)) * tasks) if threaded else 1)
+
+
+def test_parallel_rows_reraises_and_the_pool_keeps_working() -> None:
+    def run(lo: int, hi: int) -> None:
+        if lo <= 5 < hi:
+            raise KeyError("row 5")
+
+    with er.threads(3):
+        old = config.SERIAL_WORK
+        config.SERIAL_WORK = 0
+        try:
+            with pytest.raises(KeyError, match="row 5"):
+                _threads.parallel_rows(run, 12, 10**6)
+            seen = np.zeros(12, dtype=np.int64)
+
+            def mark(lo: int, hi: int) -> None:
+                seen[lo:hi] += 1
+
+            _threads.parallel_rows(mark, 12, 10**6)
+        finally:
+            config.SERIAL_WORK = old
+    assert (seen == 1).all()
+
+
+def _inputs(seed: int = 0, batch: int = 64, length: int = 300, words: int = 2) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    table = rng.integers(0, 2**64, size=(500, words), dtype=np.uint64) & np.uint64(0x0F0F_00FF_0F0F_00FF)
+    ids = rng.integers(0, 500, size=(batch, length)).astype(np.int32)
+    lengths = rng.integers(0, length + 1, size=batch)
+    return table[:batch].copy(), ids, table, lengths
+
+
+@pytest.mark.parametrize("n", [2, 3, 8])
+def test_default_threshold_serial_and_threaded_results_agree(n: int) -> None:
+    """Large enough calls take the threaded path with the default threshold; results equal the serial ones."""
+    query, ids, table, lengths = _inputs(batch=40, length=2000)
+    assert ids.size * table.shape[1] >= 2 * config.SERIAL_WORK  # threaded with n >= 2
+    with er.threads(1):
+        want = er.topk_hamming_lookup(query, ids, table, 20, lengths=lengths, padding_id=7)
+        want_keys = er.topk_hamming(query, table[ids], 20, lengths=lengths)
+    with er.threads(n):
+        got = er.topk_hamming_lookup(query, ids, table, 20, lengths=lengths, padding_id=7)
+        got_keys = er.topk_hamming(query, table[ids], 20, lengths=lengths)
+    for a, b in zip(got + got_keys, want + want_keys):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_concurrent_callers_get_their_own_results() -> None:
+    """Eight Python threads call at once, each on its own data, threaded and serial; results match the serial run."""
+    cases = [_inputs(seed, batch=32, length=200) for seed in range(8)]
+    with er.threads(1):
+        want = [er.topk_hamming_lookup(q, i, t, 10, lengths=n) for q, i, t, n in cases]
+    got: list[object] = [None] * len(cases)
+    start = threading.Barrier(len(cases))
+    old = config.SERIAL_WORK
+    config.SERIAL_WORK = 0
+
+    def call(j: int) -> None:
+        q, i, t, n = cases[j]
+        start.wait()
+        with er.threads(1 + j % 3):
+            for _ in range(5):
+                got[j] = er.topk_hamming_lookup(q, i, t, 10, lengths=n)
+
+    try:
+        workers = [threading.Thread(target=call, args=(j,)) for j in range(len(cases))]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        config.SERIAL_WORK = old
+    for g, w in zip(got, want):
+        assert isinstance(g, tuple)
+        np.testing.assert_array_equal(g[0], w[0])
+        np.testing.assert_array_equal(g[1], w[1])
+
+
+_HOST_SETTINGS = r"""
+import numba
+import numpy as np  # OpenBLAS starts its threads here, before the count
+from numba.np.ufunc import parallel
+
+def os_threads():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+try:
+    import torch
+    torch_threads = torch.get_num_threads()
+except ImportError:
+    torch = None
+before = os_threads()
+import etaretrieval as er
+if torch is not None:
+    import etaretrieval.torch
+assert os_threads() == before, ("import started threads", before, os_threads())
+assert not parallel._is_initialized, "import started Numba's threading layer"
+if torch is not None:
+    assert torch.get_num_threads() == torch_threads, (torch_threads, torch.get_num_threads())
+table = np.arange(4000, dtype=np.uint64).reshape(2000, 2)
+ids = np.random.default_rng(0).integers(0, 2000, size=(64, 3000))
+er.topk_hamming_lookup(table[:64], ids, table, 8)          # threaded by default
+er.hamming(table, table)
+er.pack_signatures(np.ones((5, 4)), er.hyperplanes(4, 64))
+assert not parallel._is_initialized, "a call started Numba's threading layer"
+if torch is not None:
+    assert torch.get_num_threads() == torch_threads
+# numba.set_num_threads of the calling thread is honoured once the host started Numba's pool
+numba.set_num_threads(1)
+assert er._threads.thread_count() == 1
+with er.threads(2):
+    assert er._threads.thread_count() == 2
+print("ok")
+"""
+
+
+def test_import_and_calls_change_no_host_setting() -> None:
+    proc = subprocess.run([sys.executable, "-c", _HOST_SETTINGS], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "NUMBA_NUM_THREADS": "2"})
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert proc.stdout.strip() == "ok"
+
+
+def test_numba_num_threads_one_leaves_torch_alone() -> None:
+    """Issue 10: importing the torch plugin with NUMBA_NUM_THREADS=1 changed torch.get_num_threads()."""
+    pytest.importorskip("torch")
+    code = ("import torch; n = torch.get_num_threads(); import etaretrieval.torch; "
+            "assert torch.get_num_threads() == n, (n, torch.get_num_threads()); print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "NUMBA_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-5000:]
+
+
+@pytest.mark.parametrize("blas_work", [0, 1 << 40])
+def test_pack_paths_agree_on_integer_inputs(blas_work: int) -> None:
+    """The Numba projection (request-sized) and the BLAS / torch.matmul one (table-sized) give the same bits.
+
+    Integer-valued inputs make every summation order exact; the torch op must match the NumPy API on both paths.
+    """
+    rng = np.random.default_rng(3)
+    x = rng.integers(-3, 4, size=(2, 37, 9)).astype(np.float32)
+    planes = rng.integers(-2, 3, size=(9, 130)).astype(np.float64)
+    want = (np.einsum("...d,db->...b", x.astype(np.float64), planes) > 0)
+    words = np.zeros((2, 37, 3), dtype=np.uint64)
+    for j in range(130):
+        words[..., j // 64] |= want[..., j].astype(np.uint64) << np.uint64(j % 64)
+    old = config.PACK_BLAS_WORK
+    config.PACK_BLAS_WORK = blas_work
+    try:
+        np.testing.assert_array_equal(er.pack_signatures(x, planes), words)
+        np.testing.assert_array_equal(er.pack_signatures(x[:, ::2], planes), words[:, ::2])
+        torch = pytest.importorskip("torch")
+        import etaretrieval.torch  # noqa: F401
+
+        got = torch.ops.etaretrieval.pack_signatures(torch.from_numpy(x), torch.from_numpy(planes))
+        np.testing.assert_array_equal(got.numpy().view(np.uint64), words)
+        bad = x.copy()
+        bad[1, 5, 2] = np.nan
+        with pytest.raises(ValueError, match=r"row \(1, 5\)"):
+            er.pack_signatures(bad, planes)
+        with pytest.raises(ValueError, match=r"row \(1, 5\)"):
+            torch.ops.etaretrieval.pack_signatures(torch.from_numpy(bad), torch.from_numpy(planes))
+    finally:
+        config.PACK_BLAS_WORK = old
+
+
+_CACHE_RUN = r"""
+import numpy as np
+import etaretrieval as er
+from etaretrieval.cpu.pack import project_pack
+er.pack_signatures(np.ones((3, 4), dtype=np.float32), er.hyperplanes(4, 64))
+print(sum(project_pack.stats.cache_hits.values()), sum(project_pack.stats.cache_misses.values()))
+"""
+
+
+def _as_other_user() -> list[str] | None:
+    """A command prefix that drops root (for whom no directory is read-only), ``[]`` when not root, else ``None``."""
+    import shutil
+
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    return None if setpriv is None else [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.mark.skipif(_as_other_user() is None, reason="runs as root and cannot drop privileges")
+def test_on_disk_cache_works_from_a_read_only_install() -> None:
+    """With the package directory read-only, Numba caches in the user's cache directory: a second process loads."""
+    import shutil
+    import tempfile
+
+    prefix = _as_other_user() or []
+    base = Path(tempfile.mkdtemp(prefix="etaretrieval-ro-"))
+    try:
+        base.chmod(0o755)
+        site = base / "site"
+        shutil.copytree(Path(er.__file__).parent, site / "etaretrieval",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
+        for path in [site, *site.rglob("*")]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        cache = base / "user-cache"
+        cache.mkdir(mode=0o777)
+        cache.chmod(0o777)
+        env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "ETARETRIEVAL_NO_CACHE")}
+        env.update(PYTHONPATH=str(site), XDG_CACHE_HOME=str(cache), HOME=str(cache), PYTHONDONTWRITEBYTECODE="1")
+        runs = [subprocess.run([*prefix, sys.executable, "-c", _CACHE_RUN], capture_output=True, text=True,
+                               timeout=600, env=env, cwd=base) for _ in range(2)]
+        for run in runs:
+            assert run.returncode == 0, run.stderr[-5000:]
+        assert runs[0].stdout.split() == ["0", "1"]  # compiled, and written to the user's cache
+        assert runs[1].stdout.split() == ["1", "0"]  # loaded from it
+        assert list(cache.rglob("*.nbi"))
+        assert not list(site.rglob("*.nbi"))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
