@@ -41,6 +41,9 @@ def run_all():
             out += er.topk_hamming(table[:16], table[ids], 5, lengths=np.arange(16))
             out += er.topk_hamming_lookup(table[:16], ids, table, 7, padding_id=3)
             out += er.topk_hamming_lookup(table[:16], ids[0], table, 7)
+            out.append(er.sdim_codes(table, 8))
+            out.append(er.sdim_pool(table[:16], table[ids], x[ids], 8, lengths=np.arange(16)))
+            out.append(er.sdim_from_buckets(table[:16], er.sdim_buckets(table[ids[0]], x[ids[0]], 8)))
             if torch is not None:
                 t = torch.from_numpy(table.view(np.int64))
                 out.append(torch.ops.etaretrieval.pack_signatures(torch.from_numpy(x), torch.from_numpy(planes)).numpy())

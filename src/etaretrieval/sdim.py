@@ -23,12 +23,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
-from . import config
 from ._device import DeviceArray, placement
+from ._threads import parallel_rows
 from ._validate import DTypeError, _as_int, _shape, as_array, as_signatures, validity
 from .cpu import sdim as kernels
 
@@ -76,10 +75,6 @@ def check_values(values: Any, batch: int, length: int) -> Any:
             f"got shape {_shape(v.shape)}"
         )
     return v
-
-
-def _ntasks(n: int) -> int:
-    return max(1, min(n, config.TASKS_PER_THREAD * numba.get_num_threads()))
 
 
 def _rows(a: np.ndarray, batch: int) -> np.ndarray:
@@ -142,7 +137,7 @@ def sdim_codes(signatures: Any, tau: int, *, bits: int | None = None) -> npt.NDA
     flat = s.reshape(-1, s.shape[-1])
     out = np.empty((flat.shape[0], groups), dtype=np.int32)
     if out.size:
-        kernels.codes(flat, tau, out)
+        parallel_rows(lambda lo, hi: kernels.codes(flat, tau, lo, hi, out), flat.shape[0], out.size)
     return out.reshape(lead + (groups,))
 
 
@@ -193,8 +188,9 @@ def sdim_group_sums(
     n, m = validity(lengths, mask, batch, length)
     out = np.empty((batch, groups, d), dtype=v.dtype)
     if batch:
-        kernels.group_sums(q, _rows(kk, batch), _rows(v, batch), tau, n, _NO_MASK if m is None else m,
-                           m is not None, _ntasks(batch), out)
+        kr, vr, mm = _rows(kk, batch), _rows(v, batch), _NO_MASK if m is None else m
+        parallel_rows(lambda lo, hi: kernels.group_sums(q, kr, vr, tau, n, mm, m is not None, lo, hi, out),
+                batch, batch * length * kk.shape[-1])
     return out
 
 
@@ -265,8 +261,9 @@ def sdim_pool(
     n, m = validity(lengths, mask, batch, length)
     out = np.empty((batch, d), dtype=v.dtype)
     if batch:
-        kernels.pool(q, _rows(kk, batch), _rows(v, batch), tau, groups, n, _NO_MASK if m is None else m,
-                     m is not None, _ntasks(batch), out)
+        kr, vr, mm = _rows(kk, batch), _rows(v, batch), _NO_MASK if m is None else m
+        parallel_rows(lambda lo, hi: kernels.pool(q, kr, vr, tau, groups, n, mm, m is not None, lo, hi, out),
+                batch, batch * length * kk.shape[-1])
     return out
 
 
@@ -356,8 +353,9 @@ def sdim_buckets(
     n, m = validity(lengths, mask, batch, length)
     out = np.empty((batch, groups, 1 << tau, d), dtype=v.dtype)
     if batch:
-        kernels.buckets(_rows(kk, batch), _rows(v, batch), tau, n, _NO_MASK if m is None else m, m is not None,
-                        _ntasks(batch * groups), out)
+        kr, vr, mm = _rows(kk, batch), _rows(v, batch), _NO_MASK if m is None else m
+        parallel_rows(lambda lo, hi: kernels.buckets(kr, vr, tau, n, mm, m is not None, lo, hi, out),
+                batch * groups, batch * groups * length)
     return out if batched else out[0]
 
 
@@ -419,7 +417,7 @@ def sdim_from_buckets(query: Any, buckets: Any) -> npt.NDArray[np.floating]:
     out = np.empty((batch, bk.shape[-1]), dtype=bk.dtype)
     if batch:
         summary = np.broadcast_to(bk, (batch, *bk.shape[-3:]))
-        kernels.from_buckets(q, summary, tau, _ntasks(batch), out)
+        parallel_rows(lambda lo, hi: kernels.from_buckets(q, summary, tau, lo, hi, out), batch, out.size)
     return out
 
 
@@ -436,6 +434,7 @@ def group_sums_backward(query: Any, keys: Any, grad: Any, tau: int, lengths: Any
     n, m = validity(lengths, mask, batch, length)
     out = np.empty((batch, length, gr.shape[-1]), dtype=gr.dtype)
     if batch:
-        kernels.group_sums_backward(q, _rows(kk, batch), gr, tau, n, _NO_MASK if m is None else m, m is not None,
-                                    _ntasks(batch), out)
+        kr, mm = _rows(kk, batch), _NO_MASK if m is None else m
+        parallel_rows(lambda lo, hi: kernels.group_sums_backward(q, kr, gr, tau, n, mm, m is not None, lo, hi, out),
+                batch, batch * length * kk.shape[-1])
     return out

@@ -7,8 +7,9 @@ every core:
   lookup over the user's sequence (:func:`topk_hamming_lookup`, shared
   ``(L,)`` ids) and the gather of the retrieved ids; p50/p99 per request and
   the ratio of the loop to the sum of its parts timed alone;
-* *training*: one step (forward + backward + SGD) of a small CTR model with
-  :class:`~etaretrieval.torch.ETAAttention` over a :class:`SignatureCache`,
+* *training*: one step (forward + backward + SGD, and the refresh of the
+  changed rows of the :class:`~etaretrieval.torch.SignatureCache`) of a small
+  CTR model with :class:`~etaretrieval.torch.ETAAttention` over that cache,
   and its ratio to its parts timed alone (the retrieval, then the rest of
   the step on the retrieved embeddings);
 * *single calls*: latency of :func:`topk_hamming_lookup` (and the torch op)
@@ -172,6 +173,7 @@ def _training(cfg: PipelineConfig) -> list[tuple[str, float, float]]:
     params = [*emb.parameters(), *eta.parameters(), *head.parameters()]
     opt = torch.optim.SGD(params, lr=0.01)
     cache = SignatureCache(emb, eta.retriever)
+    cache.attach(opt)  # rehash the rows each optimizer step changes
     ids = torch.randint(0, cfg.rows, (cfg.batch, cfg.train_length))
     target = torch.randint(0, cfg.rows, (cfg.batch,))
     mask = torch.rand(cfg.batch, cfg.train_length) < 0.95

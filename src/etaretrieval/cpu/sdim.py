@@ -28,7 +28,6 @@ only an exactly zero squared norm skips a group.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba.extending import overload
 
@@ -64,16 +63,14 @@ def add_normalised(srow, total):  # type: ignore[no-untyped-def]
 
 
 @jit()
-def _span(task, ntasks, n):  # type: ignore[no-untyped-def]
-    """Items ``[lo, hi)`` of task ``task`` out of ``ntasks`` over ``n`` items."""
-    return task * n // ntasks, (task + 1) * n // ntasks
+def codes(sig, tau, lo, hi, out):  # type: ignore[no-untyped-def]
+    """``out[n, g]`` = code of group ``g`` of ``sig[n]`` (``(N, W)`` uint64 -> ``(N, G)``), rows ``lo..hi-1``.
 
-
-@jit(parallel=True)
-def codes(sig, tau, out):  # type: ignore[no-untyped-def]
-    """``out[n, g]`` = code of group ``g`` of ``sig[n]`` (``(N, W)`` uint64 -> ``(N, G)``)."""
-    n, groups = out.shape
-    for r in numba.prange(n):
+    Like every kernel here, serial over a range of items: the library's
+    threads (:func:`etaretrieval._threads.parallel_rows`) spread the ranges.
+    """
+    groups = out.shape[1]
+    for r in range(lo, hi):
         for g in range(groups):
             out[r, g] = code(sig[r], g * tau, tau)
 
@@ -167,118 +164,108 @@ def _row_sums(query, keys, values, b, end, mask, use_mask, tau, layout, found, a
                 acc[g, i] += values[b, pos, i]
 
 
-@jit(parallel=True)
-def group_sums(query, keys, values, tau, lengths, mask, use_mask, ntasks, out):  # type: ignore[no-untyped-def]
-    """``out[b, g, :]`` = the group sums ``S`` (``(B, G, d)``, the dtype of ``values``)."""
-    batch, groups, d = out.shape
+@jit()
+def group_sums(query, keys, values, tau, lengths, mask, use_mask, lo, hi, out):  # type: ignore[no-untyped-def]
+    """``out[b, g, :]`` = the group sums ``S`` (``(B, G, d)``, the dtype of ``values``), rows ``lo..hi-1``."""
+    groups, d = out.shape[1], out.shape[2]
     layout = group_layout(tau, groups, keys.shape[2])
-    for task in numba.prange(ntasks):
-        found = np.empty(groups, dtype=np.int64)
-        acc = np.empty((groups, d), dtype=np.float64)
-        lo, hi = _span(task, ntasks, batch)
-        for b in range(lo, hi):
-            _row_sums(query, keys, values, b, lengths[b], mask, use_mask, tau, layout, found, acc)
-            for g in range(groups):
-                for i in range(d):
-                    out[b, g, i] = acc[g, i]
-
-
-@jit(parallel=True)
-def pool(query, keys, values, tau, groups, lengths, mask, use_mask, ntasks, out):  # type: ignore[no-untyped-def]
-    """``out[b, :]`` = the SDIM user-interest vector of row ``b`` over ``groups`` groups (steps 2 to 4)."""
-    batch, d = out.shape
-    layout = group_layout(tau, groups, keys.shape[2])
-    for task in numba.prange(ntasks):
-        found = np.empty(groups, dtype=np.int64)
-        acc = np.empty((groups, d), dtype=np.float64)
-        srow = np.empty(d, dtype=out.dtype)
-        total = np.empty(d, dtype=np.float64)
-        lo, hi = _span(task, ntasks, batch)
-        for b in range(lo, hi):
-            _row_sums(query, keys, values, b, lengths[b], mask, use_mask, tau, layout, found, acc)
-            total[:] = 0.0
-            for g in range(groups):
-                for i in range(d):
-                    srow[i] = acc[g, i]  # S, rounded to the dtype of values
-                add_normalised(srow, total)
+    found = np.empty(groups, dtype=np.int64)
+    acc = np.empty((groups, d), dtype=np.float64)
+    for b in range(lo, hi):
+        _row_sums(query, keys, values, b, lengths[b], mask, use_mask, tau, layout, found, acc)
+        for g in range(groups):
             for i in range(d):
-                out[b, i] = total[i] / groups
+                out[b, g, i] = acc[g, i]
 
 
-@jit(parallel=True)
-def buckets(keys, values, tau, lengths, mask, use_mask, ntasks, out):  # type: ignore[no-untyped-def]
+@jit()
+def pool(query, keys, values, tau, groups, lengths, mask, use_mask, lo, hi, out):  # type: ignore[no-untyped-def]
+    """``out[b, :]`` = the SDIM user-interest vector of row ``b`` over ``groups`` groups (steps 2 to 4), rows ``lo..hi-1``."""
+    d = out.shape[1]
+    layout = group_layout(tau, groups, keys.shape[2])
+    found = np.empty(groups, dtype=np.int64)
+    acc = np.empty((groups, d), dtype=np.float64)
+    srow = np.empty(d, dtype=out.dtype)
+    total = np.empty(d, dtype=np.float64)
+    for b in range(lo, hi):
+        _row_sums(query, keys, values, b, lengths[b], mask, use_mask, tau, layout, found, acc)
+        total[:] = 0.0
+        for g in range(groups):
+            for i in range(d):
+                srow[i] = acc[g, i]  # S, rounded to the dtype of values
+            add_normalised(srow, total)
+        for i in range(d):
+            out[b, i] = total[i] / groups
+
+
+@jit()
+def buckets(keys, values, tau, lengths, mask, use_mask, lo, hi, out):  # type: ignore[no-untyped-def]
     """``out[b, g, c, :]`` = sum of the valid ``values[b, l]`` whose group-``g`` code is ``c`` (step 2).
 
-    The ``B x G`` (row, group) pairs are split between the tasks, so that a
+    The items are the ``B x G`` (row, group) pairs ``lo..hi-1``, so that a
     single user's summary (``B = 1``) still runs in parallel; each pair scans
     its row once with a ``(2**tau, d)`` float64 accumulator.
     """
-    batch, groups, ncodes, d = out.shape
-    for task in numba.prange(ntasks):
-        acc = np.empty((ncodes, d), dtype=np.float64)
-        lo, hi = _span(task, ntasks, batch * groups)
-        for pair in range(lo, hi):
-            b, g = pair // groups, pair % groups
-            acc[:, :] = 0.0
-            for pos in range(lengths[b]):
-                if use_mask and not mask[b, pos]:
-                    continue
-                c = code(keys[b, pos], g * tau, tau)
-                for i in range(d):
-                    acc[c, i] += values[b, pos, i]
-            for c in range(ncodes):
-                for i in range(d):
-                    out[b, g, c, i] = acc[c, i]
+    groups, ncodes, d = out.shape[1], out.shape[2], out.shape[3]
+    acc = np.empty((ncodes, d), dtype=np.float64)
+    for pair in range(lo, hi):
+        b, g = pair // groups, pair % groups
+        acc[:, :] = 0.0
+        for pos in range(lengths[b]):
+            if use_mask and not mask[b, pos]:
+                continue
+            c = code(keys[b, pos], g * tau, tau)
+            for i in range(d):
+                acc[c, i] += values[b, pos, i]
+        for c in range(ncodes):
+            for i in range(d):
+                out[b, g, c, i] = acc[c, i]
 
 
-@jit(parallel=True)
-def from_buckets(query, summary, tau, ntasks, out):  # type: ignore[no-untyped-def]
+@jit()
+def from_buckets(query, summary, tau, lo, hi, out):  # type: ignore[no-untyped-def]
     """``out[b, :]`` from the bucket sums ``summary`` (``(B, G, 2**tau, d)``, may be a broadcast view).
 
     Reads ``G`` rows of ``d`` values per target: ``O(d G)`` whatever the
     sequence length (steps 3 and 4).
     """
-    batch, d = out.shape
+    d = out.shape[1]
     groups = summary.shape[1]
-    for task in numba.prange(ntasks):
-        total = np.empty(d, dtype=np.float64)
-        srow = np.empty(d, dtype=summary.dtype)
-        lo, hi = _span(task, ntasks, batch)
-        for b in range(lo, hi):
-            target = query[b]
-            total[:] = 0.0
-            for g in range(groups):
-                c = code(target, g * tau, tau)
-                for i in range(d):  # a copy rather than a view per group: no reference counting in the loop
-                    srow[i] = summary[b, g, c, i]
-                add_normalised(srow, total)
-            for i in range(d):
-                out[b, i] = total[i] / groups
+    total = np.empty(d, dtype=np.float64)
+    srow = np.empty(d, dtype=summary.dtype)
+    for b in range(lo, hi):
+        target = query[b]
+        total[:] = 0.0
+        for g in range(groups):
+            c = code(target, g * tau, tau)
+            for i in range(d):  # a copy rather than a view per group: no reference counting in the loop
+                srow[i] = summary[b, g, c, i]
+            add_normalised(srow, total)
+        for i in range(d):
+            out[b, i] = total[i] / groups
 
 
-@jit(parallel=True)
-def group_sums_backward(query, keys, grad, tau, lengths, mask, use_mask, ntasks, out):  # type: ignore[no-untyped-def]
+@jit()
+def group_sums_backward(query, keys, grad, tau, lengths, mask, use_mask, lo, hi, out):  # type: ignore[no-untyped-def]
     """``out[b, l, :]`` = sum over the groups ``g`` where position ``l`` matches of ``grad[b, g, :]``.
 
     The gradient of :func:`group_sums` with respect to ``values``: float64,
     groups in increasing order, rounded to ``out``'s dtype; zero at positions
     that are not valid.
     """
-    batch, length, d = out.shape
+    length, d = out.shape[1], out.shape[2]
     groups = grad.shape[1]
     starts, straddle, group_at = group_layout(tau, groups, keys.shape[2])
-    for task in numba.prange(ntasks):
-        found = np.empty(groups, dtype=np.int64)
-        acc = np.empty(d, dtype=np.float64)
-        lo, hi = _span(task, ntasks, batch)
-        for b in range(lo, hi):
-            end = lengths[b]
-            for pos in range(length):
-                acc[:] = 0.0
-                if pos < end and (not use_mask or mask[b, pos]):
-                    for j in range(matches(query, keys, b, pos, tau, starts, straddle, group_at, found)):
-                        g = found[j]
-                        for i in range(d):
-                            acc[i] += grad[b, g, i]
-                for i in range(d):
-                    out[b, pos, i] = acc[i]
+    found = np.empty(groups, dtype=np.int64)
+    acc = np.empty(d, dtype=np.float64)
+    for b in range(lo, hi):
+        end = lengths[b]
+        for pos in range(length):
+            acc[:] = 0.0
+            if pos < end and (not use_mask or mask[b, pos]):
+                for j in range(matches(query, keys, b, pos, tau, starts, straddle, group_at, found)):
+                    g = found[j]
+                    for i in range(d):
+                        acc[i] += grad[b, g, i]
+            for i in range(d):
+                out[b, pos, i] = acc[i]

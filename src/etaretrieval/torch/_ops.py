@@ -19,6 +19,7 @@ with the same messages.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Callable, Optional
 
 import numpy as np
@@ -57,6 +58,8 @@ _HALF = (torch.float16, torch.bfloat16)
 # CUDA-graph capture forbids: the tag keeps the ops out of graphs
 # (torch.compile(mode="reduce-overhead")) where this torch knows it.
 _TAGS = (torch.Tag.cudagraph_unsafe,) if hasattr(torch.Tag, "cudagraph_unsafe") else ()
+#: The same tags as keyword arguments of ``torch.library.custom_op`` (ops with an autograd formula, see .sdim).
+_CUSTOM_OP_TAGS = {"tags": _TAGS} if _TAGS and "tags" in inspect.signature(torch.library.custom_op).parameters else {}
 
 _LIB = torch.library.Library("etaretrieval", "FRAGMENT")  # kept for the life of the process
 

@@ -158,7 +158,7 @@ def _define(name: str, fake: Callable[..., object]) -> Callable[[Callable[..., o
         if not _FRESH:
             existing: Callable[..., object] = getattr(torch.ops.etaretrieval, name)
             return existing
-        op = torch.library.custom_op(f"etaretrieval::{name}", fn, mutates_args=(), **_ops._TAGS)
+        op = torch.library.custom_op(f"etaretrieval::{name}", fn, mutates_args=(), **_ops._CUSTOM_OP_TAGS)
         op.register_fake(fake)
         op.__doc__ = fn.__doc__
         return op
