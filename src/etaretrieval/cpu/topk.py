@@ -124,7 +124,7 @@ def _below_mask_jit(scratch, start, v):  # type: ignore[no-untyped-def]
 
 
 @jit()
-def _lookup_pass(query, ids, table, b, end, mask, use_mask, pad, use_pad, scratch):  # type: ignore[no-untyped-def]
+def _lookup_pass(query, ids, table, b, end, mask, use_mask, pad, use_pad, scratch, words):  # type: ignore[no-untyped-def]
     """Distances of row ``b`` of a lookup into ``scratch[:end]``.
 
     Returns ``(out_of_range, nvalid)``: whether a valid position holds an id
@@ -132,12 +132,12 @@ def _lookup_pass(query, ids, table, b, end, mask, use_mask, pad, use_pad, scratc
     checks the ids and does the first signature word, then one pass per
     further word; indices are unsigned (no negative-index wraparound) and
     flags combine bitwise (no branches), so that every pass vectorises,
-    whatever ``W``.
+    whatever ``W``. ``words`` is ``table.shape[1]``, a compile-time constant
+    for one word (the common 64-bit case: no further pass, no row buffer).
     """
     rows = _stack_buffer(np.uint64)
     dist = _stack_buffer(np.uint16)
     nrows = np.uint64(table.shape[0])
-    words = table.shape[1]
     invalid = np.uint16(64 * words + 1)
     zero = np.uint64(0)
     one = np.uint64(1)
@@ -228,19 +228,42 @@ def _first_bad(ids, b, end, mask, use_mask, pad, use_pad, nrows):  # type: ignor
 
 
 @jit()
-def _bound(scratch, end, nvalid, take, hist):  # type: ignore[no-untyped-def]
+def _histogram(scratch, end, step, hists):  # type: ignore[no-untyped-def]
+    """``hists[0]`` = counts of ``scratch[0:end:step]``.
+
+    Four partial histograms (``hists[1:5]``) take the positions in turn: most
+    distances fall in a few buckets, and consecutive increments of one
+    counter would each wait for the previous store.
+    """
+    lanes = hists[1:]
+    lanes[:, :] = 0
+    pos = 0
+    while pos + 3 * step < end:
+        lanes[0, scratch[pos]] += 1
+        lanes[1, scratch[pos + step]] += 1
+        lanes[2, scratch[pos + 2 * step]] += 1
+        lanes[3, scratch[pos + 3 * step]] += 1
+        pos += 4 * step
+    while pos < end:
+        lanes[0, scratch[pos]] += 1
+        pos += step
+    hist = hists[0]
+    for v in range(hist.shape[0]):
+        hist[v] = lanes[0, v] + lanes[1, v] + lanes[2, v] + lanes[3, v]
+
+
+@jit()
+def _bound(scratch, end, nvalid, take, hists):  # type: ignore[no-untyped-def]
     """A distance with, very likely, ``take`` valid positions at or below it (exact for short rows)."""
+    hist = hists[0]
     top = hist.shape[0] - 2  # 64 W, the largest distance
     if take == nvalid:
         return top
-    hist[:] = 0
     if end < SAMPLE_MIN_LENGTH:
-        for pos in range(end):
-            hist[scratch[pos]] += 1
+        _histogram(scratch, end, 1, hists)
         need = take
     else:
-        for pos in range(0, end, SAMPLE_STRIDE):
-            hist[scratch[pos]] += 1
+        _histogram(scratch, end, SAMPLE_STRIDE, hists)
         sampled = (end + SAMPLE_STRIDE - 1) // SAMPLE_STRIDE - hist[top + 1]
         # 1.5 times the expected count in the sample, plus 3: about 2.5 k
         # candidates, and a sample too low to give k about once in 300 rows.
@@ -291,13 +314,14 @@ def _candidates(scratch, end, v, cand):  # type: ignore[no-untyped-def]
 def _select(scratch, end, nvalid, k, work, idx_row, dist_row):  # type: ignore[no-untyped-def]
     """Write the top-``k`` of ``scratch[:end]`` in (distance, -position) order, ``-1`` tails.
 
-    ``work`` is :func:`_workspace`'s ``(hist, cand, slot_pos, slot_dist)``.
+    ``work`` is :func:`_workspace`'s ``(hists, cand, slot_pos, slot_dist)``.
     """
-    hist, cand, slot_pos, slot_dist = work
+    hists, cand, slot_pos, slot_dist = work
+    hist = hists[0]
     take = min(k, nvalid)
     if take > 0:
         top = hist.shape[0] - 2  # 64 W
-        v = _bound(scratch, end, nvalid, take, hist)
+        v = _bound(scratch, end, nvalid, take, hists)
         n = _candidates(scratch, end, v, cand)
         if n < take:  # the sample under-estimated the bound
             v = top
@@ -346,7 +370,7 @@ def _workspace(length, words, k):  # type: ignore[no-untyped-def]
     """
     padded = (length + LANES - 1) // LANES * LANES
     work = (
-        np.empty(64 * words + 2, dtype=np.int64),  # histogram
+        np.empty((5, 64 * words + 2), dtype=np.int64),  # histogram, and four partial ones (_histogram)
         np.empty(padded + 1, dtype=np.int32),  # candidate positions, and a spare slot
         np.empty(k + 1, dtype=np.int64),  # output positions, and a spare slot
         np.empty(k + 1, dtype=np.int32),  # output distances
@@ -394,9 +418,14 @@ def topk_lookup(  # type: ignore[no-untyped-def]
         if nrows == 0:  # no row 0 to read in place of a bad id
             out_of_range, nvalid = True, 0
         elif use_mask or use_pad:
-            out_of_range, nvalid = _lookup_pass(query, ids, table, b, end, mask, use_mask, pad, use_pad, scratch)
+            out_of_range, nvalid = _lookup_pass(query, ids, table, b, end, mask, use_mask, pad, use_pad, scratch,
+                                                words)
         else:  # the common case, compiled apart with the tests removed (literal flags)
-            out_of_range, nvalid = _lookup_pass(query, ids, table, b, end, mask, False, pad, False, scratch)
+            if words == 1:  # one word: a constant, so the pass needs no row buffer nor further word pass
+                out_of_range, nvalid = _lookup_pass(query, ids, table, b, end, mask, False, pad, False, scratch, 1)
+            else:
+                out_of_range, nvalid = _lookup_pass(query, ids, table, b, end, mask, False, pad, False, scratch,
+                                                    words)
         if out_of_range:
             bad[b] = _first_bad(ids, b, end, mask, use_mask, pad, use_pad, nrows)
             if bad[b] >= 0:
