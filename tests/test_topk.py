@@ -321,6 +321,7 @@ def test_serial_boundschecked_build_agrees_with_parallel(tmp_path: Path) -> None
     script = _EDGE_CASES + "\nimport sys\nassert not __import__('etaretrieval')._jit.PARALLEL\n" \
         "np.savez(sys.argv[1], *run_all())\n"
     env = dict(os.environ, ETARETRIEVAL_SERIAL="1", ETARETRIEVAL_NO_CACHE="1", NUMBA_BOUNDSCHECK="1")
+    env.pop("NUMBA_DISABLE_JIT", None)  # a compiled, bounds-checked build, also from the pure-Python pass
     target = tmp_path / "serial.npz"
     proc = subprocess.run([sys.executable, "-c", script, str(target)], env=env, capture_output=True, text=True,
                           timeout=600, cwd=tmp_path)
