@@ -8,31 +8,54 @@ torch has no uint64 arithmetic; fake kernels make them usable under
 kernels the numba-cuda ones on torch's current stream), and provides the retrieval step as an
 autograd function (:class:`HammingTopK`) and the ETA building blocks
 (:class:`ETARetriever`, :class:`SignatureCache`, :class:`TargetAttention`,
-:class:`ETAAttention`).
+:class:`ETAAttention`), time information (:class:`TimeEncoding`), the
+retrieval baselines that share ETA's interest-block interface
+(:class:`RecentWindowAttention`, :class:`CategoryMatchAttention`,
+:class:`InnerProductTopKAttention`, :class:`MeanPooling`) and a reference
+long+short CTR model (:class:`ETAModel`).
 """
 
 from __future__ import annotations
 
 from . import _cuda
 from ._ops import pack_signatures, topk_hamming, topk_hamming_lookup
+from .baselines import (
+    CategoryMatchAttention,
+    InnerProductTopKAttention,
+    MeanPooling,
+    RecentWindowAttention,
+    RetrievalAttention,
+    select_top,
+)
 from .function import HammingTopK
+from .model import ETAModel
 from .modules import ETAAttention, ETARetriever, Retrieved, SignatureCache, TargetAttention
 from .sdim import SDIMAttention, sdim_buckets, sdim_from_buckets, sdim_group_sums
+from .time import TimeEncoding, gather_positions
 
 _cuda.register()
 
 __all__ = [
+    "CategoryMatchAttention",
     "ETAAttention",
+    "ETAModel",
     "ETARetriever",
     "HammingTopK",
+    "InnerProductTopKAttention",
+    "MeanPooling",
+    "RecentWindowAttention",
+    "RetrievalAttention",
     "Retrieved",
     "SDIMAttention",
     "SignatureCache",
     "TargetAttention",
+    "TimeEncoding",
+    "gather_positions",
     "pack_signatures",
     "sdim_buckets",
     "sdim_from_buckets",
     "sdim_group_sums",
+    "select_top",
     "topk_hamming",
     "topk_hamming_lookup",
 ]

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .._validate import DTypeError, _shape, check_k, check_padding_side
+from .._validate import DTypeError, _as_int, _shape, check_k, check_padding_side
 from ..simhash import SimHasher, hyperplanes
 from . import _ops
+from .time import TimeEncoding, gather_positions
 
 __all__ = ["Retrieved", "ETARetriever", "SignatureCache", "TargetAttention", "ETAAttention"]
 
@@ -764,7 +765,9 @@ class TargetAttention(nn.Module):
     ``softmax(q k^T / sqrt(d / heads))`` per head with the query from the
     target and keys/values from the items, masked positions excluded; a row
     with no valid item gets zero attention weights (output = the output
-    projection's bias), never NaN.
+    projection's bias), never NaN. Over a whole behaviour sequence this is the
+    *full attention* interest block; it takes the arguments of every interest
+    block (see :mod:`etaretrieval.torch.baselines`) and ignores categories.
 
     Parameters
     ----------
@@ -772,29 +775,50 @@ class TargetAttention(nn.Module):
         Embedding dimension ``d``, divisible by ``heads``.
     heads : int
         Number of attention heads.
+    time : TimeEncoding, optional
+        If given, the embedding of each item's interval bucket (from
+        ``seq_time`` and ``target_time``, or from positions when they are not
+        passed) is added to the items before the key and value projections.
 
     Examples
     --------
     >>> import torch
-    >>> from etaretrieval.torch import TargetAttention
+    >>> from etaretrieval.torch import TargetAttention, TimeEncoding
     >>> attn = TargetAttention(16, heads=4)
     >>> mask = torch.tensor([[True, True, False], [False, False, False]])
     >>> out = attn(torch.randn(2, 16), torch.randn(2, 3, 16), mask)
     >>> out.shape, bool(out.isfinite().all())
     (torch.Size([2, 16]), True)
+    >>> timed = TargetAttention(16, heads=4, time=TimeEncoding(16))
+    >>> times = torch.tensor([[5, 9, 0], [0, 0, 0]])
+    >>> timed(torch.randn(2, 16), torch.randn(2, 3, 16), mask, seq_time=times, target_time=torch.tensor([10, 10])).shape
+    torch.Size([2, 16])
     """
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, *, time: Optional[TimeEncoding] = None) -> None:
         super().__init__()
         if heads < 1 or dim % heads:
             raise ValueError(f"heads must be >= 1 and divide dim = {dim}, got heads = {heads}")
+        if time is not None and not isinstance(time, TimeEncoding):
+            raise TypeError(f"time must be a TimeEncoding or None, got {type(time).__name__}")
         self.heads = heads
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
+        self.time = time
 
-    def forward(self, target: torch.Tensor, items: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        target: torch.Tensor,
+        items: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        *,
+        seq_time: Optional[torch.Tensor] = None,
+        target_time: Optional[torch.Tensor] = None,
+        seq_cat: Optional[torch.Tensor] = None,
+        target_cat: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Attend from ``target`` ``(B, d)`` over ``items`` ``(B, T, d)``.
 
         Parameters
@@ -802,9 +826,14 @@ class TargetAttention(nn.Module):
         target : torch.Tensor
             ``(B, d)`` queries.
         items : torch.Tensor
-            ``(B, T, d)`` keys and values.
+            ``(B, T, d)`` keys and values (a behaviour sequence: oldest to newest).
         mask : torch.Tensor, optional
             ``(B, T)`` valid items: bool, or numeric with non-zero = valid.
+        seq_time, target_time : torch.Tensor, optional
+            ``(B, T)`` and ``(B,)`` integer timestamps of the items and of the
+            request; used by ``time`` only.
+        seq_cat, target_cat : torch.Tensor, optional
+            Ignored (the common interest-block arguments).
 
         Returns
         -------
@@ -820,6 +849,15 @@ class TargetAttention(nn.Module):
                 f"target and items must have shapes (B, {d}) and (B, T, {d}), "
                 f"got {_shape(tuple(target.shape))} and {_shape(tuple(items.shape))}"
             )
+        if mask is not None:
+            mask = _bool_mask(mask, (batch, length), target.device)
+        if self.time is not None:
+            items = items + self.time(mask, seq_time, target_time, shape=(batch, length)).to(items.dtype)
+        return self.attend(target, items, mask)
+
+    def attend(self, target: torch.Tensor, items: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The attention itself on checked arguments, without time information."""
+        batch, length, d = items.shape
         h = self.heads
         q = self.query(target).view(batch, h, d // h)
         k = self.key(items).view(batch, length, h, d // h)
@@ -828,7 +866,7 @@ class TargetAttention(nn.Module):
         if mask is None:
             weights = torch.softmax(scores, dim=-1)
         else:
-            keep = _bool_mask(mask, (batch, length), target.device).unsqueeze(1)
+            keep = mask.unsqueeze(1)
             weights = torch.softmax(scores.masked_fill(~keep, torch.finfo(scores.dtype).min), dim=-1) * keep
         return self.out(torch.einsum("bht,bthe->bhe", weights, v).reshape(batch, d))
 
@@ -838,7 +876,9 @@ class ETAAttention(nn.Module):
 
     The long-sequence user-interest block of an ETA CTR model: cost
     ``O(L * bits)`` hashing plus ``O(k * d)`` attention per target, instead of
-    ``O(L * d)`` attention over the whole sequence.
+    ``O(L * d)`` attention over the whole sequence. Retrieval always runs on
+    the item embeddings; time information (``time``) is added to the
+    retrieved behaviours only, as in the paper.
 
     Parameters
     ----------
@@ -852,27 +892,60 @@ class ETAAttention(nn.Module):
         Number of attention heads.
     seed : int, default 0
         Seed of the retriever's hyperplanes.
+    time : TimeEncoding, optional
+        If given, the embedding of each retrieved behaviour's interval bucket
+        (from ``seq_time`` and ``target_time``, or from positions when they
+        are not passed) is added to it before the attention's key and value
+        projections.
+    candidates : int, optional
+        Recency re-ranking: retrieve the ``candidates >= k`` nearest
+        behaviours by Hamming distance, then attend over the ``k`` most recent
+        of them (largest positions). Default: the ``k`` nearest, whose ties
+        (equal distance) are already broken newest first by the top-K.
 
     Attributes
     ----------
     retriever : ETARetriever
+        Retrieves ``candidates`` (default ``k``) behaviours.
     attention : TargetAttention
+    time : TimeEncoding or None
 
     Examples
     --------
     >>> import torch
-    >>> from etaretrieval.torch import ETAAttention
+    >>> from etaretrieval.torch import ETAAttention, TimeEncoding
     >>> eta = ETAAttention(dim=16, bits=64, k=8, heads=2)
     >>> seq = torch.randn(4, 1000, 16)
     >>> mask = torch.rand(4, 1000) < 0.9
     >>> eta(torch.randn(4, 16), seq, mask).shape
     torch.Size([4, 16])
+    >>> timed = ETAAttention(dim=16, bits=64, k=8, heads=2, time=TimeEncoding(16), candidates=32)
+    >>> times = torch.arange(1000).expand(4, -1)
+    >>> timed(torch.randn(4, 16), seq, mask, seq_time=times, target_time=torch.full((4,), 1000)).shape
+    torch.Size([4, 16])
     """
 
-    def __init__(self, dim: int, bits: int, k: int, heads: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        bits: int,
+        k: int,
+        heads: int,
+        seed: int = 0,
+        *,
+        time: Optional[TimeEncoding] = None,
+        candidates: Optional[int] = None,
+    ) -> None:
         super().__init__()
-        self.retriever = ETARetriever(dim, bits, k, seed)
+        self.k = check_k(k)
+        if candidates is not None and _as_int("candidates", candidates) < self.k:
+            raise ValueError(f"candidates must be >= k = {self.k}, got {candidates}")
+        if time is not None and not isinstance(time, TimeEncoding):
+            raise TypeError(f"time must be a TimeEncoding or None, got {type(time).__name__}")
+        self.candidates = candidates
+        self.retriever = ETARetriever(dim, bits, self.k if candidates is None else candidates, seed)
         self.attention = TargetAttention(dim, heads)
+        self.time = time
 
     @classmethod
     def from_planes(cls, planes: Any, k: int, heads: int) -> ETAAttention:
@@ -915,9 +988,49 @@ class ETAAttention(nn.Module):
         cache: Optional[SignatureCache] = None,
         lengths: Optional[torch.Tensor] = None,
         padding_side: str = "right",
+        seq_time: Optional[torch.Tensor] = None,
+        target_time: Optional[torch.Tensor] = None,
+        seq_cat: Optional[torch.Tensor] = None,
+        target_cat: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """User-interest vector ``(B, d)``; arguments as in :meth:`ETARetriever.forward`."""
+        """User-interest vector ``(B, d)``.
+
+        ``target``, ``seq``, ``mask``, ``seq_ids``, ``items``, ``cache``,
+        ``lengths`` and ``padding_side`` are as in
+        :meth:`ETARetriever.forward`; ``seq_time`` ``(B, L)`` and
+        ``target_time`` ``(B,)`` integer timestamps feed ``time``;
+        ``seq_cat`` and ``target_cat`` are ignored (the common interest-block
+        arguments).
+        """
         found = self.retriever(
             target, seq, mask, seq_ids=seq_ids, items=items, cache=cache, lengths=lengths, padding_side=padding_side
         )
-        return self.attention(target, found.values, found.mask)
+        values, index, valid = found
+        if self.candidates is not None:  # keep the k most recent candidates, newest first
+            newest = torch.where(valid, index, -1).topk(min(self.k, index.shape[1]), dim=1).indices
+            values, index, valid = gather_positions(values, newest), index.gather(1, newest), valid.gather(1, newest)
+        if self.time is not None:
+            length = seq.shape[1] if seq is not None else seq_ids.shape[1]  # type: ignore[union-attr]
+            valid_seq = _valid_positions(mask, lengths, padding_side, index.shape[0], length, index.device)
+            interval = self.time.intervals(valid_seq, seq_time, target_time, shape=(index.shape[0], length))
+            interval = gather_positions(interval, index)
+            values = values + self.time.embed(interval).to(values.dtype) * valid.unsqueeze(-1).to(values.dtype)
+        return self.attention.attend(target, values, valid)
+
+
+def _valid_positions(
+    mask: Optional[torch.Tensor],
+    lengths: Optional[torch.Tensor],
+    padding_side: str,
+    batch: int,
+    length: int,
+    device: torch.device,
+) -> Optional[torch.Tensor]:
+    """The ``(B, L)`` bool valid positions given by a mask (any numeric dtype) or by lengths, or None (all)."""
+    if mask is not None:
+        return _ops.bool_mask(mask).expand(batch, length)
+    if lengths is None:
+        return None
+    col = torch.arange(length, device=device)
+    n = lengths.to(device=device, dtype=torch.int64).unsqueeze(1)
+    return col >= length - n if check_padding_side(padding_side) == "left" else col < n

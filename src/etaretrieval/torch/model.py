@@ -1,0 +1,144 @@
+"""A reference long+short CTR model with swappable interest blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .baselines import RecentWindowAttention
+from .modules import ETAAttention
+from .time import TimeEncoding
+
+__all__ = ["ETAModel"]
+
+
+class ETAModel(nn.Module):
+    """Click-through-rate model: embeddings, a short-term and a long-term interest block, an MLP.
+
+    Each behaviour and the target are embedded as the item embedding
+    concatenated with the category embedding (when ``n_categories > 0``);
+    the short-term block (default: target attention over the last ``recent``
+    behaviours) and the long-term block (default: ETA over the whole history,
+    with time information) each give a ``(B, dim)`` interest vector; the MLP
+    reads ``[target, short, long, target * short, target * long]`` and gives a
+    logit. Both blocks are any interest block (same call, see
+    :mod:`etaretrieval.torch.baselines`), so comparing retrieval methods is
+    one model with one block changed.
+
+    Parameters
+    ----------
+    n_items : int
+        Item ids are ``0..n_items`` (``0`` is padding).
+    dim : int, default 32
+        Width ``d`` of a behaviour embedding (and of the interest vectors).
+    n_categories : int, default 0
+        Category ids ``0..n_categories``; ``0`` means the model uses no
+        categories. With categories, ``dim // 2`` of the width is the
+        category embedding.
+    short, long : torch.nn.Module, optional
+        Interest blocks. Defaults: ``RecentWindowAttention(dim, recent, heads)``
+        and ``ETAAttention(dim, bits, k, heads, seed, time=TimeEncoding(dim))``.
+    recent, k, bits, heads, seed : int
+        Sizes of the default blocks (defaults 16, 48, 64, 2, 0).
+    hidden : sequence of int, default (128, 64)
+        Widths of the MLP's hidden layers.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch import ETAModel
+    >>> model = ETAModel(n_items=100, dim=16, n_categories=5)
+    >>> history = torch.randint(1, 101, (4, 300))
+    >>> logits = model(history, torch.randint(1, 101, (4,)), history != 0,
+    ...                categories=torch.randint(1, 6, (4, 300)), target_category=torch.randint(1, 6, (4,)),
+    ...                times=torch.arange(300).expand(4, -1), target_time=torch.full((4,), 300))
+    >>> logits.shape
+    torch.Size([4])
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        dim: int = 32,
+        *,
+        n_categories: int = 0,
+        short: Optional[nn.Module] = None,
+        long: Optional[nn.Module] = None,
+        recent: int = 16,
+        k: int = 48,
+        bits: int = 64,
+        heads: int = 2,
+        seed: int = 0,
+        hidden: Sequence[int] = (128, 64),
+    ) -> None:
+        super().__init__()
+        if n_items < 1 or n_categories < 0:
+            raise ValueError(f"need n_items >= 1 and n_categories >= 0, got {n_items} and {n_categories}")
+        cat_dim = dim // 2 if n_categories else 0
+        if dim - cat_dim < 1:
+            raise ValueError(f"dim must be >= 2 with categories, got {dim}")
+        self.dim = dim
+        self.items = nn.Embedding(n_items + 1, dim - cat_dim, padding_idx=0)
+        self.categories = nn.Embedding(n_categories + 1, cat_dim, padding_idx=0) if n_categories else None
+        self.short = RecentWindowAttention(dim, recent, heads) if short is None else short
+        self.long = ETAAttention(dim, bits, k, heads, seed, time=TimeEncoding(dim)) if long is None else long
+        layers: list[nn.Module] = []
+        width = 5 * dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.mlp = nn.Sequential(*layers, nn.Linear(width, 1))
+
+    def embed(self, ids: torch.Tensor, categories: Optional[torch.Tensor]) -> torch.Tensor:
+        """Embeddings ``(..., dim)`` of item ids (and their categories)."""
+        if self.categories is None:
+            return self.items(ids)
+        if categories is None:
+            raise ValueError("this model embeds categories: pass categories and target_category")
+        return torch.cat([self.items(ids), self.categories(categories)], dim=-1)
+
+    def forward(
+        self,
+        history: torch.Tensor,
+        target: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        *,
+        times: Optional[torch.Tensor] = None,
+        target_time: Optional[torch.Tensor] = None,
+        categories: Optional[torch.Tensor] = None,
+        target_category: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Click logits ``(B,)``.
+
+        Parameters
+        ----------
+        history : torch.Tensor
+            ``(B, L)`` int64 item ids, oldest to newest, padded on either side.
+        target : torch.Tensor
+            ``(B,)`` int64 target item ids.
+        mask : torch.Tensor, optional
+            ``(B, L)`` bool, true at real behaviours; default ``history != 0``.
+        times, target_time : torch.Tensor, optional
+            ``(B, L)`` behaviour timestamps and ``(B,)`` request times, for
+            blocks with time information (without them such blocks use
+            position distances).
+        categories, target_category : torch.Tensor, optional
+            ``(B, L)`` and ``(B,)`` category ids; required when
+            ``n_categories > 0``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B,)`` logits.
+        """
+        if mask is None:
+            mask = history != 0
+        seq = self.embed(history, categories)
+        query = self.embed(target, target_category)
+        context = {"seq_time": times, "target_time": target_time, "seq_cat": categories, "target_cat": target_category}
+        short = self.short(query, seq, mask, **context)
+        long = self.long(query, seq, mask, **context)
+        return self.mlp(torch.cat([query, short, long, query * short, query * long], dim=-1)).squeeze(-1)
