@@ -10,7 +10,7 @@ from __future__ import annotations
 from .build import build_samples
 from .logs import LOG_FORMATS, InteractionLog, read_log
 from .samples import SequenceBatch, SequenceSamples
-from .synthetic import LONG_TERM, OTHER, SHORT_TERM, LongBehaviorData, make_long_behavior_ctr
+from .synthetic import LAPSED, LONG_TERM, OTHER, SHORT_TERM, LongBehaviorData, make_long_behavior_ctr, make_sequence_ctr
 
 __all__ = [
     "read_log",
@@ -21,7 +21,9 @@ __all__ = [
     "SequenceBatch",
     "LongBehaviorData",
     "make_long_behavior_ctr",
+    "make_sequence_ctr",
     "LONG_TERM",
     "SHORT_TERM",
     "OTHER",
+    "LAPSED",
 ]

@@ -1,6 +1,12 @@
 """Synthetic long-behaviour CTR data whose signal lives in the old part of the sequence.
 
-Each user has a few *long-term interests* (item categories) that fill the old
+Two generators. :func:`make_sequence_ctr` gives timestamped histories as
+:class:`~etaretrieval.datasets.SequenceSamples` (the store real logs use too),
+where the recent window, the long-term interests *and* how long ago each was
+last engaged all matter. :func:`make_long_behavior_ctr`, the first one, gives
+padded arrays without times:
+
+each user has a few *long-term interests* (item categories) that fill the old
 part of a long behaviour sequence but never the recent window, and a few
 *short-term* categories that fill the recent window. A sample pairs the user
 with a target item; the click probability is high when the target's category
@@ -18,10 +24,20 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["LongBehaviorData", "make_long_behavior_ctr", "LONG_TERM", "SHORT_TERM", "OTHER"]
+from .samples import SequenceSamples
 
-#: Target kinds, the values of :attr:`LongBehaviorData.kind`.
-LONG_TERM, SHORT_TERM, OTHER = 0, 1, 2
+__all__ = [
+    "LongBehaviorData",
+    "make_long_behavior_ctr",
+    "make_sequence_ctr",
+    "LONG_TERM",
+    "SHORT_TERM",
+    "OTHER",
+    "LAPSED",
+]
+
+#: Target kinds, the values of :attr:`LongBehaviorData.kind` (``LAPSED``: only in :func:`make_sequence_ctr`).
+LONG_TERM, SHORT_TERM, OTHER, LAPSED = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -221,4 +237,196 @@ def make_long_behavior_ctr(
         kind=kind.astype(np.int64),
         label=label,
         recent=recent,
+    )
+
+
+def _other_categories_flat(
+    rng: np.random.Generator, excluded: np.ndarray, rows: np.ndarray, n_categories: int
+) -> np.ndarray:
+    """Uniform categories in ``1..n_categories`` outside ``excluded[rows[i]]`` for each ``i`` (flat form)."""
+    skip = np.sort(excluded, axis=1) - 1
+    values = rng.integers(0, n_categories - skip.shape[1], size=rows.shape[0])
+    for j in range(skip.shape[1]):
+        values += values >= skip[rows, j]
+    return values + 1
+
+
+def make_sequence_ctr(
+    n_users: int = 2000,
+    max_len: int = 2000,
+    *,
+    min_len: int | None = None,
+    recent: int = 20,
+    n_categories: int = 100,
+    items_per_category: int = 20,
+    n_interests: int = 4,
+    n_lapsed: int = 2,
+    n_recent: int = 2,
+    interest_rate: float = 0.3,
+    recent_rate: float = 0.5,
+    lapse: tuple[float, float] = (0.2, 0.5),
+    samples_per_user: int = 8,
+    click_prob: tuple[float, float, float, float] = (0.8, 0.8, 0.05, 0.25),
+    mean_gap: float = 1800.0,
+    test_fraction: float = 0.2,
+    seed: int | np.random.Generator = 0,
+) -> SequenceSamples:
+    """Timestamped long histories where recency, long-term interests and their age all matter.
+
+    Per user: a history length uniform in ``min_len..max_len``; behaviour
+    times (seconds) with exponential gaps of mean ``mean_gap``, the request
+    one more gap after the last behaviour. The user has ``n_interests``
+    long-term categories and ``n_recent`` short-term ones, all distinct. Each
+    behaviour before the last ``recent`` is, with probability
+    ``interest_rate``, from a long-term interest drawn uniformly, provided the
+    interest is still alive then: ``n_interests - n_lapsed`` interests stay
+    alive to the end, the ``n_lapsed`` others *lapse* at a random point
+    between ``lapse[0]`` and ``lapse[1]`` of the history and never come back.
+    Each behaviour of the recent window is from a short-term category with
+    probability ``recent_rate``. All other behaviours are noise from the
+    remaining categories.
+
+    Per sample, the target's kind is drawn uniformly: a short-term category
+    (:data:`SHORT_TERM`, seen in the recent window), a live long-term one
+    (:data:`LONG_TERM`: only in the old part, last seen shortly before the
+    window), a lapsed one (:data:`LAPSED`: only long ago) or neither
+    (:data:`OTHER`), and it is clicked with probability ``click_prob[kind]``.
+    Telling a live interest from a lapsed one needs the time (or position) of
+    the behaviours; seeing either needs the whole history; seeing short-term
+    interests needs the recent window.
+
+    Parameters
+    ----------
+    n_users : int, default 2000
+        Number of users.
+    max_len : int, default 2000
+        Longest history.
+    min_len : int, optional
+        Shortest history, ``> recent``; default ``max_len // 2``.
+    recent : int, default 20
+        Length of the recent window, ``>= 1``.
+    n_categories : int, default 100
+        Number of categories, more than ``n_interests + n_recent``.
+    items_per_category : int, default 20
+        Items per category; item ``i`` is in category ``(i - 1) // items_per_category + 1``.
+    n_interests : int, default 4
+        Long-term interest categories per user.
+    n_lapsed : int, default 2
+        How many of them lapse, ``0..n_interests - 1``.
+    n_recent : int, default 2
+        Short-term categories per user.
+    interest_rate, recent_rate : float, default 0.3 and 0.5
+        Share of interest behaviours in the old part and in the recent window.
+    lapse : (float, float), default (0.2, 0.5)
+        Range of the point (share of the history) where a lapsed interest stops.
+    samples_per_user : int, default 8
+        Targets per user, all at the user's request time.
+    click_prob : (float, float, float, float), default (0.8, 0.8, 0.05, 0.25)
+        Click probability by kind, indexed by :data:`LONG_TERM` (live),
+        :data:`SHORT_TERM`, :data:`OTHER` and :data:`LAPSED` (0, 1, 2, 3).
+    mean_gap : float, default 1800.0
+        Mean seconds between behaviours.
+    test_fraction : float, default 0.2
+        Share of users whose samples are test samples (``train`` false).
+    seed : int or numpy.random.Generator, default 0
+        Seed; the same seed gives the same data.
+
+    Returns
+    -------
+    SequenceSamples
+        Histories with ``times`` and ``categories``; every sample sees its
+        user's whole history (``end`` is the user's last behaviour).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from etaretrieval.datasets import make_sequence_ctr
+    >>> data = make_sequence_ctr(n_users=50, max_len=300, seed=0)
+    >>> data.n_users, data.n_samples, data.n_items, data.n_categories
+    (50, 400, 2000, 100)
+    >>> batch = data.batch(np.arange(4), max_len=300)
+    >>> bool((np.diff(batch.times, axis=1)[batch.mask[:, 1:]] > 0).all())  # times increase
+    True
+    >>> bool((batch.target_time > batch.times.max(axis=1)).all())
+    True
+    """
+    min_len = max_len // 2 if min_len is None else min_len
+    if not 1 <= recent < min_len <= max_len:
+        raise ValueError(f"need 1 <= recent < min_len <= max_len, got recent={recent}, min_len={min_len}, "
+                         f"max_len={max_len}")
+    if n_interests < 1 or n_recent < 1 or n_categories <= n_interests + n_recent:
+        raise ValueError(f"need n_interests >= 1, n_recent >= 1 and n_categories > n_interests + n_recent, got "
+                         f"{n_interests}, {n_recent} and {n_categories}")
+    if not 0 <= n_lapsed < n_interests:
+        raise ValueError(f"n_lapsed must be in 0..n_interests - 1 = {n_interests - 1}, got {n_lapsed}")
+    if not 0 <= lapse[0] <= lapse[1] <= 1:
+        raise ValueError(f"lapse must be a range within [0, 1], got {lapse}")
+    if len(click_prob) != 4 or not all(0 <= p <= 1 for p in click_prob):
+        raise ValueError(f"click_prob must be 4 probabilities, got {click_prob}")
+    if not 0 <= test_fraction <= 1 or not mean_gap > 0:
+        raise ValueError(f"need 0 <= test_fraction <= 1 and mean_gap > 0, got {test_fraction} and {mean_gap}")
+    for name, value in (("n_users", n_users), ("samples_per_user", samples_per_user),
+                        ("items_per_category", items_per_category)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    rng = np.random.default_rng(seed)
+    chosen = np.argsort(rng.random((n_users, n_categories)), axis=1)[:, : n_interests + n_recent] + 1
+    interests, recent_interests = chosen[:, :n_interests], chosen[:, n_interests:]
+    lengths = rng.integers(min_len, max_len + 1, size=n_users)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    events = int(offsets[-1])
+    owner = np.repeat(np.arange(n_users), lengths)
+    pos = np.arange(events) - offsets[owner]
+    in_window = pos >= (lengths - recent)[owner]
+
+    # long-term interests: interest j of a user is alive before its lapse point (live ones: always)
+    lapse_at = np.full((n_users, n_interests), np.iinfo(np.int64).max)
+    lapse_at[:, n_interests - n_lapsed:] = (rng.uniform(*lapse, size=(n_users, n_lapsed)) * lengths[:, None]).astype(
+        np.int64)
+    pick = rng.integers(0, n_interests, size=events)
+    alive = pos < lapse_at[owner, pick]
+    draw = rng.random(events)
+    own = np.where(in_window, draw < recent_rate, (draw < interest_rate) & alive)
+    own_cat = np.where(in_window, recent_interests[owner, rng.integers(0, n_recent, size=events)],
+                       interests[owner, pick])
+    categories = np.where(own, own_cat, _other_categories_flat(rng, chosen, owner, n_categories))
+    items = _items(rng, categories, items_per_category)
+
+    gaps = np.ceil(rng.exponential(mean_gap, size=events + n_users)).astype(np.int64) + 1
+    clock = np.cumsum(gaps)  # one extra gap per user: its request
+    stride = np.arange(events) + owner  # event e is clock position e + (its user's index)
+    start = rng.integers(1_500_000_000, 1_600_000_000, size=n_users) - clock[offsets[:-1] + np.arange(n_users)]
+    times = clock[stride] + start[owner]
+    request = clock[offsets[1:] + np.arange(n_users)] + start
+
+    user = np.repeat(np.arange(n_users), samples_per_user)
+    n_samples = user.shape[0]
+    kind = rng.choice(np.array([LONG_TERM, SHORT_TERM, LAPSED, OTHER]) if n_lapsed else
+                      np.array([LONG_TERM, SHORT_TERM, OTHER]), size=n_samples)
+    live = rng.integers(0, n_interests - n_lapsed, size=n_samples)
+    lapsed = n_interests - n_lapsed + rng.integers(0, max(n_lapsed, 1), size=n_samples)
+    target_cat = np.select(
+        [kind == LONG_TERM, kind == SHORT_TERM, kind == LAPSED],
+        [interests[user, live], recent_interests[user, rng.integers(0, n_recent, size=n_samples)],
+         interests[user, np.minimum(lapsed, n_interests - 1)]],
+        _other_categories_flat(rng, chosen, user, n_categories),
+    )
+    p_click = np.asarray(click_prob, dtype=np.float64)[kind]
+    label = (rng.random(n_samples) < p_click).astype(np.float32)
+    test_users = rng.permutation(n_users)[: int(round(test_fraction * n_users))]
+    train = ~np.isin(user, test_users)
+    return SequenceSamples(
+        items=items.astype(np.int64),
+        times=times.astype(np.int64),
+        categories=categories.astype(np.int64),
+        offsets=offsets.astype(np.int64),
+        user=user.astype(np.int64),
+        target=_items(rng, target_cat, items_per_category).astype(np.int64),
+        target_time=request[user].astype(np.int64),
+        target_category=target_cat.astype(np.int64),
+        end=offsets[1:][user].astype(np.int64),
+        label=label,
+        train=train,
+        n_items=n_categories * items_per_category,
+        n_categories=n_categories,
     )

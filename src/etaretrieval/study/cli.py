@@ -1,0 +1,163 @@
+"""``python -m etaretrieval.study``: the ETA paper's comparison on one model with one block changed."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .. import __version__
+from ..datasets import SequenceSamples, make_sequence_ctr
+from .report import long_table, markdown_table, plot, summarize
+from .runner import RunResult, StudyConfig, run_variant, time_long_sequences
+from .variants import variants
+
+__all__ = ["main", "parser", "QUICK"]
+
+#: Overrides of ``--quick``: a smoke run of every row.
+QUICK = dict(n_users=200, max_len=300, seeds=(0,), batch_size=64, long_batch=8, long_repeat=2)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line parser.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
+    p = argparse.ArgumentParser(
+        prog="python -m etaretrieval.study",
+        description="Train the same long+short CTR model (etaretrieval.torch.ETAModel) with each long-term "
+        "interest block (recent window, mean pooling, SIM hard, exact inner-product top-K, full attention, ETA; "
+        "with and without time information) over several seeds; report test AUC, logloss, train and inference "
+        "time and the SimHash retrieval's recall, as a Markdown table and a plot. Default: built-in synthetic data.",
+    )
+    p.add_argument("--out", default="study_out", help="output directory (default: study_out)")
+    p.add_argument("--quick", action="store_true", help="smoke run: small data, one seed, every row")
+    p.add_argument("--seeds", type=int, help="number of seeds (default 3; 1 with --quick)")
+    p.add_argument("--users", type=int, help="synthetic users (default 2000; 200 with --quick)")
+    p.add_argument("--max-len", type=int, help="longest history L (default 2000; 300 with --quick)")
+    p.add_argument("--epochs", type=int, help="training epochs (default 1)")
+    p.add_argument("--batch-size", type=int, help="samples per step (default 128; 64 with --quick)")
+    p.add_argument("--k", type=int, help="behaviours retrieved by the long-term block (default 32)")
+    p.add_argument("--only", action="append", metavar="TEXT",
+                   help="run only the rows whose name contains TEXT (repeatable)")
+    p.add_argument("--long-len", type=int, help="L of the inference timing (default 10000; 0 skips it)")
+    p.add_argument("--long-batch", type=int, help="histories per batch of the inference timing (default 64)")
+    p.add_argument("--threads", type=int, help="torch and numba threads (default: leave as they are)")
+    return p
+
+
+def _config(args: argparse.Namespace) -> StudyConfig:
+    changes: dict[str, object] = dict(QUICK) if args.quick else {}
+    for arg, name in (("users", "n_users"), ("max_len", "max_len"), ("epochs", "epochs"),
+                      ("batch_size", "batch_size"), ("k", "k"), ("long_len", "long_len"),
+                      ("long_batch", "long_batch")):
+        if getattr(args, arg) is not None:
+            changes[name] = getattr(args, arg)
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise SystemExit("--seeds must be >= 1")
+        changes["seeds"] = tuple(range(args.seeds))
+    return dataclasses.replace(StudyConfig(), **changes)  # type: ignore[arg-type]
+
+
+def _log(message: str) -> None:
+    print(f"[study {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _data(cfg: StudyConfig) -> tuple[SequenceSamples, str]:
+    data = make_sequence_ctr(cfg.n_users, cfg.max_len, min_len=cfg.min_len, seed=cfg.data_seed)
+    lengths = np.diff(data.offsets)
+    what = (f"synthetic (`make_sequence_ctr`, seed {cfg.data_seed}): {data.n_users} users, histories of "
+            f"{lengths.min()}..{lengths.max()} behaviours, {data.n_items} items in {data.n_categories} categories, "
+            f"{int(data.train.sum())} training / {int((~data.train).sum())} test samples (users split), "
+            f"click rate {data.label.mean():.3f}")
+    return data, what
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the study.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Command-line arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit status.
+    """
+    args = parser().parse_args(argv)
+    cfg = _config(args)
+    if args.threads is not None:
+        import numba
+        import torch
+
+        torch.set_num_threads(args.threads)
+        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    import torch
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    data, data_line = _data(cfg)
+    _log(data_line)
+    rows = [v for v in variants(cfg.bits) if not args.only or any(t in v.name for t in args.only)]
+    if not rows:
+        raise SystemExit(f"--only {args.only} matches no row")
+    results: list[RunResult] = []
+    total = len(rows) * len(cfg.seeds)
+    for variant in rows:
+        for seed in cfg.seeds:
+            n = len(results) + 1
+            result = run_variant(variant, data, cfg, seed, progress=lambda m, n=n, v=variant.name, s=seed: _log(
+                f"[{n}/{total}] {v} (seed {s}): {m}"))
+            results.append(result)
+            _log(f"[{n}/{total}] {variant.name} (seed {seed}): test AUC {result.auc:.4f}, logloss "
+                 f"{result.logloss:.4f}, {result.train_ms:.0f} ms/step, {result.seconds:.1f} s")
+    summary = summarize(results)
+    long_rows = []
+    if cfg.long_len:
+        _log(f"inference timing at L = {cfg.long_len} (B = {cfg.long_batch})")
+        long_rows = time_long_sequences(cfg.long_len, cfg.long_batch, cfg, repeat=cfg.long_repeat)
+    elapsed = time.perf_counter() - start
+    threads = torch.get_num_threads()
+    text = [
+        "# etaretrieval study: one long+short CTR model, one long-term block changed",
+        "",
+        f"- data: {data_line}",
+        f"- model: `ETAModel`, dim {cfg.dim} (item + category embeddings), short-term block: target attention over "
+        f"the last {cfg.recent} behaviours; long-term block: the row; k = {cfg.k}, {cfg.heads} heads, "
+        f"MLP {list(cfg.hidden)}; histories up to L = {cfg.max_len}, left-padded",
+        f"- training: Adam lr {cfg.lr}, batch {cfg.batch_size}, {cfg.epochs} epoch(s); seeds {list(cfg.seeds)} "
+        f"(model initialisation, batch order, hyperplanes); mean ± std over seeds",
+        f"- machine: {platform.processor() or platform.machine()}, torch {torch.__version__} with {threads} threads, "
+        f"etaretrieval {__version__}; whole run {elapsed / 60:.1f} min",
+        "- times: median per step / per test batch of the whole model (forward only at inference, the sequence "
+        "embeddings gathered and, for ETA, hashed on every call)",
+        "",
+        markdown_table(summary, cfg.k),
+    ]
+    if long_rows:
+        text += ["", f"## Inference at L = {cfg.long_len:,} ({cfg.long_batch} histories per batch, one block, "
+                 "untrained weights, median)", "", long_table(long_rows)]
+    (out / "study.md").write_text("\n".join(text) + "\n", encoding="utf-8")
+    (out / "results.json").write_text(json.dumps({
+        "config": dataclasses.asdict(cfg),
+        "runs": [dataclasses.asdict(r) for r in results],
+        "long": [dataclasses.asdict(r) for r in long_rows],
+    }, indent=1), encoding="utf-8")
+    plot(summary, out / "study.png", f"{data.n_users} users, L <= {cfg.max_len}, {len(cfg.seeds)} seed(s)")
+    print("\n".join(text))
+    _log(f"wrote {out / 'study.md'}, {out / 'study.png'}, {out / 'results.json'} in {elapsed:.0f} s")
+    return 0

@@ -1,0 +1,231 @@
+"""Train and evaluate one :class:`~etaretrieval.torch.ETAModel` per variant and seed; time long sequences."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..datasets import SequenceBatch, SequenceSamples
+from ..torch import (
+    ETAAttention,
+    ETAModel,
+    SignatureCache,
+    TargetAttention,
+    TimeEncoding,
+    select_top,
+)
+from .metrics import auc, logloss, recall_at_k
+from .variants import BlockSizes, Variant
+
+__all__ = ["StudyConfig", "RunResult", "LongTiming", "to_tensors", "run_variant", "time_long_sequences"]
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Sizes of a study run (data, model, training, timing)."""
+
+    n_users: int = 2000
+    max_len: int = 2000
+    min_len: Optional[int] = None
+    data_seed: int = 0
+    dim: int = 32
+    k: int = 32
+    recent: int = 16
+    heads: int = 2
+    hidden: tuple[int, ...] = (128, 64)
+    batch_size: int = 128
+    epochs: int = 1
+    lr: float = 3e-3
+    seeds: tuple[int, ...] = (0, 1, 2)
+    bits: tuple[int, ...] = (64, 128)
+    long_len: int = 10_000
+    long_batch: int = 64
+    long_repeat: int = 5
+    eval_batches: int = field(default=0)  # 0: the whole test set
+
+    @property
+    def sizes(self) -> BlockSizes:
+        return BlockSizes(self.dim, self.k, self.heads)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Test metrics and timings of one variant trained with one seed."""
+
+    variant: str
+    seed: int
+    auc: float
+    logloss: float
+    train_ms: float
+    infer_ms: float
+    recall: float
+    seconds: float
+
+
+def to_tensors(batch: SequenceBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``(inputs, label)``: the keyword arguments of :meth:`ETAModel.forward` and the ``(B,)`` float labels."""
+    inputs = {
+        "history": torch.from_numpy(batch.history),
+        "target": torch.from_numpy(batch.target),
+        "mask": torch.from_numpy(batch.mask),
+        "times": torch.from_numpy(batch.times),
+        "target_time": torch.from_numpy(batch.target_time),
+    }
+    if batch.categories is not None and batch.target_category is not None:
+        inputs["categories"] = torch.from_numpy(batch.categories)
+        inputs["target_category"] = torch.from_numpy(batch.target_category)
+    return inputs, torch.from_numpy(batch.label)
+
+
+def _chunks(rows: np.ndarray, size: int) -> list[np.ndarray]:
+    return [rows[i:i + size] for i in range(0, rows.size, size)]
+
+
+def build_model(variant: Variant, data: SequenceSamples, cfg: StudyConfig, seed: int) -> ETAModel:
+    """The study's model with ``variant``'s long-term block, initialised from ``seed``."""
+    torch.manual_seed(seed)
+    return ETAModel(data.n_items, cfg.dim, n_categories=data.n_categories, long=variant.build(cfg.sizes, seed),
+                    recent=cfg.recent, heads=cfg.heads, hidden=cfg.hidden)
+
+
+def _recall(model: ETAModel, inputs: dict[str, torch.Tensor], k: int) -> float:
+    """Recall of the model's SimHash retrieval against the exact inner-product top-``k``, on the same embeddings."""
+    block = model.long
+    assert isinstance(block, ETAAttention)
+    seq = model.embed(inputs["history"], inputs.get("categories"))
+    query = model.embed(inputs["target"], inputs.get("target_category"))
+    found = block.retriever(query, seq, inputs["mask"]).index
+    truth, _ = select_top(torch.einsum("bd,bld->bl", query, seq), inputs["mask"], k)
+    return recall_at_k(found.numpy(), truth.numpy())
+
+
+def run_variant(
+    variant: Variant,
+    data: SequenceSamples,
+    cfg: StudyConfig,
+    seed: int,
+    progress: Optional[Callable[[str], None]] = None,
+) -> RunResult:
+    """Train ``variant`` on the training samples, evaluate it on the test samples.
+
+    Parameters
+    ----------
+    variant : Variant
+    data : SequenceSamples
+        Samples with ``train`` marking the training ones.
+    cfg : StudyConfig
+    seed : int
+        Model initialisation, batch order and hyperplanes.
+    progress : callable, optional
+        Called with a short status line now and then.
+
+    Returns
+    -------
+    RunResult
+    """
+    start = time.perf_counter()
+    model = build_model(variant, data, cfg, seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    loss_fn = nn.BCEWithLogitsLoss()
+    rng = np.random.default_rng(seed)
+    train_rows, test_rows = np.flatnonzero(data.train), np.flatnonzero(~data.train)
+    step_ms: list[float] = []
+    model.train()
+    for epoch in range(cfg.epochs):
+        batches = _chunks(rng.permutation(train_rows), cfg.batch_size)
+        for i, rows in enumerate(batches):
+            inputs, label = to_tensors(data.batch(rows, cfg.max_len))
+            t0 = time.perf_counter()
+            loss = loss_fn(model(**inputs), label)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step_ms.append(1e3 * (time.perf_counter() - t0))
+            if progress is not None and (i + 1) % 20 == 0:
+                progress(f"epoch {epoch + 1} step {i + 1}/{len(batches)} loss {loss.item():.4f}")
+    model.eval()
+    probs, labels, infer_ms, recalls = [], [], [], []
+    test_batches = _chunks(test_rows, cfg.batch_size)
+    if cfg.eval_batches:
+        test_batches = test_batches[: cfg.eval_batches]
+    with torch.no_grad():
+        for rows in test_batches:
+            inputs, label = to_tensors(data.batch(rows, cfg.max_len))
+            t0 = time.perf_counter()
+            logits = model(**inputs)
+            infer_ms.append(1e3 * (time.perf_counter() - t0))
+            probs.append(torch.sigmoid(logits).numpy())
+            labels.append(label.numpy())
+            if variant.retrieval_bits is not None:
+                recalls.append(_recall(model, inputs, cfg.k))
+    y, p = np.concatenate(labels), np.concatenate(probs)
+    return RunResult(
+        variant=variant.name,
+        seed=seed,
+        auc=auc(y, p),
+        logloss=logloss(y, p),
+        train_ms=float(np.median(step_ms[1:] if len(step_ms) > 1 else step_ms)),
+        infer_ms=float(np.median(infer_ms)),
+        recall=float(np.mean(recalls)) if recalls else float("nan"),
+        seconds=time.perf_counter() - start,
+    )
+
+
+@dataclass(frozen=True)
+class LongTiming:
+    """Inference milliseconds per batch of one interest block at a long sequence length."""
+
+    name: str
+    ms: float
+
+
+def _median_ms(fn: Callable[[], torch.Tensor], repeat: int) -> float:
+    fn()  # warm-up (JIT compilation, allocator)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - t0))
+    return float(np.median(times))
+
+
+def time_long_sequences(
+    length: int, batch: int, cfg: StudyConfig, *, n_items: int = 100_000, bits: Sequence[int] = (64,), repeat: int = 5
+) -> list[LongTiming]:
+    """Inference time of full attention and ETA (with time) over ``batch`` histories of ``length`` behaviours.
+
+    Untrained blocks (timing does not depend on the weights) over random item
+    ids of an ``(n_items, dim)`` embedding. Rows: full attention on the
+    gathered ``(B, L, d)`` embeddings; ETA hashing the same embeddings on
+    every call (the training form); ETA looking the signatures up in a
+    :class:`~etaretrieval.torch.SignatureCache` (the serving form: no
+    ``(B, L, d)`` tensor is built).
+    """
+    gen = torch.Generator().manual_seed(0)
+    emb = nn.Embedding(n_items + 1, cfg.dim)
+    ids = torch.randint(1, n_items + 1, (batch, length), generator=gen)
+    mask = torch.ones(batch, length, dtype=torch.bool)
+    times = torch.cumsum(torch.randint(1, 3600, (batch, length), generator=gen), dim=1)
+    request = times[:, -1] + 60
+    target = torch.randint(1, n_items + 1, (batch,), generator=gen)
+    context = {"seq_time": times, "target_time": request}
+    full = TargetAttention(cfg.dim, cfg.heads, time=TimeEncoding(cfg.dim)).eval()
+    rows = []
+    with torch.no_grad():
+        rows.append(LongTiming("full attention + time", _median_ms(
+            lambda: full(emb(target), emb(ids), mask, **context), repeat)))
+        for b in bits:
+            eta = ETAAttention(cfg.dim, b, cfg.k, cfg.heads, time=TimeEncoding(cfg.dim)).eval()
+            cache = SignatureCache(emb, eta.retriever)
+            rows.append(LongTiming(f"ETA {b} bits + time, hashing the sequence", _median_ms(
+                lambda eta=eta: eta(emb(target), emb(ids), mask, **context), repeat)))
+            rows.append(LongTiming(f"ETA {b} bits + time, signature cache", _median_ms(
+                lambda eta=eta, cache=cache: eta(emb(target), mask=mask, seq_ids=ids, cache=cache, **context),
+                repeat)))
+    return rows

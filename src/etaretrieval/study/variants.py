@@ -1,0 +1,88 @@
+"""The interest blocks the study compares, each a long-term block of one :class:`~etaretrieval.torch.ETAModel`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional
+
+from torch import nn
+
+from ..torch import (
+    CategoryMatchAttention,
+    ETAAttention,
+    InnerProductTopKAttention,
+    MeanPooling,
+    RecentWindowAttention,
+    TargetAttention,
+    TimeEncoding,
+)
+
+__all__ = ["BlockSizes", "Variant", "variants"]
+
+
+@dataclass(frozen=True)
+class BlockSizes:
+    """Sizes shared by every block: embedding ``dim``, ``k`` retrieved, attention ``heads``."""
+
+    dim: int
+    k: int
+    heads: int
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the study: a name and how to build the long-term block.
+
+    Attributes
+    ----------
+    name : str
+        Row label.
+    build : callable
+        ``build(sizes, seed) -> nn.Module``, an interest block.
+    retrieval_bits : int or None
+        Signature bits if the block retrieves by SimHash (its recall against the
+        exact inner-product top-K is measured), else None.
+    """
+
+    name: str
+    build: Callable[[BlockSizes, int], nn.Module]
+    retrieval_bits: Optional[int] = None
+
+
+def _time(s: BlockSizes, on: bool) -> Optional[TimeEncoding]:
+    return TimeEncoding(s.dim) if on else None
+
+
+def variants(bits: tuple[int, ...] = (64, 128)) -> list[Variant]:
+    """The study's rows, in table order.
+
+    Parameters
+    ----------
+    bits : tuple of int, default (64, 128)
+        Signature lengths of the ETA rows.
+
+    Returns
+    -------
+    list of Variant
+    """
+    rows = [
+        Variant("DIN: recent window", lambda s, seed: RecentWindowAttention(s.dim, s.k, s.heads)),
+        Variant("mean pooling", lambda s, seed: MeanPooling(s.dim)),
+        Variant("SIM hard: category match", lambda s, seed: CategoryMatchAttention(s.dim, s.k, s.heads)),
+        Variant("SIM hard + time",
+                lambda s, seed: CategoryMatchAttention(s.dim, s.k, s.heads, time=_time(s, True))),
+        Variant("inner-product top-K", lambda s, seed: InnerProductTopKAttention(s.dim, s.k, s.heads)),
+        Variant("inner-product top-K + time",
+                lambda s, seed: InnerProductTopKAttention(s.dim, s.k, s.heads, time=_time(s, True))),
+        Variant("full attention", lambda s, seed: TargetAttention(s.dim, s.heads)),
+        Variant("full attention + time", lambda s, seed: TargetAttention(s.dim, s.heads, time=_time(s, True))),
+    ]
+    for b in bits:
+        for timed in (False, True):
+            rows.append(Variant(
+                f"ETA {b} bits" + (" + time" if timed else ""),
+                lambda s, seed, b=b, timed=timed: ETAAttention(s.dim, b, s.k, s.heads, seed, time=_time(s, timed)),
+                retrieval_bits=b,
+            ))
+    return rows
