@@ -262,6 +262,7 @@ def make_sequence_ctr(
     n_interests: int = 4,
     n_lapsed: int = 2,
     n_recent: int = 2,
+    n_unseen: int = 4,
     interest_rate: float = 0.3,
     recent_rate: float = 0.5,
     lapse: tuple[float, float] = (0.2, 0.5),
@@ -276,7 +277,8 @@ def make_sequence_ctr(
     Per user: a history length uniform in ``min_len..max_len``; behaviour
     times (seconds) with exponential gaps of mean ``mean_gap``, the request
     one more gap after the last behaviour. The user has ``n_interests``
-    long-term categories and ``n_recent`` short-term ones, all distinct. Each
+    long-term categories, ``n_recent`` short-term ones and ``n_unseen``
+    categories it never touches, all distinct. Each
     behaviour before the last ``recent`` is, with probability
     ``interest_rate``, from a long-term interest drawn uniformly, provided the
     interest is still alive then: ``n_interests - n_lapsed`` interests stay
@@ -284,13 +286,13 @@ def make_sequence_ctr(
     between ``lapse[0]`` and ``lapse[1]`` of the history and never come back.
     Each behaviour of the recent window is from a short-term category with
     probability ``recent_rate``. All other behaviours are noise from the
-    remaining categories.
+    categories that are none of these.
 
     Per sample, the target's kind is drawn uniformly: a short-term category
     (:data:`SHORT_TERM`, seen in the recent window), a live long-term one
     (:data:`LONG_TERM`: only in the old part, last seen shortly before the
-    window), a lapsed one (:data:`LAPSED`: only long ago) or neither
-    (:data:`OTHER`), and it is clicked with probability ``click_prob[kind]``.
+    window), a lapsed one (:data:`LAPSED`: only long ago) or an unseen one
+    (:data:`OTHER`, like a sampled negative), and it is clicked with probability ``click_prob[kind]``.
     Telling a live interest from a lapsed one needs the time (or position) of
     the behaviours; seeing either needs the whole history; seeing short-term
     interests needs the recent window.
@@ -306,7 +308,7 @@ def make_sequence_ctr(
     recent : int, default 20
         Length of the recent window, ``>= 1``.
     n_categories : int, default 100
-        Number of categories, more than ``n_interests + n_recent``.
+        Number of categories, more than ``n_interests + n_recent + n_unseen``.
     items_per_category : int, default 20
         Items per category; item ``i`` is in category ``(i - 1) // items_per_category + 1``.
     n_interests : int, default 4
@@ -315,6 +317,8 @@ def make_sequence_ctr(
         How many of them lapse, ``0..n_interests - 1``.
     n_recent : int, default 2
         Short-term categories per user.
+    n_unseen : int, default 4
+        Categories per user that never appear in its history (the :data:`OTHER` targets), ``>= 1``.
     interest_rate, recent_rate : float, default 0.3 and 0.5
         Share of interest behaviours in the old part and in the recent window.
     lapse : (float, float), default (0.2, 0.5)
@@ -354,9 +358,9 @@ def make_sequence_ctr(
     if not 1 <= recent < min_len <= max_len:
         raise ValueError(f"need 1 <= recent < min_len <= max_len, got recent={recent}, min_len={min_len}, "
                          f"max_len={max_len}")
-    if n_interests < 1 or n_recent < 1 or n_categories <= n_interests + n_recent:
-        raise ValueError(f"need n_interests >= 1, n_recent >= 1 and n_categories > n_interests + n_recent, got "
-                         f"{n_interests}, {n_recent} and {n_categories}")
+    if n_interests < 1 or n_recent < 1 or n_unseen < 1 or n_categories <= n_interests + n_recent + n_unseen:
+        raise ValueError(f"need n_interests, n_recent, n_unseen >= 1 and n_categories > their sum, got "
+                         f"{n_interests}, {n_recent}, {n_unseen} and {n_categories}")
     if not 0 <= n_lapsed < n_interests:
         raise ValueError(f"n_lapsed must be in 0..n_interests - 1 = {n_interests - 1}, got {n_lapsed}")
     if not 0 <= lapse[0] <= lapse[1] <= 1:
@@ -370,8 +374,9 @@ def make_sequence_ctr(
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     rng = np.random.default_rng(seed)
-    chosen = np.argsort(rng.random((n_users, n_categories)), axis=1)[:, : n_interests + n_recent] + 1
-    interests, recent_interests = chosen[:, :n_interests], chosen[:, n_interests:]
+    chosen = np.argsort(rng.random((n_users, n_categories)), axis=1)[:, : n_interests + n_recent + n_unseen] + 1
+    interests, recent_interests = chosen[:, :n_interests], chosen[:, n_interests:n_interests + n_recent]
+    unseen = chosen[:, n_interests + n_recent:]
     lengths = rng.integers(min_len, max_len + 1, size=n_users)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     events = int(offsets[-1])
@@ -409,7 +414,7 @@ def make_sequence_ctr(
         [kind == LONG_TERM, kind == SHORT_TERM, kind == LAPSED],
         [interests[user, live], recent_interests[user, rng.integers(0, n_recent, size=n_samples)],
          interests[user, np.minimum(lapsed, n_interests - 1)]],
-        _other_categories_flat(rng, chosen, user, n_categories),
+        unseen[user, rng.integers(0, n_unseen, size=n_samples)],
     )
     p_click = np.asarray(click_prob, dtype=np.float64)[kind]
     label = (rng.random(n_samples) < p_click).astype(np.float32)

@@ -47,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=int, help="longest history L (default 2000; 300 with --quick)")
     p.add_argument("--epochs", type=int, help="training epochs (default 1)")
     p.add_argument("--batch-size", type=int, help="samples per step (default 128; 64 with --quick)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 0.003)")
     p.add_argument("--k", type=int, help="behaviours retrieved by the long-term block (default 32)")
     p.add_argument("--only", action="append", metavar="TEXT",
                    help="run only the rows whose name contains TEXT (repeatable)")
@@ -59,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace) -> StudyConfig:
     changes: dict[str, object] = dict(QUICK) if args.quick else {}
     for arg, name in (("users", "n_users"), ("max_len", "max_len"), ("epochs", "epochs"),
-                      ("batch_size", "batch_size"), ("k", "k"), ("long_len", "long_len"),
+                      ("batch_size", "batch_size"), ("lr", "lr"), ("k", "k"), ("long_len", "long_len"),
                       ("long_batch", "long_batch")):
         if getattr(args, arg) is not None:
             changes[name] = getattr(args, arg)

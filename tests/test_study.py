@@ -1,0 +1,74 @@
+"""The study: metrics against brute force, and ``python -m etaretrieval.study --quick`` end to end (tiny)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from etaretrieval.study import auc, logloss, recall_at_k
+
+
+def auc_pairs(y: list[int], s: list[float]) -> float:
+    """Brute force: over all (positive, negative) pairs, 1 if the positive scores higher, 1/2 if tied."""
+    pos = [v for v, t in zip(s, y) if t]
+    neg = [v for v, t in zip(s, y) if not t]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+@settings(deadline=None, max_examples=100)
+@given(pairs=st.lists(st.tuples(st.integers(0, 1), st.integers(0, 5)), min_size=2, max_size=40))
+def test_auc_equals_the_pairwise_count_with_ties(pairs: list[tuple[int, int]]) -> None:
+    y = [p[0] for p in pairs]
+    s = [p[1] / 2 for p in pairs]  # few distinct values: many ties
+    if len(set(y)) < 2:
+        with pytest.raises(ValueError, match="both classes"):
+            auc(y, s)
+        return
+    assert auc(np.array(y), np.array(s)) == pytest.approx(auc_pairs(y, s), abs=1e-12)
+
+
+def test_auc_edges_and_errors() -> None:
+    assert auc([0, 1], [0.2, 0.9]) == 1.0 and auc([1, 0], [0.2, 0.9]) == 0.0
+    assert auc([True, False, True], [3, 3, 3]) == 0.5
+    with pytest.raises(ValueError, match="same length"):
+        auc([0, 1], [0.5])
+    with pytest.raises(ValueError, match="NaN"):
+        auc([0, 1], [0.5, float("nan")])
+
+
+def test_logloss_and_recall() -> None:
+    y, p = np.array([1, 0, 1, 0]), np.array([0.9, 0.2, 0.6, 0.5])
+    want = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    assert logloss(y, p) == pytest.approx(want)
+    assert np.isfinite(logloss([1, 0], [0.0, 1.0]))  # clipped
+    assert recall_at_k([[0, 1]], [[-1, -1]]) != recall_at_k([[0, 1]], [[-1, -1]])  # nan: nothing to find
+    assert recall_at_k([[4, 2, 7]], [[2, 7, 9]]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="same B"):
+        recall_at_k([[1]], [[1], [2]])
+
+
+def test_quick_study_runs_every_row(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("matplotlib")
+    from etaretrieval.study.cli import main
+    from etaretrieval.study.variants import variants
+
+    out = tmp_path / "study"
+    args = ["--quick", "--users", "40", "--max-len", "60", "--batch-size", "32", "--k", "8",
+            "--long-len", "300", "--long-batch", "2", "--threads", "1", "--out", str(out)]
+    assert main(args) == 0
+    table = (out / "study.md").read_text(encoding="utf-8")
+    for variant in variants():
+        assert f"| {variant.name} |" in table
+    assert "Inference at L = 300" in table and "signature cache" in table
+    runs = json.loads((out / "results.json").read_text(encoding="utf-8"))["runs"]
+    assert len(runs) == len(variants()) and all(0 <= r["auc"] <= 1 for r in runs)
+    assert all(0 <= r["recall"] <= 1 for r in runs if r["variant"].startswith("ETA"))
+    assert (out / "study.png").stat().st_size > 0
