@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from .. import __version__
-from ..datasets import SequenceSamples, make_sequence_ctr
+from ..datasets import SequenceSamples, build_samples, make_sequence_ctr, read_log
 from .report import long_table, markdown_table, plot, summarize
 from .runner import RunResult, StudyConfig, run_variant, time_long_sequences
 from .variants import variants
@@ -49,6 +49,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="samples per step (default 128; 64 with --quick)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 0.003)")
     p.add_argument("--k", type=int, help="behaviours retrieved by the long-term block (default 32)")
+    p.add_argument("--data", metavar="PATH", help="an interaction log instead of the synthetic data "
+                   "(read with etaretrieval.datasets.read_log, samples from build_samples)")
+    p.add_argument("--format", default="auto", help="format of --data (see etaretrieval.datasets.LOG_FORMATS; "
+                   "default: auto)")
+    p.add_argument("--negatives", type=int, default=1, help="sampled negatives per positive with --data (default 1)")
+    p.add_argument("--steps", type=int, help="at most this many training steps per run (default: whole epochs)")
     p.add_argument("--only", action="append", metavar="TEXT",
                    help="run only the rows whose name contains TEXT (repeatable)")
     p.add_argument("--long-len", type=int, help="L of the inference timing (default 10000; 0 skips it)")
@@ -60,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace) -> StudyConfig:
     changes: dict[str, object] = dict(QUICK) if args.quick else {}
     for arg, name in (("users", "n_users"), ("max_len", "max_len"), ("epochs", "epochs"),
-                      ("batch_size", "batch_size"), ("lr", "lr"), ("k", "k"), ("long_len", "long_len"),
+                      ("batch_size", "batch_size"), ("lr", "lr"), ("k", "k"), ("steps", "max_steps"), ("long_len", "long_len"),
                       ("long_batch", "long_batch")):
         if getattr(args, arg) is not None:
             changes[name] = getattr(args, arg)
@@ -75,7 +81,16 @@ def _log(message: str) -> None:
     print(f"[study {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _data(cfg: StudyConfig) -> tuple[SequenceSamples, str]:
+def _data(cfg: StudyConfig, args: argparse.Namespace) -> tuple[SequenceSamples, str]:
+    if args.data is not None:
+        log = read_log(args.data, args.format)
+        data = build_samples(log, max_len=cfg.max_len, negatives=args.negatives, seed=cfg.data_seed)
+        lengths = data.history_lengths()
+        return data, (f"`{Path(args.data).name}` ({args.format}): {len(log):,} interactions, {data.n_users:,} users, "
+                      f"{data.n_items:,} items, {data.n_categories} categories; {int(data.train.sum()):,} training / "
+                      f"{int((~data.train).sum()):,} test samples (per-user time split, {args.negatives} sampled "
+                      f"negative(s) per positive), histories of median {int(np.median(lengths))} and max "
+                      f"{int(lengths.max())} behaviours (cut to the last {cfg.max_len})")
     data = make_sequence_ctr(cfg.n_users, cfg.max_len, min_len=cfg.min_len, seed=cfg.data_seed)
     lengths = np.diff(data.offsets)
     what = (f"synthetic (`make_sequence_ctr`, seed {cfg.data_seed}): {data.n_users} users, histories of "
@@ -111,9 +126,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    data, data_line = _data(cfg)
+    data, data_line = _data(cfg, args)
     _log(data_line)
     rows = [v for v in variants(cfg.bits) if not args.only or any(t in v.name for t in args.only)]
+    if data.categories is None:  # category match needs categories
+        rows = [v for v in rows if not v.needs_categories]
     if not rows:
         raise SystemExit(f"--only {args.only} matches no row")
     results: list[RunResult] = []
@@ -140,7 +157,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"- model: `ETAModel`, dim {cfg.dim} (item + category embeddings), short-term block: target attention over "
         f"the last {cfg.recent} behaviours; long-term block: the row; k = {cfg.k}, {cfg.heads} heads, "
         f"MLP {list(cfg.hidden)}; histories up to L = {cfg.max_len}, left-padded",
-        f"- training: Adam lr {cfg.lr}, batch {cfg.batch_size}, {cfg.epochs} epoch(s); seeds {list(cfg.seeds)} "
+        f"- training: Adam lr {cfg.lr}, batch {cfg.batch_size}, {cfg.epochs} epoch(s)"
+        + (f" (at most {cfg.max_steps} steps)" if cfg.max_steps else "") + f"; seeds {list(cfg.seeds)} "
         f"(model initialisation, batch order, hyperplanes); mean ± std over seeds",
         f"- machine: {platform.processor() or platform.machine()}, torch {torch.__version__} with {threads} threads, "
         f"etaretrieval {__version__}; whole run {elapsed / 60:.1f} min",

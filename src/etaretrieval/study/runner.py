@@ -41,6 +41,7 @@ class StudyConfig:
     hidden: tuple[int, ...] = (128, 64)
     batch_size: int = 128
     epochs: int = 1
+    max_steps: int = 0  # 0: whole epochs
     lr: float = 3e-3
     seeds: tuple[int, ...] = (0, 1, 2)
     bits: tuple[int, ...] = (64, 128)
@@ -139,6 +140,8 @@ def run_variant(
     model.train()
     for epoch in range(cfg.epochs):
         batches = _chunks(rng.permutation(train_rows), cfg.batch_size)
+        if cfg.max_steps:
+            batches = batches[: max(0, cfg.max_steps - len(step_ms))]
         for i, rows in enumerate(batches):
             inputs, label = to_tensors(data.batch(rows, cfg.max_len))
             t0 = time.perf_counter()

@@ -43,11 +43,14 @@ class Variant:
     retrieval_bits : int or None
         Signature bits if the block retrieves by SimHash (its recall against the
         exact inner-product top-K is measured), else None.
+    needs_categories : bool
+        The block reads behaviour categories (skipped on data without them).
     """
 
     name: str
     build: Callable[[BlockSizes, int], nn.Module]
     retrieval_bits: Optional[int] = None
+    needs_categories: bool = False
 
 
 def _time(s: BlockSizes, on: bool) -> Optional[TimeEncoding]:
@@ -69,9 +72,11 @@ def variants(bits: tuple[int, ...] = (64, 128)) -> list[Variant]:
     rows = [
         Variant("DIN: recent window", lambda s, seed: RecentWindowAttention(s.dim, s.k, s.heads)),
         Variant("mean pooling", lambda s, seed: MeanPooling(s.dim)),
-        Variant("SIM hard: category match", lambda s, seed: CategoryMatchAttention(s.dim, s.k, s.heads)),
+        Variant("SIM hard: category match", lambda s, seed: CategoryMatchAttention(s.dim, s.k, s.heads),
+                needs_categories=True),
         Variant("SIM hard + time",
-                lambda s, seed: CategoryMatchAttention(s.dim, s.k, s.heads, time=_time(s, True))),
+                lambda s, seed: CategoryMatchAttention(s.dim, s.k, s.heads, time=_time(s, True)),
+                needs_categories=True),
         Variant("inner-product top-K", lambda s, seed: InnerProductTopKAttention(s.dim, s.k, s.heads)),
         Variant("inner-product top-K + time",
                 lambda s, seed: InnerProductTopKAttention(s.dim, s.k, s.heads, time=_time(s, True))),
