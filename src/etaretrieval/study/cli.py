@@ -55,6 +55,8 @@ def parser() -> argparse.ArgumentParser:
                    "default: auto)")
     p.add_argument("--negatives", type=int, default=1, help="sampled negatives per positive with --data (default 1)")
     p.add_argument("--steps", type=int, help="at most this many training steps per run (default: whole epochs)")
+    p.add_argument("--test-samples", type=int,
+                   help="evaluate on a fixed random subset of this many test samples (default: all)")
     p.add_argument("--only", action="append", metavar="TEXT",
                    help="run only the rows whose name contains TEXT (repeatable)")
     p.add_argument("--long-len", type=int, help="L of the inference timing (default 10000; 0 skips it)")
@@ -66,7 +68,8 @@ def parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace) -> StudyConfig:
     changes: dict[str, object] = dict(QUICK) if args.quick else {}
     for arg, name in (("users", "n_users"), ("max_len", "max_len"), ("epochs", "epochs"),
-                      ("batch_size", "batch_size"), ("lr", "lr"), ("k", "k"), ("steps", "max_steps"), ("long_len", "long_len"),
+                      ("batch_size", "batch_size"), ("lr", "lr"), ("k", "k"), ("steps", "max_steps"),
+                      ("test_samples", "test_samples"), ("long_len", "long_len"),
                       ("long_batch", "long_batch")):
         if getattr(args, arg) is not None:
             changes[name] = getattr(args, arg)
@@ -158,7 +161,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"the last {cfg.recent} behaviours; long-term block: the row; k = {cfg.k}, {cfg.heads} heads, "
         f"MLP {list(cfg.hidden)}; histories up to L = {cfg.max_len}, left-padded",
         f"- training: Adam lr {cfg.lr}, batch {cfg.batch_size}, {cfg.epochs} epoch(s)"
-        + (f" (at most {cfg.max_steps} steps)" if cfg.max_steps else "") + f"; seeds {list(cfg.seeds)} "
+        + (f" (at most {cfg.max_steps} steps)" if cfg.max_steps else "")
+        + (f", evaluated on a fixed random {cfg.test_samples} test samples" if cfg.test_samples else "")
+        + f"; seeds {list(cfg.seeds)} "
         f"(model initialisation, batch order, hyperplanes); mean ± std over seeds",
         f"- machine: {platform.processor() or platform.machine()}, torch {torch.__version__} with {threads} threads, "
         f"etaretrieval {__version__}; whole run {elapsed / 60:.1f} min",

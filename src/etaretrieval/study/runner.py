@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -48,7 +48,7 @@ class StudyConfig:
     long_len: int = 10_000
     long_batch: int = 64
     long_repeat: int = 5
-    eval_batches: int = field(default=0)  # 0: the whole test set
+    test_samples: int = 0  # 0: every test sample; else a fixed random subset of this size
 
     @property
     def sizes(self) -> BlockSizes:
@@ -154,9 +154,9 @@ def run_variant(
                 progress(f"epoch {epoch + 1} step {i + 1}/{len(batches)} loss {loss.item():.4f}")
     model.eval()
     probs, labels, infer_ms, recalls = [], [], [], []
+    if cfg.test_samples and cfg.test_samples < test_rows.size:  # the same subset for every variant and seed
+        test_rows = np.sort(np.random.default_rng(cfg.data_seed).choice(test_rows, cfg.test_samples, replace=False))
     test_batches = _chunks(test_rows, cfg.batch_size)
-    if cfg.eval_batches:
-        test_batches = test_batches[: cfg.eval_batches]
     with torch.no_grad():
         for rows in test_batches:
             inputs, label = to_tensors(data.batch(rows, cfg.max_len))
