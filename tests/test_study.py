@@ -72,3 +72,4 @@ def test_quick_study_runs_every_row(tmp_path: Path) -> None:
     assert len(runs) == len(variants()) and all(0 <= r["auc"] <= 1 for r in runs)
     assert all(0 <= r["recall"] <= 1 for r in runs if r["variant"].startswith("ETA"))
     assert (out / "study.png").stat().st_size > 0
+    assert ".. list-table::" in (out / "study_tables.rst").read_text(encoding="utf-8")

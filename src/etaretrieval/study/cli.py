@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import __version__
 from ..datasets import SequenceSamples, build_samples, make_sequence_ctr, read_log
-from .report import long_table, markdown_table, plot, summarize
+from .report import long_table, markdown_table, plot, summarize, to_rst
 from .runner import RunResult, StudyConfig, run_variant, time_long_sequences
 from .variants import variants
 
@@ -176,6 +176,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         text += ["", f"## Inference at L = {cfg.long_len:,} ({cfg.long_batch} histories per batch, one block, "
                  "untrained weights, median)", "", long_table(long_rows)]
     (out / "study.md").write_text("\n".join(text) + "\n", encoding="utf-8")
+    rst = [to_rst(markdown_table(summary, cfg.k))] + ([to_rst(long_table(long_rows))] if long_rows else [])
+    (out / "study_tables.rst").write_text("\n\n".join(rst) + "\n", encoding="utf-8")
     (out / "results.json").write_text(json.dumps({
         "config": dataclasses.asdict(cfg),
         "runs": [dataclasses.asdict(r) for r in results],
@@ -183,5 +185,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }, indent=1), encoding="utf-8")
     plot(summary, out / "study.png", f"{data.n_users} users, L <= {cfg.max_len}, {len(cfg.seeds)} seed(s)")
     print("\n".join(text))
-    _log(f"wrote {out / 'study.md'}, {out / 'study.png'}, {out / 'results.json'} in {elapsed:.0f} s")
+    _log(f"wrote study.md, study_tables.rst, study.png and results.json to {out} in {elapsed:.0f} s")
     return 0

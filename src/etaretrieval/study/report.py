@@ -11,7 +11,7 @@ import numpy as np
 
 from .runner import LongTiming, RunResult
 
-__all__ = ["Summary", "summarize", "markdown_table", "long_table", "plot"]
+__all__ = ["Summary", "summarize", "markdown_table", "long_table", "to_rst", "plot"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,17 @@ def long_table(rows: Sequence[LongTiming]) -> str:
     lines = ["| block | ms/batch | speed-up vs " + rows[0].name + " |", "|---|---|---|"]
     lines += [f"| {r.name} | {r.ms:.1f} | {base / r.ms:.1f}x |" for r in rows]
     return "\n".join(lines)
+
+
+def to_rst(markdown: str) -> str:
+    """A Markdown table (as :func:`markdown_table` and :func:`long_table` write them) as a reST list-table."""
+    lines = [line for line in markdown.splitlines() if line.startswith("|") and not line.startswith("|---")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    out = [".. list-table::", "   :header-rows: 1", ""]
+    for row in cells:
+        out.append(f"   * - {row[0]}")
+        out += [f"     - {c}" if c else "     -" for c in row[1:]]
+    return "\n".join(out)
 
 
 def plot(rows: Sequence[Summary], path: Path, title: str) -> None:
