@@ -63,7 +63,8 @@ def variants(bits: tuple[int, ...] = (64, 128)) -> list[Variant]:
     Parameters
     ----------
     bits : tuple of int, default (64, 128)
-        Signature lengths of the ETA rows.
+        Signature lengths of the ETA rows; the last row re-ranks the
+        ``4 k`` nearest of ``bits[0]``-bit ETA by recency (the ``k`` newest).
 
     Returns
     -------
@@ -90,4 +91,8 @@ def variants(bits: tuple[int, ...] = (64, 128)) -> list[Variant]:
                 lambda s, seed, b=b, timed=timed: ETAAttention(s.dim, b, s.k, s.heads, seed, time=_time(s, timed)),
                 retrieval_bits=b,
             ))
+    rows.append(Variant(
+        f"ETA {bits[0]} bits + time, recency re-rank",
+        lambda s, seed: ETAAttention(s.dim, bits[0], s.k, s.heads, seed, time=_time(s, True), candidates=4 * s.k),
+    ))
     return rows
