@@ -123,7 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     import torch
 
     out = Path(args.out)
@@ -140,11 +140,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     total = len(rows) * len(cfg.seeds)
     for variant in rows:
         for seed in cfg.seeds:
-            n = len(results) + 1
-            result = run_variant(variant, data, cfg, seed, progress=lambda m, n=n, v=variant.name, s=seed: _log(
-                f"[{n}/{total}] {v} (seed {s}): {m}"))
+            head = f"[{len(results) + 1}/{total}] {variant.name} (seed {seed})"
+
+            def progress(message: str, head: str = head) -> None:
+                _log(f"{head}: {message}")
+
+            result = run_variant(variant, data, cfg, seed, progress=progress)
             results.append(result)
-            _log(f"[{n}/{total}] {variant.name} (seed {seed}): test AUC {result.auc:.4f}, logloss "
+            _log(f"{head}: test AUC {result.auc:.4f}, logloss "
                  f"{result.logloss:.4f}, {result.train_ms:.0f} ms/step, {result.seconds:.1f} s")
     summary = summarize(results)
     long_rows = []

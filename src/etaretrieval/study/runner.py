@@ -226,9 +226,13 @@ def time_long_sequences(
         for b in bits:
             eta = ETAAttention(cfg.dim, b, cfg.k, cfg.heads, time=TimeEncoding(cfg.dim)).eval()
             cache = SignatureCache(emb, eta.retriever)
-            rows.append(LongTiming(f"ETA {b} bits + time, hashing the sequence", _median_ms(
-                lambda eta=eta: eta(emb(target), emb(ids), mask, **context), repeat)))
-            rows.append(LongTiming(f"ETA {b} bits + time, signature cache", _median_ms(
-                lambda eta=eta, cache=cache: eta(emb(target), mask=mask, seq_ids=ids, cache=cache, **context),
-                repeat)))
+
+            def hashing(eta: ETAAttention = eta) -> torch.Tensor:
+                return eta(emb(target), emb(ids), mask, **context)
+
+            def serving(eta: ETAAttention = eta, cache: SignatureCache = cache) -> torch.Tensor:
+                return eta(emb(target), mask=mask, seq_ids=ids, cache=cache, **context)
+
+            rows.append(LongTiming(f"ETA {b} bits + time, hashing the sequence", _median_ms(hashing, repeat)))
+            rows.append(LongTiming(f"ETA {b} bits + time, signature cache", _median_ms(serving, repeat)))
     return rows

@@ -57,6 +57,13 @@ def _time(s: BlockSizes, on: bool) -> Optional[TimeEncoding]:
     return TimeEncoding(s.dim) if on else None
 
 
+def _eta(bits: int, timed: bool) -> Callable[[BlockSizes, int], nn.Module]:
+    def build(s: BlockSizes, seed: int) -> nn.Module:
+        return ETAAttention(s.dim, bits, s.k, s.heads, seed, time=_time(s, timed))
+
+    return build
+
+
 def variants(bits: tuple[int, ...] = (64, 128)) -> list[Variant]:
     """The study's rows, in table order.
 
@@ -86,11 +93,7 @@ def variants(bits: tuple[int, ...] = (64, 128)) -> list[Variant]:
     ]
     for b in bits:
         for timed in (False, True):
-            rows.append(Variant(
-                f"ETA {b} bits" + (" + time" if timed else ""),
-                lambda s, seed, b=b, timed=timed: ETAAttention(s.dim, b, s.k, s.heads, seed, time=_time(s, timed)),
-                retrieval_bits=b,
-            ))
+            rows.append(Variant(f"ETA {b} bits" + (" + time" if timed else ""), _eta(b, timed), retrieval_bits=b))
     rows.append(Variant(
         f"ETA {bits[0]} bits + time, recency re-rank",
         lambda s, seed: ETAAttention(s.dim, bits[0], s.k, s.heads, seed, time=_time(s, True), candidates=4 * s.k),
