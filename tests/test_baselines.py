@@ -16,6 +16,7 @@ from etaretrieval.torch import (  # noqa: E402
     InnerProductTopKAttention,
     MeanPooling,
     RecentWindowAttention,
+    SDIMBlock,
     TargetAttention,
     TimeEncoding,
     gather_positions,
@@ -94,6 +95,7 @@ def blocks(timed: bool) -> list[torch.nn.Module]:
         MeanPooling(DIM, time=time()),
         TargetAttention(DIM, 2, time=time()),
         ETAAttention(DIM, 64, 6, 2, time=time()),
+        SDIMBlock(DIM, 64, 4, time=time()),
     ]
 
 
@@ -160,7 +162,7 @@ def test_all_masked_rows_are_finite_and_gradients_reach_the_selected_rows(timed:
         assert s.grad is not None and torch.equal(s.grad[0], torch.zeros_like(s.grad[0]))
         assert s.grad[1:].abs().sum() > 0 and bool((s.grad[~mask] == 0).all())
         params = [p for p in block.parameters() if p.grad is not None]
-        assert params or isinstance(block, MeanPooling) and not timed
+        assert params or isinstance(block, (MeanPooling, SDIMBlock)) and not timed
 
 
 def test_fewer_behaviours_than_k_and_empty_sequences() -> None:
@@ -184,8 +186,25 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="seq must have shape"):
         RecentWindowAttention(DIM, 4, 2).double()(target, seq[..., 1:], mask)
     with pytest.raises(DTypeError, match="mask"):
-        RecentWindowAttention(DIM, 4, 2).double()(target, seq, mask.int())
+        RecentWindowAttention(DIM, 4, 2).double()(target, seq, mask.to(torch.complex64))
+    block = RecentWindowAttention(DIM, 4, 2).double()  # numeric masks: non-zero = valid
+    torch.testing.assert_close(block(target, seq, mask.int()), block(target, seq, mask))
     with pytest.raises(ValueError, match="k must be >= 0"):
         RecentWindowAttention(DIM, -1, 2)
     with pytest.raises(TypeError, match="TimeEncoding"):
         MeanPooling(DIM, time=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("timed", [False, True])
+def test_sdim_block_sums_the_values_with_time_and_hashes_the_embeddings(timed: bool) -> None:
+    from etaretrieval.torch import SDIMAttention
+
+    target, seq, mask, cats, tcat, times, request = data(12)
+    block = SDIMBlock(DIM, 64, 4, seed=3, time=TimeEncoding(DIM) if timed else None).double()
+    s = seq.clone().requires_grad_(True)
+    got = block(target, s, mask, seq_time=times, target_time=request, seq_cat=cats, target_cat=tcat)
+    values = seq + block.time(mask, times, request) if timed else seq
+    want = SDIMAttention(DIM, 64, 4, seed=3)(target, seq, mask, values=values)
+    torch.testing.assert_close(got, want)
+    got.sum().backward()
+    assert s.grad is not None and bool((s.grad[~mask] == 0).all()) and s.grad.abs().sum() > 0

@@ -14,6 +14,7 @@ from ..torch import (
     InnerProductTopKAttention,
     MeanPooling,
     RecentWindowAttention,
+    SDIMBlock,
     TargetAttention,
     TimeEncoding,
 )
@@ -64,14 +65,22 @@ def _eta(bits: int, timed: bool) -> Callable[[BlockSizes, int], nn.Module]:
     return build
 
 
+def _sdim(bits: int, timed: bool) -> Callable[[BlockSizes, int], nn.Module]:
+    def build(s: BlockSizes, seed: int) -> nn.Module:
+        return SDIMBlock(s.dim, bits, 4, seed, time=_time(s, timed))
+
+    return build
+
+
 def variants(bits: tuple[int, ...] = (64, 128)) -> list[Variant]:
     """The study's rows, in table order.
 
     Parameters
     ----------
     bits : tuple of int, default (64, 128)
-        Signature lengths of the ETA rows; the last row re-ranks the
-        ``4 k`` nearest of ``bits[0]``-bit ETA by recency (the ``k`` newest).
+        Signature lengths of the ETA rows; SDIM (groups of 4 bits) uses the
+        last; the last row re-ranks the ``4 k`` nearest of ``bits[0]``-bit ETA
+        by recency (the ``k`` newest).
 
     Returns
     -------
@@ -94,6 +103,8 @@ def variants(bits: tuple[int, ...] = (64, 128)) -> list[Variant]:
     for b in bits:
         for timed in (False, True):
             rows.append(Variant(f"ETA {b} bits" + (" + time" if timed else ""), _eta(b, timed), retrieval_bits=b))
+    for timed in (False, True):
+        rows.append(Variant(f"SDIM {bits[-1]} bits, tau 4" + (" + time" if timed else ""), _sdim(bits[-1], timed)))
     rows.append(Variant(
         f"ETA {bits[0]} bits + time, recency re-rank",
         lambda s, seed: ETAAttention(s.dim, bits[0], s.k, s.heads, seed, time=_time(s, True), candidates=4 * s.k),

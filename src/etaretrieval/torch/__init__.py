@@ -25,6 +25,7 @@ from .baselines import (
     MeanPooling,
     RecentWindowAttention,
     RetrievalAttention,
+    SDIMBlock,
     select_top,
 )
 from .function import HammingTopK
@@ -47,6 +48,7 @@ __all__ = [
     "RetrievalAttention",
     "Retrieved",
     "SDIMAttention",
+    "SDIMBlock",
     "SignatureCache",
     "TargetAttention",
     "TimeEncoding",

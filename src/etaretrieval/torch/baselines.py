@@ -6,7 +6,7 @@ as full attention, :class:`~etaretrieval.torch.ETAAttention`) is called the same
     block(target, seq, mask, *, seq_time=None, target_time=None, seq_cat=None, target_cat=None) -> (B, d)
 
 with ``target`` ``(B, d)``, ``seq`` ``(B, L, d)`` oldest to newest, ``mask``
-``(B, L)`` bool (true at real behaviours; padding may be on either side),
+``(B, L)`` (bool, or numeric with non-zero = valid; padding may be on either side),
 ``seq_time`` ``(B, L)`` and ``target_time`` ``(B,)`` integer timestamps, and
 ``seq_cat`` ``(B, L)`` / ``target_cat`` ``(B,)`` integer categories. A block
 uses what it needs and ignores the rest, so a model can swap one for another.
@@ -28,6 +28,7 @@ from torch import nn
 from .._validate import DTypeError, _shape, check_k
 from . import _ops
 from .modules import TargetAttention, _bool_mask, _floats
+from .sdim import SDIMAttention
 from .time import TimeEncoding, gather_positions
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "CategoryMatchAttention",
     "InnerProductTopKAttention",
     "MeanPooling",
+    "SDIMBlock",
     "select_top",
 ]
 
@@ -101,7 +103,10 @@ def _int_arg(name: str, t: object, shape: tuple[int, ...], device: torch.device)
     return t
 
 
-def _check_seq(dim: int, target: torch.Tensor, seq: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
+def _check_seq(
+    dim: int, target: torch.Tensor, seq: torch.Tensor, mask: Optional[torch.Tensor]
+) -> Optional[torch.Tensor]:
+    """Check the common arguments; return the mask as bool (numeric masks: non-zero = valid)."""
     _floats("target", target, 2, f"(B, {dim})")
     _floats("seq", seq, 3, f"(B, L, {dim})", target.device)
     if target.shape[1] != dim or seq.shape[0] != target.shape[0] or seq.shape[2] != dim:
@@ -109,8 +114,7 @@ def _check_seq(dim: int, target: torch.Tensor, seq: torch.Tensor, mask: Optional
             f"target and seq must have shapes (B, {dim}) and (B, L, {dim}), "
             f"got {_shape(tuple(target.shape))} and {_shape(tuple(seq.shape))}"
         )
-    if mask is not None:
-        _bool_mask(mask, tuple(seq.shape[:2]), target.device)
+    return None if mask is None else _bool_mask(mask, tuple(seq.shape[:2]), target.device)
 
 
 class RetrievalAttention(nn.Module):
@@ -177,7 +181,7 @@ class RetrievalAttention(nn.Module):
         target_cat: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(index, valid)``, both ``(B, k)``: the selected positions (``-1`` in empty slots), best first."""
-        _check_seq(self.dim, target, seq, mask)
+        mask = _check_seq(self.dim, target, seq, mask)
         with torch.no_grad():
             score = self.score(target.detach(), seq.detach(), mask, seq_cat, target_cat)
             eligible = score > float("-inf")
@@ -196,6 +200,7 @@ class RetrievalAttention(nn.Module):
     ) -> torch.Tensor:
         """User-interest vector ``(B, d)`` (the arguments of every interest block, see the module docs)."""
         index, valid = self.select(target, seq, mask, seq_cat=seq_cat, target_cat=target_cat)
+        mask = None if mask is None else _ops.bool_mask(mask)
         keep = valid.unsqueeze(-1).to(seq.dtype)
         values = gather_positions(seq, index) * keep
         if self.time is not None:
@@ -331,10 +336,71 @@ class MeanPooling(nn.Module):
         target_cat: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Masked mean ``(B, d)`` (the arguments of every interest block, see the module docs)."""
-        _check_seq(self.dim, target, seq, mask)
+        mask = _check_seq(self.dim, target, seq, mask)
         if self.time is not None:
             seq = seq + self.time(mask, seq_time, target_time, shape=(seq.shape[0], seq.shape[1])).to(seq.dtype)
         if mask is None:
             return seq.mean(dim=1) if seq.shape[1] else seq.new_zeros(seq.shape[0], seq.shape[2])
         weight = mask.to(seq.dtype)
         return torch.einsum("bl,bld->bd", weight, seq) / weight.sum(dim=1, keepdim=True).clamp(min=1)
+
+
+class SDIMBlock(nn.Module):
+    """SDIM as an interest block: :class:`~etaretrieval.torch.SDIMAttention` with optional time information.
+
+    Hashes the behaviour embeddings (as SDIM does) and sums, per matching
+    group, their values: the embeddings themselves, plus the interval
+    embedding of each behaviour when built with ``time``.
+
+    Parameters
+    ----------
+    dim : int
+        Embedding dimension ``d``.
+    bits : int
+        Signature length ``m``.
+    tau : int
+        Bits per group (dividing ``bits``).
+    seed : int, default 0
+        Seed of the hyperplanes.
+    time : TimeEncoding, optional
+        Adds each behaviour's interval embedding to the summed values.
+
+    Attributes
+    ----------
+    sdim : SDIMAttention
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch import SDIMBlock, TimeEncoding
+    >>> block = SDIMBlock(16, bits=64, tau=4, time=TimeEncoding(16))
+    >>> times = torch.arange(100).expand(3, -1)
+    >>> block(torch.randn(3, 16), torch.randn(3, 100, 16), seq_time=times, target_time=torch.full((3,), 100)).shape
+    torch.Size([3, 16])
+    """
+
+    def __init__(self, dim: int, bits: int, tau: int, seed: int = 0, *, time: Optional[TimeEncoding] = None) -> None:
+        super().__init__()
+        if time is not None and not isinstance(time, TimeEncoding):
+            raise TypeError(f"time must be a TimeEncoding or None, got {type(time).__name__}")
+        self.sdim = SDIMAttention(dim, bits, tau, seed)
+        self.time = time
+
+    def forward(
+        self,
+        target: torch.Tensor,
+        seq: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        *,
+        seq_time: Optional[torch.Tensor] = None,
+        target_time: Optional[torch.Tensor] = None,
+        seq_cat: Optional[torch.Tensor] = None,
+        target_cat: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """User-interest vector ``(B, d)`` (the arguments of every interest block, see the module docs)."""
+        mask = _check_seq(self.sdim.dim, target, seq, mask)
+        values = seq
+        if self.time is not None:
+            values = seq + self.time(mask, seq_time, target_time, shape=(seq.shape[0], seq.shape[1])).to(seq.dtype)
+        # hash detached embeddings: the codes get no gradient, the values do
+        return self.sdim(target.detach(), seq.detach(), mask, values=values)
