@@ -15,6 +15,7 @@ from etaretrieval.torch import (  # noqa: E402
     InnerProductTopKAttention,
     MeanPooling,
     RecentWindowAttention,
+    SDIMBlock,
     TargetAttention,
     TimeEncoding,
 )
@@ -44,6 +45,7 @@ def inputs(data, rows: np.ndarray) -> tuple[dict[str, torch.Tensor], torch.Tenso
     TargetAttention(DIM, 2, time=TimeEncoding(DIM)),
     MeanPooling(DIM),
     ETAAttention(DIM, 64, 8, 2, candidates=16),
+    SDIMBlock(DIM, 64, 4, time=TimeEncoding(DIM)),
 ], ids=lambda m: "default" if m is None else type(m).__name__)
 def test_every_block_plugs_in_and_gradients_reach_the_embeddings(data, long) -> None:  # type: ignore[no-untyped-def]
     model = ETAModel(data.n_items, DIM, n_categories=data.n_categories, long=long, recent=8)
