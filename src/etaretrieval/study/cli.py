@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m etaretrieval.study",
         description="Train the same long+short CTR model (etaretrieval.torch.ETAModel) with each long-term "
-        "interest block (recent window, mean pooling, SIM hard, exact inner-product top-K, full attention, ETA; "
+        "interest block (recent window, mean pooling, SIM hard, exact inner-product top-K, full attention, ETA, SDIM; "
         "with and without time information) over several seeds; report test AUC, logloss, train and inference "
         "time and the SimHash retrieval's recall, as a Markdown table and a plot. Default: built-in synthetic data.",
     )
