@@ -158,3 +158,14 @@ def test_eta_attention_time_with_the_signature_cache() -> None:
                  seq_time=times, target_time=request)
     fresh = eta(target, emb(ids), seq_time=times, target_time=request)
     torch.testing.assert_close(served, fresh)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_eta_position_time_with_lengths_equals_the_mask(side: str) -> None:
+    target, seq, _, _, _ = data(6, length=20)
+    lengths = torch.tensor([20, 7, 0])
+    col = torch.arange(20)
+    mask = col >= 20 - lengths[:, None] if side == "left" else col < lengths[:, None]
+    eta = ETAAttention(DIM, 64, k=5, heads=2, time=TimeEncoding(DIM)).double()
+    torch.testing.assert_close(eta(target, seq, lengths=lengths, padding_side=side), eta(target, seq, mask))
+    torch.testing.assert_close(eta(target, seq, mask.int()), eta(target, seq, mask))  # numeric mask
