@@ -2,7 +2,8 @@
 #   make demo   - virtualenv, install, run the quickstart on synthetic data
 #   make test   - virtualenv with test extras, run the whole check: the CPU test suite
 #                 and docstring examples, the CUDA kernels under the simulator, the docs
-#                 build (warnings as errors) and its doctests, and an asv smoke run
+#                 build (warnings as errors) and its doctests, an asv smoke run and a
+#                 smoke run of the model-quality study
 PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
@@ -15,7 +16,7 @@ TORCH_SPEC ?= torch==2.13.0+cpu
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 SPHINX := $(VPY) -m sphinx -W --keep-going
 
-.PHONY: demo test install install-test test-cpu test-cudasim docs asv-smoke bench gpu-check
+.PHONY: demo test install install-test test-cpu test-cudasim docs asv-smoke study-smoke bench gpu-check
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,30 +33,35 @@ demo: install
 
 # CPU tests, property tests and the docstring examples of src/ (testpaths in pyproject.toml)
 test-cpu: install-test
-	@echo; echo "== [1/4] CPU tests, property tests and docstring examples (about 5 min on 2 cores; the cudasim-marked tests are skipped here and run in step 2) =="
+	@echo; echo "== [1/5] CPU tests, property tests and docstring examples (about 5 min on 2 cores; the cudasim-marked tests are skipped here and run in step 2) =="
 	$(VPY) -m pytest --durations=10
 
 # The CUDA kernels under numba-cuda's simulator, in their own process
 test-cudasim: install-test
-	@echo; echo "== [2/4] CUDA kernels under numba-cuda's simulator, in their own process (about 3 min) =="
+	@echo; echo "== [2/5] CUDA kernels under numba-cuda's simulator, in their own process (about 3 min) =="
 	NUMBA_ENABLE_CUDASIM=1 $(VPY) -m pytest tests/test_cuda_sim.py tests/test_cuda_sim_sdim.py tests/test_persistence.py -m cudasim -p no:cacheprovider --durations=5
 
 # The documentation site (gallery examples executed) and its doctests, offline, warnings as errors
 docs: install-test
-	@echo; echo "== [3/4] documentation: html with the gallery examples executed (about 3 min), then its doctests =="
+	@echo; echo "== [3/5] documentation: html with the gallery examples executed (about 3 min), then its doctests =="
 	$(SPHINX) -b html docs docs/_build/html
 	$(SPHINX) -q -b doctest -D plot_gallery=0 docs docs/_build/doctest
 	@echo "docs: built in docs/_build/html (warnings as errors) and every doctest passed"
 
 # asv: the suite imports and every benchmark runs once (no timings are compared)
 asv-smoke: install-test
-	@echo; echo "== [4/4] asv smoke run: the benchmark suite imports and each benchmark runs once (no timings compared) =="
+	@echo; echo "== [4/5] asv smoke run: the benchmark suite imports and each benchmark runs once (no timings compared) =="
 	cd asv_benchmarks && $(VBIN)/asv check --python=same
 	cd asv_benchmarks && $(VBIN)/asv machine --yes >/dev/null && \
 		$(VBIN)/asv run --python=same --quick --dry-run --show-stderr
 	@echo "asv smoke: every benchmark ran once without error"
 
-test: test-cpu test-cudasim docs asv-smoke
+# The model-quality study, every row once on small synthetic data (a smoke run, not the published table)
+study-smoke: install-test
+	@echo; echo "== [5/5] python -m etaretrieval.study --quick: every row of the study once, small (about 1-2 min) =="
+	$(VPY) -m etaretrieval.study --quick --out study_out/quick
+
+test: test-cpu test-cudasim docs asv-smoke study-smoke
 
 # The side-by-side benchmark table (paper and long configurations)
 bench: install-test
