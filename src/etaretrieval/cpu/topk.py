@@ -124,20 +124,24 @@ def _below_mask_jit(scratch, start, v):  # type: ignore[no-untyped-def]
 
 
 @jit()
-def _lookup_pass(query, ids, table, b, end, mask, use_mask, pad, use_pad, scratch, words):  # type: ignore[no-untyped-def]
-    """Distances of row ``b`` of a lookup into ``scratch[:end]``.
+def _distance_pass(query, src, ids, b, end, mask, use_mask, pad, use_pad, scratch, words, lookup):  # type: ignore[no-untyped-def]
+    """Distances of row ``b`` into ``scratch[:end]``: position ``pos`` has signature ``src[item]``.
 
+    ``item`` is ``ids[b, pos]`` with ``lookup`` (``src`` is the table) and
+    ``pos`` itself otherwise (``src`` is ``keys[b]``; ``ids`` is not read).
     Returns ``(out_of_range, nvalid)``: whether a valid position holds an id
     outside the table, and the number of valid positions. Per chunk, one pass
     checks the ids and does the first signature word, then one pass per
     further word; indices are unsigned (no negative-index wraparound) and
     flags combine bitwise (no branches), so that every pass vectorises,
-    whatever ``W``. ``words`` is ``table.shape[1]``, a compile-time constant
-    for one word (the common 64-bit case: no further pass, no row buffer).
+    whatever ``W``. ``words`` is ``src.shape[1]``, and the callers pass the
+    flags (``lookup``, ``use_mask``, ``use_pad``) and one word as literals:
+    each combination is compiled apart with its tests removed (one word: no
+    row buffer, no further-word pass).
     """
     rows = _stack_buffer(np.uint64)
     dist = _stack_buffer(np.uint16)
-    nrows = np.uint64(table.shape[0])
+    nrows = np.uint64(src.shape[0])
     invalid = np.uint16(64 * words + 1)
     zero = np.uint64(0)
     one = np.uint64(1)
@@ -150,71 +154,37 @@ def _lookup_pass(query, ids, table, b, end, mask, use_mask, pad, use_pad, scratc
         n = min(CHUNK, end - lo)
         for j in range(n):
             pos = start + np.uint64(j)
-            raw = np.int64(ids[row, pos])
             valid = one
             if use_mask:
                 valid = np.uint64(mask[row, pos])
-            if use_pad:
-                valid &= np.uint64(raw != pad)
-            item = np.uint64(raw)
-            inside = np.uint64(item < nrows)
-            out_of_range |= valid & (inside ^ one)
-            item = item if valid & inside else zero  # row 0 stands in; its distance is discarded
-            rows[j] = item
-            dist[j] = np.uint16(popcount(first ^ table[item, zero])) | (np.uint16(0) if valid else _UNSET)
+            item = pos
+            if lookup:
+                raw = np.int64(ids[row, pos])
+                if use_pad:
+                    valid &= np.uint64(raw != pad)
+                item = np.uint64(raw)
+                inside = np.uint64(item < nrows)
+                out_of_range |= valid & (inside ^ one)
+                item = item if valid & inside else zero  # row 0 stands in; its distance is discarded
+                rows[j] = item
+            dist[j] = np.uint16(popcount(first ^ src[item, zero])) | (np.uint16(0) if valid else _UNSET)
             nvalid += np.int64(valid)
         if words < WIDE:  # one gather pass per further word
             for w in range(1, words):
                 word = query[row, np.uint64(w)]
                 for j in range(n):
-                    dist[j] += np.uint16(popcount(word ^ table[rows[j], np.uint64(w)]))
-        else:  # long rows of the table: contiguous vector loads along each row
+                    item = rows[j] if lookup else start + np.uint64(j)
+                    dist[j] += np.uint16(popcount(word ^ src[item, np.uint64(w)]))
+        else:  # long signatures: contiguous vector loads along each row of src
             for j in range(n):
-                item = rows[j]
+                item = rows[j] if lookup else start + np.uint64(j)
                 d = 0
                 for w in range(1, words):
-                    d += popcount(query[row, np.uint64(w)] ^ table[item, np.uint64(w)])
+                    d += popcount(query[row, np.uint64(w)] ^ src[item, np.uint64(w)])
                 dist[j] += np.uint16(d)
         for j in range(n):
             scratch[start + np.uint64(j)] = min(dist[j], invalid)
     return out_of_range != 0, nvalid
-
-
-@jit()
-def _keys_pass(query, keys, b, end, mask, use_mask, scratch):  # type: ignore[no-untyped-def]
-    """Distances of row ``b`` of ``keys`` into ``scratch[:end]``; returns the number of valid positions."""
-    dist = _stack_buffer(np.uint16)
-    words = keys.shape[2]
-    invalid = np.uint16(64 * words + 1)
-    zero = np.uint64(0)
-    row = np.uint64(b)
-    first = query[row, zero]
-    nvalid = 0
-    for lo in range(0, end, CHUNK):
-        start = np.uint64(lo)
-        n = min(CHUNK, end - lo)
-        for j in range(n):
-            pos = start + np.uint64(j)
-            valid = True
-            if use_mask:
-                valid = mask[row, pos]
-            dist[j] = np.uint16(popcount(first ^ keys[row, pos, zero])) | (np.uint16(0) if valid else _UNSET)
-            nvalid += np.int64(valid)
-        if words < WIDE:  # one pass per further word
-            for w in range(1, words):
-                word = query[row, np.uint64(w)]
-                for j in range(n):
-                    dist[j] += np.uint16(popcount(word ^ keys[row, start + np.uint64(j), np.uint64(w)]))
-        else:  # long signatures: contiguous vector loads along each key
-            for j in range(n):
-                pos = start + np.uint64(j)
-                d = 0
-                for w in range(1, words):
-                    d += popcount(query[row, np.uint64(w)] ^ keys[row, pos, np.uint64(w)])
-                dist[j] += np.uint16(d)
-        for j in range(n):
-            scratch[start + np.uint64(j)] = min(dist[j], invalid)
-    return nvalid
 
 
 @jit()
@@ -390,9 +360,9 @@ def topk_keys(query, keys, k, lengths, mask, use_mask, lo, hi, idx, dist):  # ty
     for b in range(lo, hi):
         end = lengths[b]
         if use_mask:
-            nvalid = _keys_pass(query, keys, b, end, mask, True, scratch)
+            _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, True, 0, False, scratch, words, False)
         else:  # the common case, compiled apart with the test removed (literal flag)
-            nvalid = _keys_pass(query, keys, b, end, mask, False, scratch)
+            _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, False, 0, False, scratch, words, False)
         scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
         _select(scratch, end, nvalid, k, work, idx[b], dist[b])
 
@@ -418,14 +388,15 @@ def topk_lookup(  # type: ignore[no-untyped-def]
         if nrows == 0:  # no row 0 to read in place of a bad id
             out_of_range, nvalid = True, 0
         elif use_mask or use_pad:
-            out_of_range, nvalid = _lookup_pass(query, ids, table, b, end, mask, use_mask, pad, use_pad, scratch,
-                                                words)
+            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, use_mask, pad, use_pad, scratch,
+                                                  words, True)
         else:  # the common case, compiled apart with the tests removed (literal flags)
             if words == 1:  # one word: a constant, so the pass needs no row buffer nor further word pass
-                out_of_range, nvalid = _lookup_pass(query, ids, table, b, end, mask, False, pad, False, scratch, 1)
+                out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, False, pad, False, scratch, 1,
+                                                      True)
             else:
-                out_of_range, nvalid = _lookup_pass(query, ids, table, b, end, mask, False, pad, False, scratch,
-                                                    words)
+                out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, False, pad, False, scratch,
+                                                      words, True)
         if out_of_range:
             bad[b] = _first_bad(ids, b, end, mask, use_mask, pad, use_pad, nrows)
             if bad[b] >= 0:

@@ -29,7 +29,7 @@ cuda: Any = None
 
 
 @functools.lru_cache(maxsize=None)
-def _kernels(rows_per_block: int) -> tuple[Any, Any, Any, Any]:
+def _kernels(rows_per_block: int) -> tuple[Any, Any]:
     global cuda
     cuda = _backend.cuda()
     from numba import uint64
@@ -45,9 +45,26 @@ def _kernels(rows_per_block: int) -> tuple[Any, Any, Any, Any]:
         r = r // s2
         return r // s1, r % s1, i2, i3
 
+    @cuda.jit(device=True)
+    def row_of(r, rows, gather):  # type: ignore[no-untyped-def]
+        """Flat row number of work item ``r``: ``rows[r]`` when gathering, else ``r`` itself."""
+        if gather:
+            return rows[r]
+        return r
+
     @cuda.jit
-    def pack_kernel(x, planes, out, zero):  # type: ignore[no-untyped-def]
-        """``out[.., w]``: bits ``64 w ..`` of ``x[..] @ planes > 0``; 4 leading axes."""
+    def pack_kernel(x, planes, rows, gather, out, zero):  # type: ignore[no-untyped-def]
+        """``out[.., w]``: bits ``64 w ..`` of ``x[..] @ planes > 0``, one block per (row tile, word ``w``).
+
+        Arguments:
+
+        - ``x``: ``(s0, s1, s2, s3, dim)`` floats, any strides (unused leading axes of length 1);
+        - ``planes``: ``(dim, bits)`` hyperplanes;
+        - ``rows``: ``(n,)`` int64 flat row numbers of ``x`` (in range), read only when ``gather``;
+        - ``gather``: pack rows ``rows[0..n)``, else every flat row of ``x``;
+        - ``out``: ``(s0, s1, s2, s3, W)`` uint64, row for row with ``x``;
+        - ``zero``: 0 in the result type of ``x`` and ``planes`` (the accumulator's type).
+        """
         words = cuda.shared.array(rb, uint64)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
@@ -55,10 +72,10 @@ def _kernels(rows_per_block: int) -> tuple[Any, Any, Any, Any]:
         if tx == 0:
             words[ty] = uint64(0)
         cuda.syncthreads()
-        s0, s1, s2, s3 = out.shape[0], out.shape[1], out.shape[2], out.shape[3]
+        s0, s1, s2, s3 = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
         r = cuda.blockIdx.x * rb + ty
-        active = r < s0 * s1 * s2 * s3
-        i0, i1, i2, i3 = unravel(r if active else 0, (s0, s1, s2, s3))
+        active = r < (rows.shape[0] if gather else s0 * s1 * s2 * s3)
+        i0, i1, i2, i3 = unravel(row_of(r, rows, gather) if active else 0, (s0, s1, s2, s3))
         j = word * 64 + tx
         if active and j < planes.shape[1]:
             acc = zero
@@ -71,54 +88,46 @@ def _kernels(rows_per_block: int) -> tuple[Any, Any, Any, Any]:
             out[i0, i1, i2, i3, word] = words[ty]
 
     @cuda.jit
-    def nonfinite_kernel(x, row0, err):  # type: ignore[no-untyped-def]
-        """``err[0] = min(err[0], row0 + r)`` for each row ``r`` of ``x`` holding a NaN or inf."""
+    def nonfinite_kernel(x, rows, gather, row0, err):  # type: ignore[no-untyped-def]
+        """``err[0] = min(err[0], row0 + r)`` for each work item ``r`` whose row of ``x`` holds a NaN or inf.
+
+        ``x``, ``rows`` and ``gather`` as in ``pack_kernel``; ``row0`` (int64)
+        numbers the work items of this launch (a tile's first flat row);
+        ``err`` is a ``(1,)`` or longer int64 error cell array.
+        """
         s0, s1, s2, s3 = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
         r = cuda.grid(1)
-        if r < s0 * s1 * s2 * s3:
-            i0, i1, i2, i3 = unravel(r, (s0, s1, s2, s3))
+        if r < (rows.shape[0] if gather else s0 * s1 * s2 * s3):
+            i0, i1, i2, i3 = unravel(row_of(r, rows, gather), (s0, s1, s2, s3))
             for i in range(x.shape[4]):
                 v = x[i0, i1, i2, i3, i]
                 if v - v != 0:  # NaN or +-inf
                     cuda.atomic.min(err, 0, row0 + r)
                     break
 
-    @cuda.jit
-    def pack_rows_kernel(x, planes, rows, out, zero):  # type: ignore[no-untyped-def]
-        """``out[rows[r], w]`` from ``x[rows[r]]`` (rows already checked to lie in range)."""
-        words = cuda.shared.array(rb, uint64)
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        word = cuda.blockIdx.y
-        if tx == 0:
-            words[ty] = uint64(0)
-        cuda.syncthreads()
-        r = cuda.blockIdx.x * rb + ty
-        active = r < rows.shape[0]
-        row = rows[r] if active else 0
-        j = word * 64 + tx
-        if active and j < planes.shape[1]:
-            acc = zero
-            for i in range(planes.shape[0]):
-                acc += x[row, i] * planes[i, j]
-            if acc > 0:
-                cuda.atomic.or_(words, ty, uint64(1) << uint64(tx))
-        cuda.syncthreads()
-        if active and tx == 0:
-            out[row, word] = words[ty]
+    return pack_kernel, nonfinite_kernel
 
-    @cuda.jit
-    def nonfinite_rows_kernel(x, rows, err):  # type: ignore[no-untyped-def]
-        r = cuda.grid(1)
-        if r < rows.shape[0]:
-            row = rows[r]
-            for i in range(x.shape[1]):
-                v = x[row, i]
-                if v - v != 0:
-                    cuda.atomic.min(err, 0, r)
-                    break
 
-    return pack_kernel, nonfinite_kernel, pack_rows_kernel, nonfinite_rows_kernel
+def _as5(arr: Any) -> Any:
+    """A 2-D numba view ``(n, c)`` as ``(1, 1, 1, n, c)`` (the kernels' four leading axes)."""
+    return _backend.view(arr, (1, 1, 1) + tuple(arr.shape), (0, 0, 0) + tuple(arr.strides))
+
+
+def _pack(x5: Any, planes: Any, rows: Any, gather: bool, count: int, out5: Any, stream: Any) -> None:
+    """Launch ``pack_kernel`` over ``count`` work items (see its arguments)."""
+    rb = config.PACK_ROWS_PER_BLOCK
+    pack_kernel = _kernels(rb)[0]
+    grid = ((count + rb - 1) // rb, _words(planes))
+    _backend.configure(pack_kernel, grid, (64, rb), stream)(x5, planes, rows, gather, out5, _zero(x5, planes))
+
+
+def _nonfinite(x5: Any, rows: Any, gather: bool, count: int, row0: int, err: Any, stream: Any) -> None:
+    """Launch ``nonfinite_kernel`` over ``count`` work items (see its arguments)."""
+    threads = config.HAMMING_THREADS
+    nonfinite_kernel = _kernels(config.PACK_ROWS_PER_BLOCK)[1]
+    _backend.configure(nonfinite_kernel, (count + threads - 1) // threads, threads, stream)(
+        x5, rows, gather, np.int64(row0), err
+    )
 
 
 def _zero(x: Any, planes: Any) -> Any:
@@ -135,20 +144,17 @@ def _launch(x: Any, planes: Any, out: Any, check_finite: bool, stream: Any, like
     rows = int(np.prod(lead, dtype=np.int64))
     if rows == 0:
         return -1
-    pack_kernel, nonfinite_kernel, _, _ = _kernels(config.PACK_ROWS_PER_BLOCK)
-    rb = config.PACK_ROWS_PER_BLOCK
+    rows_none = _backend.placeholder(like, (1,), np.int64, stream)
     arrays = [
         (x, tuple(x.strides[:-1]), (tuple(x.shape)[-1],), (x.strides[-1],)),
         (out, tuple(out.strides[:-1]), (tuple(out.shape)[-1],), (out.strides[-1],)),
     ]
-    zero = _zero(x, planes)
     err = _backend.error_cells(like, rows, rows, stream) if check_finite else None
     for row0, (xv, ov) in _layout.tiles(lead, arrays):
         count = int(np.prod(xv.shape[:-1], dtype=np.int64))
-        _backend.configure(pack_kernel, ((count + rb - 1) // rb, _words(planes)), (64, rb), stream)(xv, planes, ov, zero)
+        _pack(xv, planes, rows_none, False, count, ov, stream)
         if check_finite:
-            threads = config.HAMMING_THREADS
-            _backend.configure(nonfinite_kernel, (count + threads - 1) // threads, threads, stream)(xv, np.int64(row0), err)
+            _nonfinite(xv, rows_none, False, count, row0, err, stream)
     if not check_finite:
         return -1
     first = int(_backend.read_back(err, stream)[0])
@@ -214,12 +220,8 @@ def refresh_all(weight: DeviceArray, planes: Any, signatures: Any, check_finite:
         if rows == 0:
             return
         if check_finite:
-            _, nonfinite_kernel, _, _ = _kernels(config.PACK_ROWS_PER_BLOCK)
-            x5 = _backend.view(x, (1, 1, 1) + tuple(x.shape), (0, 0, 0) + tuple(x.strides))
             err = _backend.error_cells(weight, rows, rows, stream)
-            threads = config.HAMMING_THREADS
-            blocks = (rows + threads - 1) // threads
-            _backend.configure(nonfinite_kernel, blocks, threads, stream)(x5, np.int64(0), err)
+            _nonfinite(_as5(x), _backend.placeholder(weight, (1,), np.int64, stream), False, rows, 0, err, stream)
             first = int(_backend.read_back(err, stream)[0])
             if first < rows:
                 raise weight_nonfinite_error(first)
@@ -245,13 +247,11 @@ def refresh_rows(
         out = _backend.as_numba(signatures, np.uint64)
         _, r = _backend.empty(weight, (n,), np.int64, stream)
         r.copy_to_device(np.ascontiguousarray(rows, dtype=np.int64), stream=stream)
-        _, _, pack_rows_kernel, nonfinite_rows_kernel = _kernels(config.PACK_ROWS_PER_BLOCK)
+        x5 = _as5(x)
         if check_finite:
             err = _backend.error_cells(weight, n, n, stream)
-            threads = config.HAMMING_THREADS
-            _backend.configure(nonfinite_rows_kernel, (n + threads - 1) // threads, threads, stream)(x, r, err)
+            _nonfinite(x5, r, True, n, 0, err, stream)
             first = int(_backend.read_back(err, stream)[0])
             if first < n:
                 raise weight_nonfinite_error(int(rows[first]))
-        rb = config.PACK_ROWS_PER_BLOCK
-        _backend.configure(pack_rows_kernel, ((n + rb - 1) // rb, _words(p)), (64, rb), stream)(x, p, r, out, _zero(x, p))
+        _pack(x5, p, r, True, n, _as5(out), stream)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .._device import DeviceArray, describe
-from .._validate import ids_error, lengths_error
+from .._validate import MAX_WORDS, ids_error, lengths_error
 from . import _backend, config
 
 __all__ = ["topk_hamming", "topk_hamming_lookup", "topk_hamming_into", "topk_hamming_lookup_into", "raise_errors"]
@@ -47,8 +47,23 @@ cuda: Any = None
 
 #: Scratch value of a position that is not a candidate (above any distance).
 INVALID = 0xFFFF
-MAX_WORDS = 16
 NBUCKETS = 64 * MAX_WORDS + 1
+
+# Slots of the block's shared ``info`` array (int64).
+#: Number of candidates of the row (valid positions with a good id), summed over the threads.
+INFO_VALID = 0
+#: The threshold bucket ``t``: the distance of the last result.
+INFO_THRESHOLD = 1
+#: ``acc``: the number of candidates strictly below the threshold bucket (all of them are results).
+INFO_BELOW = 2
+#: Nonzero when the row holds a bad id (the row gets no result).
+INFO_BAD_ID = 3
+INFO_SLOTS = 4
+
+#: A thread's tile counts travel through the block scan as one int32 ``lt * PAIR + eq``; both counts
+#: are at most ``TOPK_THREADS * TOPK_ITEMS <= 32767 < PAIR``, so the halves never carry into each other and
+#: the block total ``<= 32767 * (PAIR + 1)`` fits an int32.
+PAIR = 65536
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,85 +110,108 @@ def _kernels(threads: int, items: int) -> Any:
             sdist[p] = uint16(d)
 
     @cuda.jit(device=True)
+    def bucket_offsets(tid, nb, take, hist, scan, info):  # type: ignore[no-untyped-def]
+        """Step 2: ``hist[v]`` (counts) becomes bucket ``v``'s first output slot; sets the threshold slots.
+
+        ``info[INFO_THRESHOLD]`` is the bucket ``t`` holding result ``take - 1``,
+        ``info[INFO_BELOW]`` the number of candidates below it.
+        """
+        chunk = (nb + T - 1) // T
+        lo = min(tid * chunk, nb)
+        hi = min(lo + chunk, nb)
+        mine = int32(0)
+        for v in range(lo, hi):
+            mine += hist[v]
+        scan[tid] = mine
+        cuda.syncthreads()
+        scan_inclusive(scan, tid)
+        run = int64(scan[tid] - mine)
+        for v in range(lo, hi):
+            h = hist[v]
+            if run < take and take <= run + h:
+                info[INFO_THRESHOLD] = v
+                info[INFO_BELOW] = run
+            hist[v] = run
+            run += h
+        cuda.syncthreads()
+
+    @cuda.jit(device=True)
+    def emit_tile(b, tid, top, t, acc, need, eq_seen, hist, scan, listd, listp, sdist, gdist, use_global, idx, dist):  # type: ignore[no-untyped-def]
+        """Step 3 for the tile of positions ``[top - TILE, top)``: write its results into ``idx`` / ``dist``.
+
+        ``t``, ``acc`` and ``need`` are the threshold bucket, the candidates
+        below it and the results taken from it; ``eq_seen`` counts the
+        threshold positions of the newer tiles. ``hist`` holds each bucket's
+        next free slot and advances past this tile's positions below ``t``.
+        Returns this tile's (positions below ``t``, positions at ``t``).
+        """
+        base = top - 1 - tid * R
+        nlt = int32(0)
+        neq = int32(0)
+        for r in range(R):
+            p = base - r
+            if p >= 0:
+                d = load(sdist, gdist, use_global, b, p)
+                if d < t:
+                    nlt += 1
+                elif d == t:
+                    neq += 1
+        mine = nlt * PAIR + neq  # see PAIR: the two counts in one int32 scan
+        scan[tid] = mine
+        cuda.syncthreads()
+        scan_inclusive(scan, tid)
+        before = scan[tid] - mine
+        total = scan[T - 1]
+        lt_pos = before // PAIR
+        eq_pos = eq_seen + before % PAIR
+        for r in range(R):
+            p = base - r
+            if p >= 0:
+                d = load(sdist, gdist, use_global, b, p)
+                if d < t:
+                    listd[lt_pos] = int16(d)
+                    listp[lt_pos] = int16(tid * R + r)
+                    lt_pos += 1
+                elif d == t:
+                    if eq_pos < need:
+                        idx[b, acc + eq_pos] = p
+                        dist[b, acc + eq_pos] = d
+                    eq_pos += 1
+        cuda.syncthreads()
+        tile_lt = total // PAIR
+        for e in range(tid, tile_lt, T):
+            d = int32(listd[e])
+            rank = int32(0)
+            for j in range(e):
+                if listd[j] == d:
+                    rank += 1
+            slot = hist[d] + rank
+            idx[b, slot] = top - 1 - int64(listp[e])
+            dist[b, slot] = d
+        cuda.syncthreads()
+        for e in range(tid, tile_lt, T):
+            cuda.atomic.add(hist, int32(listd[e]), 1)
+        cuda.syncthreads()
+        return tile_lt, total % PAIR
+
+    @cuda.jit(device=True)
     def select(b, tid, end, nb, k, hist, scan, listd, listp, info, sdist, gdist, use_global, idx, dist):  # type: ignore[no-untyped-def]
-        """Steps 2 and 3 for row ``b``: hist holds the counts, info[0] the number of valid positions."""
-        take = min(k, info[0])
+        """Steps 2 and 3 for row ``b``: hist holds the counts, ``info[INFO_VALID]`` the number of candidates."""
+        take = min(k, info[INFO_VALID])
         if take > 0:
-            # bucket counts -> first output slot of each bucket; the threshold bucket t
-            chunk = (nb + T - 1) // T
-            lo = min(tid * chunk, nb)
-            hi = min(lo + chunk, nb)
-            mine = int32(0)
-            for v in range(lo, hi):
-                mine += hist[v]
-            scan[tid] = mine
-            cuda.syncthreads()
-            scan_inclusive(scan, tid)
-            run = int64(scan[tid] - mine)
-            for v in range(lo, hi):
-                h = hist[v]
-                if run < take and take <= run + h:
-                    info[1] = v
-                    info[2] = run
-                hist[v] = run
-                run += h
-            cuda.syncthreads()
-            t = info[1]
-            acc = info[2]
+            bucket_offsets(tid, nb, take, hist, scan, info)
+            t = info[INFO_THRESHOLD]
+            acc = info[INFO_BELOW]
             need = take - acc
             lt_seen = int64(0)
             eq_seen = int64(0)
             top = end  # this tile covers positions [top - TILE, top), newest first
             while top > 0 and (lt_seen < acc or eq_seen < need):
-                base = top - 1 - tid * R
-                nlt = int32(0)
-                neq = int32(0)
-                for r in range(R):
-                    p = base - r
-                    if p >= 0:
-                        d = load(sdist, gdist, use_global, b, p)
-                        if d < t:
-                            nlt += 1
-                        elif d == t:
-                            neq += 1
-                mine = nlt * 65536 + neq
-                scan[tid] = mine
-                cuda.syncthreads()
-                scan_inclusive(scan, tid)
-                before = scan[tid] - mine
-                total = scan[T - 1]
-                lt_pos = before // 65536
-                eq_pos = eq_seen + before % 65536
-                for r in range(R):
-                    p = base - r
-                    if p >= 0:
-                        d = load(sdist, gdist, use_global, b, p)
-                        if d < t:
-                            listd[lt_pos] = int16(d)
-                            listp[lt_pos] = int16(tid * R + r)
-                            lt_pos += 1
-                        elif d == t:
-                            if eq_pos < need:
-                                idx[b, acc + eq_pos] = p
-                                dist[b, acc + eq_pos] = d
-                            eq_pos += 1
-                cuda.syncthreads()
-                tile_lt = total // 65536
-                for e in range(tid, tile_lt, T):
-                    d = int32(listd[e])
-                    rank = int32(0)
-                    for j in range(e):
-                        if listd[j] == d:
-                            rank += 1
-                    slot = hist[d] + rank
-                    idx[b, slot] = top - 1 - int64(listp[e])
-                    dist[b, slot] = d
-                cuda.syncthreads()
-                for e in range(tid, tile_lt, T):
-                    cuda.atomic.add(hist, int32(listd[e]), 1)
-                cuda.syncthreads()
+                tile_lt, tile_eq = emit_tile(
+                    b, tid, top, t, acc, need, eq_seen, hist, scan, listd, listp, sdist, gdist, use_global, idx, dist
+                )
                 lt_seen += tile_lt
-                eq_seen += total % 65536
+                eq_seen += tile_eq
                 top -= TILE
         for s in range(take + tid, k, T):
             idx[b, s] = -1
@@ -186,13 +224,28 @@ def _kernels(threads: int, items: int) -> Any:
         The signature of position ``pos`` is ``keys[b or 0, pos]`` (``(B or 1,
         L, W)``), or with ``use_ids`` the fused lookup ``table[ids[b or 0,
         pos]]``; a row holding a bad id gets no result (reported in ``err[1]``).
+        An axis of length 1 in place of ``B`` is shared by all rows. Arguments:
+
+        - ``query``: ``(B, W)`` uint64 signatures, ``1 <= W <= MAX_WORDS``;
+        - ``keys``: ``(B or 1, L, W)`` uint64 (a placeholder with ``use_ids``);
+        - ``ids``, ``table``: ``(B or 1, L)`` integer ids into ``(N, W)`` uint64
+          (placeholders unless ``use_ids``);
+        - ``lengths``, ``use_len``: ``(B,)`` valid prefix lengths, read when ``use_len``;
+        - ``mask``, ``use_mask``: ``(B or 1, L)`` bool validity, read when ``use_mask``;
+        - ``pad``, ``use_pad``: int64 bits of the padding id (skipped like a masked
+          position), compared when ``use_pad``;
+        - ``k``: int64 number of results;
+        - ``idx``, ``dist``: ``(B, k)`` int64 / int32 outputs;
+        - ``gdist``, ``use_global``: ``(B, L)`` uint16 distance scratch in global
+          memory, used instead of the dynamic shared array when ``use_global``;
+        - ``err``: the ``(2,)`` int64 error cells (see the module docstring).
         """
         hist = cuda.shared.array(NB, int32)
         scan = cuda.shared.array(T, int32)
         listd = cuda.shared.array(TILE, int16)
         listp = cuda.shared.array(TILE, int16)
         qs = cuda.shared.array(MW, uint64)
-        info = cuda.shared.array(4, int64)
+        info = cuda.shared.array(INFO_SLOTS, int64)
         sdist = cuda.shared.array(0, uint16)
         b = cuda.blockIdx.x
         tid = cuda.threadIdx.x
@@ -215,8 +268,8 @@ def _kernels(threads: int, items: int) -> Any:
         for w in range(tid, words, T):
             qs[w] = query[b, w]
         if tid == 0:
-            info[0] = 0
-            info[3] = 0
+            info[INFO_VALID] = 0
+            info[INFO_BAD_ID] = 0
         cuda.syncthreads()
         count = int64(0)
         for pos in range(tid, end if k > 0 or use_ids else 0, T):
@@ -231,7 +284,7 @@ def _kernels(threads: int, items: int) -> Any:
                     if not (use_pad and item == pad):
                         if item < 0 or item >= nrows:
                             cuda.atomic.min(err, 1, int64(b) * length + pos)
-                            info[3] = 1
+                            info[INFO_BAD_ID] = 1
                         else:
                             d = 0
                             for w in range(words):
@@ -240,9 +293,9 @@ def _kernels(threads: int, items: int) -> Any:
                     cuda.atomic.add(hist, d, 1)
                     count += 1
             store(sdist, gdist, use_global, b, pos, d)
-        cuda.atomic.add(info, 0, count)
+        cuda.atomic.add(info, INFO_VALID, count)
         cuda.syncthreads()
-        if info[3] != 0:
+        if info[INFO_BAD_ID] != 0:
             return
         select(b, tid, end, nb, k, hist, scan, listd, listp, info, sdist, gdist, use_global, idx, dist)
 
@@ -275,7 +328,7 @@ SHARED_LIMIT = 48 * 1024
 
 def _static_shared_bytes(threads: int, items: int) -> int:
     """The top-K kernel's static shared arrays: hist, scan, listd + listp, qs, info."""
-    return 4 * NBUCKETS + 4 * threads + 2 * 2 * threads * items + 8 * MAX_WORDS + 8 * 4
+    return 4 * NBUCKETS + 4 * threads + 2 * 2 * threads * items + 8 * MAX_WORDS + 8 * INFO_SLOTS
 
 
 def _scratch(like: DeviceArray | None, batch: int, length: int, stream: Any) -> tuple[Any, bool, int]:
@@ -359,6 +412,47 @@ def _run(
     return cells
 
 
+def _launch_into(
+    query: Any,
+    keys: Any,
+    ids: Any,
+    table: Any,
+    k: int,
+    idx: Any,
+    dist: Any,
+    lengths: Any,
+    mask: Any,
+    padding_id: int | None,
+    stream: Any,
+    check: bool,
+) -> Any:
+    """The raw launchers' body: given ``keys``, or ``ids`` into ``table`` (the other ``None``)."""
+    like = describe(idx)
+    with _backend.device_scope(like):
+        stream = _backend.launch_stream(like, stream)
+        if ids is None:
+            kk = _backend.as_numba(keys, np.uint64)
+            q = _words_checked(_backend.as_numba(query, np.uint64), kk, "keys")
+            i, t, nrows = None, None, 0
+            if kk.ndim == 2:
+                kk = _expand0(kk)
+            length = kk.shape[1]
+        else:
+            kk = None
+            t = _backend.as_numba(table, np.uint64)
+            q = _words_checked(_backend.as_numba(query, np.uint64), t, "table")
+            nrows = t.shape[0]
+            i = _backend.as_numba(ids)
+            if i.ndim == 1:
+                i = _expand0(i)
+            length = i.shape[1]
+        cells = _run(like, stream, q, kk, i, t, length, k, idx, dist, lengths, mask, padding_id)
+        if not check:
+            return cells
+        raise_errors(_backend.read_back(cells, stream), q.shape[0], length, nrows, lengths=lengths, ids=ids)
+    return None
+
+
 def topk_hamming_into(
     query: Any,
     keys: Any,
@@ -393,19 +487,7 @@ def topk_hamming_into(
     released on return: with ``check=False`` and a ``stream`` other than that
     current stream, synchronise ``stream`` before that library allocates again.
     """
-    like = describe(idx)
-    with _backend.device_scope(like):
-        stream = _backend.launch_stream(like, stream)
-        kk = _backend.as_numba(keys, np.uint64)
-        q = _words_checked(_backend.as_numba(query, np.uint64), kk, "keys")
-        if kk.ndim == 2:
-            kk = _expand0(kk)
-        length = kk.shape[1]
-        cells = _run(like, stream, q, kk, None, None, length, k, idx, dist, lengths, mask, None)
-        if not check:
-            return cells
-        raise_errors(_backend.read_back(cells, stream), q.shape[0], length, 0, lengths=lengths)
-    return None
+    return _launch_into(query, keys, None, None, k, idx, dist, lengths, mask, None, stream, check)
 
 
 def topk_hamming_lookup_into(
@@ -433,31 +515,23 @@ def topk_hamming_lookup_into(
     ``check=False`` the error cells are returned (cell 1 is ``B * L`` unless
     an id is bad, else ``row * L + position``).
     """
-    like = describe(idx)
-    with _backend.device_scope(like):
-        stream = _backend.launch_stream(like, stream)
-        t = _backend.as_numba(table, np.uint64)
-        q = _words_checked(_backend.as_numba(query, np.uint64), t, "table")
-        i = _backend.as_numba(ids)
-        if i.ndim == 1:
-            i = _expand0(i)
-        length = i.shape[1]
-        cells = _run(like, stream, q, None, i, t, length, k, idx, dist, lengths, mask, padding_id)
-        if not check:
-            return cells
-        raise_errors(_backend.read_back(cells, stream), q.shape[0], length, t.shape[0], lengths=lengths, ids=ids)
-    return None
+    return _launch_into(query, None, ids, table, k, idx, dist, lengths, mask, padding_id, stream, check)
 
 
-def topk_hamming(query: DeviceArray, keys: DeviceArray, k: int, lengths: DeviceArray | None, mask: DeviceArray | None) -> tuple[Any, Any]:
-    """Device path of :func:`etaretrieval.topk_hamming` (inputs validated)."""
+def _results(query: DeviceArray, k: int, launch: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """``(idx, dist)`` allocated on ``query``'s device and filled by raw launcher ``launch(*args, k, idx, dist, ...)``."""
     batch = query.shape[0]
     with _backend.device_scope(query):
         stream = _backend.launch_stream(query)
         idx_user, _ = _backend.empty(query, (batch, k), np.int64, stream)
         dist_user, _ = _backend.empty(query, (batch, k), np.int32, stream)
-        topk_hamming_into(query, keys, k, idx_user, dist_user, lengths=lengths, mask=mask, stream=stream)
+        launch(*args, k, idx_user, dist_user, stream=stream, **kwargs)
     return idx_user, dist_user
+
+
+def topk_hamming(query: DeviceArray, keys: DeviceArray, k: int, lengths: DeviceArray | None, mask: DeviceArray | None) -> tuple[Any, Any]:
+    """Device path of :func:`etaretrieval.topk_hamming` (inputs validated)."""
+    return _results(query, k, topk_hamming_into, query, keys, lengths=lengths, mask=mask)
 
 
 def topk_hamming_lookup(
@@ -470,12 +544,4 @@ def topk_hamming_lookup(
     pad: int | None,
 ) -> tuple[Any, Any]:
     """Device path of :func:`etaretrieval.topk_hamming_lookup` (inputs validated, ``pad`` as int64 bits)."""
-    batch = query.shape[0]
-    with _backend.device_scope(query):
-        stream = _backend.launch_stream(query)
-        idx_user, _ = _backend.empty(query, (batch, k), np.int64, stream)
-        dist_user, _ = _backend.empty(query, (batch, k), np.int32, stream)
-        topk_hamming_lookup_into(
-            query, ids, table, k, idx_user, dist_user, lengths=lengths, mask=mask, padding_id=pad, stream=stream
-        )
-    return idx_user, dist_user
+    return _results(query, k, topk_hamming_lookup_into, query, ids, table, lengths=lengths, mask=mask, padding_id=pad)
