@@ -9,10 +9,8 @@ import numpy.typing as npt
 
 from . import config
 from ._device import DeviceArray, describe, placement
-from ._jit import kernel_input
-from ._threads import parallel_rows
-from ._validate import DTypeError, _shape, as_array, check_bits, check_dim, check_plane_size, nonfinite_error
-from .cpu.pack import pack_projection, project_pack
+from ._validate import DTypeError, _shape, as_array, check_bits, check_dim, check_plane_size
+from .cpu.pack import pack_signatures as host_pack
 
 __all__ = ["hyperplanes", "pack_signatures", "SimHasher"]
 
@@ -90,34 +88,6 @@ def _check_planes(planes: Any) -> Any:
     return p
 
 
-def _raise_nonfinite(x2: np.ndarray, rows: np.ndarray, offset: int, lead: tuple[int, ...]) -> None:
-    """Raise for the first of ``rows`` (flagged by the kernel) that holds a non-finite value."""
-    finite = np.isfinite(x2[rows]).all(axis=1)
-    if not finite.all():
-        first = int(rows[np.argmin(finite)]) + offset
-        raise nonfinite_error(np.unravel_index(first, lead) if lead else ())
-
-
-def pack_small(x2: np.ndarray, planes: np.ndarray, out: np.ndarray, check_finite: bool,
-               lead: tuple[int, ...]) -> None:
-    """Pack the ``(rows, dim)`` rows of ``x2`` into ``out`` with the Numba projection (no BLAS).
-
-    For request-sized inputs (:data:`config.PACK_BLAS_WORK`): the projection
-    is summed in order in the working precision, on the library's threads,
-    so no BLAS thread pool wakes up (and keeps spinning) between two kernels.
-    Inputs are normalised to C-contiguous read-only arrays of the working
-    dtype (copies of a small ``x`` at most), so one variant per dtype is compiled.
-    """
-    ctype = np.result_type(x2.dtype, planes.dtype)
-    xs = kernel_input(x2.astype(ctype, copy=False), contiguous=True)
-    ps = kernel_input(planes.astype(ctype, copy=False), contiguous=True)
-    rows, (dim, bits) = xs.shape[0], ps.shape
-    flags = np.empty(rows, dtype=np.bool_)
-    parallel_rows(lambda lo, hi: project_pack(xs, ps, lo, hi, out, flags), rows, rows * dim * bits // 32)
-    if check_finite and flags.any():
-        _raise_nonfinite(xs, np.flatnonzero(flags), 0, lead)
-
-
 def pack_signatures(x: Any, planes: Any, *, check_finite: bool = True) -> npt.NDArray[np.uint64]:
     """SimHash signatures of embeddings, packed into uint64 words.
 
@@ -176,33 +146,7 @@ def pack_signatures(x: Any, planes: Any, *, check_finite: bool = True) -> npt.ND
         from .cuda.pack import pack_signatures as device_pack
 
         return device_pack(a, p, check_finite)  # type: ignore[no-any-return]
-    lead = a.shape[:-1]
-    words = (bits + 63) // 64
-    out = np.empty((int(np.prod(lead, dtype=np.int64)), words), dtype=np.uint64)
-    if out.shape[0] == 0:
-        return out.reshape(lead + (words,))
-    if out.shape[0] * dim * bits <= config.PACK_BLAS_WORK:  # request-sized: no BLAS
-        pack_small(a.reshape(-1, dim), p, out, check_finite, lead)
-        return out.reshape(lead + (words,))
-    try:
-        x2 = a.reshape(-1, dim, copy=False)
-    except ValueError:  # strides that no 2-D view can express: gather each chunk instead
-        x2 = None
-    ctype = np.result_type(a.dtype, p.dtype)
-    planes_c = p.astype(ctype, copy=False)
-    chunk = max(1, config.PACK_CHUNK_ELEMENTS // bits)
-    proj = np.empty((min(chunk, out.shape[0]), bits), dtype=ctype)
-    flags = np.empty(proj.shape[0], dtype=np.bool_)
-    for start in range(0, out.shape[0], chunk):
-        stop = min(start + chunk, out.shape[0])
-        n = stop - start
-        block = x2[start:stop] if x2 is not None else a[np.unravel_index(np.arange(start, stop), lead)]
-        with np.errstate(invalid="ignore", over="ignore"):  # inf/nan rows are flagged by the pack kernel
-            np.matmul(block, planes_c, out=proj[:n])
-        pack_projection(proj[:n], out[start : start + n], flags[:n])
-        if check_finite and flags[:n].any():
-            _raise_nonfinite(block, np.flatnonzero(flags[:n]), start, lead)
-    return out.reshape(lead + (words,))
+    return host_pack(a, p, check_finite)
 
 
 class SimHasher:

@@ -8,51 +8,11 @@ import numpy as np
 import numpy.typing as npt
 
 from ._device import placement
-from ._jit import kernel_input
-from ._threads import parallel_rows
-from ._validate import _shape, as_ids, as_padding, as_signatures, check_k, ids_error, results, validity
-from .cpu.topk import topk_keys, topk_lookup
+from ._validate import _shape, as_ids, as_padding, as_signatures, check_k, validity
+from .cpu.topk import topk_hamming as host_topk
+from .cpu.topk import topk_hamming_lookup as host_lookup
 
 __all__ = ["topk_hamming", "topk_hamming_lookup"]
-
-_NO_MASK = kernel_input(np.zeros((0, 0), dtype=np.bool_))
-
-
-
-def _run_keys(q: np.ndarray, keys: np.ndarray, k: int, n: np.ndarray, m: np.ndarray | None,
-              idx: np.ndarray, dist: np.ndarray) -> None:
-    """:func:`topk_keys` over every row, on the calling thread or spread over the pool."""
-    mask = _NO_MASK if m is None else kernel_input(m)
-    batch, length, words = keys.shape
-    q, keys = kernel_input(q, contiguous=True), kernel_input(keys)
-    parallel_rows(lambda lo, hi: topk_keys(q, keys, k, n, mask, m is not None, lo, hi, idx, dist),
-                  batch, batch * length * words)
-
-
-def _gather_shared(
-    ids: np.ndarray, table: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None, pad: int | None
-) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """The ``(L, W)`` signatures of a shared ``(L,)`` id sequence, gathered once for every row.
-
-    Returns ``(keys, valid)`` with ``valid`` the ``(L,)`` mask of positions that
-    are not masked out nor padding (``None``: all are), or ``None`` when a
-    position valid in some row holds an id outside the table (the fused kernel
-    then finds the first ``(row, position)`` to report). Positions valid in no
-    row are never read: their keys are row 0's, and ``valid`` or ``lengths``
-    exclude them.
-    """
-    readable = np.arange(ids.shape[0]) < lengths.max()
-    valid = mask
-    if pad is not None:
-        not_pad = ids.astype(np.int64) != pad  # pad is the id's int64 bit pattern
-        valid = not_pad if valid is None else valid & not_pad
-    if valid is not None:
-        readable &= valid
-    inside = (ids >= 0) & (ids < table.shape[0])
-    if table.shape[0] == 0 or not (inside | ~readable).all():
-        return None
-    return table[np.where(readable, ids, 0)], valid
-
 
 def topk_hamming(
     query: Any, keys: Any, k: int, *, lengths: Any = None, mask: Any = None, padding_side: str = "right"
@@ -130,12 +90,8 @@ def topk_hamming(
 
         n, m = validity(lengths, mask, batch, length, device=True, padding_side=padding_side)
         return device_topk(q, kk, k, n, m)  # type: ignore[no-any-return]
-    kk = np.broadcast_to(kk, (batch, length, words))
     n, m = validity(lengths, mask, batch, length, padding_side=padding_side)
-    idx, dist = results(batch, k)
-    if batch:
-        _run_keys(q, kk, k, n, m, idx, dist)
-    return idx, dist
+    return host_topk(q, kk, k, n, m)
 
 
 def topk_hamming_lookup(
@@ -216,30 +172,4 @@ def topk_hamming_lookup(
         n, m = validity(lengths, mask, batch, i.shape[-1], device=True, padding_side=padding_side)
         return device_lookup(q, i, t, k, n, m, pad)  # type: ignore[no-any-return]
     n, m = validity(lengths, mask, batch, i.shape[1], padding_side=padding_side)
-    idx, dist = results(batch, k)
-    if not batch:
-        return idx, dist
-    if shared and (m is None or m.strides[0] == 0):
-        gathered = _gather_shared(i[0], t, n, None if m is None else m[0], pad)
-        if gathered is not None:  # many targets, one sequence: its signatures are gathered once
-            keys, valid = gathered
-            m = None if valid is None else np.broadcast_to(valid, i.shape)
-            _run_keys(q, np.broadcast_to(keys, (batch, *keys.shape)), k, n, m, idx, dist)
-            return idx, dist
-    bad = np.empty(batch, dtype=np.int64)  # written only for rows with a bad id
-    mask = _NO_MASK if m is None else kernel_input(m)
-    padding = 0 if pad is None else pad
-    q, i, t = kernel_input(q, contiguous=True), kernel_input(i), kernel_input(t)
-    first_bad: list[int] = []  # per task: its first row with a bad id, or -1
-
-    def run(lo: int, hi: int) -> None:
-        first_bad.append(topk_lookup(q, i, t, k, n, mask, m is not None, padding, pad is not None,
-                                     lo, hi, idx, dist, bad))
-
-    parallel_rows(run, batch, batch * i.shape[1] * words)
-    rows = [r for r in first_bad if r >= 0]
-    if rows:
-        row = min(rows)
-        pos = int(bad[row])
-        raise ids_error(row, pos, i[row, pos], t.shape[0], shared=shared)
-    return idx, dist
+    return host_lookup(q, i, t, k, n, m, pad, shared)

@@ -21,9 +21,12 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .._jit import jit
+from .. import config
+from .._jit import jit, kernel_input
+from .._threads import parallel_rows
+from .._validate import nonfinite_error
 
-__all__ = ["pack_projection", "project_pack"]
+__all__ = ["pack_projection", "project_pack", "pack_signatures", "pack_small", "raise_nonfinite"]
 
 
 @jit()
@@ -107,3 +110,67 @@ def project_pack(x, planes, lo, hi, out, nonfinite):  # type: ignore[no-untyped-
             for j in range(bits):
                 acc[j] += xi * planes[i, j]
         pack_projection(proj, out[r : r + 1], nonfinite[r : r + 1])
+
+
+def raise_nonfinite(x2: np.ndarray, rows: np.ndarray, offset: int, lead: tuple[int, ...]) -> None:
+    """Raise for the first of ``rows`` (flagged by the kernel) that holds a non-finite value."""
+    finite = np.isfinite(x2[rows]).all(axis=1)
+    if not finite.all():
+        first = int(rows[np.argmin(finite)]) + offset
+        raise nonfinite_error(np.unravel_index(first, lead) if lead else ())
+
+
+def pack_small(x2: np.ndarray, planes: np.ndarray, out: np.ndarray, check_finite: bool,
+               lead: tuple[int, ...]) -> None:
+    """Pack the ``(rows, dim)`` rows of ``x2`` into ``out`` with the Numba projection (no BLAS).
+
+    For request-sized inputs (:data:`config.PACK_BLAS_WORK`): the projection
+    is summed in order in the working precision, on the library's threads,
+    so no BLAS thread pool wakes up (and keeps spinning) between two kernels.
+    Inputs are normalised to C-contiguous read-only arrays of the working
+    dtype (copies of a small ``x`` at most), so one variant per dtype is compiled.
+    """
+    ctype = np.result_type(x2.dtype, planes.dtype)
+    xs = kernel_input(x2.astype(ctype, copy=False), contiguous=True)
+    ps = kernel_input(planes.astype(ctype, copy=False), contiguous=True)
+    rows, (dim, bits) = xs.shape[0], ps.shape
+    flags = np.empty(rows, dtype=np.bool_)
+    parallel_rows(lambda lo, hi: project_pack(xs, ps, lo, hi, out, flags), rows, rows * dim * bits // 32)
+    if check_finite and flags.any():
+        raise_nonfinite(xs, np.flatnonzero(flags), 0, lead)
+
+
+def pack_signatures(a: np.ndarray, p: np.ndarray, check_finite: bool) -> np.ndarray:
+    """Host path of :func:`etaretrieval.pack_signatures` (inputs validated: ``a`` ``(..., dim)``, ``p`` ``(dim, bits)``).
+
+    Request-sized inputs go through :func:`pack_small`, larger ones through
+    BLAS in row chunks and :func:`pack_projection`.
+    """
+    dim, bits = p.shape
+    lead = a.shape[:-1]
+    words = (bits + 63) // 64
+    out = np.empty((int(np.prod(lead, dtype=np.int64)), words), dtype=np.uint64)
+    if out.shape[0] == 0:
+        return out.reshape(lead + (words,))
+    if out.shape[0] * dim * bits <= config.PACK_BLAS_WORK:  # request-sized: no BLAS
+        pack_small(a.reshape(-1, dim), p, out, check_finite, lead)
+        return out.reshape(lead + (words,))
+    try:
+        x2 = a.reshape(-1, dim, copy=False)
+    except ValueError:  # strides that no 2-D view can express: gather each chunk instead
+        x2 = None
+    ctype = np.result_type(a.dtype, p.dtype)
+    planes_c = p.astype(ctype, copy=False)
+    chunk = max(1, config.PACK_CHUNK_ELEMENTS // bits)
+    proj = np.empty((min(chunk, out.shape[0]), bits), dtype=ctype)
+    flags = np.empty(proj.shape[0], dtype=np.bool_)
+    for start in range(0, out.shape[0], chunk):
+        stop = min(start + chunk, out.shape[0])
+        n = stop - start
+        block = x2[start:stop] if x2 is not None else a[np.unravel_index(np.arange(start, stop), lead)]
+        with np.errstate(invalid="ignore", over="ignore"):  # inf/nan rows are flagged by the pack kernel
+            np.matmul(block, planes_c, out=proj[:n])
+        pack_projection(proj[:n], out[start : start + n], flags[:n])
+        if check_finite and flags[:n].any():
+            raise_nonfinite(block, np.flatnonzero(flags[:n]), start, lead)
+    return out.reshape(lead + (words,))

@@ -36,9 +36,11 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .._bits import popcount
-from .._jit import jit
+from .._jit import jit, kernel_input
+from .._threads import parallel_rows
+from .._validate import ids_error, results
 
-__all__ = ["topk_keys", "topk_lookup", "CHUNK", "LANES", "SAMPLE_STRIDE", "SAMPLE_MIN_LENGTH", "WIDE"]
+__all__ = ["topk_hamming", "topk_hamming_lookup", "topk_keys", "topk_lookup", "CHUNK", "LANES", "SAMPLE_STRIDE", "SAMPLE_MIN_LENGTH", "WIDE"]
 
 #: Positions per stack buffer of the distance step.
 CHUNK = 1024
@@ -406,3 +408,99 @@ def topk_lookup(  # type: ignore[no-untyped-def]
         scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
         _select(scratch, end, nvalid, k, work, idx[b], dist[b])
     return first_bad
+
+
+_NO_MASK = kernel_input(np.zeros((0, 0), dtype=np.bool_))
+
+
+
+def _run_keys(q: np.ndarray, keys: np.ndarray, k: int, n: np.ndarray, m: np.ndarray | None,
+              idx: np.ndarray, dist: np.ndarray) -> None:
+    """:func:`topk_keys` over every row, on the calling thread or spread over the pool."""
+    mask = _NO_MASK if m is None else kernel_input(m)
+    batch, length, words = keys.shape
+    q, keys = kernel_input(q, contiguous=True), kernel_input(keys)
+    parallel_rows(lambda lo, hi: topk_keys(q, keys, k, n, mask, m is not None, lo, hi, idx, dist),
+                  batch, batch * length * words)
+
+
+def _gather_shared(
+    ids: np.ndarray, table: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None, pad: int | None
+) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The ``(L, W)`` signatures of a shared ``(L,)`` id sequence, gathered once for every row.
+
+    Returns ``(keys, valid)`` with ``valid`` the ``(L,)`` mask of positions that
+    are not masked out nor padding (``None``: all are), or ``None`` when a
+    position valid in some row holds an id outside the table (the fused kernel
+    then finds the first ``(row, position)`` to report). Positions valid in no
+    row are never read: their keys are row 0's, and ``valid`` or ``lengths``
+    exclude them.
+    """
+    readable = np.arange(ids.shape[0]) < lengths.max()
+    valid = mask
+    if pad is not None:
+        not_pad = ids.astype(np.int64) != pad  # pad is the id's int64 bit pattern
+        valid = not_pad if valid is None else valid & not_pad
+    if valid is not None:
+        readable &= valid
+    inside = (ids >= 0) & (ids < table.shape[0])
+    if table.shape[0] == 0 or not (inside | ~readable).all():
+        return None
+    return table[np.where(readable, ids, 0)], valid
+
+
+def topk_hamming(
+    q: np.ndarray, kk: np.ndarray, k: int, n: np.ndarray, m: np.ndarray | None
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """Host path of :func:`etaretrieval.topk_hamming` (inputs validated).
+
+    ``q`` ``(B, W)`` and ``kk`` ``(B, L, W)`` / ``(L, W)`` uint64, ``n`` and
+    ``m`` the lengths and optional mask of :func:`etaretrieval._validate.validity`.
+    """
+    batch, words = q.shape
+    kk = np.broadcast_to(kk, (batch, kk.shape[-2], words))
+    idx, dist = results(batch, k)
+    if batch:
+        _run_keys(q, kk, k, n, m, idx, dist)
+    return idx, dist
+
+
+def topk_hamming_lookup(
+    q: np.ndarray, i: np.ndarray, t: np.ndarray, k: int, n: np.ndarray, m: np.ndarray | None, pad: int | None,
+    shared: bool,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """Host path of :func:`etaretrieval.topk_hamming_lookup` (inputs validated).
+
+    ``i`` ``(B, L)`` ids (a broadcast view when ``shared``), ``t`` ``(N, W)``
+    uint64, ``pad`` the padding id's int64 bit pattern or ``None``; the rest
+    as in :func:`topk_hamming`. Raises the :class:`IndexError` of the first
+    valid position holding an id outside the table.
+    """
+    batch, words = q.shape
+    idx, dist = results(batch, k)
+    if not batch:
+        return idx, dist
+    if shared and (m is None or m.strides[0] == 0):
+        gathered = _gather_shared(i[0], t, n, None if m is None else m[0], pad)
+        if gathered is not None:  # many targets, one sequence: its signatures are gathered once
+            keys, valid = gathered
+            m = None if valid is None else np.broadcast_to(valid, i.shape)
+            _run_keys(q, np.broadcast_to(keys, (batch, *keys.shape)), k, n, m, idx, dist)
+            return idx, dist
+    bad = np.empty(batch, dtype=np.int64)  # written only for rows with a bad id
+    mask = _NO_MASK if m is None else kernel_input(m)
+    padding = 0 if pad is None else pad
+    q, i, t = kernel_input(q, contiguous=True), kernel_input(i), kernel_input(t)
+    first_bad: list[int] = []  # per task: its first row with a bad id, or -1
+
+    def run(lo: int, hi: int) -> None:
+        first_bad.append(topk_lookup(q, i, t, k, n, mask, m is not None, padding, pad is not None,
+                                     lo, hi, idx, dist, bad))
+
+    parallel_rows(run, batch, batch * i.shape[1] * words)
+    rows = [r for r in first_bad if r >= 0]
+    if rows:
+        row = min(rows)
+        pos = int(bad[row])
+        raise ids_error(row, pos, i[row, pos], t.shape[0], shared=shared)
+    return idx, dist

@@ -35,7 +35,7 @@ from .._validate import (
     check_padding_side,
     valid_nonfinite_error,
 )
-from ..cpu.pack import pack_projection
+from ..cpu.pack import pack_projection, raise_nonfinite
 
 __all__ = [
     "pack_signatures",
@@ -365,7 +365,7 @@ def _pack_large(x: torch.Tensor, planes: torch.Tensor, check_finite: bool) -> to
         torch.matmul(block, p, out=proj[:n])
         pack_projection(proj[:n].numpy(), out[start : start + n], flags[:n])
         if check_finite and flags[:n].any():
-            simhash._raise_nonfinite(block.numpy(), np.flatnonzero(flags[:n]), start, tuple(x.shape[:-1]))
+            raise_nonfinite(block.numpy(), np.flatnonzero(flags[:n]), start, tuple(x.shape[:-1]))
     return torch.from_numpy(out.view(np.int64))
 
 
