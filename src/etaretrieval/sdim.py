@@ -27,9 +27,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ._device import DeviceArray, placement
-from ._threads import parallel_rows
 from ._validate import DTypeError, _as_int, _shape, as_array, as_signatures, validity
-from .cpu import sdim as kernels
+from .cpu import sdim as host
 
 __all__ = ["sdim_codes", "sdim_group_sums", "sdim_pool", "sdim_buckets", "sdim_from_buckets", "MAX_TAU",
            "MAX_BUCKET_ELEMENTS"]
@@ -41,7 +40,6 @@ MAX_TAU = 16
 MAX_BUCKET_ELEMENTS = 1 << 26
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_NO_MASK = np.zeros((0, 0), dtype=np.bool_)
 
 
 def check_tau(tau: Any) -> int:
@@ -75,11 +73,6 @@ def check_values(values: Any, batch: int, length: int) -> Any:
             f"got shape {_shape(v.shape)}"
         )
     return v
-
-
-def _rows(a: np.ndarray, batch: int) -> np.ndarray:
-    """``a`` (``(B, L, x)`` or shared ``(L, x)``) as a ``(B, L, x)`` view, without copying."""
-    return np.broadcast_to(a, (batch, *a.shape[-2:]))
 
 
 def _pool_inputs(
@@ -133,12 +126,7 @@ def sdim_codes(signatures: Any, tau: int, *, bits: int | None = None) -> npt.NDA
         from .cuda.sdim import sdim_codes as device_codes
 
         return device_codes(s, tau, groups)  # type: ignore[no-any-return]
-    lead = s.shape[:-1]
-    flat = s.reshape(-1, s.shape[-1])
-    out = np.empty((flat.shape[0], groups), dtype=np.int32)
-    if out.size:
-        parallel_rows(lambda lo, hi: kernels.codes(flat, tau, lo, hi, out), flat.shape[0], out.size)
-    return out.reshape(lead + (groups,))
+    return host.sdim_codes(s, tau, groups)
 
 
 def sdim_group_sums(
@@ -179,19 +167,14 @@ def sdim_group_sums(
     """
     device = placement(query=query, keys=keys, values=values, lengths=lengths, mask=mask)
     q, kk, v, tau, groups = _pool_inputs(query, keys, values, tau, bits)
-    batch, length, d = q.shape[0], kk.shape[-2], v.shape[-1]
+    batch, length = q.shape[0], kk.shape[-2]
     if device:
         from .cuda.sdim import sdim_group_sums as device_sums
 
         n, m = validity(lengths, mask, batch, length, device=True)
         return device_sums(q, kk, v, tau, groups, n, m)  # type: ignore[no-any-return]
     n, m = validity(lengths, mask, batch, length)
-    out = np.empty((batch, groups, d), dtype=v.dtype)
-    if batch:
-        kr, vr, mm = _rows(kk, batch), _rows(v, batch), _NO_MASK if m is None else m
-        parallel_rows(lambda lo, hi: kernels.group_sums(q, kr, vr, tau, n, mm, m is not None, lo, hi, out),
-                batch, batch * length * kk.shape[-1])
-    return out
+    return host.sdim_group_sums(q, kk, v, tau, groups, n, m)
 
 
 def sdim_pool(
@@ -252,19 +235,14 @@ def sdim_pool(
     """
     device = placement(query=query, keys=keys, values=values, lengths=lengths, mask=mask)
     q, kk, v, tau, groups = _pool_inputs(query, keys, values, tau, bits)
-    batch, length, d = q.shape[0], kk.shape[-2], v.shape[-1]
+    batch, length = q.shape[0], kk.shape[-2]
     if device:
         from .cuda.sdim import sdim_pool as device_pool
 
         n, m = validity(lengths, mask, batch, length, device=True)
         return device_pool(q, kk, v, tau, groups, n, m)  # type: ignore[no-any-return]
     n, m = validity(lengths, mask, batch, length)
-    out = np.empty((batch, d), dtype=v.dtype)
-    if batch:
-        kr, vr, mm = _rows(kk, batch), _rows(v, batch), _NO_MASK if m is None else m
-        parallel_rows(lambda lo, hi: kernels.pool(q, kr, vr, tau, groups, n, mm, m is not None, lo, hi, out),
-                batch, batch * length * kk.shape[-1])
-    return out
+    return host.sdim_pool(q, kk, v, tau, groups, n, m)
 
 
 def check_bucket_size(groups: int, tau: int, d: int) -> None:
@@ -351,11 +329,7 @@ def sdim_buckets(
         out = device_buckets(kk, v, tau, groups, batch, n, m)
         return out if batched else out[0]  # type: ignore[no-any-return]
     n, m = validity(lengths, mask, batch, length)
-    out = np.empty((batch, groups, 1 << tau, d), dtype=v.dtype)
-    if batch:
-        kr, vr, mm = _rows(kk, batch), _rows(v, batch), _NO_MASK if m is None else m
-        parallel_rows(lambda lo, hi: kernels.buckets(kr, vr, tau, n, mm, m is not None, lo, hi, out),
-                batch * groups, batch * groups * length)
+    out = host.sdim_buckets(kk, v, tau, groups, batch, n, m)
     return out if batched else out[0]
 
 
@@ -414,11 +388,7 @@ def sdim_from_buckets(query: Any, buckets: Any) -> npt.NDArray[np.floating]:
         from .cuda.sdim import sdim_from_buckets as device_from_buckets
 
         return device_from_buckets(q, bk, tau)  # type: ignore[no-any-return]
-    out = np.empty((batch, bk.shape[-1]), dtype=bk.dtype)
-    if batch:
-        summary = np.broadcast_to(bk, (batch, *bk.shape[-3:]))
-        parallel_rows(lambda lo, hi: kernels.from_buckets(q, summary, tau, lo, hi, out), batch, out.size)
-    return out
+    return host.sdim_from_buckets(q, bk, tau)
 
 
 def group_sums_backward(query: Any, keys: Any, grad: Any, tau: int, lengths: Any = None,
@@ -432,9 +402,4 @@ def group_sums_backward(query: Any, keys: Any, grad: Any, tau: int, lengths: Any
     q, kk, gr = np.asarray(query), np.asarray(keys), np.asarray(grad)
     batch, length = q.shape[0], kk.shape[-2]
     n, m = validity(lengths, mask, batch, length)
-    out = np.empty((batch, length, gr.shape[-1]), dtype=gr.dtype)
-    if batch:
-        kr, mm = _rows(kk, batch), _NO_MASK if m is None else m
-        parallel_rows(lambda lo, hi: kernels.group_sums_backward(q, kr, gr, tau, n, mm, m is not None, lo, hi, out),
-                batch, batch * length * kk.shape[-1])
-    return out
+    return host.sdim_group_sums_backward(q, kk, gr, tau, n, m)

@@ -141,7 +141,7 @@ def pack_small(x2: np.ndarray, planes: np.ndarray, out: np.ndarray, check_finite
 
 
 def pack_signatures(a: np.ndarray, p: np.ndarray, check_finite: bool) -> np.ndarray:
-    """Host path of :func:`etaretrieval.pack_signatures` (inputs validated: ``a`` ``(..., dim)``, ``p`` ``(dim, bits)``).
+    """Host path of :func:`etaretrieval.pack_signatures`; inputs validated: ``a`` ``(..., dim)``, ``p`` ``(dim, bits)``.
 
     Request-sized inputs go through :func:`pack_small`, larger ones through
     BLAS in row chunks and :func:`pack_projection`.

@@ -33,8 +33,11 @@ from numba.extending import overload
 
 from .._bits import popcount
 from .._jit import jit
+from .._threads import parallel_rows
 
-__all__ = ["code", "group_layout", "matches", "add_normalised", "codes", "group_sums", "pool", "buckets", "from_buckets", "group_sums_backward"]
+__all__ = ["code", "group_layout", "matches", "add_normalised", "codes", "group_sums", "pool", "buckets", "from_buckets", "group_sums_backward",
+           "sdim_codes", "sdim_group_sums", "sdim_pool", "sdim_buckets", "sdim_from_buckets",
+           "sdim_group_sums_backward"]
 
 
 @jit()
@@ -269,3 +272,87 @@ def group_sums_backward(query, keys, grad, tau, lengths, mask, use_mask, lo, hi,
                         acc[i] += grad[b, g, i]
             for i in range(d):
                 out[b, pos, i] = acc[i]
+
+
+# Host paths of the etaretrieval.sdim functions (inputs validated; lengths ``n`` and optional mask ``m``
+# as returned by ``etaretrieval._validate.validity``; keys, values ``(B, L, x)`` or shared ``(L, x)``).
+
+_NO_MASK = np.zeros((0, 0), dtype=np.bool_)
+
+
+def _rows(a: np.ndarray, batch: int) -> np.ndarray:
+    """``a`` (``(B, L, x)`` or shared ``(L, x)``) as a ``(B, L, x)`` view, without copying."""
+    return np.broadcast_to(a, (batch, *a.shape[-2:]))
+
+
+def _mask(m: np.ndarray | None) -> tuple[np.ndarray, bool]:
+    """The kernels' ``(mask, use_mask)`` arguments."""
+    return (_NO_MASK, False) if m is None else (m, True)
+
+
+def sdim_codes(s: np.ndarray, tau: int, groups: int) -> np.ndarray:
+    """Host path of :func:`etaretrieval.sdim_codes`: ``(..., W)`` signatures -> ``(..., G)`` int32 codes."""
+    lead = s.shape[:-1]
+    flat = s.reshape(-1, s.shape[-1])
+    out = np.empty((flat.shape[0], groups), dtype=np.int32)
+    if out.size:
+        parallel_rows(lambda lo, hi: codes(flat, tau, lo, hi, out), flat.shape[0], out.size)
+    return out.reshape(lead + (groups,))
+
+
+def sdim_group_sums(q: np.ndarray, kk: np.ndarray, v: np.ndarray, tau: int, groups: int, n: np.ndarray,
+                    m: np.ndarray | None) -> np.ndarray:
+    """Host path of :func:`etaretrieval.sdim_group_sums`: ``(B, G, d)``."""
+    batch, length = q.shape[0], kk.shape[-2]
+    out = np.empty((batch, groups, v.shape[-1]), dtype=v.dtype)
+    if batch:
+        kr, vr, (mm, use) = _rows(kk, batch), _rows(v, batch), _mask(m)
+        parallel_rows(lambda lo, hi: group_sums(q, kr, vr, tau, n, mm, use, lo, hi, out),
+                      batch, batch * length * kk.shape[-1])
+    return out
+
+
+def sdim_pool(q: np.ndarray, kk: np.ndarray, v: np.ndarray, tau: int, groups: int, n: np.ndarray,
+              m: np.ndarray | None) -> np.ndarray:
+    """Host path of :func:`etaretrieval.sdim_pool`: ``(B, d)``."""
+    batch, length = q.shape[0], kk.shape[-2]
+    out = np.empty((batch, v.shape[-1]), dtype=v.dtype)
+    if batch:
+        kr, vr, (mm, use) = _rows(kk, batch), _rows(v, batch), _mask(m)
+        parallel_rows(lambda lo, hi: pool(q, kr, vr, tau, groups, n, mm, use, lo, hi, out),
+                      batch, batch * length * kk.shape[-1])
+    return out
+
+
+def sdim_buckets(kk: np.ndarray, v: np.ndarray, tau: int, groups: int, batch: int, n: np.ndarray,
+                 m: np.ndarray | None) -> np.ndarray:
+    """Host path of :func:`etaretrieval.sdim_buckets`: ``(B, G, 2**tau, d)``."""
+    length = kk.shape[-2]
+    out = np.empty((batch, groups, 1 << tau, v.shape[-1]), dtype=v.dtype)
+    if batch:
+        kr, vr, (mm, use) = _rows(kk, batch), _rows(v, batch), _mask(m)
+        parallel_rows(lambda lo, hi: buckets(kr, vr, tau, n, mm, use, lo, hi, out),
+                      batch * groups, batch * groups * length)
+    return out
+
+
+def sdim_from_buckets(q: np.ndarray, bk: np.ndarray, tau: int) -> np.ndarray:
+    """Host path of :func:`etaretrieval.sdim_from_buckets`: ``(B, d)`` from ``(B or 1, G, 2**tau, d)`` summaries."""
+    batch = q.shape[0]
+    out = np.empty((batch, bk.shape[-1]), dtype=bk.dtype)
+    if batch:
+        summary = np.broadcast_to(bk, (batch, *bk.shape[-3:]))
+        parallel_rows(lambda lo, hi: from_buckets(q, summary, tau, lo, hi, out), batch, out.size)
+    return out
+
+
+def sdim_group_sums_backward(q: np.ndarray, kk: np.ndarray, gr: np.ndarray, tau: int, n: np.ndarray,
+                             m: np.ndarray | None) -> np.ndarray:
+    """Host gradient of :func:`etaretrieval.sdim_group_sums` with respect to the values: ``(B, L, d)``."""
+    batch, length = q.shape[0], kk.shape[-2]
+    out = np.empty((batch, length, gr.shape[-1]), dtype=gr.dtype)
+    if batch:
+        kr, (mm, use) = _rows(kk, batch), _mask(m)
+        parallel_rows(lambda lo, hi: group_sums_backward(q, kr, gr, tau, n, mm, use, lo, hi, out),
+                      batch, batch * length * kk.shape[-1])
+    return out

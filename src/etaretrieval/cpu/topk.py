@@ -40,7 +40,8 @@ from .._jit import jit, kernel_input
 from .._threads import parallel_rows
 from .._validate import ids_error, results
 
-__all__ = ["topk_hamming", "topk_hamming_lookup", "topk_keys", "topk_lookup", "CHUNK", "LANES", "SAMPLE_STRIDE", "SAMPLE_MIN_LENGTH", "WIDE"]
+__all__ = ["topk_hamming", "topk_hamming_lookup",
+           "topk_keys", "topk_lookup", "CHUNK", "LANES", "SAMPLE_STRIDE", "SAMPLE_MIN_LENGTH", "WIDE"]
 
 #: Positions per stack buffer of the distance step.
 CHUNK = 1024

@@ -519,7 +519,7 @@ def topk_hamming_lookup_into(
 
 
 def _results(query: DeviceArray, k: int, launch: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-    """``(idx, dist)`` allocated on ``query``'s device and filled by raw launcher ``launch(*args, k, idx, dist, ...)``."""
+    """``(idx, dist)`` allocated on ``query``'s device, filled by ``launch(*args, k, idx, dist, ...)``."""
     batch = query.shape[0]
     with _backend.device_scope(query):
         stream = _backend.launch_stream(query)
