@@ -28,10 +28,19 @@ __all__ = [
     "as_array",
     "is_integer_dtype",
     "as_signatures",
+    "check_signature_ndim",
+    "check_keys_shape",
+    "check_table_shape",
+    "check_ids_shape",
+    "check_x_shape",
+    "check_either",
+    "check_lengths_shape",
+    "check_mask_shape",
     "check_k",
     "check_bits",
     "check_dim",
     "check_plane_size",
+    "check_planes_finite",
     "check_padding_side",
     "left_padding_mask",
     "results",
@@ -126,8 +135,7 @@ def as_signatures(name: str, a: Any, ndims: tuple[int, ...], what: str) -> Any:
         if isinstance(a, (list, tuple)):
             hint = f" (a Python list has no uint64 dtype: pass numpy.asarray({name}, dtype=numpy.uint64))"
         raise DTypeError(f"{name} must hold packed signatures of dtype uint64, got dtype {arr.dtype}{hint}")
-    if arr.ndim not in ndims:
-        raise ValueError(f"{name} must have shape {what}, got shape {_shape(arr.shape)}")
+    check_signature_ndim(name, arr.shape, ndims, what)
     w = arr.shape[-1]
     if not 1 <= w <= MAX_WORDS:
         raise ValueError(
@@ -135,6 +143,62 @@ def as_signatures(name: str, a: Any, ndims: tuple[int, ...], what: str) -> Any:
             f"(1..{MAX_BITS} bits), got shape {_shape(arr.shape)}"
         )
     return arr
+
+
+def check_signature_ndim(name: str, shape: tuple[int, ...], ndims: tuple[int, ...], what: str) -> None:
+    """Refuse a signature array ``name`` whose number of axes is not in ``ndims`` (``what`` spells the shape)."""
+    if len(shape) not in ndims:
+        raise ValueError(f"{name} must have shape {what}, got shape {_shape(shape)}")
+
+
+def check_keys_shape(shape: tuple[int, ...], batch: int, words: int) -> None:
+    """Refuse ``keys`` of a shape other than ``(batch, L, words)`` or shared ``(L, words)``."""
+    if shape[-1] != words:
+        raise ValueError(f"keys must have W = {words} words like query, got shape {_shape(shape)}")
+    if len(shape) == 3 and shape[0] != batch:
+        raise ValueError(f"keys must have shape ({batch}, L, {words}) or (L, {words}), got shape {_shape(shape)}")
+
+
+def check_table_shape(shape: tuple[int, ...], words: int) -> None:
+    """Refuse a signature ``table`` whose rows do not have ``words`` words like ``query``."""
+    if shape[1] != words:
+        raise ValueError(f"table must have W = {words} words like query, got shape {_shape(shape)}")
+
+
+def check_ids_shape(shape: tuple[int, ...], batch: int) -> None:
+    """Refuse ``ids`` of a shape other than ``(batch, L)`` or shared ``(L,)``."""
+    if len(shape) not in (1, 2) or (len(shape) == 2 and shape[0] != batch):
+        raise ValueError(
+            f"ids must have shape (B, L) with B = {batch} (the rows of query) or (L,), got shape {_shape(shape)}"
+        )
+
+
+def check_x_shape(shape: tuple[int, ...], planes: tuple[int, ...]) -> None:
+    """Refuse embeddings ``x`` whose last axis is not the ``dim`` of ``(dim, bits)`` ``planes``."""
+    if len(shape) < 1 or shape[-1] != planes[0]:
+        raise ValueError(
+            f"x must have shape (..., {planes[0]}) to match planes {_shape(planes)}, got shape {_shape(shape)}"
+        )
+
+
+def check_either(lengths: Any, mask: Any) -> None:
+    """Refuse ``lengths`` and ``mask`` given together."""
+    if lengths is not None and mask is not None:
+        raise ValueError("pass either lengths or mask, not both")
+
+
+def check_lengths_shape(shape: tuple[int, ...], batch: int) -> None:
+    """Refuse ``lengths`` of a shape other than ``(batch,)``."""
+    if shape != (batch,):
+        raise ValueError(f"lengths must have shape {_shape((batch,))}, got shape {_shape(shape)}")
+
+
+def check_mask_shape(shape: tuple[int, ...], batch: int, length: int) -> None:
+    """Refuse a ``mask`` of a shape other than ``(batch, length)`` or shared ``(length,)``."""
+    if shape not in ((batch, length), (length,)):
+        raise ValueError(
+            f"mask must have shape {_shape((batch, length))} or {_shape((length,))}, got shape {_shape(shape)}"
+        )
 
 
 def _as_int(name: str, value: Any) -> int:
@@ -196,6 +260,12 @@ def check_plane_size(dim: int, bits: int) -> None:
             f"dim must be at most {MAX_PLANE_ENTRIES // bits} for bits = {bits} (dim * bits at most 2**28 "
             f"hyperplane entries, 1 GiB of float32), got dim = {dim}"
         )
+
+
+def check_planes_finite(planes: np.ndarray) -> None:
+    """Refuse host hyperplanes holding a NaN or an infinity."""
+    if not np.isfinite(planes).all():
+        raise ValueError("planes must be finite, got a NaN or an infinity")
 
 
 def check_padding_side(padding_side: Any) -> str:
@@ -287,17 +357,12 @@ def validity(
     side = check_padding_side(padding_side)
     if lengths is None and mask is None:
         return (None if device else np.full(batch, length, dtype=np.int64)), None
-    if lengths is not None and mask is not None:
-        raise ValueError("pass either lengths or mask, not both")
+    check_either(lengths, mask)
     if mask is not None:
         m = as_array(mask, "mask")
         if m.dtype != np.bool_:
             raise DTypeError(f"mask must have dtype bool, got dtype {m.dtype}")
-        if m.shape not in ((batch, length), (length,)):
-            raise ValueError(
-                f"mask must have shape {_shape((batch, length))} or {_shape((length,))}, "
-                f"got shape {_shape(m.shape)}"
-            )
+        check_mask_shape(m.shape, batch, length)
         if device:
             return None, m
         return np.full(batch, length, dtype=np.int64), np.broadcast_to(m, (batch, length))
@@ -306,8 +371,7 @@ def validity(
         n = n.astype(np.int64)
     if not is_integer_dtype(n.dtype):
         raise DTypeError(f"lengths must have an integer dtype, got dtype {n.dtype}")
-    if n.shape != (batch,):
-        raise ValueError(f"lengths must have shape {_shape((batch,))}, got shape {_shape(n.shape)}")
+    check_lengths_shape(n.shape, batch)
     if device:
         if side == "left":
             from .cuda.padding import left_padding
@@ -346,11 +410,7 @@ def as_ids(ids: Any, batch: int) -> tuple[Any, bool]:
         if isinstance(arr, DeviceArray):
             return arr, True
         return np.broadcast_to(arr, (batch, arr.shape[0])), True
-    if arr.ndim != 2 or arr.shape[0] != batch:
-        raise ValueError(
-            f"ids must have shape (B, L) with B = {batch} (the rows of query) or (L,), "
-            f"got shape {_shape(arr.shape)}"
-        )
+    check_ids_shape(arr.shape, batch)
     return arr, False
 
 

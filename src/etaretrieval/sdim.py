@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._device import DeviceArray, placement
-from ._validate import DTypeError, _as_int, _shape, as_array, as_signatures, validity
+from ._validate import DTypeError, _as_int, _shape, as_array, as_signatures, check_keys_shape, validity
 from .cpu import sdim as host
 
 __all__ = ["sdim_codes", "sdim_group_sums", "sdim_pool", "sdim_buckets", "sdim_from_buckets", "MAX_TAU",
@@ -81,10 +81,7 @@ def _pool_inputs(
     q = as_signatures("query", query, (2,), "(B, W)")
     kk = as_signatures("keys", keys, (2, 3), "(B, L, W) or (L, W)")
     batch, words = q.shape
-    if kk.shape[-1] != words:
-        raise ValueError(f"keys must have W = {words} words like query, got shape {_shape(kk.shape)}")
-    if kk.ndim == 3 and kk.shape[0] != batch:
-        raise ValueError(f"keys must have shape ({batch}, L, {words}) or (L, {words}), got shape {_shape(kk.shape)}")
+    check_keys_shape(kk.shape, batch, words)
     v = check_values(values, batch, kk.shape[-2])
     tau = check_tau(tau)
     return q, kk, v, tau, check_groups(words, tau, bits)

@@ -9,7 +9,16 @@ import numpy.typing as npt
 
 from . import config
 from ._device import DeviceArray, describe, placement
-from ._validate import DTypeError, _shape, as_array, check_bits, check_dim, check_plane_size
+from ._validate import (
+    DTypeError,
+    _shape,
+    as_array,
+    check_bits,
+    check_dim,
+    check_plane_size,
+    check_planes_finite,
+    check_x_shape,
+)
 from .cpu.pack import pack_signatures as host_pack
 
 __all__ = ["hyperplanes", "pack_signatures", "SimHasher"]
@@ -83,8 +92,8 @@ def _check_planes(planes: Any) -> Any:
             f"planes must have shape (dim, bits) with dim >= 1 and bits in 1..{config.MAX_BITS}, "
             f"got shape {_shape(p.shape)}"
         )
-    if not isinstance(p, DeviceArray) and not np.isfinite(p).all():
-        raise ValueError("planes must be finite, got a NaN or an infinity")
+    if not isinstance(p, DeviceArray):
+        check_planes_finite(p)
     return p
 
 
@@ -140,8 +149,7 @@ def pack_signatures(x: Any, planes: Any, *, check_finite: bool = True) -> npt.ND
         raise DTypeError(
             f"x must have dtype float32 or float64 (or float16 on the host, projected in float32), got dtype {a.dtype}"
         )
-    if a.ndim < 1 or a.shape[-1] != dim:
-        raise ValueError(f"x must have shape (..., {dim}) to match planes {_shape(p.shape)}, got shape {_shape(a.shape)}")
+    check_x_shape(a.shape, p.shape)
     if device:
         from .cuda.pack import pack_signatures as device_pack
 

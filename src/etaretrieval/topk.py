@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._device import placement
-from ._validate import _shape, as_ids, as_padding, as_signatures, check_k, validity
+from ._validate import as_ids, as_padding, as_signatures, check_k, check_keys_shape, check_table_shape, validity
 from .cpu.topk import topk_hamming as host_topk
 from .cpu.topk import topk_hamming_lookup as host_lookup
 
@@ -80,10 +80,7 @@ def topk_hamming(
     kk = as_signatures("keys", keys, (2, 3), "(B, L, W) or (L, W)")
     k = check_k(k)
     batch, words = q.shape
-    if kk.shape[-1] != words:
-        raise ValueError(f"keys must have W = {words} words like query, got shape {_shape(kk.shape)}")
-    if kk.ndim == 3 and kk.shape[0] != batch:
-        raise ValueError(f"keys must have shape ({batch}, L, {words}) or (L, {words}), got shape {_shape(kk.shape)}")
+    check_keys_shape(kk.shape, batch, words)
     length = kk.shape[-2]
     if device:
         from .cuda.topk import topk_hamming as device_topk
@@ -162,8 +159,7 @@ def topk_hamming_lookup(
     t = as_signatures("table", table, (2,), "(N, W)")
     k = check_k(k)
     batch, words = q.shape
-    if t.shape[1] != words:
-        raise ValueError(f"table must have W = {words} words like query, got shape {_shape(t.shape)}")
+    check_table_shape(t.shape, words)
     i, shared = as_ids(ids, batch)
     pad = as_padding(padding_id, i.dtype)
     if device:

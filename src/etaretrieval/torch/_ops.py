@@ -25,17 +25,32 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .. import config, simhash, topk
+from .. import config
 from .._validate import (
     MAX_WORDS,
     DTypeError,
     NonFiniteError,
     _shape,
+    as_ids,
+    as_padding,
+    check_either,
+    check_ids_shape,
     check_k,
+    check_keys_shape,
+    check_lengths_shape,
+    check_mask_shape,
     check_padding_side,
+    check_planes_finite,
+    check_signature_ndim,
+    check_table_shape,
+    check_x_shape,
     valid_nonfinite_error,
+    validity,
 )
 from ..cpu.pack import pack_projection, raise_nonfinite
+from ..cpu.pack import pack_signatures as host_pack
+from ..cpu.topk import topk_hamming as host_topk
+from ..cpu.topk import topk_hamming_lookup as host_lookup
 
 __all__ = [
     "pack_signatures",
@@ -89,8 +104,7 @@ def _signatures(
         raise DTypeError(
             f"{name} must hold packed signatures as dtype torch.int64 (uint64 bit patterns), got {s.dtype}"
         )
-    if s.dim() not in ndims:
-        raise ValueError(f"{name} must have shape {what}, got shape {_shape(tuple(s.shape))}")
+    check_signature_ndim(name, tuple(s.shape), ndims, what)
     if not 1 <= s.shape[-1] <= MAX_WORDS:
         raise ValueError(
             f"{name} must have 1..{MAX_WORDS} signature words in its last axis, got shape {_shape(tuple(s.shape))}"
@@ -116,25 +130,19 @@ def _check_validity(
     padding_side: str = "right",
 ) -> None:
     check_padding_side(padding_side)
-    if lengths is not None and mask is not None:
-        raise ValueError("pass either lengths or mask, not both")
+    check_either(lengths, mask)
     if lengths is not None:
         _on("lengths", lengths, device)
         if not is_integer(lengths.dtype):
             raise DTypeError(f"lengths must have an integer dtype, got {lengths.dtype}")
-        if tuple(lengths.shape) != (batch,):
-            raise ValueError(f"lengths must have shape {_shape((batch,))}, got shape {_shape(tuple(lengths.shape))}")
+        check_lengths_shape(tuple(lengths.shape), batch)
     if mask is not None:
         _on("mask", mask, device)
         if mask.dtype.is_complex:
             raise DTypeError(
                 f"mask must have dtype torch.bool or a real numeric dtype (non-zero = valid), got {mask.dtype}"
             )
-        if tuple(mask.shape) not in ((batch, length), (length,)):
-            raise ValueError(
-                f"mask must have shape {_shape((batch, length))} or {_shape((length,))}, "
-                f"got shape {_shape(tuple(mask.shape))}"
-            )
+        check_mask_shape(tuple(mask.shape), batch, length)
 
 
 def check_pack(x: torch.Tensor, planes: torch.Tensor, valid: Optional[torch.Tensor] = None) -> tuple[int, ...]:
@@ -152,11 +160,7 @@ def check_pack(x: torch.Tensor, planes: torch.Tensor, valid: Optional[torch.Tens
         raise ValueError(
             f"planes must have shape (dim, bits) with 1 <= bits <= {64 * MAX_WORDS}, got shape {_shape(tuple(p.shape))}"
         )
-    if x.dim() < 1 or x.shape[-1] != p.shape[0]:
-        raise ValueError(
-            f"x must have shape (..., {p.shape[0]}) to match planes {_shape(tuple(p.shape))}, "
-            f"got shape {_shape(tuple(x.shape))}"
-        )
+    check_x_shape(tuple(x.shape), tuple(p.shape))
     if valid is not None:
         _on("valid", valid, p.device)
         if valid.dtype != torch.bool or tuple(valid.shape) != tuple(x.shape[:-1]):
@@ -179,12 +183,7 @@ def check_topk(
     q = _signatures("query", query, (2,), "(B, W)", None)
     kk = _signatures("keys", keys, (2, 3), "(B, L, W) or (L, W)", q.device)
     batch, words = q.shape
-    if kk.shape[-1] != words:
-        raise ValueError(f"keys must have W = {words} words like query, got shape {_shape(tuple(kk.shape))}")
-    if kk.dim() == 3 and kk.shape[0] != batch:
-        raise ValueError(
-            f"keys must have shape ({batch}, L, {words}) or (L, {words}), got shape {_shape(tuple(kk.shape))}"
-        )
+    check_keys_shape(tuple(kk.shape), batch, words)
     _check_k(k)
     _check_validity(lengths, mask, batch, kk.shape[-2], q.device, padding_side)
     return batch
@@ -204,15 +203,10 @@ def check_lookup(
     t = _signatures("table", table, (2,), "(N, W)", q.device)
     i = _on("ids", ids, q.device)
     batch, words = q.shape
-    if t.shape[1] != words:
-        raise ValueError(f"table must have W = {words} words like query, got shape {_shape(tuple(t.shape))}")
+    check_table_shape(tuple(t.shape), words)
     if not is_integer(i.dtype):
         raise DTypeError(f"ids must have an integer dtype, got {i.dtype}")
-    if i.dim() not in (1, 2) or (i.dim() == 2 and i.shape[0] != batch):
-        raise ValueError(
-            f"ids must have shape (B, L) with B = {batch} (the rows of query) or (L,), "
-            f"got shape {_shape(tuple(i.shape))}"
-        )
+    check_ids_shape(tuple(i.shape), batch)
     _check_k(k)
     _check_validity(lengths, mask, batch, i.shape[-1], q.device, padding_side)
     return batch
@@ -340,12 +334,13 @@ def pack_signatures(
 def _pack_cpu(x: torch.Tensor, planes: torch.Tensor, check_finite: bool) -> torch.Tensor:
     """The CPU kernel of ``pack_signatures`` on checked float32/float64 inputs.
 
-    Request-sized inputs go through the NumPy API (its Numba projection),
-    table-sized ones through :func:`_pack_large` (``torch.matmul``).
+    Request-sized inputs go through the NumPy API's host driver (its Numba
+    projection), table-sized ones through :func:`_pack_large` (``torch.matmul``).
     """
     if x.numel() * planes.shape[1] <= config.PACK_BLAS_WORK:
-        sig = simhash.pack_signatures(_numpy(x), _numpy(planes), check_finite=check_finite)
-        return torch.from_numpy(sig.view(np.int64))
+        p = _numpy(planes)
+        check_planes_finite(p)
+        return torch.from_numpy(host_pack(_numpy(x), p, check_finite).view(np.int64))
     return _pack_large(x.detach(), planes.detach(), check_finite).view(*x.shape[:-1], -1)
 
 
@@ -424,14 +419,11 @@ def topk_hamming(
     >>> torch.ops.etaretrieval.topk_hamming(torch.tensor([[0]]), keys, 3)
     (tensor([[3, 2, 0]]), tensor([[0, 1, 1]], dtype=torch.int32))
     """
-    check_topk(query, keys, k, lengths, mask, padding_side)
+    batch = check_topk(query, keys, k, lengths, mask, padding_side)
     _require_cpu("topk_hamming", query)
-    return _results(
-        *topk.topk_hamming(
-            _uint64(query), _uint64(keys), k,
-            lengths=_numpy(lengths), mask=_numpy(bool_mask(mask)), padding_side=padding_side,
-        )
-    )
+    kk = _uint64(keys)
+    n, m = validity(_numpy(lengths), _numpy(bool_mask(mask)), batch, kk.shape[-2], padding_side=padding_side)
+    return _results(*host_topk(_uint64(query), kk, k, n, m))
 
 
 def _lookup_fake(
@@ -496,11 +488,9 @@ def topk_hamming_lookup(
     >>> torch.ops.etaretrieval.topk_hamming_lookup(torch.tensor([[0b11]]), ids, table, 2, padding_id=0)
     (tensor([[4, 0]]), tensor([[0, 0]], dtype=torch.int32))
     """
-    check_lookup(query, ids, table, k, lengths, mask, padding_side)
+    batch = check_lookup(query, ids, table, k, lengths, mask, padding_side)
     _require_cpu("topk_hamming_lookup", query)
-    return _results(
-        *topk.topk_hamming_lookup(
-            _uint64(query), _numpy(ids), _uint64(table), k,
-            lengths=_numpy(lengths), mask=_numpy(bool_mask(mask)), padding_id=padding_id, padding_side=padding_side,
-        )
-    )
+    i, shared = as_ids(_numpy(ids), batch)
+    pad = as_padding(padding_id, i.dtype)
+    n, m = validity(_numpy(lengths), _numpy(bool_mask(mask)), batch, i.shape[1], padding_side=padding_side)
+    return _results(*host_lookup(_uint64(query), i, _uint64(table), k, n, m, pad, shared))

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .. import sdim
-from .._validate import DTypeError, _shape
+from .._validate import DTypeError, _shape, check_keys_shape
 from ..simhash import hyperplanes
 from . import _ops
 from ._cuda import _bits, _stream
@@ -60,12 +60,7 @@ def _query_keys(query: torch.Tensor, keys: torch.Tensor) -> tuple[int, int, int]
     q = _signatures("query", query, (2,), "(B, W)", None)
     kk = _signatures("keys", keys, (2, 3), "(B, L, W) or (L, W)", q.device)
     batch, words = q.shape
-    if kk.shape[-1] != words:
-        raise ValueError(f"keys must have W = {words} words like query, got shape {_shape(tuple(kk.shape))}")
-    if kk.dim() == 3 and kk.shape[0] != batch:
-        raise ValueError(
-            f"keys must have shape ({batch}, L, {words}) or (L, {words}), got shape {_shape(tuple(kk.shape))}"
-        )
+    check_keys_shape(tuple(kk.shape), batch, words)
     return batch, words, int(kk.shape[-2])
 
 
