@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from . import _cuda
 from ._ops import pack_signatures, topk_hamming, topk_hamming_lookup
+from .attention import ETAAttention, TargetAttention
 from .baselines import (
     CategoryMatchAttention,
     InnerProductTopKAttention,
@@ -28,9 +29,10 @@ from .baselines import (
     SDIMBlock,
     select_top,
 )
+from .cache import SignatureCache
 from .function import HammingTopK
 from .model import ETAModel
-from .modules import ETAAttention, ETARetriever, Retrieved, SignatureCache, TargetAttention
+from .retriever import ETARetriever, Retrieved
 from .sdim import SDIMAttention, sdim_buckets, sdim_from_buckets, sdim_group_sums
 from .time import TimeEncoding, gather_positions
 

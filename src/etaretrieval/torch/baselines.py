@@ -27,7 +27,8 @@ from torch import nn
 
 from .._validate import DTypeError, _shape, check_k
 from . import _ops
-from .modules import TargetAttention, _bool_mask, _floats
+from ._checks import _bool_mask, _floats
+from .attention import TargetAttention
 from .sdim import SDIMAttention
 from .time import TimeEncoding, gather_positions
 

@@ -8,8 +8,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .attention import ETAAttention
 from .baselines import RecentWindowAttention
-from .modules import ETAAttention
 from .time import TimeEncoding
 
 __all__ = ["ETAModel"]
