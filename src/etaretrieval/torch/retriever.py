@@ -201,17 +201,13 @@ class ETARetriever(nn.Module):
         mask = None if mask is None else _ops.bool_mask(mask)
         query = _ops.pack_signatures(target, self.planes)
         if seq_ids is None:
-            keys = _ops.pack_signatures(seq, self.planes, True, self._valid(mask, lengths, padding_side, length))
-            index, _ = _ops.topk_hamming(query, keys, self.k, lengths, mask, padding_side)
+            index = self._from_seq(query, seq, mask, lengths, padding_side, length)
+        elif cache is not None:
+            index = self._from_cache(query, seq_ids, cache, mask, lengths, padding_side)
+        elif items is not None:
+            index = self._from_items(query, seq_ids, items, mask, lengths, padding_side, length)
         else:
-            if cache is not None:
-                ids, table = seq_ids, cache.signatures
-            elif items is not None:
-                used = self._used_rows(seq_ids, self._valid(mask, lengths, padding_side, length), items.shape[0])
-                ids, table = seq_ids, _ops.pack_signatures(items, self.planes, True, used)
-            else:
-                ids, table = self._distinct(seq, seq_ids, self._valid(mask, lengths, padding_side, length))
-            index, _ = _ops.topk_hamming_lookup(query, ids, table, self.k, lengths, mask, None, padding_side)
+            index = self._from_seq_ids(query, seq, seq_ids, mask, lengths, padding_side, length)
         valid = index >= 0
         safe = index.clamp(min=0)
         if length == 0:  # nothing to gather from: every slot is empty
@@ -222,6 +218,47 @@ class ETARetriever(nn.Module):
             ids = torch.where(valid, seq_ids.gather(1, safe), 0)
             values = items[ids] if items is not None else cache.embedding(ids)
         return Retrieved(values * valid.unsqueeze(-1).to(values.dtype), index, valid)
+
+    def _from_seq(
+        self, query: torch.Tensor, seq: torch.Tensor, mask: Optional[torch.Tensor], lengths: Optional[torch.Tensor],
+        padding_side: str, length: int,
+    ) -> torch.Tensor:
+        """Mode ``seq``: hash every valid position of the sequence, then the plain top-K."""
+        keys = _ops.pack_signatures(seq, self.planes, True, self._valid(mask, lengths, padding_side, length))
+        index, _ = _ops.topk_hamming(query, keys, self.k, lengths, mask, padding_side)
+        return index
+
+    def _lookup(
+        self, query: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, mask: Optional[torch.Tensor],
+        lengths: Optional[torch.Tensor], padding_side: str,
+    ) -> torch.Tensor:
+        """The fused top-K of the id modes: ``ids`` into the signature ``table``."""
+        index, _ = _ops.topk_hamming_lookup(query, ids, table, self.k, lengths, mask, None, padding_side)
+        return index
+
+    def _from_cache(
+        self, query: torch.Tensor, seq_ids: torch.Tensor, cache: SignatureCache, mask: Optional[torch.Tensor],
+        lengths: Optional[torch.Tensor], padding_side: str,
+    ) -> torch.Tensor:
+        """Mode ``seq_ids`` + ``cache``: the ids looked up in the cached signature table (nothing hashed)."""
+        return self._lookup(query, seq_ids, cache.signatures, mask, lengths, padding_side)
+
+    def _from_items(
+        self, query: torch.Tensor, seq_ids: torch.Tensor, items: torch.Tensor, mask: Optional[torch.Tensor],
+        lengths: Optional[torch.Tensor], padding_side: str, length: int,
+    ) -> torch.Tensor:
+        """Mode ``seq_ids`` + ``items``: hash every item row, checking those a valid position refers to."""
+        used = self._used_rows(seq_ids, self._valid(mask, lengths, padding_side, length), items.shape[0])
+        table = _ops.pack_signatures(items, self.planes, True, used)
+        return self._lookup(query, seq_ids, table, mask, lengths, padding_side)
+
+    def _from_seq_ids(
+        self, query: torch.Tensor, seq: torch.Tensor, seq_ids: torch.Tensor, mask: Optional[torch.Tensor],
+        lengths: Optional[torch.Tensor], padding_side: str, length: int,
+    ) -> torch.Tensor:
+        """Mode ``seq`` + ``seq_ids``: hash each distinct id of the sequence once."""
+        ids, table = self._distinct(seq, seq_ids, self._valid(mask, lengths, padding_side, length))
+        return self._lookup(query, ids, table, mask, lengths, padding_side)
 
     @staticmethod
     def _valid(
