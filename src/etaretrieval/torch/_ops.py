@@ -233,8 +233,11 @@ def check_finite_where(x: torch.Tensor, valid: torch.Tensor) -> None:
 
 def _numpy(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
     """A zero-copy numpy view of a CPU tensor (any strides), or None."""
-    if t is None:
-        return None
+    return None if t is None else _array(t)
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    """A zero-copy numpy view of a CPU tensor (any strides)."""
     return (t.detach() if t.requires_grad else t).numpy()  # detach() only when needed: it costs every call
 
 
@@ -338,9 +341,9 @@ def _pack_cpu(x: torch.Tensor, planes: torch.Tensor, check_finite: bool) -> torc
     projection), table-sized ones through :func:`_pack_large` (``torch.matmul``).
     """
     if x.numel() * planes.shape[1] <= config.PACK_BLAS_WORK:
-        p = _numpy(planes)
+        p = _array(planes)
         check_planes_finite(p)
-        return torch.from_numpy(host_pack(_numpy(x), p, check_finite).view(np.int64))
+        return torch.from_numpy(host_pack(_array(x), p, check_finite).view(np.int64))
     return _pack_large(x.detach(), planes.detach(), check_finite).view(*x.shape[:-1], -1)
 
 

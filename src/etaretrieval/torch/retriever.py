@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, cast
 
 import torch
 from torch import nn
@@ -199,15 +199,15 @@ class ETARetriever(nn.Module):
         """
         length = self._check(target, seq, mask, seq_ids, items, cache, lengths, padding_side)
         mask = None if mask is None else _ops.bool_mask(mask)
-        query = _ops.pack_signatures(target, self.planes)
+        query = cast(torch.Tensor, _ops.pack_signatures(target, self.planes))
         if seq_ids is None:
-            index = self._from_seq(query, seq, mask, lengths, padding_side, length)
+            index = self._from_seq(query, cast(torch.Tensor, seq), mask, lengths, padding_side, length)
         elif cache is not None:
             index = self._from_cache(query, seq_ids, cache, mask, lengths, padding_side)
         elif items is not None:
             index = self._from_items(query, seq_ids, items, mask, lengths, padding_side, length)
         else:
-            index = self._from_seq_ids(query, seq, seq_ids, mask, lengths, padding_side, length)
+            index = self._from_seq_ids(query, cast(torch.Tensor, seq), seq_ids, mask, lengths, padding_side, length)
         valid = index >= 0
         safe = index.clamp(min=0)
         if length == 0:  # nothing to gather from: every slot is empty
@@ -249,7 +249,7 @@ class ETARetriever(nn.Module):
     ) -> torch.Tensor:
         """Mode ``seq_ids`` + ``items``: hash every item row, checking those a valid position refers to."""
         used = self._used_rows(seq_ids, self._valid(mask, lengths, padding_side, length), items.shape[0])
-        table = _ops.pack_signatures(items, self.planes, True, used)
+        table = cast(torch.Tensor, _ops.pack_signatures(items, self.planes, True, used))
         return self._lookup(query, seq_ids, table, mask, lengths, padding_side)
 
     def _from_seq_ids(
