@@ -372,46 +372,6 @@ def raise_errors(cells: np.ndarray, batch: int, length: int, nrows: int, lengths
         raise ids_error(row, pos, value, nrows, shared=i.ndim == 1)
 
 
-def _run(
-    like: DeviceArray | None,
-    stream: Any,
-    query: Any,
-    keys: Any,
-    ids: Any,
-    table: Any,
-    length: int,
-    k: int,
-    idx: Any,
-    dist: Any,
-    lengths: Any,
-    mask: Any,
-    padding_id: int | None,
-) -> Any:
-    """Launch the top-K kernel on numba views: given ``keys``, or ``ids`` into ``table`` (the other ``None``).
-
-    Returns the ``(2,)`` error cells, filled in stream order.
-    """
-    batch = query.shape[0]
-    cells = _backend.error_cells(like, batch, batch * length, stream)
-    if batch == 0:
-        return cells
-    use_ids = ids is not None
-    if use_ids:
-        keys = _backend.placeholder(like, (1, 1, 1), np.uint64, stream)
-    else:
-        ids = _backend.placeholder(like, (1, 1), np.int64, stream)
-        table = _backend.placeholder(like, (1, 1), np.uint64, stream)
-    n, use_len, m, use_mask = _validity(like, lengths, mask, stream)
-    gdist, use_global, shared_bytes = _scratch(like, batch, length, stream)
-    pad = np.int64(0 if padding_id is None else padding_id)
-    _backend.configure(_kernels(config.TOPK_THREADS, config.TOPK_ITEMS), batch, config.TOPK_THREADS, stream,
-                       shared_bytes)(
-        query, keys, ids, table, use_ids, n, use_len, m, use_mask, pad, padding_id is not None, np.int64(k),
-        _backend.as_numba(idx), _backend.as_numba(dist), gdist, use_global, cells,
-    )
-    return cells
-
-
 def _launch_into(
     query: Any,
     keys: Any,
@@ -426,30 +386,45 @@ def _launch_into(
     stream: Any,
     check: bool,
 ) -> Any:
-    """The raw launchers' body: given ``keys``, or ``ids`` into ``table`` (the other ``None``)."""
+    """The raw launchers' body: given ``keys``, or ``ids`` into ``table`` (the other ``None``).
+
+    Launches the top-K kernel on numba views of the arguments (placeholders
+    for the absent ones); see :func:`topk_hamming_into` for ``check``.
+    """
     like = describe(idx)
     with _backend.device_scope(like):
         stream = _backend.launch_stream(like, stream)
-        if ids is None:
-            kk = _backend.as_numba(keys, np.uint64)
-            q = _words_checked(_backend.as_numba(query, np.uint64), kk, "keys")
-            i, t, nrows = None, None, 0
-            if kk.ndim == 2:
-                kk = _expand0(kk)
-            length = kk.shape[1]
-        else:
-            kk = None
+        use_ids = ids is not None
+        if use_ids:
             t = _backend.as_numba(table, np.uint64)
             q = _words_checked(_backend.as_numba(query, np.uint64), t, "table")
-            nrows = t.shape[0]
             i = _backend.as_numba(ids)
             if i.ndim == 1:
                 i = _expand0(i)
-            length = i.shape[1]
-        cells = _run(like, stream, q, kk, i, t, length, k, idx, dist, lengths, mask, padding_id)
+            length, nrows = i.shape[1], t.shape[0]
+            kk = _backend.placeholder(like, (1, 1, 1), np.uint64, stream)
+        else:
+            kk = _backend.as_numba(keys, np.uint64)
+            q = _words_checked(_backend.as_numba(query, np.uint64), kk, "keys")
+            if kk.ndim == 2:
+                kk = _expand0(kk)
+            length, nrows = kk.shape[1], 0
+            i = _backend.placeholder(like, (1, 1), np.int64, stream)
+            t = _backend.placeholder(like, (1, 1), np.uint64, stream)
+        batch = q.shape[0]
+        cells = _backend.error_cells(like, batch, batch * length, stream)
+        if batch:
+            n, use_len, m, use_mask = _validity(like, lengths, mask, stream)
+            gdist, use_global, shared_bytes = _scratch(like, batch, length, stream)
+            pad = np.int64(0 if padding_id is None else padding_id)
+            _backend.configure(_kernels(config.TOPK_THREADS, config.TOPK_ITEMS), batch, config.TOPK_THREADS, stream,
+                               shared_bytes)(
+                q, kk, i, t, use_ids, n, use_len, m, use_mask, pad, padding_id is not None, np.int64(k),
+                _backend.as_numba(idx), _backend.as_numba(dist), gdist, use_global, cells,
+            )
         if not check:
             return cells
-        raise_errors(_backend.read_back(cells, stream), q.shape[0], length, nrows, lengths=lengths, ids=ids)
+        raise_errors(_backend.read_back(cells, stream), batch, length, nrows, lengths=lengths, ids=ids)
     return None
 
 
