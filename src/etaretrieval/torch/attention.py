@@ -265,17 +265,9 @@ class ETAAttention(nn.Module):
         ``seq_cat`` and ``target_cat`` are ignored (the common interest-block
         arguments).
         """
-        if seq is not None and seq.requires_grad:
-            # retrieve on detached embeddings (autograd would otherwise run a costly backward of the
-            # non-differentiable hashing op) and gather the values from the differentiable ones
-            _, index, valid = self.retriever(
-                target, seq.detach(), mask, seq_ids=seq_ids, lengths=lengths, padding_side=padding_side
-            )
-            values = gather_positions(seq, index) * valid.unsqueeze(-1).to(seq.dtype)
-        else:
-            values, index, valid = self.retriever(
-                target, seq, mask, seq_ids=seq_ids, items=items, cache=cache, lengths=lengths, padding_side=padding_side
-            )
+        values, index, valid = self.retriever(
+            target, seq, mask, seq_ids=seq_ids, items=items, cache=cache, lengths=lengths, padding_side=padding_side
+        )
         if self.candidates is not None:  # keep the k most recent candidates, newest first
             newest = torch.where(valid, index, -1).topk(min(self.k, index.shape[1]), dim=1).indices
             values, index, valid = gather_positions(values, newest), index.gather(1, newest), valid.gather(1, newest)

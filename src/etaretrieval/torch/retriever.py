@@ -199,7 +199,7 @@ class ETARetriever(nn.Module):
         """
         length = self._check(target, seq, mask, seq_ids, items, cache, lengths, padding_side)
         mask = None if mask is None else _ops.bool_mask(mask)
-        query = cast(torch.Tensor, _ops.pack_signatures(target, self.planes))
+        query = cast(torch.Tensor, _ops.pack_signatures(target.detach(), self.planes))
         if seq_ids is None:
             index = self._from_seq(query, cast(torch.Tensor, seq), mask, lengths, padding_side, length)
         elif cache is not None:
@@ -224,7 +224,7 @@ class ETARetriever(nn.Module):
         padding_side: str, length: int,
     ) -> torch.Tensor:
         """Mode ``seq``: hash every valid position of the sequence, then the plain top-K."""
-        keys = _ops.pack_signatures(seq, self.planes, True, self._valid(mask, lengths, padding_side, length))
+        keys = _ops.pack_signatures(seq.detach(), self.planes, True, self._valid(mask, lengths, padding_side, length))
         index, _ = _ops.topk_hamming(query, keys, self.k, lengths, mask, padding_side)
         return index
 
@@ -249,7 +249,7 @@ class ETARetriever(nn.Module):
     ) -> torch.Tensor:
         """Mode ``seq_ids`` + ``items``: hash every item row, checking those a valid position refers to."""
         used = self._used_rows(seq_ids, self._valid(mask, lengths, padding_side, length), items.shape[0])
-        table = cast(torch.Tensor, _ops.pack_signatures(items, self.planes, True, used))
+        table = cast(torch.Tensor, _ops.pack_signatures(items.detach(), self.planes, True, used))
         return self._lookup(query, seq_ids, table, mask, lengths, padding_side)
 
     def _from_seq_ids(
@@ -300,7 +300,7 @@ class ETARetriever(nn.Module):
         first = first.scatter_reduce(0, inverse.reshape(-1), flat, "amin")
         used = None if valid is None else first < numel
         first = first % numel
-        return inverse, _ops.pack_signatures(seq[first // length, first % length], self.planes, True, used)
+        return inverse, _ops.pack_signatures(seq.detach()[first // length, first % length], self.planes, True, used)
 
     def _check(
         self,
