@@ -15,6 +15,10 @@ over the cores: on two cores it made :func:`etaretrieval.pack_signatures`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -120,6 +124,13 @@ def raise_nonfinite(x2: np.ndarray, rows: np.ndarray, offset: int, lead: tuple[i
         raise nonfinite_error(np.unravel_index(first, lead) if lead else ())
 
 
+#: Pure Python (``NUMBA_DISABLE_JIT=1``) computes the projection in numpy scalars, which warn on
+#: ``inf * 0``; compiled code flags such rows without a warning, and so must the fallback.
+_QUIET: Callable[[], AbstractContextManager[object]] = (
+    (lambda: np.errstate(invalid="ignore", over="ignore")) if numba.config.DISABLE_JIT else nullcontext
+)
+
+
 def pack_small(x2: np.ndarray, planes: np.ndarray, out: np.ndarray, check_finite: bool,
                lead: tuple[int, ...]) -> None:
     """Pack the ``(rows, dim)`` rows of ``x2`` into ``out`` with the Numba projection (no BLAS).
@@ -135,7 +146,12 @@ def pack_small(x2: np.ndarray, planes: np.ndarray, out: np.ndarray, check_finite
     ps = kernel_input(planes.astype(ctype, copy=False), contiguous=True)
     rows, (dim, bits) = xs.shape[0], ps.shape
     flags = np.empty(rows, dtype=np.bool_)
-    parallel_rows(lambda lo, hi: project_pack(xs, ps, lo, hi, out, flags), rows, rows * dim * bits // 32)
+
+    def run(lo: int, hi: int) -> None:
+        with _QUIET():  # in every worker thread: numpy's error state is per thread
+            project_pack(xs, ps, lo, hi, out, flags)
+
+    parallel_rows(run, rows, rows * dim * bits // 32)
     if check_finite and flags.any():
         raise_nonfinite(xs, np.flatnonzero(flags), 0, lead)
 
@@ -170,7 +186,8 @@ def pack_signatures(a: np.ndarray, p: np.ndarray, check_finite: bool) -> np.ndar
         block = x2[start:stop] if x2 is not None else a[np.unravel_index(np.arange(start, stop), lead)]
         with np.errstate(invalid="ignore", over="ignore"):  # inf/nan rows are flagged by the pack kernel
             np.matmul(block, planes_c, out=proj[:n])
-        pack_projection(proj[:n], out[start : start + n], flags[:n])
+        with _QUIET():
+            pack_projection(proj[:n], out[start : start + n], flags[:n])
         if check_finite and flags[:n].any():
             raise_nonfinite(block, np.flatnonzero(flags[:n]), start, lead)
     return out.reshape(lead + (words,))
