@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import etaretrieval as er
-import reference as ref
 
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 FEW = settings(max_examples=15, deadline=None, derandomize=True, database=None)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference as ref
 from hypothesis import given
 from hypothesis import strategies as st
 
 import etaretrieval as er
-import reference as ref
 
 WORDS = st.one_of(st.integers(1, 5), st.integers(6, 16))
 LAYOUT = st.sampled_from(ref.LAYOUTS)

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etaretrieval.datasets import build as build_module
 from etaretrieval.datasets import LOG_FORMATS, InteractionLog, SequenceSamples, build_samples, read_log
+from etaretrieval.datasets import build as build_module
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")

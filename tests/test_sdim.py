@@ -6,11 +6,11 @@ import dataclasses
 
 import numpy as np
 import pytest
+import reference as ref
 from hypothesis import given
 from hypothesis import strategies as st
 
 import etaretrieval as er
-import reference as ref
 
 #: Group widths: dividing 64, straddling word boundaries (3, 5, 7, 12), and the largest.
 TAU = st.sampled_from([1, 2, 3, 4, 5, 7, 8, 12, 16])

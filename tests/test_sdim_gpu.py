@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import reference as ref
 
 import etaretrieval as er
-import reference as ref
 
 
 def _gpu() -> bool:

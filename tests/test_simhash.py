@@ -7,11 +7,11 @@ import warnings
 
 import numpy as np
 import pytest
+import reference as ref
 from hypothesis import given
 from hypothesis import strategies as st
 
 import etaretrieval as er
-import reference as ref
 
 BITS = st.one_of(
     st.integers(1, 300),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference as ref
 from hypothesis import given
 from hypothesis import strategies as st
 
 import etaretrieval as er
-import reference as ref
 
 FLOATS = st.sampled_from([np.float32, np.float64])
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import reference as ref
 from hypothesis import given
 from hypothesis import strategies as st
 
 import etaretrieval as er
-import reference as ref
 
 BITS = st.one_of(st.integers(1, 300), st.sampled_from([64, 128, 129, 512, 1000, 1024]))
 STYLE = st.sampled_from(["random", "pool", "sparse"])

@@ -15,8 +15,8 @@ from importlib.metadata import PackageNotFoundError, version
 from ._threads import threads
 from ._validate import DTypeError
 from .distance import hamming
-from .simhash import SimHasher, hyperplanes, pack_signatures
 from .sdim import sdim_buckets, sdim_codes, sdim_from_buckets, sdim_group_sums, sdim_pool
+from .simhash import SimHasher, hyperplanes, pack_signatures
 from .table import SignatureTable
 from .topk import topk_hamming, topk_hamming_lookup
 

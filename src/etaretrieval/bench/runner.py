@@ -242,8 +242,9 @@ def _torch_op() -> Callable[..., Any] | None:
     if importlib.util.find_spec("torch") is None:
         return None
     try:
-        import etaretrieval.torch  # noqa: F401  (registers the ops)
         import torch
+
+        import etaretrieval.torch  # noqa: F401  (registers the ops)
     except ImportError:
         return None
     return torch.ops.etaretrieval.topk_hamming_lookup
