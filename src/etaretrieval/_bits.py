@@ -19,12 +19,12 @@ def popcount(x: int) -> int:
 
 
 @intrinsic
-def _ctpop_u64(typingctx, x):  # type: ignore[no-untyped-def]
+def _ctpop_u64(typingctx, x):
     if not isinstance(x, types.Integer):
         return None
     sig = types.int64(x)
 
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, signature, args):
         (val,) = args
         ty = context.get_value_type(signature.args[0])
         count = builder.ctpop(val)
@@ -36,7 +36,7 @@ def _ctpop_u64(typingctx, x):  # type: ignore[no-untyped-def]
 
 
 @overload(popcount, jit_options={"nogil": True})
-def _popcount_impl(x):  # type: ignore[no-untyped-def]
+def _popcount_impl(x):
     if isinstance(x, types.Integer):
         return lambda x: _ctpop_u64(x)
     return None

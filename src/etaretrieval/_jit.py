@@ -28,10 +28,12 @@ from typing import Any, Callable
 import numba
 import numpy as np
 
-__all__ = ["jit", "kernel_input", "PARALLEL", "CACHE"]
+__all__ = ["jit", "kernel_input", "PARALLEL", "CACHE", "PURE_PYTHON"]
 
 CACHE: bool = os.environ.get("ETARETRIEVAL_NO_CACHE", "0") in ("", "0")
 PARALLEL: bool = os.environ.get("ETARETRIEVAL_SERIAL", "0") in ("", "0")
+#: ``NUMBA_DISABLE_JIT=1``: the kernels run as plain Python (their fallbacks are tested that way).
+PURE_PYTHON: bool = bool(numba.core.config.DISABLE_JIT)
 
 
 def jit() -> Callable[[Callable[..., Any]], Any]:

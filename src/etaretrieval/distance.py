@@ -52,5 +52,5 @@ def hamming(a: Any, b: Any) -> npt.NDArray[np.int32]:
     if device:
         from .cuda.hamming import hamming as device_hamming
 
-        return device_hamming(x, y, shape)  # type: ignore[no-any-return]
+        return device_hamming(x, y, shape)
     return np.asarray(hamming_gufunc(x, y))

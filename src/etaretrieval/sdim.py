@@ -122,7 +122,7 @@ def sdim_codes(signatures: Any, tau: int, *, bits: int | None = None) -> npt.NDA
     if device:
         from .cuda.sdim import sdim_codes as device_codes
 
-        return device_codes(s, tau, groups)  # type: ignore[no-any-return]
+        return device_codes(s, tau, groups)
     return host.sdim_codes(s, tau, groups)
 
 
@@ -169,7 +169,7 @@ def sdim_group_sums(
         from .cuda.sdim import sdim_group_sums as device_sums
 
         n, m = validity(lengths, mask, batch, length, device=True)
-        return device_sums(q, kk, v, tau, groups, n, m)  # type: ignore[no-any-return]
+        return device_sums(q, kk, v, tau, groups, n, m)
     n, m = validity(lengths, mask, batch, length)
     return host.sdim_group_sums(q, kk, v, tau, groups, n, m)
 
@@ -237,7 +237,7 @@ def sdim_pool(
         from .cuda.sdim import sdim_pool as device_pool
 
         n, m = validity(lengths, mask, batch, length, device=True)
-        return device_pool(q, kk, v, tau, groups, n, m)  # type: ignore[no-any-return]
+        return device_pool(q, kk, v, tau, groups, n, m)
     n, m = validity(lengths, mask, batch, length)
     return host.sdim_pool(q, kk, v, tau, groups, n, m)
 
@@ -324,7 +324,7 @@ def sdim_buckets(
 
         n, m = validity(lengths, mask, batch, length, device=True)
         out = device_buckets(kk, v, tau, groups, batch, n, m)
-        return out if batched else out[0]  # type: ignore[no-any-return]
+        return out if batched else out[0]
     n, m = validity(lengths, mask, batch, length)
     out = host.sdim_buckets(kk, v, tau, groups, batch, n, m)
     return out if batched else out[0]
@@ -384,7 +384,7 @@ def sdim_from_buckets(query: Any, buckets: Any) -> npt.NDArray[np.floating]:
     if device:
         from .cuda.sdim import sdim_from_buckets as device_from_buckets
 
-        return device_from_buckets(q, bk, tau)  # type: ignore[no-any-return]
+        return device_from_buckets(q, bk, tau)
     return host.sdim_from_buckets(q, bk, tau)
 
 

@@ -153,7 +153,7 @@ def pack_signatures(x: Any, planes: Any, *, check_finite: bool = True) -> npt.ND
     if device:
         from .cuda.pack import pack_signatures as device_pack
 
-        return device_pack(a, p, check_finite)  # type: ignore[no-any-return]
+        return device_pack(a, p, check_finite)
     return host_pack(a, p, check_finite)
 
 

@@ -86,7 +86,7 @@ def topk_hamming(
         from .cuda.topk import topk_hamming as device_topk
 
         n, m = validity(lengths, mask, batch, length, device=True, padding_side=padding_side)
-        return device_topk(q, kk, k, n, m)  # type: ignore[no-any-return]
+        return device_topk(q, kk, k, n, m)
     n, m = validity(lengths, mask, batch, length, padding_side=padding_side)
     return host_topk(q, kk, k, n, m)
 
@@ -166,6 +166,6 @@ def topk_hamming_lookup(
         from .cuda.topk import topk_hamming_lookup as device_lookup
 
         n, m = validity(lengths, mask, batch, i.shape[-1], device=True, padding_side=padding_side)
-        return device_lookup(q, i, t, k, n, m, pad)  # type: ignore[no-any-return]
+        return device_lookup(q, i, t, k, n, m, pad)
     n, m = validity(lengths, mask, batch, i.shape[1], padding_side=padding_side)
     return host_lookup(q, i, t, k, n, m, pad, shared)

@@ -30,7 +30,7 @@ CUDA_THREADS = 256
 
 
 @jit()
-def _row_sum(query, ids, table, b, words):  # type: ignore[no-untyped-def]
+def _row_sum(query, ids, table, b, words):
     """``sum_l hamming(query[b], table[ids[b, l]])``: unsigned indices, so that the loop vectorises."""
     row = np.uint64(b)
     total = np.uint64(0)
@@ -42,7 +42,7 @@ def _row_sum(query, ids, table, b, words):  # type: ignore[no-untyped-def]
 
 
 @jit()
-def _floor(query, ids, table, lo, hi, out):  # type: ignore[no-untyped-def]
+def _floor(query, ids, table, lo, hi, out):
     words = table.shape[1]
     for b in range(lo, hi):
         if words == 1:  # constant word counts: the word loop is unrolled
@@ -104,7 +104,7 @@ def _cuda_kernel(threads: int) -> Any:
     cuda = _backend.cuda()
 
     @cuda.jit
-    def floor_kernel(query, ids, table, out):  # type: ignore[no-untyped-def]
+    def floor_kernel(query, ids, table, out):
         partial = cuda.shared.array(threads, int64)
         b = cuda.blockIdx.x
         tid = cuda.threadIdx.x

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -26,7 +25,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .. import config
-from .._jit import jit, kernel_input
+from .._jit import PURE_PYTHON, jit, kernel_input
 from .._threads import parallel_rows
 from .._validate import nonfinite_error
 
@@ -34,7 +33,7 @@ __all__ = ["pack_projection", "project_pack", "pack_signatures", "pack_small", "
 
 
 @jit()
-def _sign_bits(proj, r, lo, n):  # type: ignore[no-untyped-def]
+def _sign_bits(proj, r, lo, n):
     """``(word, nonfinite)``: bit ``j < n`` is ``proj[r, lo + j] > 0``; whether one of them is NaN or infinite."""
     word = np.uint64(0)
     bad = False
@@ -47,12 +46,12 @@ def _sign_bits(proj, r, lo, n):  # type: ignore[no-untyped-def]
 
 def _sign_word(proj: np.ndarray, r: int, lo: int) -> tuple[np.uint64, bool]:
     """:func:`_sign_bits` of the 64 values from ``proj[r, lo]``; one vector compare in compiled code."""
-    return _sign_bits(proj, r, lo, 64)  # type: ignore[no-any-return]
+    return _sign_bits(proj, r, lo, 64)
 
 
 @intrinsic
-def _sign_word_vector(typingctx, proj, r, lo):  # type: ignore[no-untyped-def]
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+def _sign_word_vector(typingctx, proj, r, lo):
+    def codegen(context, builder, signature, args):
         array = context.make_array(signature.args[0])(context, builder, value=args[0])
         cols = cgutils.unpack_tuple(builder, array.shape, 2)[1]
         vector = ir.VectorType(context.get_value_type(signature.args[0].dtype), 64)
@@ -68,14 +67,14 @@ def _sign_word_vector(typingctx, proj, r, lo):  # type: ignore[no-untyped-def]
 
 
 @overload(_sign_word, jit_options={"nogil": True})
-def _sign_word_jit(proj, r, lo):  # type: ignore[no-untyped-def]
+def _sign_word_jit(proj, r, lo):
     if isinstance(proj, types.Array) and proj.layout == "C" and proj.dtype in (types.float32, types.float64):
         return lambda proj, r, lo: _sign_word_vector(proj, r, lo)
     return lambda proj, r, lo: _sign_bits(proj, r, lo, 64)
 
 
 @jit()
-def pack_projection(proj, out, nonfinite):  # type: ignore[no-untyped-def]
+def pack_projection(proj, out, nonfinite):
     """Pack ``proj > 0`` (rows x bits) into ``out`` (rows x W), LSB first.
 
     ``nonfinite[r]`` is set when row ``r`` of the projection holds a NaN or an
@@ -97,7 +96,7 @@ def pack_projection(proj, out, nonfinite):  # type: ignore[no-untyped-def]
 
 
 @jit()
-def project_pack(x, planes, lo, hi, out, nonfinite):  # type: ignore[no-untyped-def]
+def project_pack(x, planes, lo, hi, out, nonfinite):
     """Rows ``lo..hi-1``: project ``x[r] @ planes`` and pack its signs into ``out[r]`` (no BLAS).
 
     ``x`` and ``planes`` have the working dtype. Each projection is summed in
@@ -127,7 +126,7 @@ def raise_nonfinite(x2: np.ndarray, rows: np.ndarray, offset: int, lead: tuple[i
 #: Pure Python (``NUMBA_DISABLE_JIT=1``) computes the projection in numpy scalars, which warn on
 #: ``inf * 0``; compiled code flags such rows without a warning, and so must the fallback.
 _QUIET: Callable[[], AbstractContextManager[object]] = (
-    (lambda: np.errstate(invalid="ignore", over="ignore")) if numba.config.DISABLE_JIT else nullcontext
+    (lambda: np.errstate(invalid="ignore", over="ignore")) if PURE_PYTHON else nullcontext
 )
 
 

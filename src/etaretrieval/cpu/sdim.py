@@ -41,7 +41,7 @@ __all__ = ["code", "group_layout", "matches", "add_normalised", "codes", "group_
 
 
 @jit()
-def code(sig, start, tau):  # type: ignore[no-untyped-def]
+def code(sig, start, tau):
     """The ``tau``-bit code at bits ``[start, start + tau)`` of the 1-D signature ``sig`` (uint64 words)."""
     word = start >> 6
     off = start & 63
@@ -52,7 +52,7 @@ def code(sig, start, tau):  # type: ignore[no-untyped-def]
 
 
 @jit()
-def add_normalised(srow, total):  # type: ignore[no-untyped-def]
+def add_normalised(srow, total):
     """``total += srow / ||srow||`` in float64 (nothing when the squared norm is exactly 0); see step 3."""
     d = srow.shape[0]
     n2 = 0.0
@@ -66,7 +66,7 @@ def add_normalised(srow, total):  # type: ignore[no-untyped-def]
 
 
 @jit()
-def codes(sig, tau, lo, hi, out):  # type: ignore[no-untyped-def]
+def codes(sig, tau, lo, hi, out):
     """``out[n, g]`` = code of group ``g`` of ``sig[n]`` (``(N, W)`` uint64 -> ``(N, G)``), rows ``lo..hi-1``.
 
     Like every kernel here, serial over a range of items: the library's
@@ -79,7 +79,7 @@ def codes(sig, tau, lo, hi, out):  # type: ignore[no-untyped-def]
 
 
 @jit()
-def group_layout(tau, groups, words):  # type: ignore[no-untyped-def]
+def group_layout(tau, groups, words):
     """Where the groups lie: per word, a mask of the start bits of the groups inside it, and its straddling group.
 
     Returns ``(starts, straddle, group_at)``: ``starts[w]`` has bit ``j`` set
@@ -103,7 +103,7 @@ def group_layout(tau, groups, words):  # type: ignore[no-untyped-def]
 
 
 @jit()
-def _spread(x, tau):  # type: ignore[no-untyped-def]
+def _spread(x, tau):
     """Bit ``j`` of the result = OR of bits ``j .. j + tau - 1`` of ``x`` (``O(log tau)`` shifts)."""
     result = np.uint64(0)
     have = np.uint64(0)  # bits already covered by result
@@ -117,7 +117,7 @@ def _spread(x, tau):  # type: ignore[no-untyped-def]
     return result
 
 
-def matches(query, keys, b, pos, tau, starts, straddle, group_at, found):  # type: ignore[no-untyped-def]
+def matches(query, keys, b, pos, tau, starts, straddle, group_at, found):
     """The groups where ``keys[b, pos]`` has the code of ``query[b]``, increasing, into ``found``; returns their number.
 
     Bit-parallel: a group matches when its bits of ``keys ^ query`` are all 0,
@@ -147,13 +147,13 @@ def matches(query, keys, b, pos, tau, starts, straddle, group_at, found):  # typ
 
 
 @overload(matches, inline="always", jit_options={"nogil": True})
-def _matches_jit(query, keys, b, pos, tau, starts, straddle, group_at, found):  # type: ignore[no-untyped-def]
+def _matches_jit(query, keys, b, pos, tau, starts, straddle, group_at, found):
     """Compiled :func:`matches`, inlined into each caller's loop (no call, no reference counting per position)."""
     return matches
 
 
 @jit()
-def _row_sums(query, keys, values, b, end, mask, use_mask, tau, layout, found, acc):  # type: ignore[no-untyped-def]
+def _row_sums(query, keys, values, b, end, mask, use_mask, tau, layout, found, acc):
     """float64 group sums of row ``b`` into ``acc`` ``(G, d)``, positions in increasing order (step 2)."""
     starts, straddle, group_at = layout
     d = acc.shape[1]
@@ -168,7 +168,7 @@ def _row_sums(query, keys, values, b, end, mask, use_mask, tau, layout, found, a
 
 
 @jit()
-def group_sums(query, keys, values, tau, lengths, mask, use_mask, lo, hi, out):  # type: ignore[no-untyped-def]
+def group_sums(query, keys, values, tau, lengths, mask, use_mask, lo, hi, out):
     """``out[b, g, :]`` = the group sums ``S`` (``(B, G, d)``, the dtype of ``values``), rows ``lo..hi-1``."""
     groups, d = out.shape[1], out.shape[2]
     layout = group_layout(tau, groups, keys.shape[2])
@@ -182,7 +182,7 @@ def group_sums(query, keys, values, tau, lengths, mask, use_mask, lo, hi, out): 
 
 
 @jit()
-def pool(query, keys, values, tau, groups, lengths, mask, use_mask, lo, hi, out):  # type: ignore[no-untyped-def]
+def pool(query, keys, values, tau, groups, lengths, mask, use_mask, lo, hi, out):
     """``out[b, :]`` = the SDIM user-interest vector of row ``b`` over ``groups`` groups (steps 2 to 4), rows ``lo..hi-1``."""
     d = out.shape[1]
     layout = group_layout(tau, groups, keys.shape[2])
@@ -202,7 +202,7 @@ def pool(query, keys, values, tau, groups, lengths, mask, use_mask, lo, hi, out)
 
 
 @jit()
-def buckets(keys, values, tau, lengths, mask, use_mask, lo, hi, out):  # type: ignore[no-untyped-def]
+def buckets(keys, values, tau, lengths, mask, use_mask, lo, hi, out):
     """``out[b, g, c, :]`` = sum of the valid ``values[b, l]`` whose group-``g`` code is ``c`` (step 2).
 
     The items are the ``B x G`` (row, group) pairs ``lo..hi-1``, so that a
@@ -226,7 +226,7 @@ def buckets(keys, values, tau, lengths, mask, use_mask, lo, hi, out):  # type: i
 
 
 @jit()
-def from_buckets(query, summary, tau, lo, hi, out):  # type: ignore[no-untyped-def]
+def from_buckets(query, summary, tau, lo, hi, out):
     """``out[b, :]`` from the bucket sums ``summary`` (``(B, G, 2**tau, d)``, may be a broadcast view).
 
     Reads ``G`` rows of ``d`` values per target: ``O(d G)`` whatever the
@@ -249,7 +249,7 @@ def from_buckets(query, summary, tau, lo, hi, out):  # type: ignore[no-untyped-d
 
 
 @jit()
-def group_sums_backward(query, keys, grad, tau, lengths, mask, use_mask, lo, hi, out):  # type: ignore[no-untyped-def]
+def group_sums_backward(query, keys, grad, tau, lengths, mask, use_mask, lo, hi, out):
     """``out[b, l, :]`` = sum over the groups ``g`` where position ``l`` matches of ``grad[b, g, :]``.
 
     The gradient of :func:`group_sums` with respect to ``values``: float64,

@@ -75,19 +75,19 @@ def _stack_buffer(dtype: type) -> npt.NDArray[np.generic]:
 
 
 @intrinsic
-def _alloca_chunk(typingctx, dtype):  # type: ignore[no-untyped-def]
+def _alloca_chunk(typingctx, dtype):
     if not isinstance(dtype, types.NumberClass):
         return None
     element = dtype.instance_type
 
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, signature, args):
         return cgutils.alloca_once(builder, context.get_value_type(element), size=CHUNK)
 
     return types.CPointer(element)(dtype), codegen
 
 
 @overload(_stack_buffer, inline="always")  # inlined, so the alloca lands in the caller's frame
-def _stack_buffer_jit(dtype):  # type: ignore[no-untyped-def]
+def _stack_buffer_jit(dtype):
     return lambda dtype: numba.carray(_alloca_chunk(dtype), CHUNK)
 
 
@@ -98,12 +98,12 @@ def _below_mask(scratch: npt.NDArray[np.uint16], start: int, v: int) -> np.uint6
 
 
 @intrinsic
-def _below_mask_vector(typingctx, scratch, start, v):  # type: ignore[no-untyped-def]
+def _below_mask_vector(typingctx, scratch, start, v):
     """One vector load and compare (two AVX-512 instructions, or their equivalent)."""
     if not (isinstance(scratch, types.Array) and scratch.dtype == types.uint16 and scratch.layout == "C"):
         return None
 
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, signature, args):
         data = context.make_array(signature.args[0])(context, builder, value=args[0]).data
         lane = ir.IntType(16)
         vector = ir.VectorType(lane, LANES)
@@ -120,14 +120,14 @@ def _below_mask_vector(typingctx, scratch, start, v):  # type: ignore[no-untyped
 
 
 @overload(_below_mask, jit_options={"nogil": True})
-def _below_mask_jit(scratch, start, v):  # type: ignore[no-untyped-def]
+def _below_mask_jit(scratch, start, v):
     if isinstance(scratch, types.Array) and scratch.dtype == types.uint16 and scratch.layout == "C":
         return lambda scratch, start, v: _below_mask_vector(scratch, start, v)
     return None
 
 
 @jit()
-def _distance_pass(query, src, ids, b, end, mask, use_mask, pad, use_pad, scratch, words, lookup):  # type: ignore[no-untyped-def]
+def _distance_pass(query, src, ids, b, end, mask, use_mask, pad, use_pad, scratch, words, lookup):
     """Distances of row ``b`` into ``scratch[:end]``: position ``pos`` has signature ``src[item]``.
 
     ``item`` is ``ids[b, pos]`` with ``lookup`` (``src`` is the table) and
@@ -191,7 +191,7 @@ def _distance_pass(query, src, ids, b, end, mask, use_mask, pad, use_pad, scratc
 
 
 @jit()
-def _first_bad(ids, b, end, mask, use_mask, pad, use_pad, nrows):  # type: ignore[no-untyped-def]
+def _first_bad(ids, b, end, mask, use_mask, pad, use_pad, nrows):
     """First valid position of row ``b`` whose id is outside ``[0, nrows)``, or ``-1``."""
     for pos in range(end):
         raw = np.int64(ids[b, pos])
@@ -201,7 +201,7 @@ def _first_bad(ids, b, end, mask, use_mask, pad, use_pad, nrows):  # type: ignor
 
 
 @jit()
-def _histogram(scratch, end, step, hists):  # type: ignore[no-untyped-def]
+def _histogram(scratch, end, step, hists):
     """``hists[0]`` = counts of ``scratch[0:end:step]``.
 
     Four partial histograms (``hists[1:5]``) take the positions in turn: most
@@ -226,7 +226,7 @@ def _histogram(scratch, end, step, hists):  # type: ignore[no-untyped-def]
 
 
 @jit()
-def _bound(scratch, end, nvalid, take, hists):  # type: ignore[no-untyped-def]
+def _bound(scratch, end, nvalid, take, hists):
     """A distance with, very likely, ``take`` valid positions at or below it (exact for short rows)."""
     hist = hists[0]
     top = hist.shape[0] - 2  # 64 W, the largest distance
@@ -250,7 +250,7 @@ def _bound(scratch, end, nvalid, take, hists):  # type: ignore[no-untyped-def]
 
 
 @jit()
-def _pop_lowest(bits, base, cand, n):  # type: ignore[no-untyped-def]
+def _pop_lowest(bits, base, cand, n):
     """Append ``base`` + the index of the lowest set bit of ``bits`` (if any) to ``cand[n]``, without a branch.
 
     Returns ``(bits without that bit, new n)``; with ``bits == 0`` it writes
@@ -264,7 +264,7 @@ def _pop_lowest(bits, base, cand, n):  # type: ignore[no-untyped-def]
 
 
 @jit()
-def _candidates(scratch, end, v, cand):  # type: ignore[no-untyped-def]
+def _candidates(scratch, end, v, cand):
     """Positions at distance ``<= v`` into ``cand``, oldest first; returns their number.
 
     ``scratch`` holds a multiple of :data:`LANES` slots, those at and after
@@ -284,7 +284,7 @@ def _candidates(scratch, end, v, cand):  # type: ignore[no-untyped-def]
 
 
 @jit()
-def _select(scratch, end, nvalid, k, work, idx_row, dist_row):  # type: ignore[no-untyped-def]
+def _select(scratch, end, nvalid, k, work, idx_row, dist_row):
     """Write the top-``k`` of ``scratch[:end]`` in (distance, -position) order, ``-1`` tails.
 
     ``work`` is :func:`_workspace`'s ``(hists, cand, slot_pos, slot_dist)``.
@@ -336,7 +336,7 @@ def _select(scratch, end, nvalid, k, work, idx_row, dist_row):  # type: ignore[n
 
 
 @jit()
-def _workspace(length, words, k):  # type: ignore[no-untyped-def]
+def _workspace(length, words, k):
     """Per-task scratch (a multiple of :data:`LANES` slots) and :func:`_select`'s buffers.
 
     ``k`` is at most ``length``: no row returns more than ``length`` positions.
@@ -352,7 +352,7 @@ def _workspace(length, words, k):  # type: ignore[no-untyped-def]
 
 
 @jit()
-def topk_keys(query, keys, k, lengths, mask, use_mask, lo, hi, idx, dist):  # type: ignore[no-untyped-def]
+def topk_keys(query, keys, k, lengths, mask, use_mask, lo, hi, idx, dist):
     """Top-``k`` of ``keys[b]`` (``(B, L, W)``, may be a broadcast view) for each ``query[b]``, rows ``lo..hi-1``.
 
     Serial: :func:`etaretrieval._threads.parallel_rows` spreads row ranges over threads.
@@ -371,7 +371,7 @@ def topk_keys(query, keys, k, lengths, mask, use_mask, lo, hi, idx, dist):  # ty
 
 
 @jit()
-def topk_lookup(  # type: ignore[no-untyped-def]
+def topk_lookup(
     query, ids, table, k, lengths, mask, use_mask, pad, use_pad, lo, hi, idx, dist, bad
 ):
     """Fused ids -> table rows -> Hamming -> top-``k``, rows ``lo..hi-1`` (serial, like :func:`topk_keys`).

@@ -23,7 +23,7 @@ def _kernel() -> Any:
     from numba import int32
 
     @cuda.jit
-    def hamming_kernel(a, b, out):  # type: ignore[no-untyped-def]
+    def hamming_kernel(a, b, out):
         """``out[i] = popcount(a[i] ^ b[i])`` over 4 leading axes (broadcast by strides)."""
         s0, s1, s2, s3 = out.shape
         i = cuda.grid(1)

@@ -37,7 +37,7 @@ def _kernels(rows_per_block: int) -> tuple[Any, Any]:
     rb = rows_per_block
 
     @cuda.jit(device=True)
-    def unravel(r, shape):  # type: ignore[no-untyped-def]
+    def unravel(r, shape):
         s0, s1, s2, s3 = shape
         i3 = r % s3
         r = r // s3
@@ -46,14 +46,14 @@ def _kernels(rows_per_block: int) -> tuple[Any, Any]:
         return r // s1, r % s1, i2, i3
 
     @cuda.jit(device=True)
-    def row_of(r, rows, gather):  # type: ignore[no-untyped-def]
+    def row_of(r, rows, gather):
         """Flat row number of work item ``r``: ``rows[r]`` when gathering, else ``r`` itself."""
         if gather:
             return rows[r]
         return r
 
     @cuda.jit
-    def pack_kernel(x, planes, rows, gather, out, zero):  # type: ignore[no-untyped-def]
+    def pack_kernel(x, planes, rows, gather, out, zero):
         """``out[.., w]``: bits ``64 w ..`` of ``x[..] @ planes > 0``, one block per (row tile, word ``w``).
 
         Arguments:
@@ -88,7 +88,7 @@ def _kernels(rows_per_block: int) -> tuple[Any, Any]:
             out[i0, i1, i2, i3, word] = words[ty]
 
     @cuda.jit
-    def nonfinite_kernel(x, rows, gather, row0, err):  # type: ignore[no-untyped-def]
+    def nonfinite_kernel(x, rows, gather, row0, err):
         """``err[0] = min(err[0], row0 + r)`` for each work item ``r`` whose row of ``x`` holds a NaN or inf.
 
         ``x``, ``rows`` and ``gather`` as in ``pack_kernel``; ``row0`` (int64)

@@ -32,7 +32,7 @@ def _kernel() -> Any:
     from numba import int64
 
     @cuda.jit
-    def left_kernel(lengths, length, out_lengths, mask):  # type: ignore[no-untyped-def]
+    def left_kernel(lengths, length, out_lengths, mask):
         """One thread per ``(row, position)`` (one per row when ``length`` is 0)."""
         per_row = max(length, 1)
         i = cuda.grid(1)

@@ -76,18 +76,18 @@ def _kernels(threads: int) -> Any:
     if _backend.simulator():  # NumPy arithmetic: no contraction to worry about
 
         @cuda.jit(device=True)
-        def mul(a, b):  # type: ignore[no-untyped-def]
+        def mul(a, b):
             return a * b
 
     else:
         from numba.cuda import libdevice
 
         @cuda.jit(device=True)
-        def mul(a, b):  # type: ignore[no-untyped-def]
+        def mul(a, b):
             return libdevice.dmul_rn(a, b)  # a rounded product, never fused with the sum that follows
 
     @cuda.jit(device=True)
-    def code_at(sig, r, p, start, tau):  # type: ignore[no-untyped-def]
+    def code_at(sig, r, p, start, tau):
         """The code at bits ``[start, start + tau)`` of ``sig[r, p]`` (``(R, P, W)`` uint64)."""
         word = start >> 6
         off = start & 63
@@ -97,7 +97,7 @@ def _kernels(threads: int) -> Any:
         return int64(c & uint64((1 << tau) - 1))
 
     @cuda.jit(device=True)
-    def row_end(b, lengths, use_len, length, err):  # type: ignore[no-untyped-def]
+    def row_end(b, lengths, use_len, length, err):
         """Valid prefix of row ``b``, or -1 (reported in ``err[0]``) for a bad ``lengths`` entry."""
         end = int64(length)
         if use_len:
@@ -109,7 +109,7 @@ def _kernels(threads: int) -> Any:
         return end
 
     @cuda.jit
-    def codes_kernel(sig, tau, out):  # type: ignore[no-untyped-def]
+    def codes_kernel(sig, tau, out):
         """``out[..., g]`` = code ``g`` of ``sig[...]`` over 4 leading axes, one thread per code."""
         s0, s1, s2, s3, groups = out.shape
         i = cuda.grid(1)
@@ -131,7 +131,7 @@ def _kernels(threads: int) -> Any:
             out[i0, i1, i2, i3, g] = int32(c & uint64((1 << tau) - 1))
 
     @cuda.jit
-    def sums_kernel(query, keys, values, tau, lengths, use_len, mask, use_mask, out, err):  # type: ignore[no-untyped-def]
+    def sums_kernel(query, keys, values, tau, lengths, use_len, mask, use_mask, out, err):
         """``out[b, g, :]`` = group sums; block ``b * G + g``. ``query`` is ``(B, 1, W)``."""
         flags = cuda.shared.array(T, int32)
         groups = out.shape[1]
@@ -166,7 +166,7 @@ def _kernels(threads: int) -> Any:
                 out[b, g, i] = acc
 
     @cuda.jit
-    def finish_kernel(query, tau, sums, summary, use_summary, out):  # type: ignore[no-untyped-def]
+    def finish_kernel(query, tau, sums, summary, use_summary, out):
         """``out[b, :]``: normalise the group rows (``sums[b, g]`` or ``summary[b or 0, g, code]``) and average."""
         norms = cuda.shared.array(MG, float64)
         codes = cuda.shared.array(MG, int32)
@@ -196,7 +196,7 @@ def _kernels(threads: int) -> Any:
             out[b, i] = total / groups
 
     @cuda.jit
-    def buckets_kernel(keys, values, tau, lengths, use_len, mask, use_mask, acc, out, use_scratch, err):  # type: ignore[no-untyped-def]
+    def buckets_kernel(keys, values, tau, lengths, use_len, mask, use_mask, acc, out, use_scratch, err):
         """``out[b, g, c, :]`` = bucket sums, accumulated in float64 ``acc``; block ``b * G + g``."""
         codes = cuda.shared.array(T, int32)
         groups = out.shape[1]
@@ -235,7 +235,7 @@ def _kernels(threads: int) -> Any:
                     out[b, g, c, i] = acc[b, g, c, i]
 
     @cuda.jit
-    def backward_kernel(query, keys, grad, tau, lengths, use_len, mask, use_mask, out, err):  # type: ignore[no-untyped-def]
+    def backward_kernel(query, keys, grad, tau, lengths, use_len, mask, use_mask, out, err):
         """``out[b, l, :]`` = sum of ``grad[b, g, :]`` over the matching groups; block ``b * L + l``."""
         flags = cuda.shared.array(MG, int32)
         length = out.shape[1]

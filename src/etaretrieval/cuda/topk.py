@@ -84,7 +84,7 @@ def _kernels(threads: int, items: int) -> Any:
     INV = INVALID
 
     @cuda.jit(device=True)
-    def scan_inclusive(scan, tid):  # type: ignore[no-untyped-def]
+    def scan_inclusive(scan, tid):
         """In-place inclusive prefix sum of ``scan[0:T]`` (all threads call it)."""
         off = 1
         while off < T:
@@ -97,20 +97,20 @@ def _kernels(threads: int, items: int) -> Any:
             off *= 2
 
     @cuda.jit(device=True)
-    def load(sdist, gdist, use_global, b, p):  # type: ignore[no-untyped-def]
+    def load(sdist, gdist, use_global, b, p):
         if use_global:
             return int32(gdist[b, p])
         return int32(sdist[p])
 
     @cuda.jit(device=True)
-    def store(sdist, gdist, use_global, b, p, d):  # type: ignore[no-untyped-def]
+    def store(sdist, gdist, use_global, b, p, d):
         if use_global:
             gdist[b, p] = uint16(d)
         else:
             sdist[p] = uint16(d)
 
     @cuda.jit(device=True)
-    def bucket_offsets(tid, nb, take, hist, scan, info):  # type: ignore[no-untyped-def]
+    def bucket_offsets(tid, nb, take, hist, scan, info):
         """Step 2: ``hist[v]`` (counts) becomes bucket ``v``'s first output slot; sets the threshold slots.
 
         ``info[INFO_THRESHOLD]`` is the bucket ``t`` holding result ``take - 1``,
@@ -136,7 +136,7 @@ def _kernels(threads: int, items: int) -> Any:
         cuda.syncthreads()
 
     @cuda.jit(device=True)
-    def emit_tile(b, tid, top, t, acc, need, eq_seen, hist, scan, listd, listp, sdist, gdist, use_global, idx, dist):  # type: ignore[no-untyped-def]
+    def emit_tile(b, tid, top, t, acc, need, eq_seen, hist, scan, listd, listp, sdist, gdist, use_global, idx, dist):
         """Step 3 for the tile of positions ``[top - TILE, top)``: write its results into ``idx`` / ``dist``.
 
         ``t``, ``acc`` and ``need`` are the threshold bucket, the candidates
@@ -195,7 +195,7 @@ def _kernels(threads: int, items: int) -> Any:
         return tile_lt, total % PAIR
 
     @cuda.jit(device=True)
-    def select(b, tid, end, nb, k, hist, scan, listd, listp, info, sdist, gdist, use_global, idx, dist):  # type: ignore[no-untyped-def]
+    def select(b, tid, end, nb, k, hist, scan, listd, listp, info, sdist, gdist, use_global, idx, dist):
         """Steps 2 and 3 for row ``b``: hist holds the counts, ``info[INFO_VALID]`` the number of candidates."""
         take = min(k, info[INFO_VALID])
         if take > 0:
@@ -218,7 +218,7 @@ def _kernels(threads: int, items: int) -> Any:
             dist[b, s] = -1
 
     @cuda.jit
-    def topk_kernel(query, keys, ids, table, use_ids, lengths, use_len, mask, use_mask, pad, use_pad, k, idx, dist, gdist, use_global, err):  # type: ignore[no-untyped-def]
+    def topk_kernel(query, keys, ids, table, use_ids, lengths, use_len, mask, use_mask, pad, use_pad, k, idx, dist, gdist, use_global, err):
         """Top-``k`` for ``query[b]``, one block per row ``b``.
 
         The signature of position ``pos`` is ``keys[b or 0, pos]`` (``(B or 1,

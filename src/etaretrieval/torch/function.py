@@ -21,9 +21,9 @@ def _used(seq: torch.Tensor, mask: Optional[torch.Tensor]) -> Optional[torch.Ten
     rows = tuple(seq.shape[:-1])
     m = _ops.bool_mask(mask)
     if seq.dim() == 3 and tuple(m.shape) in (rows, rows[1:]):
-        return m.expand(rows)  # type: ignore[no-any-return]
+        return m.expand(rows)
     if seq.dim() == 2 and m.dim() in (1, 2) and m.shape[-1] == rows[0]:
-        return m if m.dim() == 1 else m.any(dim=0)  # type: ignore[no-any-return]
+        return m if m.dim() == 1 else m.any(dim=0)
     return None
 
 
@@ -56,7 +56,7 @@ class HammingTopK(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         target: torch.Tensor, seq: torch.Tensor, planes: torch.Tensor, k: int, mask: Optional[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         query = _ops.pack_signatures(target, planes)
