@@ -64,7 +64,8 @@ def main() -> None:
     brute = best_of(3, brute_force, query[:N_CHECK], seq_ids[:N_CHECK], table.signatures, K)
     fused_rate = BATCH * SEQ_LEN / fused
     brute_rate = N_CHECK * SEQ_LEN / brute
-    print(f"etaretrieval.topk_hamming_lookup: {fused_rate / 1e6:8.1f} M behaviours/s  ({BATCH} x {SEQ_LEN:,} in {fused * 1e3:.1f} ms)")
+    print(f"etaretrieval.topk_hamming_lookup: {fused_rate / 1e6:8.1f} M behaviours/s  "
+          f"({BATCH} x {SEQ_LEN:,} in {fused * 1e3:.1f} ms)")
     print(f"numpy brute force (same run):     {brute_rate / 1e6:8.1f} M behaviours/s")
     print(f"speed-up: {fused_rate / brute_rate:.0f}x")
 

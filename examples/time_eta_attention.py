@@ -55,9 +55,9 @@ def main() -> None:
         mask = torch.rand(BATCH, length) < 0.95
         target = torch.randint(0, N_ITEMS, (BATCH,))
         steps = {
-            "full attention": lambda: full(table[target], table[ids], mask),
-            "ETA (seq)": lambda: eta(table[target], table[ids], mask),
-            "ETA (items)": lambda: eta(table[target], mask=mask, seq_ids=ids, items=table),
+            "full attention": lambda t=target, i=ids, m=mask: full(table[t], table[i], m),
+            "ETA (seq)": lambda t=target, i=ids, m=mask: eta(table[t], table[i], m),
+            "ETA (items)": lambda t=target, i=ids, m=mask: eta(table[t], mask=m, seq_ids=i, items=table),
         }
         for step in steps.values():  # warm up
             step_time(step)

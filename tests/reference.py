@@ -175,7 +175,9 @@ def topk_from_distances(dist: Any, valid: Any, k: int) -> tuple[np.ndarray, np.n
     return idx_out, dist_out
 
 
-def topk_hamming(query: Any, keys: Any, k: int, *, lengths: Any = None, mask: Any = None) -> tuple[np.ndarray, np.ndarray]:
+def topk_hamming(
+    query: Any, keys: Any, k: int, *, lengths: Any = None, mask: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Reference :func:`etaretrieval.topk_hamming` (valid inputs only)."""
     query = np.asarray(query)
     keys = np.asarray(keys)
@@ -320,7 +322,9 @@ def readonly(arr: np.ndarray) -> np.ndarray:
     return view
 
 
-def random_signatures(rng: np.random.Generator, shape: tuple[int, ...], *, style: str = "random", bits: int | None = None) -> np.ndarray:
+def random_signatures(
+    rng: np.random.Generator, shape: tuple[int, ...], *, style: str = "random", bits: int | None = None,
+) -> np.ndarray:
     """Random uint64 signatures of ``shape`` (last axis = words).
 
     ``style``: ``"random"`` (uniform words), ``"pool"`` (rows drawn from a pool of

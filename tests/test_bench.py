@@ -148,7 +148,8 @@ def test_pipeline_runs_every_measurement_and_formats() -> None:
         for label, p50, p99 in rows:
             assert 0 < p50 and ("ratio" in label or "requests/s" in label or p50 <= p99), (title, label)
     serving = dict((label.strip(), p50) for label, p50, _ in results["serving loop (idle)"])
-    parts = serving["hash candidates (alone)"] + serving["fused lookup (alone)"] + serving["gather retrieved ids (alone)"]
+    parts = (serving["hash candidates (alone)"] + serving["fused lookup (alone)"]
+             + serving["gather retrieved ids (alone)"])
     assert serving["sum of the parts"] == pytest.approx(parts)
     assert serving["ratio loop / parts"] == pytest.approx(serving["serving request"] / parts)
     text = format_pipeline(cfg, results)

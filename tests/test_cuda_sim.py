@@ -299,8 +299,8 @@ def test_lookup_bad_id_raises_like_cpu(dtype: type) -> None:
     ids[0, 8] = 6  # invalid position (lengths), ignored
     lengths = np.array([8, 9, 9, 9])
     for k in (0, 3):
-        same_error(lambda: er.topk_hamming_lookup(query, ids, table, k, lengths=lengths),
-                   lambda: er.topk_hamming_lookup(dev(query), dev(ids), dev(table), k, lengths=dev(lengths)))
+        same_error(lambda k=k: er.topk_hamming_lookup(query, ids, table, k, lengths=lengths),
+                   lambda k=k: er.topk_hamming_lookup(dev(query), dev(ids), dev(table), k, lengths=dev(lengths)))
     # padding positions are never looked up; a padding id out of range is fine
     pad = ids[1, 3]
     ids2 = ids.copy()
@@ -623,7 +623,7 @@ def test_device_validation_reads_the_interface_only() -> None:
         (lambda f: er.pack_signatures(f(np.zeros((2, 3), np.float32)), f(np.zeros((4, 8), np.float32)))),
     ]
     for call in cases:
-        same_error(lambda: call(lambda a: a), lambda: call(fake))
+        same_error(lambda call=call: call(lambda a: a), lambda call=call: call(fake))
     with pytest.raises(ValueError, match="is host data"):
         er.topk_hamming(fake(q), keys, 1)
 

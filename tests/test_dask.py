@@ -259,5 +259,6 @@ def test_command_line_with_worker_processes(table: tuple[Path, np.ndarray], data
     rerun = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)
     assert rerun.returncode == 0 and "(4 already done)" in rerun.stdout
     assert json.loads((tmp_path / "out" / "_job.json").read_text())["k"] == K
-    bad = subprocess.run(command[:-4] + ["--k", "-1"], check=False, capture_output=True, text=True, timeout=300, env=env)
+    bad = subprocess.run(command[:-4] + ["--k", "-1"], check=False, capture_output=True, text=True, timeout=300,
+                         env=env)
     assert bad.returncode == 1 and "k must be >= 0" in bad.stderr

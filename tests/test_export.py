@@ -100,6 +100,7 @@ def test_saved_program_loads_in_a_fresh_process(tmp_path: Path) -> None:
         print("ok")
         """
     )
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=False, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=False, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"

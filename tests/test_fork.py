@@ -46,8 +46,9 @@ def run_all():
             out.append(er.sdim_from_buckets(table[:16], er.sdim_buckets(table[ids[0]], x[ids[0]], 8)))
             if torch is not None:
                 t = torch.from_numpy(table.view(np.int64))
-                out.append(torch.ops.etaretrieval.pack_signatures(torch.from_numpy(x), torch.from_numpy(planes)).numpy())
-                out += [r.numpy() for r in torch.ops.etaretrieval.topk_hamming_lookup(t[:16], torch.from_numpy(ids), t, 7)]
+                ops = torch.ops.etaretrieval
+                out.append(ops.pack_signatures(torch.from_numpy(x), torch.from_numpy(planes)).numpy())
+                out += [r.numpy() for r in ops.topk_hamming_lookup(t[:16], torch.from_numpy(ids), t, 7)]
     return out
 
 def child(conn):

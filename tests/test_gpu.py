@@ -80,7 +80,8 @@ def test_topk_numba(words: int, length: int) -> None:
     lengths = rng.integers(0, length + 1, size=batch)
     for k in (0, 1, 64, length + 3):
         same(er.topk_hamming(dev(q), dev(keys), k), er.topk_hamming(q, keys, k))
-        same(er.topk_hamming(dev(q), dev(keys[0]), k, lengths=dev(lengths)), er.topk_hamming(q, keys[0], k, lengths=lengths))
+        same(er.topk_hamming(dev(q), dev(keys[0]), k, lengths=dev(lengths)),
+             er.topk_hamming(q, keys[0], k, lengths=lengths))
     mask = rng.random((batch, length)) < 0.3
     same(er.topk_hamming(dev(q), dev(keys), 50, mask=dev(mask)), er.topk_hamming(q, keys, 50, mask=mask))
 

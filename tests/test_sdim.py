@@ -35,7 +35,10 @@ class Case:
 
 
 def near(rng: np.random.Generator, base: np.ndarray, shape: tuple[int, ...], bits: int, flip: float) -> np.ndarray:
-    """Signatures of ``shape`` that copy ``base`` (broadcast) with each of the ``bits`` bits flipped with prob. ``flip``."""
+    """Signatures of ``shape`` that copy ``base`` (broadcast).
+
+    Each of the ``bits`` bits is flipped with probability ``flip``.
+    """
     flips = rng.random(shape[:-1] + (64 * shape[-1],)) < flip
     flips[..., bits:] = False
     weights = np.uint64(1) << np.arange(64, dtype=np.uint64)
@@ -43,7 +46,9 @@ def near(rng: np.random.Generator, base: np.ndarray, shape: tuple[int, ...], bit
     return np.ascontiguousarray(np.broadcast_to(base, shape) ^ words)
 
 
-def make_validity(rng: np.random.Generator, kind: str, batch: int, length: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+def make_validity(
+    rng: np.random.Generator, kind: str, batch: int, length: int,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     if kind == "lengths":
         return rng.integers(0, length + 1, size=batch).astype(rng.choice([np.int64, np.int32, np.uint8])), None
     if kind in ("mask2d", "mask1d"):
@@ -122,7 +127,8 @@ def test_codes_default_bits_and_layouts() -> None:
 @given(case=cases())
 def test_pool_matches_reference(case: Case) -> None:
     got: list[np.ndarray] = []
-    check_untouched(case, lambda: got.append(er.sdim_pool(case.query, case.keys, case.values, case.tau, **case.kwargs())))
+    check_untouched(
+        case, lambda: got.append(er.sdim_pool(case.query, case.keys, case.values, case.tau, **case.kwargs())))
     out = got[0]
     want = ref.sdim_pool(case.query, case.keys, case.values, case.tau, case.bits, **case.ref_kwargs())
     assert out.dtype == case.values.dtype and out.shape == (case.query.shape[0], case.values.shape[-1])
@@ -174,8 +180,8 @@ def test_one_user_summary_serves_many_candidates(case: Case, data: st.DataObject
         kw["lengths"] = np.array([length // 2])
     buckets = er.sdim_buckets(keys, values, case.tau, bits=case.bits, **kw)
     assert buckets.shape == (case.bits // case.tau, 1 << case.tau, d)
-    want = er.sdim_pool(case.query, keys, values, case.tau, bits=case.bits,
-                        mask=kw.get("mask"), lengths=None if "lengths" not in kw else np.full(case.query.shape[0], length // 2))
+    lengths = None if "lengths" not in kw else np.full(case.query.shape[0], length // 2)
+    want = er.sdim_pool(case.query, keys, values, case.tau, bits=case.bits, mask=kw.get("mask"), lengths=lengths)
     np.testing.assert_array_equal(er.sdim_from_buckets(case.query, buckets), want)
 
 

@@ -268,7 +268,8 @@ def test_on_disk_cache_works_from_a_read_only_install() -> None:
         cache = base / "user-cache"
         cache.mkdir(mode=0o777)
         cache.chmod(0o777)
-        env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "ETARETRIEVAL_NO_CACHE", "NUMBA_DISABLE_JIT")}
+        dropped = ("NUMBA_CACHE_DIR", "ETARETRIEVAL_NO_CACHE", "NUMBA_DISABLE_JIT")
+        env = {k: v for k, v in os.environ.items() if k not in dropped}
         env.update(PYTHONPATH=str(site), XDG_CACHE_HOME=str(cache), HOME=str(cache), PYTHONDONTWRITEBYTECODE="1")
         runs = [subprocess.run([*prefix, sys.executable, "-c", _CACHE_RUN], capture_output=True, text=True,
                                timeout=600, env=env, cwd=base) for _ in range(2)]

@@ -40,7 +40,9 @@ class Case:
         return er.topk_hamming(self.query, self.keys, self.k, **self.kwargs())
 
 
-def make_validity(rng: np.random.Generator, kind: str, batch: int, length: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+def make_validity(
+    rng: np.random.Generator, kind: str, batch: int, length: int,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     if kind == "lengths":
         return rng.integers(0, length + 1, size=batch), None
     if kind in ("mask2d", "mask1d"):

@@ -12,11 +12,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
-import etaretrieval as er
-from etaretrieval.torch import ETAAttention, ETARetriever, SignatureCache, TargetAttention
+import etaretrieval as er  # noqa: E402
+from etaretrieval.torch import ETAAttention, ETARetriever, SignatureCache, TargetAttention  # noqa: E402
 
 ops = torch.ops.etaretrieval
 DIM, BITS = 8, 64

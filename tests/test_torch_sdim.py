@@ -44,7 +44,8 @@ def sums_cases(draw: st.DrawFn) -> dict:
     return dict(
         query=query, keys=keys, values=values, tau=tau, bits=bits,
         lengths=rng.integers(0, length + 1, size=batch) if valid == "lengths" else None,
-        mask=(rng.random((batch, length) if valid == "mask" else (length,)) < 0.7) if valid.startswith("mask") else None,
+        mask=((rng.random((batch, length) if valid == "mask" else (length,)) < 0.7)
+              if valid.startswith("mask") else None),
     )
 
 

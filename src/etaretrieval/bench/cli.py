@@ -63,7 +63,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-load", dest="load", action="store_false",
                    help="--pipeline without the busy background processes")
     p.add_argument("--requests", type=int, default=PipelineConfig.requests,
-                   help=f"--pipeline: requests (single calls) timed per measurement (default: {PipelineConfig.requests})")
+                   help="--pipeline: requests (single calls) timed per measurement "
+                        f"(default: {PipelineConfig.requests})")
     return p
 
 

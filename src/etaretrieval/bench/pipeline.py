@@ -225,7 +225,8 @@ def _single_calls(cfg: PipelineConfig, rng: np.random.Generator) -> list[tuple[s
         p50, p99, _ = percentiles(lambda q=query, i=ids: topk_hamming_lookup(q, i, table, cfg.k), cfg.requests)
         rows.append((f"topk_hamming_lookup B={batch} L={length}", p50, p99))
         if op is not None:
-            tq, ti, tt = (torch.from_numpy(a.view(np.int64) if a.dtype == np.uint64 else a) for a in (query, ids, table))
+            tq, ti, tt = (torch.from_numpy(a.view(np.int64) if a.dtype == np.uint64 else a)
+                          for a in (query, ids, table))
             p50, p99, _ = percentiles(lambda q=tq, i=ti, t=tt: op(q, i, t, cfg.k), cfg.requests)
             rows.append((f"torch op B={batch} L={length}", p50, p99))
     return rows
@@ -245,12 +246,12 @@ def _concurrent(cfg: PipelineConfig, rng: np.random.Generator) -> list[tuple[str
             _progress(f"concurrent callers: {callers} Python thread(s), {what} per request")
             count = max(1, cfg.requests // callers)
 
-            def work() -> None:
+            def work(per_request: int | None, count: int) -> None:
                 with threads(per_request) if per_request else contextlib.nullcontext():
                     for _ in range(count):
                         topk_hamming_lookup(query, ids, table, cfg.k)
 
-            workers = [threading.Thread(target=work) for _ in range(callers)]
+            workers = [threading.Thread(target=work, args=(per_request, count)) for _ in range(callers)]
             start = time.perf_counter()
             for w in workers:
                 w.start()

@@ -35,9 +35,11 @@ from .._bits import popcount
 from .._jit import jit
 from .._threads import parallel_rows
 
-__all__ = ["code", "group_layout", "matches", "add_normalised", "codes", "group_sums", "pool", "buckets", "from_buckets", "group_sums_backward",
-           "sdim_codes", "sdim_group_sums", "sdim_pool", "sdim_buckets", "sdim_from_buckets",
-           "sdim_group_sums_backward"]
+__all__ = [
+    "code", "group_layout", "matches", "add_normalised", "codes", "group_sums", "pool", "buckets", "from_buckets",
+    "group_sums_backward", "sdim_codes", "sdim_group_sums", "sdim_pool", "sdim_buckets", "sdim_from_buckets",
+    "sdim_group_sums_backward",
+]
 
 
 @jit()
@@ -183,7 +185,10 @@ def group_sums(query, keys, values, tau, lengths, mask, use_mask, lo, hi, out):
 
 @jit()
 def pool(query, keys, values, tau, groups, lengths, mask, use_mask, lo, hi, out):
-    """``out[b, :]`` = the SDIM user-interest vector of row ``b`` over ``groups`` groups (steps 2 to 4), rows ``lo..hi-1``."""
+    """``out[b, :]`` = the SDIM user-interest vector of row ``b`` over ``groups`` groups (steps 2 to 4).
+
+    Fills rows ``lo..hi-1``.
+    """
     d = out.shape[1]
     layout = group_layout(tau, groups, keys.shape[2])
     found = np.empty(groups, dtype=np.int64)

@@ -383,7 +383,10 @@ def group_sums_backward_into(
     query: Any, keys: Any, grad: Any, tau: int, out: Any, *, lengths: Any = None, mask: Any = None,
     stream: Any = None, check: bool = True,
 ) -> Any:
-    """Raw launcher of the gradient of the group sums w.r.t. ``values``: ``out`` ``(B, L, d)`` from ``grad`` ``(B, G, d)``."""
+    """Raw launcher of the gradient of the group sums w.r.t. ``values``.
+
+    Writes ``out`` ``(B, L, d)`` from ``grad`` ``(B, G, d)``.
+    """
     like = describe(out)
     with _backend.device_scope(like):
         stream = _backend.launch_stream(like, stream)

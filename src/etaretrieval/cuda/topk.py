@@ -218,7 +218,10 @@ def _kernels(threads: int, items: int) -> Any:
             dist[b, s] = -1
 
     @cuda.jit
-    def topk_kernel(query, keys, ids, table, use_ids, lengths, use_len, mask, use_mask, pad, use_pad, k, idx, dist, gdist, use_global, err):
+    def topk_kernel(
+        query, keys, ids, table, use_ids, lengths, use_len, mask, use_mask, pad, use_pad,
+        k, idx, dist, gdist, use_global, err,
+    ):
         """Top-``k`` for ``query[b]``, one block per row ``b``.
 
         The signature of position ``pos`` is ``keys[b or 0, pos]`` (``(B or 1,
@@ -504,7 +507,9 @@ def _results(query: DeviceArray, k: int, launch: Any, *args: Any, **kwargs: Any)
     return idx_user, dist_user
 
 
-def topk_hamming(query: DeviceArray, keys: DeviceArray, k: int, lengths: DeviceArray | None, mask: DeviceArray | None) -> tuple[Any, Any]:
+def topk_hamming(
+    query: DeviceArray, keys: DeviceArray, k: int, lengths: DeviceArray | None, mask: DeviceArray | None,
+) -> tuple[Any, Any]:
     """Device path of :func:`etaretrieval.topk_hamming` (inputs validated)."""
     return _results(query, k, topk_hamming_into, query, keys, lengths=lengths, mask=mask)
 

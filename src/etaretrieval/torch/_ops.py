@@ -348,7 +348,10 @@ def _pack_cpu(x: torch.Tensor, planes: torch.Tensor, check_finite: bool) -> torc
 
 
 def _pack_large(x: torch.Tensor, planes: torch.Tensor, check_finite: bool) -> torch.Tensor:
-    """Table-sized packing: ``torch.matmul`` per row chunk (torch's own threads, not NumPy's BLAS), then the sign kernel."""
+    """Table-sized packing: ``torch.matmul`` per row chunk, then the sign kernel.
+
+    The matmul runs on torch's own threads, not NumPy's BLAS.
+    """
     x2 = x.reshape(-1, x.shape[-1])
     ctype = torch.promote_types(x2.dtype, planes.dtype)
     p = planes.to(ctype)
