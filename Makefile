@@ -9,8 +9,8 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 VBIN := $(abspath $(VENV))/bin
 PIP := $(VPY) -m pip -q --disable-pip-version-check
-# The CPU build of torch, from PyTorch's CPU index (or a local wheel of the same
-# version where pip is configured with one); plain `pip install torch` on Linux pulls a
+# The CPU build of torch: from where pip is configured to look first (a local wheel of that
+# version, if any), else from PyTorch's CPU index; plain `pip install torch` on Linux pulls a
 # multi-GB CUDA build. The project itself asks for torch>=2.4.
 TORCH_SPEC ?= torch==2.13.0+cpu
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -28,7 +28,7 @@ install: $(VPY)
 	$(PIP) install -e .
 
 install-test: $(VPY)
-	$(PIP) install "$(TORCH_SPEC)" --extra-index-url $(TORCH_INDEX)
+	$(PIP) install "$(TORCH_SPEC)" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)" --extra-index-url $(TORCH_INDEX)
 	$(PIP) install -e ".[test,lint,torch,cuda,docs,bench,data,dask]"
 
 demo: install
