@@ -57,13 +57,20 @@ def test_logloss_and_recall() -> None:
 def test_quick_study_runs_every_row(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("matplotlib")
+    import numba
+    import torch
+
+    from etaretrieval import _threads
     from etaretrieval.study.cli import main
     from etaretrieval.study.variants import variants
 
     out = tmp_path / "study"
     args = ["--quick", "--users", "40", "--max-len", "60", "--batch-size", "32", "--k", "8",
             "--long-len", "300", "--long-batch", "2", "--threads", "1", "--out", str(out)]
+    before = torch.get_num_threads(), numba.get_num_threads(), _threads.thread_count()
     assert main(args) == 0
+    # --threads held for the run only: the caller's settings are as they were
+    assert (torch.get_num_threads(), numba.get_num_threads(), _threads.thread_count()) == before
     table = (out / "study.md").read_text(encoding="utf-8")
     for variant in variants():
         assert f"| {variant.name} |" in table

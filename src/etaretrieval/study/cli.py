@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, threads
 from ..datasets import SequenceSamples, build_samples, make_sequence_ctr, read_log
 from .report import long_table, markdown_table, plot, summarize, to_rst
 from .runner import RunResult, StudyConfig, run_variant, time_long_sequences
@@ -61,7 +61,8 @@ def parser() -> argparse.ArgumentParser:
                    help="run only the rows whose name contains TEXT (repeatable)")
     p.add_argument("--long-len", type=int, help="L of the inference timing (default 10000; 0 skips it)")
     p.add_argument("--long-batch", type=int, help="histories per batch of the inference timing (default 64)")
-    p.add_argument("--threads", type=int, help="torch and numba threads (default: leave as they are)")
+    p.add_argument("--threads", type=int,
+                   help="torch's and etaretrieval's threads during the run (default: leave as they are)")
     return p
 
 
@@ -118,12 +119,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """
     args = parser().parse_args(argv)
     cfg = _config(args)
-    if args.threads is not None:
-        import numba
-        import torch
+    import torch
 
-        torch.set_num_threads(args.threads)
-        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
+    if args.threads is None:
+        return _run(args, cfg)
+    # --threads bounds torch's pool and the library's threads for this run only: main() called
+    # in-process (tests, notebooks) leaves its caller's settings as they were
+    before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        with threads(args.threads):
+            return _run(args, cfg)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(args: argparse.Namespace, cfg: StudyConfig) -> int:
+    """The study for parsed arguments: train every row, write the reports; returns the exit status."""
     import torch
 
     out = Path(args.out)
@@ -155,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _log(f"inference timing at L = {cfg.long_len} (B = {cfg.long_batch})")
         long_rows = time_long_sequences(cfg.long_len, cfg.long_batch, cfg, repeat=cfg.long_repeat)
     elapsed = time.perf_counter() - start
-    threads = torch.get_num_threads()
+    torch_threads = torch.get_num_threads()
     text = [
         "# etaretrieval study: one long+short CTR model, one long-term block changed",
         "",
@@ -168,7 +180,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         + (f", evaluated on a fixed random {cfg.test_samples} test samples" if cfg.test_samples else "")
         + f"; seeds {list(cfg.seeds)} "
         f"(model initialisation, batch order, hyperplanes); mean ± std over seeds",
-        f"- machine: {platform.processor() or platform.machine()}, torch {torch.__version__} with {threads} threads, "
+        f"- machine: {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__} with {torch_threads} threads, "
         f"etaretrieval {__version__}; whole run {elapsed / 60:.1f} min",
         "- times: median per step / per test batch of the whole model (forward only at inference, the sequence "
         "embeddings gathered and, for ETA, hashed on every call)",
