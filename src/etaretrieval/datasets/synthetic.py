@@ -289,10 +289,10 @@ def make_sequence_ctr(
     categories that are none of these.
 
     Per sample, the target's kind is drawn uniformly: a short-term category
-    (:data:`SHORT_TERM`, seen in the recent window), a live long-term one
-    (:data:`LONG_TERM`: only in the old part, last seen shortly before the
-    window), a lapsed one (:data:`LAPSED`: only long ago) or an unseen one
-    (:data:`OTHER`, like a sampled negative), and it is clicked with probability ``click_prob[kind]``.
+    (``SHORT_TERM``, seen in the recent window), a live long-term one
+    (``LONG_TERM``: only in the old part, last seen shortly before the
+    window), a lapsed one (``LAPSED``: only long ago) or an unseen one
+    (``OTHER``, like a sampled negative), and it is clicked with probability ``click_prob[kind]``.
     Telling a live interest from a lapsed one needs the time (or position) of
     the behaviours; seeing either needs the whole history; seeing short-term
     interests needs the recent window.
@@ -318,7 +318,7 @@ def make_sequence_ctr(
     n_recent : int, default 2
         Short-term categories per user.
     n_unseen : int, default 4
-        Categories per user that never appear in its history (the :data:`OTHER` targets), ``>= 1``.
+        Categories per user that never appear in its history (the ``OTHER`` targets), ``>= 1``.
     interest_rate, recent_rate : float, default 0.3 and 0.5
         Share of interest behaviours in the old part and in the recent window.
     lapse : (float, float), default (0.2, 0.5)
@@ -326,8 +326,8 @@ def make_sequence_ctr(
     samples_per_user : int, default 8
         Targets per user, all at the user's request time.
     click_prob : (float, float, float, float), default (0.8, 0.8, 0.05, 0.25)
-        Click probability by kind, indexed by :data:`LONG_TERM` (live),
-        :data:`SHORT_TERM`, :data:`OTHER` and :data:`LAPSED` (0, 1, 2, 3).
+        Click probability by kind, indexed by ``LONG_TERM`` (live),
+        ``SHORT_TERM``, ``OTHER`` and ``LAPSED`` (0, 1, 2, 3).
     mean_gap : float, default 1800.0
         Mean seconds between behaviours.
     test_fraction : float, default 0.2

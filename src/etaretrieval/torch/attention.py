@@ -26,7 +26,7 @@ class TargetAttention(nn.Module):
     with no valid item gets zero attention weights (output = the output
     projection's bias), never NaN. Over a whole behaviour sequence this is the
     *full attention* interest block; it takes the arguments of every interest
-    block (see :mod:`etaretrieval.torch.baselines`) and ignores categories.
+    block (see ``etaretrieval.torch.baselines``) and ignores categories.
 
     Parameters
     ----------

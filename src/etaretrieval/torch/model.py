@@ -25,7 +25,7 @@ class ETAModel(nn.Module):
     with time information) each give a ``(B, dim)`` interest vector; the MLP
     reads ``[target, short, long, target * short, target * long]`` and gives a
     logit. Both blocks are any interest block (same call, see
-    :mod:`etaretrieval.torch.baselines`), so comparing retrieval methods is
+    ``etaretrieval.torch.baselines``), so comparing retrieval methods is
     one model with one block changed.
 
     Parameters
