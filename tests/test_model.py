@@ -87,3 +87,73 @@ def test_the_model_learns(data) -> None:  # type: ignore[no-untyped-def]
     with torch.no_grad():
         after = torch.nn.functional.binary_cross_entropy_with_logits(model(**x), y).item()
     assert after < before - 0.05, (before, after)
+
+
+def _reference(model, x):  # type: ignore[no-untyped-def]
+    """The model's logits with both blocks given the whole embedded history (no window, no id lookup)."""
+    seq = model.embed(x["history"], x.get("categories"))
+    query = model.embed(x["target"], x.get("target_category"))
+    context = {"seq_time": x.get("times"), "target_time": x.get("target_time"), "seq_cat": x.get("categories"),
+               "target_cat": x.get("target_category")}
+    short = model.short(query, seq, x["mask"], **context)
+    long = model.long(query, seq, x["mask"], **context)
+    return model.mlp(torch.cat([query, short, long, query * short, query * long], dim=-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("numeric_mask", [False, True])
+def test_window_and_id_lookup_equal_the_whole_history(data, side, numeric_mask) -> None:  # type: ignore[no-untyped-def]
+    """The short block on the newest `recent` behaviours and ETA by id give the whole-history model's logits and
+    gradients, and no B x L x d embedding is built."""
+    table = torch.from_numpy(data.item_categories())
+    torch.manual_seed(0)
+    model = ETAModel(data.n_items, DIM, n_categories=data.n_categories, recent=8, k=8, item_categories=table,
+                     long=ETAAttention(DIM, 64, 8, 2, time=TimeEncoding(DIM)))
+    rows = np.arange(24)
+    b = data.batch(rows, max_len=80, padding_side=side)
+    x, _ = inputs(data, rows)
+    x.update(history=torch.from_numpy(b.history), times=torch.from_numpy(b.times),
+             categories=torch.from_numpy(b.categories), mask=torch.from_numpy(b.mask))
+    x["history"][:3, :] = torch.where(x["mask"][:3], x["history"][:3], 0)
+    x["mask"][:3] &= torch.arange(80) % 3 != 0  # holes, and rows shorter than the window
+    x["mask"][3] = False
+    if numeric_mask:
+        x["mask"] = x["mask"].to(torch.float32)
+    widths = []
+    embed = model.embed
+
+    def recording(ids, categories):  # type: ignore[no-untyped-def]
+        widths.append(ids.shape[-1] if ids.dim() == 2 else 0)
+        return embed(ids, categories)
+
+    model.embed = recording  # type: ignore[method-assign]
+    fast = model(**x)
+    assert max(widths) == 8  # the window only: the long block reads its k rows from the item table
+    fast.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    bool_x = dict(x, mask=x["mask"] != 0)
+    slow = _reference(model, bool_x)
+    slow.sum().backward()
+    torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-6)
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_item_table_without_categories_and_validation(data) -> None:  # type: ignore[no-untyped-def]
+    model = ETAModel(data.n_items, DIM, k=8)
+    x, _ = inputs(data, np.arange(8))
+    del x["categories"], x["target_category"]
+    torch.testing.assert_close(model(**x), _reference(model, x))
+    assert model.item_table() is model.items.weight
+    with_cats = ETAModel(data.n_items, DIM, n_categories=data.n_categories)
+    assert with_cats.item_table() is None  # categories, but not known per item: the embedded history
+    good = torch.zeros(data.n_items + 1, dtype=torch.int64)
+    with pytest.raises(ValueError, match="item_categories needs n_categories"):
+        ETAModel(data.n_items, DIM, item_categories=good)
+    with pytest.raises(ValueError, match=r"item_categories must have shape \(49,\)"):
+        ETAModel(48, DIM, n_categories=3, item_categories=good[:10])
+    with pytest.raises(ValueError, match=r"item_categories must lie in \[0, 3\]"):
+        ETAModel(48, DIM, n_categories=3, item_categories=torch.full((49,), 4))
+    with pytest.raises(TypeError, match="item_categories must have an integer dtype"):
+        ETAModel(48, DIM, n_categories=3, item_categories=torch.zeros(49))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -63,3 +65,24 @@ def test_validation_names_the_field():
         data.batch([0], 0)
     with pytest.raises(ValueError, match="padding_side must be"):
         data.batch([0], 3, padding_side="middle")  # type: ignore[arg-type]
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.integers(0, 2**32 - 1), st.booleans())
+def test_item_categories_is_the_map_when_there_is_one(seed: int, consistent: bool) -> None:
+    rng = np.random.default_rng(seed)
+    data = _store(rng, 5, 12, 8)
+    truth = rng.integers(1, 5, size=50)
+    truth[0] = 0
+    if consistent:
+        data = dataclasses.replace(data, categories=truth[data.items], target_category=truth[data.target])
+    table = data.item_categories()
+    ids = np.concatenate([data.items, data.target])
+    cats = np.concatenate([data.categories, data.target_category])
+    one_per_item = all(np.unique(cats[ids == i]).size <= 1 for i in np.unique(ids))
+    if not one_per_item:
+        assert table is None
+    else:
+        assert table is not None and table.dtype == np.int64 and table.shape == (50,)
+        assert (table[ids] == cats).all() and (np.delete(table, ids) == 0).all()
+    assert dataclasses.replace(data, categories=None).item_categories() is None

@@ -160,6 +160,31 @@ class SequenceSamples:
         """Number of samples ``S``."""
         return self.user.shape[0]
 
+    def item_categories(self) -> Optional[npt.NDArray[np.int64]]:
+        """``(n_items + 1,)`` int64 category of every item id, or ``None`` if not one per item.
+
+        ``None`` when the samples have no categories or some item appears
+        with two categories (behaviours or targets); items that never appear,
+        and the padding id ``0``, get category ``0``. The argument
+        ``item_categories`` of :class:`~etaretrieval.torch.ETAModel`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from etaretrieval.datasets import make_sequence_ctr
+        >>> data = make_sequence_ctr(n_users=4, max_len=50, seed=0)
+        >>> table = data.item_categories()
+        >>> table.shape == (data.n_items + 1,), bool((table[data.items] == data.categories).all())
+        (True, True)
+        """
+        if self.categories is None or self.target_category is None:
+            return None
+        ids = np.concatenate([self.items, self.target])
+        cats = np.concatenate([self.categories, self.target_category])
+        table = np.zeros(self.n_items + 1, dtype=np.int64)
+        table[ids] = cats
+        return table if bool((table[ids] == cats).all()) else None
+
     def history_lengths(self) -> npt.NDArray[np.int64]:
         """``(S,)`` number of behaviours each sample may see (before truncation to a batch's ``max_len``)."""
         return self.end - self.offsets[self.user]

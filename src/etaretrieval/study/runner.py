@@ -91,8 +91,10 @@ def _chunks(rows: np.ndarray, size: int) -> list[np.ndarray]:
 def build_model(variant: Variant, data: SequenceSamples, cfg: StudyConfig, seed: int) -> ETAModel:
     """The study's model with ``variant``'s long-term block, initialised from ``seed``."""
     torch.manual_seed(seed)
+    table = data.item_categories()
     return ETAModel(data.n_items, cfg.dim, n_categories=data.n_categories, long=variant.build(cfg.sizes, seed),
-                    recent=cfg.recent, heads=cfg.heads, hidden=cfg.hidden)
+                    recent=cfg.recent, heads=cfg.heads, hidden=cfg.hidden,
+                    item_categories=None if table is None else torch.from_numpy(table))
 
 
 def _recall(model: ETAModel, inputs: dict[str, torch.Tensor], k: int) -> float:
@@ -206,9 +208,11 @@ def time_long_sequences(
     Untrained blocks (timing does not depend on the weights) over random item
     ids of an ``(n_items, dim)`` embedding. Rows: full attention on the
     gathered ``(B, L, d)`` embeddings; ETA hashing the same embeddings on
-    every call (the training form); ETA looking the signatures up in a
-    :class:`~etaretrieval.torch.SignatureCache` (the serving form: no
-    ``(B, L, d)`` tensor is built).
+    every call; ETA hashing the whole embedding table on every call and
+    looking the signatures up by id (:class:`~etaretrieval.torch.ETAModel`'s
+    training form); ETA looking the signatures up in a
+    :class:`~etaretrieval.torch.SignatureCache` (the serving form). The last
+    two build no ``(B, L, d)`` tensor.
     """
     gen = torch.Generator().manual_seed(0)
     emb = nn.Embedding(n_items + 1, cfg.dim)
@@ -230,9 +234,14 @@ def time_long_sequences(
             def hashing(eta: ETAAttention = eta) -> torch.Tensor:
                 return eta(emb(target), emb(ids), mask, **context)
 
+            def table(eta: ETAAttention = eta) -> torch.Tensor:
+                return eta(emb(target), mask=mask, seq_ids=ids, items=emb.weight, **context)
+
             def serving(eta: ETAAttention = eta, cache: SignatureCache = cache) -> torch.Tensor:
                 return eta(emb(target), mask=mask, seq_ids=ids, cache=cache, **context)
 
             rows.append(LongTiming(f"ETA {b} bits + time, hashing the sequence", _median_ms(hashing, repeat)))
+            rows.append(LongTiming(f"ETA {b} bits + time, hashing the item table ({n_items:,} rows)",
+                                   _median_ms(table, repeat)))
             rows.append(LongTiming(f"ETA {b} bits + time, signature cache", _median_ms(serving, repeat)))
     return rows

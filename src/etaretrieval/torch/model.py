@@ -8,9 +8,12 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .._validate import DTypeError, _shape
+from . import _ops
+from ._checks import _bool_mask
 from .attention import ETAAttention
 from .baselines import RecentWindowAttention
-from .time import TimeEncoding
+from .time import TimeEncoding, gather_positions
 
 __all__ = ["ETAModel"]
 
@@ -27,6 +30,18 @@ class ETAModel(nn.Module):
     logit. Both blocks are any interest block (same call, see
     ``etaretrieval.torch.baselines``), so comparing retrieval methods is
     one model with one block changed.
+
+    Only the behaviours a block reads are embedded. The short-term block is
+    called with the newest ``recent`` valid behaviours (left-padded, oldest
+    first), never the whole history. An :class:`ETAAttention` long-term
+    block, when every item's embedding is known from its id (no
+    categories, or ``item_categories`` given), gets the ids and the
+    ``(n_items + 1, dim)`` table of item embeddings: it hashes the table
+    (``n_items`` rows, not ``B x L``), looks the signatures up by id and
+    reads the embeddings of the ``k`` retrieved behaviours only, so neither
+    the forward nor the backward pass touches a ``B x L x dim`` tensor (the
+    paper's cost, ``O(L)`` lookups per target). Other long-term blocks get
+    the embedded history.
 
     Parameters
     ----------
@@ -45,6 +60,17 @@ class ETAModel(nn.Module):
         Sizes of the default blocks (defaults 16, 48, 64, 2, 0).
     hidden : sequence of int, default (128, 64)
         Widths of the MLP's hidden layers.
+    item_categories : torch.Tensor, optional
+        ``(n_items + 1,)`` integer category of every item id (``0`` for the
+        padding id), when an item's category never changes: lets an
+        :class:`ETAAttention` long-term block look behaviours up by id (see
+        above). Without it a model with categories hashes the embedded
+        history.
+
+    Attributes
+    ----------
+    item_categories : torch.Tensor or None
+        ``(n_items + 1,)`` int64 buffer, as given.
 
     Examples
     --------
@@ -73,6 +99,7 @@ class ETAModel(nn.Module):
         heads: int = 2,
         seed: int = 0,
         hidden: Sequence[int] = (128, 64),
+        item_categories: Optional[torch.Tensor] = None,
     ) -> None:
         super().__init__()
         if n_items < 1 or n_categories < 0:
@@ -83,6 +110,8 @@ class ETAModel(nn.Module):
         self.dim = dim
         self.items = nn.Embedding(n_items + 1, dim - cat_dim, padding_idx=0)
         self.categories = nn.Embedding(n_categories + 1, cat_dim, padding_idx=0) if n_categories else None
+        self.register_buffer("item_categories", _item_categories(item_categories, n_items, n_categories))
+        self.recent = recent
         self.short = RecentWindowAttention(dim, recent, heads) if short is None else short
         self.long = ETAAttention(dim, bits, k, heads, seed, time=TimeEncoding(dim)) if long is None else long
         layers: list[nn.Module] = []
@@ -92,6 +121,8 @@ class ETAModel(nn.Module):
             width = h
         self.mlp = nn.Sequential(*layers, nn.Linear(width, 1))
 
+    item_categories: Optional[torch.Tensor]
+
     def embed(self, ids: torch.Tensor, categories: Optional[torch.Tensor]) -> torch.Tensor:
         """Embeddings ``(..., dim)`` of item ids (and their categories)."""
         if self.categories is None:
@@ -99,6 +130,18 @@ class ETAModel(nn.Module):
         if categories is None:
             raise ValueError("this model embeds categories: pass categories and target_category")
         return torch.cat([self.items(ids), self.categories(categories)], dim=-1)
+
+    def item_table(self) -> Optional[torch.Tensor]:
+        """``(n_items + 1, dim)`` embeddings of every item id, or ``None`` if its category is not known.
+
+        Row ``i`` equals ``embed(i, category of i)``; differentiable w.r.t.
+        the embedding weights.
+        """
+        if self.categories is None:
+            return self.items.weight
+        if self.item_categories is None:
+            return None
+        return torch.cat([self.items.weight, self.categories(self.item_categories)], dim=-1)
 
     def forward(
         self,
@@ -136,9 +179,58 @@ class ETAModel(nn.Module):
         """
         if mask is None:
             mask = history != 0
-        seq = self.embed(history, categories)
         query = self.embed(target, target_category)
+        if history.dim() != 2:
+            raise ValueError(f"history must have shape (B, L), got shape {_shape(tuple(history.shape))}")
+        valid = _bool_mask(mask, tuple(history.shape), history.device)
+        short = self._short(query, history, valid, times, target_time, categories, target_category)
         context = {"seq_time": times, "target_time": target_time, "seq_cat": categories, "target_cat": target_category}
-        short = self.short(query, seq, mask, **context)
-        long = self.long(query, seq, mask, **context)
+        table = self.item_table() if isinstance(self.long, ETAAttention) else None
+        if table is not None:  # ETA by id: the table is hashed, k embeddings per row are read
+            long = self.long(query, None, mask, seq_ids=history, items=table, **context)
+        else:
+            long = self.long(query, self.embed(history, categories), mask, **context)
         return self.mlp(torch.cat([query, short, long, query * short, query * long], dim=-1)).squeeze(-1)
+
+    def _short(
+        self,
+        query: torch.Tensor,
+        history: torch.Tensor,
+        mask: torch.Tensor,
+        times: Optional[torch.Tensor],
+        target_time: Optional[torch.Tensor],
+        categories: Optional[torch.Tensor],
+        target_category: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """The short-term block over the newest ``recent`` valid behaviours (left-padded, oldest first)."""
+        take = min(self.recent, history.shape[1])
+        position = torch.arange(history.shape[1], device=history.device).expand(history.shape[0], -1)
+        index = torch.where(mask, position, -1).topk(take, dim=1).indices.flip(1)  # positions are distinct
+        valid = mask.gather(1, index)
+
+        def window(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if x is None else torch.where(valid, gather_positions(x, index), 0)
+
+        ids, cats = window(history), window(categories)
+        assert ids is not None
+        return self.short(query, self.embed(ids, cats), valid, seq_time=window(times), target_time=target_time,
+                          seq_cat=cats, target_cat=target_category)
+
+
+def _item_categories(table: Optional[torch.Tensor], n_items: int, n_categories: int) -> Optional[torch.Tensor]:
+    """Check ``ETAModel``'s ``item_categories``; returned as int64."""
+    if table is None:
+        return None
+    if not isinstance(table, torch.Tensor):
+        raise TypeError(f"item_categories must be a torch.Tensor, got {type(table).__name__}")
+    if not _ops.is_integer(table.dtype):
+        raise DTypeError(f"item_categories must have an integer dtype, got {table.dtype}")
+    if tuple(table.shape) != (n_items + 1,):
+        raise ValueError(f"item_categories must have shape ({n_items + 1},), got shape {_shape(tuple(table.shape))}")
+    if not n_categories:
+        raise ValueError("item_categories needs n_categories > 0")
+    table = table.to(torch.int64)
+    if table.numel() and not (0 <= int(table.min()) and int(table.max()) <= n_categories):
+        raise ValueError(f"item_categories must lie in [0, {n_categories}], got range "
+                         f"[{int(table.min())}, {int(table.max())}]")
+    return table
