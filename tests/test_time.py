@@ -60,6 +60,13 @@ def test_forward_shape_and_gradient() -> None:
     assert enc.embedding.weight.grad is not None and enc.embedding.weight.grad[[0, 3]].abs().sum() > 0
 
 
+def test_initial_scale() -> None:
+    torch.manual_seed(0)
+    weight = TimeEncoding(64, 64).embedding.weight
+    assert abs(float(weight.std()) - 0.3) < 0.02 and abs(float(weight.mean())) < 0.02
+    assert not TimeEncoding(8, init_std=0.0).embedding.weight.any()
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="n_buckets"):
         TimeEncoding(DIM, 1)
@@ -67,6 +74,8 @@ def test_bad_arguments() -> None:
         TimeEncoding(DIM, base=1.0)
     with pytest.raises(ValueError, match="unit"):
         TimeEncoding(DIM, unit=math.inf)
+    with pytest.raises(ValueError, match="init_std must be a finite number >= 0, got -1"):
+        TimeEncoding(DIM, init_std=-1)
     enc = TimeEncoding(DIM)
     mask = torch.ones(2, 3, dtype=torch.bool)
     with pytest.raises(ValueError, match="together"):

@@ -83,6 +83,14 @@ class TimeEncoding(nn.Module):
     unit : float, default 1.0
         Upper end of bucket 0, in the units of the timestamps (e.g. ``60`` with
         timestamps in seconds makes the first bucket "under a minute").
+    init_std : float, default 0.3
+        Standard deviation of the bucket embeddings at initialisation
+        (normal, mean 0). Below the item embeddings' scale (``nn.Embedding``
+        starts at 1), so that the interval does not drown an untrained
+        block's content, yet above 0, so that buckets are told apart from the
+        first step. In the study (``python -m etaretrieval.study``), 0.3 beat
+        1.0, 0 and a zero-initialised gate on both the synthetic data and
+        MovieLens 100K.
 
     Attributes
     ----------
@@ -107,8 +115,12 @@ class TimeEncoding(nn.Module):
 
     boundaries: torch.Tensor
 
-    def __init__(self, dim: int, n_buckets: int = 32, *, base: float = 2.0, unit: float = 1.0) -> None:
+    def __init__(
+        self, dim: int, n_buckets: int = 32, *, base: float = 2.0, unit: float = 1.0, init_std: float = 0.3
+    ) -> None:
         super().__init__()
+        if not (math.isfinite(init_std) and init_std >= 0):
+            raise ValueError(f"init_std must be a finite number >= 0, got {init_std}")
         if n_buckets < 2:
             raise ValueError(f"n_buckets must be >= 2, got {n_buckets}")
         if not (math.isfinite(base) and base > 1):
@@ -119,6 +131,7 @@ class TimeEncoding(nn.Module):
         bounds = unit * torch.tensor(base, dtype=torch.float64) ** torch.arange(n_buckets - 1, dtype=torch.float64)
         self.register_buffer("boundaries", bounds, persistent=False)
         self.embedding = nn.Embedding(n_buckets, dim)
+        nn.init.normal_(self.embedding.weight, std=init_std)
 
     @property
     def n_buckets(self) -> int:
