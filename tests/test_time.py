@@ -62,7 +62,7 @@ def test_forward_shape_and_gradient() -> None:
 
 def test_initial_scale() -> None:
     torch.manual_seed(0)
-    weight = TimeEncoding(64, 64).embedding.weight
+    weight = TimeEncoding(64, 64).embedding.weight.detach()
     assert abs(float(weight.std()) - 0.3) < 0.02 and abs(float(weight.mean())) < 0.02
     assert not TimeEncoding(8, init_std=0.0).embedding.weight.any()
 
