@@ -183,8 +183,9 @@ def _run(args: argparse.Namespace, cfg: StudyConfig) -> int:
         f"- machine: {platform.processor() or platform.machine()}, "
         f"torch {torch.__version__} with {torch_threads} threads, "
         f"etaretrieval {__version__}; whole run {elapsed / 60:.1f} min",
-        "- times: median per step / per test batch of the whole model (forward only at inference, the sequence "
-        "embeddings gathered and, for ETA, hashed on every call)",
+        "- times: median per step / per test batch of the whole model (forward only at inference); every "
+        "call embeds what the blocks read (the recent window; the whole history, except for ETA, which "
+        "hashes the item table and looks the behaviours up by id), nothing is cached between calls",
         "",
         markdown_table(summary, cfg.k),
     ]
