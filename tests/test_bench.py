@@ -17,6 +17,7 @@ from etaretrieval.bench import baselines, cli, sweep
 from etaretrieval.bench.coldstart import first_call
 from etaretrieval.bench.floor import floor_lookup
 from etaretrieval.bench.runner import Config, make_data
+from etaretrieval.cpu.topk import CHUNK
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_FAISS = importlib.util.find_spec("faiss") is not None
@@ -39,6 +40,15 @@ def test_floor_sums_the_library_distances(words: int, shared: bool) -> None:
     query, ids, table = _inputs(5, 37, 11, words, shared=shared)
     expected = er.hamming(query[:, None, :], table[ids]).sum(axis=1)
     np.testing.assert_array_equal(floor_lookup(query, ids, table), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint64])
+@pytest.mark.parametrize("words", [1, 3])
+def test_floor_crosses_chunks_with_any_id_dtype(dtype: type, words: int) -> None:
+    """Rows longer than a chunk (a partial last one) and ids of other dtypes sum the same."""
+    query, ids, table = _inputs(3, 2 * CHUNK + 5, 11, words, shared=False)
+    expected = er.hamming(query[:, None, :], table[ids]).sum(axis=1)
+    np.testing.assert_array_equal(floor_lookup(query, ids.astype(dtype), table), expected)
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,14 @@
 :func:`floor_lookup` reads every id, gathers every signature and popcounts its
 XOR with the query, then only sums the distances (so the work cannot be
 optimised away). It selects nothing, so no top-K kernel over the same inputs
-can be faster. It is the fastest such loop we could write: indices are
-unsigned (no negative-index wrap-around, so the compiler vectorises the
-gathers and popcounts), the word loop is unrolled for 1, 2 and 4 words, and
-rows are spread over threads like the library's kernels.
+can be faster. It is the fastest such loop we could write (measured
+against alternatives for 1 to 16 words and int32, int64 and unsigned ids):
+per :data:`~etaretrieval.cpu.topk.CHUNK` positions, one pass reads the ids
+into a stack buffer of table rows and popcounts the first word, then one
+gather pass per further word; indices are unsigned (no negative-index
+wrap-around), so every pass vectorises (gathers + vector popcount). One pass
+per word beats reading each table row contiguously, even at 16 words. Rows
+are spread over threads like the library's kernels.
 :func:`floor_lookup_cuda` is the same measuring stick on the GPU: one block
 per row, like the library's CUDA top-K, and a block-wide sum.
 """
@@ -22,6 +26,7 @@ import numpy.typing as npt
 from .._bits import popcount
 from .._jit import jit
 from .._threads import parallel_rows
+from ..cpu.topk import CHUNK, _stack_buffer
 
 __all__ = ["floor_lookup", "floor_lookup_cuda"]
 
@@ -31,13 +36,24 @@ CUDA_THREADS = 256
 
 @jit()
 def _row_sum(query, ids, table, b, words):
-    """``sum_l hamming(query[b], table[ids[b, l]])``: unsigned indices, so that the loop vectorises."""
+    """``sum_l hamming(query[b], table[ids[b, l]])``, one vectorised pass per word and chunk."""
+    rows = _stack_buffer(np.uint64)
     row = np.uint64(b)
-    total = np.uint64(0)
-    for pos in range(ids.shape[1]):
-        item = np.uint64(ids[row, np.uint64(pos)])
-        for w in range(words):
-            total += np.uint64(popcount(query[row, np.uint64(w)] ^ table[item, np.uint64(w)]))
+    zero = np.uint64(0)
+    first = query[row, zero]
+    total = zero
+    length = ids.shape[1]
+    for lo in range(0, length, CHUNK):
+        start = np.uint64(lo)
+        n = min(CHUNK, length - lo)
+        for j in range(n):
+            item = np.uint64(ids[row, start + np.uint64(j)])
+            rows[j] = item
+            total += np.uint64(popcount(first ^ table[item, zero]))
+        for w in range(1, words):
+            word = query[row, np.uint64(w)]
+            for j in range(n):
+                total += np.uint64(popcount(word ^ table[rows[j], np.uint64(w)]))
     return total
 
 
@@ -45,12 +61,8 @@ def _row_sum(query, ids, table, b, words):
 def _floor(query, ids, table, lo, hi, out):
     words = table.shape[1]
     for b in range(lo, hi):
-        if words == 1:  # constant word counts: the word loop is unrolled
+        if words == 1:  # a constant: the further-word loop and the row buffer compile away
             out[b] = _row_sum(query, ids, table, b, 1)
-        elif words == 2:
-            out[b] = _row_sum(query, ids, table, b, 2)
-        elif words == 4:
-            out[b] = _row_sum(query, ids, table, b, 4)
         else:
             out[b] = _row_sum(query, ids, table, b, words)
 
