@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import etaretrieval as er
+from etaretrieval.cpu.topk import SAMPLE_MIN_LENGTH, SAMPLE_STRIDE
 
 BITS = st.one_of(st.integers(1, 300), st.sampled_from([64, 128, 129, 512, 1000, 1024]))
 STYLE = st.sampled_from(["random", "pool", "sparse"])
@@ -152,6 +153,33 @@ def test_topk_all_ties(batch: int, length: int, words: int, k: int, kind: str, s
         d = ref.hamming(query[b], keys[b, 0]) if length else -1
         assert (dist[b, : expect.size] == d).all()
         assert (dist[b, expect.size :] == -1).all()
+
+
+@pytest.mark.parametrize("words", [1, 3])
+def test_topk_long_rows_sampled_bound(words: int) -> None:
+    """Rows long enough for the sampled bound (and several chunks), with a sample that under-estimates it.
+
+    Row 0 is random; row 1 has 20 exact matches, all at sampled positions, so
+    the sample suggests far more than 64 positions at distance 0 (the bound is
+    then recomputed exactly); row 2 is masked in part and full of ties.
+    """
+    length = SAMPLE_MIN_LENGTH + 37
+    rng = np.random.default_rng(words)
+    query = ref.random_signatures(rng, (3, words))
+    keys = ref.random_signatures(rng, (3, length, words))
+    keys[1] = ~query[1]
+    keys[1, rng.choice(np.arange(0, length, SAMPLE_STRIDE), 20, replace=False)] = query[1]
+    keys[2] &= np.uint64(0x11)
+    mask = np.ones((3, length), dtype=bool)
+    mask[2, rng.random(length) < 0.3] = False
+    dist = np.bitwise_count(query[:, None, :] ^ keys).sum(axis=-1)
+    ids = rng.permutation(3 * length).reshape(3, length)  # the same keys, looked up in a table
+    table = np.empty((3 * length, words), dtype=np.uint64)
+    table[ids] = keys
+    for k in (1, 64, 700):
+        want = ref.topk_from_distances(dist, mask, k)
+        np.testing.assert_array_equal(er.topk_hamming(query, keys, k, mask=mask), want)
+        np.testing.assert_array_equal(er.topk_hamming_lookup(query, ids, table, k, mask=mask), want)
 
 
 @pytest.mark.parametrize("k", [0, 1, 5, 59, 60, 61, 200])

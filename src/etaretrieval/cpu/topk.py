@@ -15,14 +15,15 @@ matrix:
    ``v`` with, very likely, at least ``k`` positions at or below it.
 3. *candidates*: one scan, :data:`LANES` positions per vector compare
    (whose mask bits are visited one per hit), collects every position at
-   distance ``<= v``. If there are fewer than ``k`` (an unlucky sample), the
-   scan is repeated with ``v = 64 W``.
-4. *selection*: a counting sort of the few candidates by distance gives the
-   threshold ``t``; from the newest candidate backwards, those below ``t``
-   and the newest of those at ``t`` go to their bucket's next output slot.
+   distance ``<= v``. If there are fewer than ``k`` (an unlucky sample), a
+   histogram of every distance gives the exact bound and the scan is repeated.
+4. *selection*: the candidates' distances go to a small array; from the
+   smallest upwards, one vector compare per :data:`LANES` candidates finds
+   those at each distance, which go out newest first until ``k`` are out.
 
 The result is ordered by (distance ascending, position descending) in
-``O(L + bits)`` per row.
+``O(L)`` per row, plus ``O(n / LANES)`` for each distance value from the
+smallest candidate's to the ``k``-th's (``n`` candidates, about ``2.5 k``).
 """
 
 from __future__ import annotations
@@ -228,13 +229,16 @@ def _histogram(scratch, end, step, hists):
 
 
 @jit()
-def _bound(scratch, end, nvalid, take, hists):
-    """A distance with, very likely, ``take`` valid positions at or below it (exact for short rows)."""
+def _bound(scratch, end, nvalid, take, hists, exact):
+    """A distance with, very likely, ``take`` valid positions at or below it.
+
+    The smallest such distance for short rows and with ``exact``.
+    """
     hist = hists[0]
     top = hist.shape[0] - 2  # 64 W, the largest distance
     if take == nvalid:
         return top
-    if end < SAMPLE_MIN_LENGTH:
+    if exact or end < SAMPLE_MIN_LENGTH:
         _histogram(scratch, end, 1, hists)
         need = take
     else:
@@ -286,69 +290,74 @@ def _candidates(scratch, end, v, cand):
 
 
 @jit()
+def _emit(cand, cand_dist, blocks, d, first, out, take, idx_row, dist_row):
+    """Candidates at distance ``d``, newest first, to ``idx_row[out:]``, up to ``take`` in all; returns the new ``out``.
+
+    ``first`` is the smallest candidate distance (none lies below it).
+    """
+    one = np.uint64(1)
+    for block in range(blocks - 1, -1, -1):  # newest block first
+        base = block * LANES
+        at = _below_mask(cand_dist, base, d)
+        if d > first:
+            at &= ~_below_mask(cand_dist, base, d - 1)
+        count = popcount(at)
+        keep = min(count, take - out)
+        for _ in range(count - keep):  # drop the oldest
+            at &= at - one
+        slot = out + keep  # the newest kept goes to slot out, the oldest to out + keep - 1
+        while at:
+            slot -= 1
+            idx_row[slot] = cand[base + popcount(at ^ (at - one)) - 1]
+            dist_row[slot] = d
+            at &= at - one
+        out += keep
+        if out == take:
+            break
+    return out
+
+
+@jit()
 def _select(scratch, end, nvalid, k, work, idx_row, dist_row):
     """Write the top-``k`` of ``scratch[:end]`` in (distance, -position) order, ``-1`` tails.
 
-    ``work`` is :func:`_workspace`'s ``(hists, cand, slot_pos, slot_dist)``.
+    ``work`` is :func:`_workspace`'s ``(hists, cand, cand_dist)``.
     """
-    hists, cand, slot_pos, slot_dist = work
-    hist = hists[0]
+    hists, cand, cand_dist = work
     take = min(k, nvalid)
     if take > 0:
-        top = hist.shape[0] - 2  # 64 W
-        v = _bound(scratch, end, nvalid, take, hists)
+        v = _bound(scratch, end, nvalid, take, hists, False)
         n = _candidates(scratch, end, v, cand)
-        if n < take:  # the sample under-estimated the bound
-            v = top
+        if n < take:  # the sample under-estimated the bound: the exact one
+            v = _bound(scratch, end, nvalid, take, hists, True)
             n = _candidates(scratch, end, v, cand)
-        hist[: v + 1] = 0
-        t = v  # becomes the smallest candidate distance
+        blocks = (n + LANES - 1) // LANES
+        first = v
         for i in range(n):
             d = scratch[cand[i]]
-            hist[d] += 1
-            t = min(t, d)
-        # Bucket counts -> first output slot of each bucket, up to the threshold t,
-        # of which only the newest ``need_t`` candidates are taken.
-        start = 0
-        while start + hist[t] < take:
-            count = hist[t]
-            hist[t] = start
-            start += count
-            t += 1
-        hist[t] = start
-        need_t = take - start
-        spare = v + 1  # a bucket whose slot, ``take``, receives the candidates not taken
-        hist[spare] = take
-        for i in range(n - 1, -1, -1):  # newest first, without branches (their outcome is data)
-            pos = cand[i]
-            d = np.int64(scratch[pos])
-            at_t = d == t
-            taken = (d < t) | (at_t & (need_t > 0))
-            need_t -= np.int64(at_t & taken)
-            bucket = d if taken else spare
-            slot = hist[bucket]
-            hist[bucket] = slot + np.int64(taken)
-            slot_pos[slot] = pos
-            slot_dist[slot] = d
-        idx_row[:take] = slot_pos[:take]
-        dist_row[:take] = slot_dist[:take]
+            cand_dist[i] = d
+            first = min(first, d)
+        cand_dist[n : blocks * LANES] = _UNSET  # above every distance
+        # Distances upwards from the smallest: every candidate below the
+        # threshold, then the newest at it, until ``take`` are out.
+        out = 0
+        d = first
+        while out < take:
+            out = _emit(cand, cand_dist, blocks, d, first, out, take, idx_row, dist_row)
+            d += 1
     for p in range(take, k):
         idx_row[p] = -1
         dist_row[p] = -1
 
 
 @jit()
-def _workspace(length, words, k):
-    """Per-task scratch (a multiple of :data:`LANES` slots) and :func:`_select`'s buffers.
-
-    ``k`` is at most ``length``: no row returns more than ``length`` positions.
-    """
+def _workspace(length, words):
+    """Per-task scratch (a multiple of :data:`LANES` slots) and :func:`_select`'s buffers."""
     padded = (length + LANES - 1) // LANES * LANES
     work = (
         np.empty((5, 64 * words + 2), dtype=np.int64),  # histogram, and four partial ones (_histogram)
         np.empty(padded + 1, dtype=np.int32),  # candidate positions, and a spare slot
-        np.empty(k + 1, dtype=np.int64),  # output positions, and a spare slot
-        np.empty(k + 1, dtype=np.int32),  # output distances
+        np.empty(padded, dtype=np.uint16),  # candidate distances
     )
     return np.empty(padded, dtype=np.uint16), work
 
@@ -361,7 +370,7 @@ def topk_keys(query, keys, k, lengths, mask, use_mask, lo, hi, idx, dist):
     """
     _, length, words = keys.shape
     invalid = 64 * words + 1
-    scratch, work = _workspace(length, words, min(k, length))
+    scratch, work = _workspace(length, words)
     for b in range(lo, hi):
         end = lengths[b]
         if use_mask:
@@ -386,7 +395,7 @@ def topk_lookup(
     length = ids.shape[1]
     nrows, words = table.shape
     invalid = 64 * words + 1
-    scratch, work = _workspace(length, words, min(k, length))
+    scratch, work = _workspace(length, words)
     first_bad = -1
     for b in range(lo, hi):
         end = lengths[b]
