@@ -135,11 +135,13 @@ def _distance_pass(query, src, ids, b, end, mask, use_mask, pad, use_pad, scratc
 
     ``item`` is ``ids[b, pos]`` with ``lookup`` (``src`` is the table) and
     ``pos`` itself otherwise (``src`` is ``keys[b]``; ``ids`` is not read).
-    Returns ``(out_of_range, nvalid)``: whether a valid position holds an id
-    outside the table, and the number of valid positions. Per chunk, one pass
-    checks the ids and does the first signature word, then one pass per
-    further word; indices are unsigned (no negative-index wraparound) and
-    flags combine bitwise (no branches), so that every pass vectorises,
+    With ``lookup``, ``src`` must have a row. Returns ``(out_of_range,
+    nvalid)``: whether a valid position holds an id outside the table (its
+    distance is then meaningless: the last row stands in for it), and the
+    number of valid positions. Per chunk, one pass checks the ids (a running
+    maximum, and a clamp) and does the first signature word, then one pass
+    per further word; indices are unsigned (no negative-index wraparound)
+    and flags combine bitwise (no branches), so that every pass vectorises,
     whatever ``W``. ``words`` is ``src.shape[1]``, and the callers pass the
     flags (``lookup``, ``use_mask``, ``use_pad``) and one word as literals:
     each combination is compiled apart with its tests removed (one word: no
@@ -148,12 +150,13 @@ def _distance_pass(query, src, ids, b, end, mask, use_mask, pad, use_pad, scratc
     rows = _stack_buffer(np.uint64)
     dist = _stack_buffer(np.uint16)
     nrows = np.uint64(src.shape[0])
+    last = nrows - np.uint64(1)
     invalid = np.uint16(64 * words + 1)
     zero = np.uint64(0)
     one = np.uint64(1)
     row = np.uint64(b)
     first = query[row, zero]
-    out_of_range = zero
+    largest = zero  # the largest valid id, as unsigned (a negative one is huge)
     nvalid = 0
     for lo in range(0, end, CHUNK):
         start = np.uint64(lo)
@@ -169,9 +172,8 @@ def _distance_pass(query, src, ids, b, end, mask, use_mask, pad, use_pad, scratc
                 if use_pad:
                     valid &= np.uint64(raw != pad)
                 item = np.uint64(raw)
-                inside = np.uint64(item < nrows)
-                out_of_range |= valid & (inside ^ one)
-                item = item if valid & inside else zero  # row 0 stands in; its distance is discarded
+                largest = max(largest, item if valid else zero)
+                item = min(item, last)  # row N - 1 stands in for an id outside the table
                 rows[j] = item
             dist[j] = np.uint16(popcount(first ^ src[item, zero])) | (np.uint16(0) if valid else _UNSET)
             nvalid += np.int64(valid)
@@ -190,7 +192,7 @@ def _distance_pass(query, src, ids, b, end, mask, use_mask, pad, use_pad, scratc
                 dist[j] += np.uint16(d)
         for j in range(n):
             scratch[start + np.uint64(j)] = min(dist[j], invalid)
-    return out_of_range != 0, nvalid
+    return lookup and largest >= nrows, nvalid
 
 
 @jit()
