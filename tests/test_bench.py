@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import etaretrieval as er
-from etaretrieval.bench import baselines, cli, sweep
+from etaretrieval.bench import baselines, cli, floor, sweep
 from etaretrieval.bench.coldstart import first_call
 from etaretrieval.bench.floor import floor_lookup
 from etaretrieval.bench.runner import Config, make_data
@@ -42,10 +42,15 @@ def test_floor_sums_the_library_distances(words: int, shared: bool) -> None:
     np.testing.assert_array_equal(floor_lookup(query, ids, table), expected)
 
 
+@pytest.mark.parametrize("cached", [True, False], ids=["cached", "passes"])
 @pytest.mark.parametrize("dtype", [np.int32, np.uint64])
-@pytest.mark.parametrize("words", [1, 3])
-def test_floor_crosses_chunks_with_any_id_dtype(dtype: type, words: int) -> None:
-    """Rows longer than a chunk (a partial last one) and ids of other dtypes sum the same."""
+@pytest.mark.parametrize("words", [1, 2, 3])
+def test_floor_forms_cross_chunks_with_any_id_dtype(
+    dtype: type, words: int, cached: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both forms of the floor (cached table, passes per word) over rows longer than a chunk, any id dtype."""
+    if not cached:
+        monkeypatch.setattr(floor, "CACHED_TABLE_BYTES", 0)
     query, ids, table = _inputs(3, 2 * CHUNK + 5, 11, words, shared=False)
     expected = er.hamming(query[:, None, :], table[ids]).sum(axis=1)
     np.testing.assert_array_equal(floor_lookup(query, ids.astype(dtype), table), expected)

@@ -4,13 +4,16 @@
 XOR with the query, then only sums the distances (so the work cannot be
 optimised away). It selects nothing, so no top-K kernel over the same inputs
 can be faster. It is the fastest such loop we could write (measured
-against alternatives for 1 to 16 words and int32, int64 and unsigned ids):
-per :data:`~etaretrieval.cpu.topk.CHUNK` positions, one pass reads the ids
-into a stack buffer of table rows and popcounts the first word, then one
-gather pass per further word; indices are unsigned (no negative-index
-wrap-around), so every pass vectorises (gathers + vector popcount). One pass
-per word beats reading each table row contiguously, even at 16 words. Rows
-are spread over threads like the library's kernels.
+against alternatives for 1 to 16 words, 10^4 to 10^7 table rows and int32,
+int64 and unsigned ids), in one of two forms. A table of at most
+:data:`~etaretrieval.cpu.topk.CACHED_TABLE_BYTES` stays in cache: one pass
+reads each position's every word (unrolled for 2 and 4 words, contiguous
+loads along the row otherwise). A larger one is read per
+:data:`~etaretrieval.cpu.topk.CHUNK` positions: one pass reads the ids into
+a stack buffer of table rows and popcounts the first word, then one gather
+pass per further word, which keeps more cache misses in flight. Indices are
+unsigned (no negative-index wrap-around), so every pass vectorises (gathers
++ vector popcount). Rows are spread over threads like the library's kernels.
 :func:`floor_lookup_cuda` is the same measuring stick on the GPU: one block
 per row, like the library's CUDA top-K, and a block-wide sum.
 """
@@ -26,12 +29,24 @@ import numpy.typing as npt
 from .._bits import popcount
 from .._jit import jit
 from .._threads import parallel_rows
-from ..cpu.topk import CHUNK, _stack_buffer
+from ..cpu.topk import CACHED_TABLE_BYTES, CHUNK, _stack_buffer
 
 __all__ = ["floor_lookup", "floor_lookup_cuda"]
 
 #: Threads per block of :func:`floor_lookup_cuda` (a power of two).
 CUDA_THREADS = 256
+
+
+@jit()
+def _row_sum_cached(query, ids, table, b, words):
+    """``sum_l hamming(query[b], table[ids[b, l]])``, every word of a position at once."""
+    row = np.uint64(b)
+    total = np.uint64(0)
+    for pos in range(ids.shape[1]):
+        item = np.uint64(ids[row, np.uint64(pos)])
+        for w in range(words):
+            total += np.uint64(popcount(query[row, np.uint64(w)] ^ table[item, np.uint64(w)]))
+    return total
 
 
 @jit()
@@ -58,13 +73,19 @@ def _row_sum(query, ids, table, b, words):
 
 
 @jit()
-def _floor(query, ids, table, lo, hi, out):
+def _floor(query, ids, table, cached, lo, hi, out):
     words = table.shape[1]
     for b in range(lo, hi):
         if words == 1:  # a constant: the further-word loop and the row buffer compile away
             out[b] = _row_sum(query, ids, table, b, 1)
-        else:
+        elif not cached:
             out[b] = _row_sum(query, ids, table, b, words)
+        elif words == 2:  # constant word counts: the word loop is unrolled
+            out[b] = _row_sum_cached(query, ids, table, b, 2)
+        elif words == 4:
+            out[b] = _row_sum_cached(query, ids, table, b, 4)
+        else:
+            out[b] = _row_sum_cached(query, ids, table, b, words)
 
 
 def floor_lookup(query: np.ndarray, ids: np.ndarray, table: np.ndarray) -> npt.NDArray[np.int64]:
@@ -97,7 +118,8 @@ def floor_lookup(query: np.ndarray, ids: np.ndarray, table: np.ndarray) -> npt.N
     """
     ids2 = np.broadcast_to(ids, (query.shape[0], ids.shape[-1])) if ids.ndim == 1 else ids
     out = np.empty(query.shape[0], dtype=np.int64)
-    parallel_rows(lambda lo, hi: _floor(query, ids2, table, lo, hi, out), query.shape[0],
+    cached = table.nbytes <= CACHED_TABLE_BYTES
+    parallel_rows(lambda lo, hi: _floor(query, ids2, table, cached, lo, hi, out), query.shape[0],
                   ids2.size * table.shape[1])
     return out
 
