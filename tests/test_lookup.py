@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import etaretrieval as er
+from etaretrieval.cpu import topk
 
 BITS = st.one_of(st.integers(1, 300), st.sampled_from([64, 65, 128, 512, 1024]))
 STYLE = st.sampled_from(["random", "pool", "sparse"])
@@ -122,6 +123,14 @@ def run_and_check(case: LookupCase) -> None:
 @given(case=lookup_cases())
 def test_lookup_matches_reference(case: LookupCase) -> None:
     run_and_check(case)
+
+
+@given(case=lookup_cases(kinds=st.sampled_from(["none", "lengths"])))
+def test_lookup_large_table_form_matches_reference(case: LookupCase) -> None:
+    """Tables above CACHED_TABLE_BYTES (read one gather pass per word, not a position at a time): same results."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(topk, "CACHED_TABLE_BYTES", -1)
+        run_and_check(case)
 
 
 @pytest.mark.parametrize("dtype", ID_DTYPES, ids=lambda d: np.dtype(d).name)

@@ -137,7 +137,7 @@ def _below_mask_jit(scratch, start, v):
 
 
 @jit()
-def _distance_pass(query, src, ids, b, end, mask, use_mask, pad, use_pad, scratch, words, lookup):
+def _distance_pass(query, src, ids, b, end, mask, use_mask, pad, use_pad, scratch, words, lookup, cached):
     """Distances of row ``b`` into ``scratch[:end]``: position ``pos`` has signature ``src[item]``.
 
     ``item`` is ``ids[b, pos]`` with ``lookup`` (``src`` is the table) and
@@ -149,10 +149,13 @@ def _distance_pass(query, src, ids, b, end, mask, use_mask, pad, use_pad, scratc
     maximum, and a clamp) and does the first signature word, then one pass
     per further word; indices are unsigned (no negative-index wraparound)
     and flags combine bitwise (no branches), so that every pass vectorises,
-    whatever ``W``. ``words`` is ``src.shape[1]``, and the callers pass the
-    flags (``lookup``, ``use_mask``, ``use_pad``) and one word as literals:
-    each combination is compiled apart with its tests removed (one word: no
-    row buffer, no further-word pass).
+    whatever ``W``. With ``cached`` (a table of at most
+    :data:`CACHED_TABLE_BYTES`), the first pass does every word instead.
+    ``words`` is ``src.shape[1]``, and the callers pass the flags
+    (``lookup``, ``use_mask``, ``use_pad``, ``cached``) and one, two or four
+    words as literals: each combination is compiled apart with its tests
+    removed and its word loop unrolled (one word: no row buffer, no
+    further-word pass).
     """
     rows = _stack_buffer(np.uint64)
     dist = _stack_buffer(np.uint16)
@@ -182,9 +185,15 @@ def _distance_pass(query, src, ids, b, end, mask, use_mask, pad, use_pad, scratc
                 largest = max(largest, item if valid else zero)
                 item = min(item, last)  # row N - 1 stands in for an id outside the table
                 rows[j] = item
-            dist[j] = np.uint16(popcount(first ^ src[item, zero])) | (np.uint16(0) if valid else _UNSET)
+            d = popcount(first ^ src[item, zero])
+            if cached:
+                for w in range(1, words):
+                    d += popcount(query[row, np.uint64(w)] ^ src[item, np.uint64(w)])
+            dist[j] = np.uint16(d) | (np.uint16(0) if valid else _UNSET)
             nvalid += np.int64(valid)
-        if lookup or words < WIDE:  # one gather pass per further word
+        if cached:
+            pass
+        elif lookup or words < WIDE:  # one gather pass per further word
             for w in range(1, words):
                 word = query[row, np.uint64(w)]
                 for j in range(n):
@@ -383,20 +392,23 @@ def topk_keys(query, keys, k, lengths, mask, use_mask, lo, hi, idx, dist):
     for b in range(lo, hi):
         end = lengths[b]
         if use_mask:
-            _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, True, 0, False, scratch, words, False)
+            _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, True, 0, False, scratch, words, False, False)
         else:  # the common case, compiled apart with the test removed (literal flag)
-            _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, False, 0, False, scratch, words, False)
+            _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, False, 0, False, scratch, words, False,
+                                       False)
         scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
         _select(scratch, end, nvalid, k, work, idx[b], dist[b])
 
 
 @jit()
 def topk_lookup(
-    query, ids, table, k, lengths, mask, use_mask, pad, use_pad, lo, hi, idx, dist, bad
+    query, ids, table, k, lengths, mask, use_mask, pad, use_pad, cached, lo, hi, idx, dist, bad
 ):
     """Fused ids -> table rows -> Hamming -> top-``k``, rows ``lo..hi-1`` (serial, like :func:`topk_keys`).
 
-    ``bad[b]`` receives the first valid position of row ``b`` holding an id
+    ``cached``: the table has at most :data:`CACHED_TABLE_BYTES` (one pass
+    per position rather than per word). ``bad[b]`` receives the first valid
+    position of row ``b`` holding an id
     outside ``[0, N)`` (it is not written otherwise); such a row gets no
     result. Returns the first such row of the range, or ``-1``. Positions
     that are not valid never index the table.
@@ -408,18 +420,27 @@ def topk_lookup(
     first_bad = -1
     for b in range(lo, hi):
         end = lengths[b]
-        if nrows == 0:  # no row 0 to read in place of a bad id
+        if nrows == 0:  # no row to read in place of a bad id
             out_of_range, nvalid = True, 0
         elif use_mask or use_pad:
             out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, use_mask, pad, use_pad, scratch,
-                                                  words, True)
-        else:  # the common case, compiled apart with the tests removed (literal flags)
-            if words == 1:  # one word: a constant, so the pass needs no row buffer nor further word pass
-                out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, False, pad, False, scratch, 1,
-                                                      True)
-            else:
-                out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, False, pad, False, scratch,
-                                                      words, True)
+                                                  words, True, False)
+        # The common case, compiled apart with the tests removed (literal flags and word counts).
+        elif words == 1:  # one word: no row buffer nor further-word pass
+            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, False, pad, False, scratch, 1,
+                                                  True, False)
+        elif not cached:
+            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, False, pad, False, scratch,
+                                                  words, True, False)
+        elif words == 2:
+            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, False, pad, False, scratch, 2,
+                                                  True, True)
+        elif words == 4:
+            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, False, pad, False, scratch, 4,
+                                                  True, True)
+        else:
+            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, False, pad, False, scratch,
+                                                  words, True, True)
         if out_of_range:
             bad[b] = _first_bad(ids, b, end, mask, use_mask, pad, use_pad, nrows)
             if bad[b] >= 0:
@@ -512,10 +533,11 @@ def topk_hamming_lookup(
     mask = _NO_MASK if m is None else kernel_input(m)
     padding = 0 if pad is None else pad
     q, i, t = kernel_input(q, contiguous=True), kernel_input(i), kernel_input(t)
+    cached = t.nbytes <= CACHED_TABLE_BYTES
     first_bad: list[int] = []  # per task: its first row with a bad id, or -1
 
     def run(lo: int, hi: int) -> None:
-        first_bad.append(topk_lookup(q, i, t, k, n, mask, m is not None, padding, pad is not None,
+        first_bad.append(topk_lookup(q, i, t, k, n, mask, m is not None, padding, pad is not None, cached,
                                      lo, hi, idx, dist, bad))
 
     parallel_rows(run, batch, batch * i.shape[1] * words)
