@@ -160,10 +160,10 @@ def _distance_pass(query, src, ids, b, end, mask, use_mask, pad, use_pad, scratc
     rows = _stack_buffer(np.uint64)
     dist = _stack_buffer(np.uint16)
     nrows = np.uint64(src.shape[0])
-    last = nrows - np.uint64(1)
     invalid = np.uint16(64 * words + 1)
     zero = np.uint64(0)
     one = np.uint64(1)
+    last = max(nrows, one) - one  # the last row (a table has one; keys may have none)
     row = np.uint64(b)
     first = query[row, zero]
     largest = zero  # the largest valid id, as unsigned (a negative one is huge)
