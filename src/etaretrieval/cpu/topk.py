@@ -7,16 +7,18 @@ matrix:
    (``64 W + 1`` marks a position that is not valid). The loops have no
    branch (an out-of-range id only raises a flag and reads row 0) and write
    small stack buffers first, which the compiler knows alias nothing, so they
-   are vectorised (gathers + vector popcount, one pass per signature word):
+   are vectorised (gathers + vector popcount; a table larger than
+   :data:`CACHED_TABLE_BYTES` takes one pass per signature word):
    this is the only step that touches the ids and the table, i.e. the memory
    traffic of the floor.
-2. *bound*: a histogram of every :data:`SAMPLE_STRIDE`-th distance (of every
-   distance in rows shorter than :data:`SAMPLE_MIN_LENGTH`) gives a distance
-   ``v`` with, very likely, at least ``k`` positions at or below it.
+2. *bound*: a histogram of every :data:`SAMPLE_STRIDE`-th distance gives a
+   distance ``v`` with, very likely, at least ``k`` positions at or below
+   it. Rows shorter than :data:`SAMPLE_MIN_LENGTH` get the exact bound: a
+   binary search over distances, counting with vector compares.
 3. *candidates*: one scan, :data:`LANES` positions per vector compare
    (whose mask bits are visited one per hit), collects every position at
-   distance ``<= v``. If there are fewer than ``k`` (an unlucky sample), a
-   histogram of every distance gives the exact bound and the scan is repeated.
+   distance ``<= v``. If there are fewer than ``k`` (an unlucky sample), the
+   exact bound is found as for short rows and the scan is repeated.
 4. *selection*: the candidates' distances go to a small array; from the
    smallest upwards, one vector compare per :data:`LANES` candidates finds
    those at each distance, which go out newest first until ``k`` are out.
@@ -222,13 +224,14 @@ def _first_bad(ids, b, end, mask, use_mask, pad, use_pad, nrows):
 
 
 @jit()
-def _histogram(scratch, end, step, hists):
-    """``hists[0]`` = counts of ``scratch[0:end:step]``.
+def _histogram(scratch, end, hists):
+    """``hists[0]`` = counts of ``scratch[0:end:SAMPLE_STRIDE]``.
 
     Four partial histograms (``hists[1:5]``) take the positions in turn: most
     distances fall in a few buckets, and consecutive increments of one
     counter would each wait for the previous store.
     """
+    step = SAMPLE_STRIDE
     lanes = hists[1:]
     lanes[:, :] = 0
     pos = 0
@@ -247,24 +250,40 @@ def _histogram(scratch, end, step, hists):
 
 
 @jit()
+def _count_below(scratch, end, v):
+    """The number of slots of ``scratch[:end]`` (rounded up to :data:`LANES`) at most ``v``."""
+    count = 0
+    for block in range((end + LANES - 1) // LANES):
+        count += popcount(_below_mask(scratch, block * LANES, v))
+    return count
+
+
+@jit()
 def _bound(scratch, end, nvalid, take, hists, exact):
     """A distance with, very likely, ``take`` valid positions at or below it.
 
-    The smallest such distance for short rows and with ``exact``.
+    The smallest such distance for short rows and with ``exact``: a binary
+    search over distances, each step one vector compare per :data:`LANES`
+    slots (cheaper than a histogram of every slot).
     """
     hist = hists[0]
     top = hist.shape[0] - 2  # 64 W, the largest distance
     if take == nvalid:
         return top
     if exact or end < SAMPLE_MIN_LENGTH:
-        _histogram(scratch, end, 1, hists)
-        need = take
-    else:
-        _histogram(scratch, end, SAMPLE_STRIDE, hists)
-        sampled = (end + SAMPLE_STRIDE - 1) // SAMPLE_STRIDE - hist[top + 1]
-        # 1.5 times the expected count in the sample, plus 3: about 2.5 k
-        # candidates, and a sample too low to give k about once in 300 rows.
-        need = (3 * take * sampled + 2 * nvalid - 1) // (2 * nvalid) + 3
+        low, high = 0, top  # the answer lies in [low, high]
+        while low < high:
+            mid = (low + high) // 2
+            if _count_below(scratch, end, mid) >= take:
+                high = mid
+            else:
+                low = mid + 1
+        return low
+    _histogram(scratch, end, hists)
+    sampled = (end + SAMPLE_STRIDE - 1) // SAMPLE_STRIDE - hist[top + 1]
+    # 1.5 times the expected count in the sample, plus 3: about 2.5 k
+    # candidates, and a sample too low to give k about once in 300 rows.
+    need = (3 * take * sampled + 2 * nvalid - 1) // (2 * nvalid) + 3
     acc = 0
     for v in range(top + 1):
         acc += hist[v]
