@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import etaretrieval as er
-from etaretrieval.cpu.topk import SAMPLE_MIN_LENGTH, SAMPLE_STRIDE
+from etaretrieval.cpu.topk import LANES, SAMPLE_MIN_LENGTH, SAMPLE_STRIDE
 
 BITS = st.one_of(st.integers(1, 300), st.sampled_from([64, 128, 129, 512, 1000, 1024]))
 STYLE = st.sampled_from(["random", "pool", "sparse"])
@@ -159,16 +159,17 @@ def test_topk_all_ties(batch: int, length: int, words: int, k: int, kind: str, s
 def test_topk_long_rows_sampled_bound(words: int) -> None:
     """Rows long enough for the sampled bound (and several chunks), with a sample that under-estimates it.
 
-    Row 0 is random; row 1 has 20 exact matches, all at sampled positions, so
+    Row 0 is random; row 1 has 20 exact matches, all in sampled blocks, so
     the sample suggests far more than 64 positions at distance 0 (the bound is
     then recomputed exactly); row 2 is masked in part and full of ties.
     """
     length = SAMPLE_MIN_LENGTH + 37
+    sampled = np.flatnonzero(np.arange(length) // LANES % SAMPLE_STRIDE == 0)
     rng = np.random.default_rng(words)
     query = ref.random_signatures(rng, (3, words))
     keys = ref.random_signatures(rng, (3, length, words))
     keys[1] = ~query[1]
-    keys[1, rng.choice(np.arange(0, length, SAMPLE_STRIDE), 20, replace=False)] = query[1]
+    keys[1, rng.choice(sampled, 20, replace=False)] = query[1]
     keys[2] &= np.uint64(0x11)
     mask = np.ones((3, length), dtype=bool)
     mask[2, rng.random(length) < 0.3] = False

@@ -2,7 +2,7 @@
 
 The ETA (End-to-end Target Attention) retrieval step as fast, exact kernels:
 signatures (:func:`hyperplanes`, :func:`pack_signatures`, :class:`SimHasher`),
-distances (:func:`hamming`), counting-sort top-K (:func:`topk_hamming`), the
+distances (:func:`hamming`), sort-free top-K (:func:`topk_hamming`), the
 fused serving path (:func:`topk_hamming_lookup`) and lookup tables
 (:class:`SignatureTable`). The PyTorch plugin lives in ``etaretrieval.torch``;
 this package never imports torch.

@@ -1,4 +1,4 @@
-"""Counting-sort top-K by Hamming distance, plain and fused with an id lookup.
+"""Top-K by Hamming distance without a sort, plain and fused with an id lookup.
 
 Each row takes four steps, none of them a sort and none with a ``B x L``
 matrix:
@@ -11,10 +11,11 @@ matrix:
    :data:`CACHED_TABLE_BYTES` takes one pass per signature word):
    this is the only step that touches the ids and the table, i.e. the memory
    traffic of the floor.
-2. *bound*: a histogram of every :data:`SAMPLE_STRIDE`-th distance gives a
-   distance ``v`` with, very likely, at least ``k`` positions at or below
-   it. Rows shorter than :data:`SAMPLE_MIN_LENGTH` get the exact bound: a
-   binary search over distances, counting with vector compares.
+2. *bound*: a binary search over distances, counting with vector compares
+   in every :data:`SAMPLE_STRIDE`-th block of :data:`LANES` positions, gives
+   a distance ``v`` with, very likely, at least ``k`` positions at or below
+   it. Rows shorter than :data:`SAMPLE_MIN_LENGTH` count every block: the
+   exact bound.
 3. *candidates*: one scan, :data:`LANES` positions per vector compare
    (whose mask bits are visited one per hit), collects every position at
    distance ``<= v``. If there are fewer than ``k`` (an unlucky sample), the
@@ -50,7 +51,7 @@ __all__ = ["topk_hamming", "topk_hamming_lookup",
 #: Positions per stack buffer of the distance step.
 CHUNK = 1024
 
-#: One distance in ``SAMPLE_STRIDE`` enters the histogram that bounds the threshold.
+#: One block of :data:`LANES` distances in ``SAMPLE_STRIDE`` enters the sample that bounds the threshold.
 SAMPLE_STRIDE = 8
 
 #: Rows shorter than this histogram every distance (the bound is then exact).
@@ -224,72 +225,46 @@ def _first_bad(ids, b, end, mask, use_mask, pad, use_pad, nrows):
 
 
 @jit()
-def _histogram(scratch, end, hists):
-    """``hists[0]`` = counts of ``scratch[0:end:SAMPLE_STRIDE]``.
-
-    Four partial histograms (``hists[1:5]``) take the positions in turn: most
-    distances fall in a few buckets, and consecutive increments of one
-    counter would each wait for the previous store.
-    """
-    step = SAMPLE_STRIDE
-    lanes = hists[1:]
-    lanes[:, :] = 0
-    pos = 0
-    while pos + 3 * step < end:
-        lanes[0, scratch[pos]] += 1
-        lanes[1, scratch[pos + step]] += 1
-        lanes[2, scratch[pos + 2 * step]] += 1
-        lanes[3, scratch[pos + 3 * step]] += 1
-        pos += 4 * step
-    while pos < end:
-        lanes[0, scratch[pos]] += 1
-        pos += step
-    hist = hists[0]
-    for v in range(hist.shape[0]):
-        hist[v] = lanes[0, v] + lanes[1, v] + lanes[2, v] + lanes[3, v]
-
-
-@jit()
-def _count_below(scratch, end, v):
-    """The number of slots of ``scratch[:end]`` (rounded up to :data:`LANES`) at most ``v``."""
+def _count_below(scratch, end, v, step):
+    """The number of slots at most ``v`` in blocks ``0, step, 2 step, ...`` of :data:`LANES` slots below ``end``."""
     count = 0
-    for block in range((end + LANES - 1) // LANES):
+    for block in range(0, (end + LANES - 1) // LANES, step):
         count += popcount(_below_mask(scratch, block * LANES, v))
     return count
 
 
 @jit()
-def _bound(scratch, end, nvalid, take, hists, exact):
-    """A distance with, very likely, ``take`` valid positions at or below it.
+def _smallest(scratch, end, step, need, top):
+    """The smallest distance with ``need`` slots at or below it in :func:`_count_below`'s blocks, or ``top``.
 
-    The smallest such distance for short rows and with ``exact``: a binary
-    search over distances, each step one vector compare per :data:`LANES`
-    slots (cheaper than a histogram of every slot).
+    A binary search over distances: each step is one vector compare per block.
     """
-    hist = hists[0]
-    top = hist.shape[0] - 2  # 64 W, the largest distance
+    low, high = 0, top  # the answer lies in [low, high]
+    while low < high:
+        mid = (low + high) // 2
+        if _count_below(scratch, end, mid, step) >= need:
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+@jit()
+def _bound(scratch, end, nvalid, take, top, exact):
+    """A distance with, very likely, ``take`` valid positions at or below it (``top`` is ``64 W``).
+
+    The smallest such distance for short rows and with ``exact``; otherwise
+    from a sample of every :data:`SAMPLE_STRIDE`-th block of :data:`LANES`.
+    """
     if take == nvalid:
         return top
     if exact or end < SAMPLE_MIN_LENGTH:
-        low, high = 0, top  # the answer lies in [low, high]
-        while low < high:
-            mid = (low + high) // 2
-            if _count_below(scratch, end, mid) >= take:
-                high = mid
-            else:
-                low = mid + 1
-        return low
-    _histogram(scratch, end, hists)
-    sampled = (end + SAMPLE_STRIDE - 1) // SAMPLE_STRIDE - hist[top + 1]
+        return _smallest(scratch, end, 1, take, top)
+    sampled = _count_below(scratch, end, top, SAMPLE_STRIDE)  # valid positions in the sample
     # 1.5 times the expected count in the sample, plus 3: about 2.5 k
     # candidates, and a sample too low to give k about once in 300 rows.
     need = (3 * take * sampled + 2 * nvalid - 1) // (2 * nvalid) + 3
-    acc = 0
-    for v in range(top + 1):
-        acc += hist[v]
-        if acc >= need:
-            return v
-    return top
+    return _smallest(scratch, end, SAMPLE_STRIDE, need, top)
 
 
 @jit()
@@ -355,18 +330,19 @@ def _emit(cand, cand_dist, blocks, d, first, out, take, idx_row, dist_row):
 
 
 @jit()
-def _select(scratch, end, nvalid, k, work, idx_row, dist_row):
+def _select(scratch, end, nvalid, k, top, work, idx_row, dist_row):
     """Write the top-``k`` of ``scratch[:end]`` in (distance, -position) order, ``-1`` tails.
 
-    ``work`` is :func:`_workspace`'s ``(hists, cand, cand_dist)``.
+    ``top`` is ``64 W``, the largest distance; ``work`` is :func:`_workspace`'s
+    ``(cand, cand_dist)``.
     """
-    hists, cand, cand_dist = work
+    cand, cand_dist = work
     take = min(k, nvalid)
     if take > 0:
-        v = _bound(scratch, end, nvalid, take, hists, False)
+        v = _bound(scratch, end, nvalid, take, top, False)
         n = _candidates(scratch, end, v, cand)
         if n < take:  # the sample under-estimated the bound: the exact one
-            v = _bound(scratch, end, nvalid, take, hists, True)
+            v = _bound(scratch, end, nvalid, take, top, True)
             n = _candidates(scratch, end, v, cand)
         blocks = (n + LANES - 1) // LANES
         first = v
@@ -388,11 +364,10 @@ def _select(scratch, end, nvalid, k, work, idx_row, dist_row):
 
 
 @jit()
-def _workspace(length, words):
+def _workspace(length):
     """Per-task scratch (a multiple of :data:`LANES` slots) and :func:`_select`'s buffers."""
     padded = (length + LANES - 1) // LANES * LANES
     work = (
-        np.empty((5, 64 * words + 2), dtype=np.int64),  # histogram, and four partial ones (_histogram)
         np.empty(padded + 1, dtype=np.int32),  # candidate positions, and a spare slot
         np.empty(padded, dtype=np.uint16),  # candidate distances
     )
@@ -407,7 +382,7 @@ def topk_keys(query, keys, k, lengths, mask, use_mask, lo, hi, idx, dist):
     """
     _, length, words = keys.shape
     invalid = 64 * words + 1
-    scratch, work = _workspace(length, words)
+    scratch, work = _workspace(length)
     for b in range(lo, hi):
         end = lengths[b]
         if use_mask:
@@ -416,7 +391,7 @@ def topk_keys(query, keys, k, lengths, mask, use_mask, lo, hi, idx, dist):
             _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, False, 0, False, scratch, words, False,
                                        False)
         scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
-        _select(scratch, end, nvalid, k, work, idx[b], dist[b])
+        _select(scratch, end, nvalid, k, invalid - 1, work, idx[b], dist[b])
 
 
 @jit()
@@ -435,7 +410,7 @@ def topk_lookup(
     length = ids.shape[1]
     nrows, words = table.shape
     invalid = 64 * words + 1
-    scratch, work = _workspace(length, words)
+    scratch, work = _workspace(length)
     first_bad = -1
     for b in range(lo, hi):
         end = lengths[b]
@@ -467,7 +442,7 @@ def topk_lookup(
                 continue
             scratch[:end] = invalid  # empty table and no valid position: an empty result
         scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
-        _select(scratch, end, nvalid, k, work, idx[b], dist[b])
+        _select(scratch, end, nvalid, k, invalid - 1, work, idx[b], dist[b])
     return first_bad
 
 

@@ -1,8 +1,8 @@
 """Counting-sort top-K by Hamming distance on the GPU, plain and fused with an id lookup.
 
 One block per row; a different algorithm from the CPU kernel's
-(``etaretrieval.cpu.topk``: a sampled bound, then a counting sort of the
-candidates) with the same result bit for bit, ties included:
+(``etaretrieval.cpu.topk``: a sampled bound, then the candidates by distance
+with vector compares) with the same result bit for bit, ties included:
 
 1. Every thread takes positions ``tid, tid + T, ...`` of the valid prefix,
    computes their distance (``cuda.popc`` on uint64 words) into a per-row
