@@ -5,7 +5,7 @@ matrix:
 
 1. *distances*: every position's distance goes to a uint16 scratch slot
    (``64 W + 1`` marks a position that is not valid). The loops have no
-   branch (an out-of-range id only raises a flag and reads row 0) and write
+   branch (an out-of-range id only raises a flag and reads the last row) and write
    small stack buffers first, which the compiler knows alias nothing, so they
    are vectorised (gathers + vector popcount; a table larger than
    :data:`CACHED_TABLE_BYTES` takes one pass per signature word):
@@ -54,13 +54,14 @@ CHUNK = 1024
 #: One block of :data:`LANES` distances in ``SAMPLE_STRIDE`` enters the sample that bounds the threshold.
 SAMPLE_STRIDE = 8
 
-#: Rows shorter than this histogram every distance (the bound is then exact).
+#: Rows shorter than this count every block for the bound (it is then exact).
 SAMPLE_MIN_LENGTH = 4096
 
 #: Pre-gathered keys of at least this many words are read along each row
-#: (contiguous vector loads) rather than one pass per word. Looked-up table
-#: rows always take one gather pass per word: at 8 and 16 words (1M rows)
-#: that is 1.4-1.7 times faster than reading along each row.
+#: (contiguous vector loads) rather than one pass per word. Tables above
+#: :data:`CACHED_TABLE_BYTES` take one gather pass per word whatever ``W``:
+#: at 8 and 16 words (1M rows) that is 1.4-1.7 times faster than reading
+#: along each row.
 WIDE = 8
 
 #: Tables of at most this many bytes are read one position at a time, every
@@ -195,7 +196,7 @@ def _distance_pass(query, src, ids, b, end, mask, use_mask, pad, use_pad, scratc
             dist[j] = np.uint16(d) | (np.uint16(0) if valid else _UNSET)
             nvalid += np.int64(valid)
         if cached:
-            pass
+            pass  # every word went into the first pass
         elif lookup or words < WIDE:  # one gather pass per further word
             for w in range(1, words):
                 word = query[row, np.uint64(w)]
@@ -402,10 +403,10 @@ def topk_lookup(
 
     ``cached``: the table has at most :data:`CACHED_TABLE_BYTES` (one pass
     per position rather than per word). ``bad[b]`` receives the first valid
-    position of row ``b`` holding an id
-    outside ``[0, N)`` (it is not written otherwise); such a row gets no
-    result. Returns the first such row of the range, or ``-1``. Positions
-    that are not valid never index the table.
+    position of row ``b`` holding an id outside ``[0, N)`` (it is not written
+    otherwise); such a row gets no result. Returns the first such row of the
+    range, or ``-1``. Positions that are not valid never index the table
+    outside its rows.
     """
     length = ids.shape[1]
     nrows, words = table.shape
