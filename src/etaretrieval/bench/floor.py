@@ -6,9 +6,10 @@ optimised away). It selects nothing, so no top-K kernel over the same inputs
 can be faster. It is the fastest such loop we could write (measured
 against alternatives for 1 to 16 words, 10^4 to 10^7 table rows and int32,
 int64 and unsigned ids), in one of two forms. A table of at most
-:data:`~etaretrieval.cpu.topk.CACHED_TABLE_BYTES` stays in cache: one pass
-reads each position's every word (unrolled for 2 and 4 words, contiguous
-loads along the row otherwise). A larger one is read per
+:data:`~etaretrieval.cpu.topk.CACHED_TABLE_BYTES`, and any table of 4 to 8
+words (a row is one cache line), is read a position at a time: one pass
+reads each position's every word (unrolled for 2 words, vector loads along
+the row from 4). Other tables are read per
 :data:`~etaretrieval.cpu.topk.CHUNK` positions: one pass reads the ids into
 a stack buffer of table rows and popcounts the first word, then one gather
 pass per further word, which keeps more cache misses in flight. Indices are
@@ -44,8 +45,10 @@ def _row_sum_cached(query, ids, table, b, words):
     total = np.uint64(0)
     for pos in range(ids.shape[1]):
         item = np.uint64(ids[row, np.uint64(pos)])
+        d = 0
         for w in range(words):
-            total += np.uint64(popcount(query[row, np.uint64(w)] ^ table[item, np.uint64(w)]))
+            d += popcount(query[row, np.uint64(w)] ^ table[item, np.uint64(w)])
+        total += np.uint64(d)
     return total
 
 
@@ -80,11 +83,9 @@ def _floor(query, ids, table, cached, lo, hi, out):
             out[b] = _row_sum(query, ids, table, b, 1)
         elif not cached:
             out[b] = _row_sum(query, ids, table, b, words)
-        elif words == 2:  # constant word counts: the word loop is unrolled
+        elif words == 2:  # a constant: unrolled, two gathers per vector of positions
             out[b] = _row_sum_cached(query, ids, table, b, 2)
-        elif words == 4:
-            out[b] = _row_sum_cached(query, ids, table, b, 4)
-        else:
+        else:  # vector loads along each row
             out[b] = _row_sum_cached(query, ids, table, b, words)
 
 
@@ -118,7 +119,7 @@ def floor_lookup(query: np.ndarray, ids: np.ndarray, table: np.ndarray) -> npt.N
     """
     ids2 = np.broadcast_to(ids, (query.shape[0], ids.shape[-1])) if ids.ndim == 1 else ids
     out = np.empty(query.shape[0], dtype=np.int64)
-    cached = table.nbytes <= CACHED_TABLE_BYTES
+    cached = table.nbytes <= CACHED_TABLE_BYTES or 4 <= table.shape[1] <= 8  # the faster form, as measured
     parallel_rows(lambda lo, hi: _floor(query, ids2, table, cached, lo, hi, out), query.shape[0],
                   ids2.size * table.shape[1])
     return out

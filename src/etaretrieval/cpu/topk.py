@@ -156,10 +156,11 @@ def _distance_pass(query, src, ids, b, end, mask, use_mask, pad, use_pad, scratc
     whatever ``W``. With ``cached`` (a table of at most
     :data:`CACHED_TABLE_BYTES`), the first pass does every word instead.
     ``words`` is ``src.shape[1]``, and the callers pass the flags
-    (``lookup``, ``use_mask``, ``use_pad``, ``cached``) and one, two or four
-    words as literals: each combination is compiled apart with its tests
-    removed and its word loop unrolled (one word: no row buffer, no
-    further-word pass).
+    (``lookup``, ``use_mask``, ``use_pad``, ``cached``) and one or two words
+    as literals: each combination is compiled apart with its tests removed
+    and its word loop unrolled (one word: no row buffer, no further-word
+    pass). From four words, a cached table is read with vector loads along
+    each row (faster there than unrolled gathers).
     """
     rows = _stack_buffer(np.uint64)
     dist = _stack_buffer(np.uint16)
@@ -189,10 +190,12 @@ def _distance_pass(query, src, ids, b, end, mask, use_mask, pad, use_pad, scratc
                 largest = max(largest, item if valid else zero)
                 item = min(item, last)  # row N - 1 stands in for an id outside the table
                 rows[j] = item
-            d = popcount(first ^ src[item, zero])
-            if cached:
-                for w in range(1, words):
+            if cached:  # every word, as one loop (whole vectors along the row for wide signatures)
+                d = 0
+                for w in range(words):
                     d += popcount(query[row, np.uint64(w)] ^ src[item, np.uint64(w)])
+            else:
+                d = popcount(first ^ src[item, zero])
             dist[j] = np.uint16(d) | (np.uint16(0) if valid else _UNSET)
             nvalid += np.int64(valid)
         if cached:
@@ -427,13 +430,10 @@ def topk_lookup(
         elif not cached:
             out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, False, pad, False, scratch,
                                                   words, True, False)
-        elif words == 2:
+        elif words == 2:  # unrolled: two gathers per vector of positions
             out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, False, pad, False, scratch, 2,
                                                   True, True)
-        elif words == 4:
-            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, False, pad, False, scratch, 4,
-                                                  True, True)
-        else:
+        else:  # vector loads along each row
             out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, False, pad, False, scratch,
                                                   words, True, True)
         if out_of_range:
