@@ -145,7 +145,7 @@ def test_item_table_without_categories_and_validation(data) -> None:  # type: ig
     x, _ = inputs(data, np.arange(8))
     del x["categories"], x["target_category"]
     torch.testing.assert_close(model(**x), _reference(model, x))
-    assert model.item_table() is model.items.weight
+    torch.testing.assert_close(model.item_table(), model.items.weight)
     with_cats = ETAModel(data.n_items, DIM, n_categories=data.n_categories)
     assert with_cats.item_table() is None  # categories, but not known per item: the embedded history
     good = torch.zeros(data.n_items + 1, dtype=torch.int64)
@@ -157,3 +157,53 @@ def test_item_table_without_categories_and_validation(data) -> None:  # type: ig
         ETAModel(48, DIM, n_categories=3, item_categories=torch.full((49,), 4))
     with pytest.raises(TypeError, match="item_categories must have an integer dtype"):
         ETAModel(48, DIM, n_categories=3, item_categories=torch.zeros(49))
+
+
+def test_custom_short_block_sees_the_whole_history_and_padding_gets_no_gradient(data) -> None:  # type: ignore[no-untyped-def]
+    """Only a RecentWindowAttention short block is fed its window (its own k, not `recent`); a valid position
+    holding the padding id 0 leaves the padding row without gradient, as nn.Embedding does."""
+    x, _ = inputs(data, np.arange(12))
+    for short in (RecentWindowAttention(DIM, 24, 2), TargetAttention(DIM, 2, time=TimeEncoding(DIM))):
+        torch.manual_seed(0)
+        model = ETAModel(data.n_items, DIM, n_categories=data.n_categories, recent=4, k=8, short=short,
+                         item_categories=torch.from_numpy(data.item_categories()))
+        torch.testing.assert_close(model(**x), _reference(model, x), rtol=1e-6, atol=1e-6)
+    model = ETAModel(data.n_items, DIM, recent=4, k=40)
+    history = x["history"].clone()
+    history[:, :30] = 0
+    model(history, x["target"], torch.ones_like(history, dtype=torch.bool)).sum().backward()
+    assert model.items.weight.grad is not None and not model.items.weight.grad[0].any()
+    assert model.items.weight.grad[1:].any()
+
+
+def test_large_catalogue_hashes_the_history_not_the_table(data) -> None:  # type: ignore[no-untyped-def]
+    """With n_items + 1 > 2 B L the ETA block gets the embedded history (hashing the table would cost more)."""
+    x, _ = inputs(data, np.arange(2))
+    del x["categories"], x["target_category"]
+    model = ETAModel(4 * 2 * 80, DIM, k=8)
+    calls = []
+    forward = model.long.forward
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(kwargs.get("items") is None)
+        return forward(*args, **kwargs)
+
+    model.long.forward = recording  # type: ignore[method-assign]
+    out = model(**x)
+    assert calls == [True]
+    torch.testing.assert_close(out, _reference(model, x))
+
+
+def test_forward_names_bad_arguments(data) -> None:  # type: ignore[no-untyped-def]
+    model = ETAModel(data.n_items, DIM, n_categories=data.n_categories,
+                     item_categories=torch.from_numpy(data.item_categories()))
+    x, _ = inputs(data, np.arange(3))
+    bad = {"categories": torch.ones(7, 30, dtype=torch.int64), "times": x["times"][:, :8],
+           "target_time": torch.zeros(4, dtype=torch.int64), "target": x["target"].float()}
+    for name, value in bad.items():
+        with pytest.raises((ValueError, TypeError), match=name):
+            model(**dict(x, **{name: value}))
+    with pytest.raises(ValueError, match="history must be a"):
+        model(**dict(x, history=x["history"].float()))
+    with pytest.raises(ValueError, match="mask must have shape"):
+        model(**dict(x, mask=x["mask"][:, :5]))

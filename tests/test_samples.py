@@ -86,3 +86,4 @@ def test_item_categories_is_the_map_when_there_is_one(seed: int, consistent: boo
         assert table is not None and table.dtype == np.int64 and table.shape == (50,)
         assert (table[ids] == cats).all() and (np.delete(table, ids) == 0).all()
     assert dataclasses.replace(data, categories=None).item_categories() is None
+    assert dataclasses.replace(data, n_categories=0).item_categories() is None

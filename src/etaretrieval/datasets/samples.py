@@ -163,9 +163,9 @@ class SequenceSamples:
     def item_categories(self) -> Optional[npt.NDArray[np.int64]]:
         """``(n_items + 1,)`` int64 category of every item id, or ``None`` if not one per item.
 
-        ``None`` when the samples have no categories or some item appears
-        with two categories (behaviours or targets); items that never appear,
-        and the padding id ``0``, get category ``0``. The argument
+        ``None`` when the samples have no categories (or ``n_categories`` is
+        0) or some item appears with two categories (behaviours or targets);
+        items that never appear, and the padding id ``0``, get category ``0``. The argument
         ``item_categories`` of :class:`~etaretrieval.torch.ETAModel`.
 
         Examples
@@ -177,10 +177,12 @@ class SequenceSamples:
         >>> table.shape == (data.n_items + 1,), bool((table[data.items] == data.categories).all())
         (True, True)
         """
-        if self.categories is None or self.target_category is None:
+        if self.categories is None or self.target_category is None or not self.n_categories:
             return None
         ids = np.concatenate([self.items, self.target])
         cats = np.concatenate([self.categories, self.target_category])
+        real = ids != 0  # the padding id keeps category 0
+        ids, cats = ids[real], cats[real]
         table = np.zeros(self.n_items + 1, dtype=np.int64)
         table[ids] = cats
         return table if bool((table[ids] == cats).all()) else None

@@ -185,7 +185,8 @@ def _run(args: argparse.Namespace, cfg: StudyConfig) -> int:
         f"etaretrieval {__version__}; whole run {elapsed / 60:.1f} min",
         "- times: median per step / per test batch of the whole model (forward only at inference); every "
         "call embeds what the blocks read (the recent window; the whole history, except for ETA, which "
-        "hashes the item table and looks the behaviours up by id), nothing is cached between calls",
+        "hashes the item table and looks the behaviours up by id when each item's category is known and "
+        "the table has at most 2 B L rows), nothing is cached between calls",
         "",
         markdown_table(summary, cfg.k),
     ]

@@ -12,7 +12,7 @@ from .._validate import DTypeError, _shape
 from . import _ops
 from ._checks import _bool_mask
 from .attention import ETAAttention
-from .baselines import RecentWindowAttention
+from .baselines import RecentWindowAttention, _int_arg
 from .time import TimeEncoding, gather_positions
 
 __all__ = ["ETAModel"]
@@ -31,17 +31,20 @@ class ETAModel(nn.Module):
     ``etaretrieval.torch.baselines``), so comparing retrieval methods is
     one model with one block changed.
 
-    Only the behaviours a block reads are embedded. The short-term block is
-    called with the newest ``recent`` valid behaviours (left-padded, oldest
-    first), never the whole history. An :class:`ETAAttention` long-term
-    block, when every item's embedding is known from its id (no
-    categories, or ``item_categories`` given), gets the ids and the
-    ``(n_items + 1, dim)`` table of item embeddings: it hashes the table
-    (``n_items`` rows, not ``B x L``), looks the signatures up by id and
-    reads the embeddings of the ``k`` retrieved behaviours only, so neither
-    the forward nor the backward pass touches a ``B x L x dim`` tensor (the
-    paper's cost, ``O(L)`` lookups per target). Other long-term blocks get
-    the embedded history.
+    Only the behaviours a block reads are embedded. A
+    :class:`RecentWindowAttention` short-term block (the default) is called
+    with its ``k`` newest valid behaviours (left-padded, oldest first) rather
+    than the whole history: same result. An :class:`ETAAttention` long-term
+    block, when every item's embedding is known from its id (no categories,
+    or ``item_categories`` given) and the table is not much larger than the
+    batch (``n_items + 1 <= 2 B L``), gets the ids and the
+    ``(n_items + 1, dim)`` table of item embeddings: each call hashes the
+    table (``n_items`` rows instead of ``B x L``), looks the signatures up by
+    id and reads the embeddings of the ``k`` retrieved behaviours only, so
+    neither the forward nor the backward pass touches a ``B x L x dim``
+    tensor. Other blocks, and ETA with a larger table, get the embedded
+    history (for serving with a large catalogue, look signatures up in a
+    :class:`SignatureCache` instead, see :class:`ETAAttention`).
 
     Parameters
     ----------
@@ -62,7 +65,8 @@ class ETAModel(nn.Module):
         Widths of the MLP's hidden layers.
     item_categories : torch.Tensor, optional
         ``(n_items + 1,)`` integer category of every item id (``0`` for the
-        padding id), when an item's category never changes: lets an
+        padding id), when an item's category never changes (the
+        ``categories`` passed to :meth:`forward` must agree with it): lets an
         :class:`ETAAttention` long-term block look behaviours up by id (see
         above). Without it a model with categories hashes the embedded
         history.
@@ -70,7 +74,8 @@ class ETAModel(nn.Module):
     Attributes
     ----------
     item_categories : torch.Tensor or None
-        ``(n_items + 1,)`` int64 buffer, as given.
+        ``(n_items + 1,)`` int64 buffer, as given; not saved in the
+        ``state_dict`` (it is configuration, like the sizes).
 
     Examples
     --------
@@ -110,8 +115,8 @@ class ETAModel(nn.Module):
         self.dim = dim
         self.items = nn.Embedding(n_items + 1, dim - cat_dim, padding_idx=0)
         self.categories = nn.Embedding(n_categories + 1, cat_dim, padding_idx=0) if n_categories else None
-        self.register_buffer("item_categories", _item_categories(item_categories, n_items, n_categories))
-        self.recent = recent
+        self.register_buffer("item_categories", _item_categories(item_categories, n_items, n_categories),
+                             persistent=False)
         self.short = RecentWindowAttention(dim, recent, heads) if short is None else short
         self.long = ETAAttention(dim, bits, k, heads, seed, time=TimeEncoding(dim)) if long is None else long
         layers: list[nn.Module] = []
@@ -135,13 +140,16 @@ class ETAModel(nn.Module):
         """``(n_items + 1, dim)`` embeddings of every item id, or ``None`` if its category is not known.
 
         Row ``i`` equals ``embed(i, category of i)``; differentiable w.r.t.
-        the embedding weights.
+        the embedding weights except the padding rows (id ``0``, category
+        ``0``), like :meth:`embed`.
         """
-        if self.categories is None:
-            return self.items.weight
-        if self.item_categories is None:
+        weight = self.items.weight
+        if self.item_categories is None and self.categories is not None:
             return None
-        return torch.cat([self.items.weight, self.categories(self.item_categories)], dim=-1)
+        weight = torch.cat([weight[:1].detach(), weight[1:]])  # the padding row gets no gradient, as in nn.Embedding
+        if self.categories is None:
+            return weight
+        return torch.cat([weight, self.categories(self.item_categories)], dim=-1)
 
     def forward(
         self,
@@ -177,22 +185,37 @@ class ETAModel(nn.Module):
         torch.Tensor
             ``(B,)`` logits.
         """
+        if not isinstance(history, torch.Tensor) or history.dim() != 2 or not _ops.is_integer(history.dtype):
+            got = f"shape {_shape(tuple(history.shape))}, dtype {history.dtype}" if isinstance(history, torch.Tensor) \
+                else type(history).__name__
+            raise ValueError(f"history must be a (B, L) integer torch.Tensor, got {got}")
+        batch, length = history.shape
+        for name, t, shape in (("target", target, (batch,)), ("times", times, (batch, length)),
+                               ("target_time", target_time, (batch,)), ("categories", categories, (batch, length)),
+                               ("target_category", target_category, (batch,))):
+            if t is not None or name == "target":
+                _int_arg(name, t, shape, history.device)
         if mask is None:
             mask = history != 0
+        valid = _bool_mask(mask, (batch, length), history.device)
         query = self.embed(target, target_category)
-        if history.dim() != 2:
-            raise ValueError(f"history must have shape (B, L), got shape {_shape(tuple(history.shape))}")
-        valid = _bool_mask(mask, tuple(history.shape), history.device)
-        short = self._short(query, history, valid, times, target_time, categories, target_category)
         context = {"seq_time": times, "target_time": target_time, "seq_cat": categories, "target_cat": target_category}
-        table = self.item_table() if isinstance(self.long, ETAAttention) else None
+        seq: Optional[torch.Tensor] = None
+        if isinstance(self.short, RecentWindowAttention):  # only the window is embedded: the same result
+            short = self._window(query, history, valid, times, target_time, categories, target_category)
+        else:
+            seq = self.embed(history, categories)
+            short = self.short(query, seq, mask, **context)
+        table = None
+        if isinstance(self.long, ETAAttention) and self.items.num_embeddings <= 2 * history.numel():
+            table = self.item_table()
         if table is not None:  # ETA by id: the table is hashed, k embeddings per row are read
             long = self.long(query, None, mask, seq_ids=history, items=table, **context)
         else:
-            long = self.long(query, self.embed(history, categories), mask, **context)
+            long = self.long(query, self.embed(history, categories) if seq is None else seq, mask, **context)
         return self.mlp(torch.cat([query, short, long, query * short, query * long], dim=-1)).squeeze(-1)
 
-    def _short(
+    def _window(
         self,
         query: torch.Tensor,
         history: torch.Tensor,
@@ -202,8 +225,10 @@ class ETAModel(nn.Module):
         categories: Optional[torch.Tensor],
         target_category: Optional[torch.Tensor],
     ) -> torch.Tensor:
-        """The short-term block over the newest ``recent`` valid behaviours (left-padded, oldest first)."""
-        take = min(self.recent, history.shape[1])
+        """The short-term block over its ``k`` newest valid behaviours (left-padded, oldest first)."""
+        block = self.short
+        assert isinstance(block, RecentWindowAttention)
+        take = min(block.k, history.shape[1])
         position = torch.arange(history.shape[1], device=history.device).expand(history.shape[0], -1)
         index = torch.where(mask, position, -1).topk(take, dim=1).indices.flip(1)  # positions are distinct
         valid = mask.gather(1, index)
@@ -213,8 +238,8 @@ class ETAModel(nn.Module):
 
         ids, cats = window(history), window(categories)
         assert ids is not None
-        return self.short(query, self.embed(ids, cats), valid, seq_time=window(times), target_time=target_time,
-                          seq_cat=cats, target_cat=target_category)
+        return block(query, self.embed(ids, cats), valid, seq_time=window(times), target_time=target_time,
+                     seq_cat=cats, target_cat=target_category)
 
 
 def _item_categories(table: Optional[torch.Tensor], n_items: int, n_categories: int) -> Optional[torch.Tensor]:
