@@ -207,3 +207,20 @@ def test_forward_names_bad_arguments(data) -> None:  # type: ignore[no-untyped-d
         model(**dict(x, history=x["history"].float()))
     with pytest.raises(ValueError, match="mask must have shape"):
         model(**dict(x, mask=x["mask"][:, :5]))
+
+
+@pytest.mark.parametrize("long", [None, RecentWindowAttention(DIM, 4, 2, time=TimeEncoding(DIM)),
+                                  CategoryMatchAttention(DIM, 4, 2, time=TimeEncoding(DIM)),
+                                  ETAAttention(DIM, 64, 4, 2, time=TimeEncoding(DIM), candidates=8)],
+                         ids=lambda m: "default" if m is None else type(m).__name__)
+def test_empty_histories(long) -> None:  # type: ignore[no-untyped-def]
+    """L = 0: every block sees no behaviour; the logits are finite and equal the whole-history form's."""
+    model = ETAModel(20, DIM, n_categories=3, k=4, long=long, item_categories=torch.arange(21) % 4)
+    x = {"history": torch.zeros(3, 0, dtype=torch.int64), "target": torch.tensor([1, 2, 3]),
+         "mask": torch.zeros(3, 0, dtype=torch.bool), "times": torch.zeros(3, 0, dtype=torch.int64),
+         "target_time": torch.tensor([5, 6, 7]), "categories": torch.zeros(3, 0, dtype=torch.int64),
+         "target_category": torch.tensor([1, 2, 3])}
+    out = model(**x)
+    assert out.shape == (3,) and bool(out.isfinite().all())
+    torch.testing.assert_close(out, _reference(model, x))
+    out.sum().backward()

@@ -29,7 +29,7 @@ def gather_positions(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         ``(B, L)`` or ``(B, L, d)``.
     index : torch.Tensor
         ``(B, k)`` int64 positions; negative entries (empty slots) read
-        position 0 and are for the caller to mask.
+        position 0 (zeros if ``L = 0``) and are for the caller to mask.
 
     Returns
     -------
@@ -43,6 +43,8 @@ def gather_positions(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     >>> gather_positions(torch.tensor([[10, 11, 12]]), torch.tensor([[2, 0, -1]])).tolist()
     [[12, 10, 10]]
     """
+    if x.shape[1] == 0:  # nothing to read: every slot is empty
+        return x.new_zeros((x.shape[0], index.shape[1], *x.shape[2:]))
     safe = index.clamp(min=0)
     if x.dim() == 2:
         return x.gather(1, safe)
