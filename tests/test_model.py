@@ -12,10 +12,12 @@ from etaretrieval.torch import (  # noqa: E402
     CategoryMatchAttention,
     ETAAttention,
     ETAModel,
+    ETARetriever,
     InnerProductTopKAttention,
     MeanPooling,
     RecentWindowAttention,
     SDIMBlock,
+    SignatureCache,
     TargetAttention,
     TimeEncoding,
 )
@@ -224,3 +226,22 @@ def test_empty_histories(long) -> None:  # type: ignore[no-untyped-def]
     assert out.shape == (3,) and bool(out.isfinite().all())
     torch.testing.assert_close(out, _reference(model, x))
     out.sum().backward()
+
+
+def test_half_and_double_keep_the_hyperplanes_and_boundaries(data) -> None:  # type: ignore[no-untyped-def]
+    """model.half() / .double() convert the weights, never the hyperplanes nor the time-bucket boundaries."""
+    x, _ = inputs(data, np.arange(6))
+    del x["categories"], x["target_category"]
+    torch.manual_seed(0)
+    model = ETAModel(data.n_items, DIM, k=8)
+    assert isinstance(model.long, ETAAttention) and model.long.time is not None
+    planes = model.long.retriever.planes.clone()
+    bounds = model.long.time.boundaries.clone()
+    for convert, dtype in ((ETAModel.double, torch.float64), (ETAModel.half, torch.float16)):
+        convert(model)
+        assert model.items.weight.dtype == dtype
+        assert torch.equal(model.long.retriever.planes, planes) and torch.equal(model.long.time.boundaries, bounds)
+        out = model(**x)
+        assert out.dtype == dtype and bool(out.isfinite().all())
+    cache = SignatureCache(torch.nn.Embedding(10, DIM), ETARetriever(DIM, 64, 4)).half()
+    assert cache.planes.dtype == torch.float32

@@ -12,6 +12,7 @@ from torch.utils.hooks import RemovableHandle
 from .._validate import DTypeError, _shape
 from ..simhash import SimHasher
 from . import _ops
+from ._buffers import FixedDtypeBuffers
 from .retriever import ETARetriever
 
 __all__ = ["SignatureCache"]
@@ -59,7 +60,7 @@ else:
     _check_cache.register_fake(_check_cache_fake)
 
 
-class SignatureCache(nn.Module):
+class SignatureCache(FixedDtypeBuffers):
     """Signatures of every row of an :class:`torch.nn.Embedding`, kept in step with it.
 
     The serving path of :class:`ETARetriever` looks signatures up here by item
@@ -113,6 +114,8 @@ class SignatureCache(nn.Module):
     planes: torch.Tensor
     embedding: nn.Embedding
     hasher: Union[ETARetriever, SimHasher]
+
+    _fixed_dtype = ("planes",)
 
     def __init__(self, embedding: nn.Embedding, hasher: Union[ETARetriever, SimHasher]) -> None:
         super().__init__()

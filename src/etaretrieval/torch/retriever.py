@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, cast
 
 import torch
-from torch import nn
 
 from .._validate import DTypeError, _shape, check_k, check_padding_side
 from ..simhash import hyperplanes
 from . import _ops
+from ._buffers import FixedDtypeBuffers
 from ._checks import _bool_mask, _floats, _planes
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class Retrieved(NamedTuple):
     mask: torch.Tensor
 
 
-class ETARetriever(nn.Module):
+class ETARetriever(FixedDtypeBuffers):
     """ETA's retrieval step: SimHash both sides, keep the ``k`` nearest behaviours.
 
     Four ways to give the sequence (``target`` is always ``(B, d)`` embeddings):
@@ -96,6 +96,8 @@ class ETARetriever(nn.Module):
     """
 
     planes: torch.Tensor
+
+    _fixed_dtype = ("planes",)
 
     def __init__(self, dim: int, bits: int, k: int, seed: int = 0) -> None:
         super().__init__()

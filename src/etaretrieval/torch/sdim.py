@@ -25,12 +25,12 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import torch
-from torch import nn
 
 from .. import sdim
 from .._validate import DTypeError, _shape, check_keys_shape
 from ..simhash import hyperplanes
 from . import _ops
+from ._buffers import FixedDtypeBuffers
 from ._cuda import _bits, _stream
 from ._ops import _check_validity, _numpy, _on, _require_cpu, _signatures, _uint64
 
@@ -406,7 +406,7 @@ def _valid(mask: Optional[torch.Tensor], shape: tuple[int, int], device: torch.d
     return mask if mask.dtype == torch.bool else mask != 0
 
 
-class SDIMAttention(nn.Module):
+class SDIMAttention(FixedDtypeBuffers):
     """SDIM's user-interest block on SimHash signatures (Cao et al., CIKM 2022).
 
     The ``bits``-bit signatures of the target and of every behaviour are cut
@@ -452,6 +452,8 @@ class SDIMAttention(nn.Module):
     """
 
     planes: torch.Tensor
+
+    _fixed_dtype = ("planes",)
 
     def __init__(self, dim: int, bits: int, tau: int, seed: int = 0) -> None:
         super().__init__()

@@ -16,6 +16,7 @@ from torch import nn
 
 from .._validate import DTypeError, _shape
 from . import _ops
+from ._buffers import FixedDtypeBuffers
 
 __all__ = ["TimeEncoding", "gather_positions"]
 
@@ -63,7 +64,7 @@ def _int_tensor(name: str, t: object, shape: tuple[int, ...], device: torch.devi
     return t
 
 
-class TimeEncoding(nn.Module):
+class TimeEncoding(FixedDtypeBuffers):
     """Learned embedding of the log-spaced bucket of each behaviour's age at request time.
 
     The interval of behaviour ``l`` of row ``b`` is ``target_time[b] -
@@ -116,6 +117,8 @@ class TimeEncoding(nn.Module):
     """
 
     boundaries: torch.Tensor
+
+    _fixed_dtype = ("boundaries",)
 
     def __init__(
         self, dim: int, n_buckets: int = 32, *, base: float = 2.0, unit: float = 1.0, init_std: float = 0.3
