@@ -183,6 +183,42 @@ def test_topk_long_rows_sampled_bound(words: int) -> None:
         np.testing.assert_array_equal(er.topk_hamming_lookup(query, ids, table, k, mask=mask), want)
 
 
+@pytest.mark.parametrize("words", [1, 2])
+def test_topk_previous_row_bound_guess(words: int) -> None:
+    """Each row first tries the previous row's ``k``-th distance plus one as its bound (one task, in order).
+
+    The rows' distances differ widely, so the guess holds enough candidates
+    for some rows, too few (all keys far) or too many (all keys equal to the
+    query) for others; after a row of largest distances the guess is the
+    largest distance itself, which must not take in the positions beyond a
+    short row's length.
+    """
+    rng = np.random.default_rng(words)
+    batch, length, k = 9, 300, 8
+    top = 64 * words
+    query = ref.random_signatures(rng, (batch, words))
+    keys = ref.random_signatures(rng, (batch, length, words))
+    keys[2] = ~query[2]  # every distance the largest
+    keys[4] = query[4]  # every distance 0
+    keys[7] = ~query[7]
+    keys[7, ::3] ^= np.uint64(0b111)  # a third at the largest distance minus 3
+    lengths = np.full(batch, length)
+    lengths[3] = 100  # follows a row whose k-th distance is the largest
+    dist = np.bitwise_count(query[:, None, :] ^ keys).sum(axis=-1)
+    valid = np.arange(length) < lengths[:, None]
+    want = ref.topk_from_distances(dist, valid, k)
+    guesses = np.minimum(want[1][:-1, k - 1] + 1, top)
+    found = ((dist[1:] <= guesses[:, None]) & valid[1:]).sum(axis=1)
+    assert guesses[2] == top and found[2] > k  # row 3: the largest distance as the guess
+    assert (found < k).any() and (found > 8 * k + LANES).any() and ((k <= found) & (found <= 8 * k + LANES)).sum() > 2
+    ids = rng.permutation(batch * length).reshape(batch, length)
+    table = np.empty((batch * length, words), dtype=np.uint64)
+    table[ids] = keys
+    with er.threads(1):
+        np.testing.assert_array_equal(er.topk_hamming(query, keys, k, lengths=lengths), want)
+        np.testing.assert_array_equal(er.topk_hamming_lookup(query, ids, table, k, lengths=lengths), want)
+
+
 @pytest.mark.parametrize("k", [0, 1, 5, 59, 60, 61, 200])
 def test_topk_query_equal_to_key_is_first(k: int) -> None:
     rng = np.random.default_rng(k)

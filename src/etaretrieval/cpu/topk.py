@@ -1,7 +1,7 @@
-"""Top-K by Hamming distance without a sort, plain and fused with an id lookup.
+"""Top-K by Hamming distance without a comparison sort, plain and fused with an id lookup.
 
-Each row takes four steps, none of them a sort and none with a ``B x L``
-matrix:
+Each row takes four steps, no comparison sort among them and none with a
+``B x L`` matrix:
 
 1. *distances*: every position's distance goes to a uint16 scratch slot
    (``64 W + 1`` marks a position that is not valid). The loops have no
@@ -11,22 +11,24 @@ matrix:
    :data:`CACHED_TABLE_BYTES` takes one pass per signature word):
    this is the only step that touches the ids and the table, i.e. the memory
    traffic of the floor.
-2. *bound*: a binary search over distances, counting with vector compares
-   in every :data:`SAMPLE_STRIDE`-th block of :data:`LANES` positions, gives
-   a distance ``v`` with, very likely, at least ``k`` positions at or below
-   it. Rows shorter than :data:`SAMPLE_MIN_LENGTH` count every block: the
-   exact bound.
+2. *bound*: first the previous row's ``k``-th distance plus one (rows of a
+   batch have similar distances): if it has at least ``k`` positions at or
+   below it, and not too many, it is ``v`` (the next step's scan counts
+   them). Otherwise a binary search over distances, counting with vector
+   compares in every :data:`SAMPLE_STRIDE`-th block of :data:`LANES`
+   positions, gives a distance ``v`` with, very likely, at least ``k``
+   positions at or below it. Rows shorter than :data:`SAMPLE_MIN_LENGTH`
+   count every block: the exact bound.
 3. *candidates*: one scan, :data:`LANES` positions per vector compare
    (whose mask bits are visited one per hit), collects every position at
    distance ``<= v``. If there are fewer than ``k`` (an unlucky sample), the
    exact bound is found as for short rows and the scan is repeated.
-4. *selection*: the candidates' distances go to a small array; from the
-   smallest upwards, one vector compare per :data:`LANES` candidates finds
-   those at each distance, which go out newest first until ``k`` are out.
+4. *selection*: a counting sort of the candidates by distance (they are
+   few, and its loops branch on no data), placing them newest first within
+   a distance; the first ``k`` go out.
 
 The result is ordered by (distance ascending, position descending) in
-``O(L)`` per row, plus ``O(n / LANES)`` for each distance value from the
-smallest candidate's to the ``k``-th's (``n`` candidates, about ``2.5 k``).
+``O(L)`` per row, plus ``O(n + v)`` (``n`` candidates, about ``2.5 k``).
 """
 
 from __future__ import annotations
@@ -308,74 +310,61 @@ def _candidates(scratch, end, v, cand):
 
 
 @jit()
-def _emit(cand, cand_dist, blocks, d, first, out, take, idx_row, dist_row):
-    """Candidates at distance ``d``, newest first, to ``idx_row[out:]``, up to ``take`` in all; returns the new ``out``.
-
-    ``first`` is the smallest candidate distance (none lies below it).
-    """
-    one = np.uint64(1)
-    for block in range(blocks - 1, -1, -1):  # newest block first
-        base = block * LANES
-        at = _below_mask(cand_dist, base, d)
-        if d > first:
-            at &= ~_below_mask(cand_dist, base, d - 1)
-        count = popcount(at)
-        keep = min(count, take - out)
-        for _ in range(count - keep):  # drop the oldest
-            at &= at - one
-        slot = out + keep  # the newest kept goes to slot out, the oldest to out + keep - 1
-        while at:
-            slot -= 1
-            idx_row[slot] = cand[base + popcount(at ^ (at - one)) - 1]
-            dist_row[slot] = d
-            at &= at - one
-        out += keep
-        if out == take:
-            break
-    return out
-
-
-@jit()
-def _select(scratch, end, nvalid, k, top, work, idx_row, dist_row):
+def _select(scratch, end, nvalid, k, top, work, idx_row, dist_row, guess):
     """Write the top-``k`` of ``scratch[:end]`` in (distance, -position) order, ``-1`` tails.
 
     ``top`` is ``64 W``, the largest distance; ``work`` is :func:`_workspace`'s
-    ``(cand, cand_dist)``.
+    ``(cand, cand_dist, order, count)``. ``guess`` (``-1``: none), the
+    previous row's ``k``-th distance plus one, is tried as the bound first:
+    if between ``k`` and ``8 k +`` :data:`LANES` positions lie at or below it,
+    they hold the top-``k`` (only when too few or too many is the bound
+    searched). Returns the next row's guess.
     """
-    cand, cand_dist = work
+    cand, cand_dist, order, count = work
     take = min(k, nvalid)
     if take > 0:
-        v = _bound(scratch, end, nvalid, take, top, False)
-        n = _candidates(scratch, end, v, cand)
+        v = guess
+        n = _candidates(scratch, end, v, cand) if guess >= 0 else 0
+        if not take <= n <= 8 * k + LANES:
+            v = _bound(scratch, end, nvalid, take, top, False)
+            n = _candidates(scratch, end, v, cand)
         if n < take:  # the sample under-estimated the bound: the exact one
             v = _bound(scratch, end, nvalid, take, top, True)
             n = _candidates(scratch, end, v, cand)
-        blocks = (n + LANES - 1) // LANES
-        first = v
+        # A counting sort of the candidates by distance, newest first within
+        # a distance: no branch depends on the data.
+        count[: v + 1] = 0
         for i in range(n):
             d = scratch[cand[i]]
             cand_dist[i] = d
-            first = min(first, d)
-        cand_dist[n : blocks * LANES] = _UNSET  # above every distance
-        # Distances upwards from the smallest: every candidate below the
-        # threshold, then the newest at it, until ``take`` are out.
-        out = 0
-        d = first
-        while out < take:
-            out = _emit(cand, cand_dist, blocks, d, first, out, take, idx_row, dist_row)
-            d += 1
+            count[d] += 1
+        slot = 0
+        for d in range(v + 1):  # count[d]: the first slot at distance d
+            here = count[d]
+            count[d] = slot
+            slot += here
+        for i in range(n - 1, -1, -1):
+            d = cand_dist[i]
+            order[count[d]] = cand[i]
+            count[d] += 1
+        for p in range(take):
+            idx_row[p] = order[p]
+            dist_row[p] = scratch[order[p]]
     for p in range(take, k):
         idx_row[p] = -1
         dist_row[p] = -1
+    return min(dist_row[take - 1] + 1, top) if take > 0 else guess
 
 
 @jit()
-def _workspace(length):
+def _workspace(length, words):
     """Per-task scratch (a multiple of :data:`LANES` slots) and :func:`_select`'s buffers."""
     padded = (length + LANES - 1) // LANES * LANES
     work = (
         np.empty(padded + 1, dtype=np.int32),  # candidate positions, and a spare slot
         np.empty(padded, dtype=np.uint16),  # candidate distances
+        np.empty(padded, dtype=np.int32),  # candidate positions in result order
+        np.empty(64 * words + 1, dtype=np.int32),  # candidates per distance, then first slots
     )
     return np.empty(padded, dtype=np.uint16), work
 
@@ -388,7 +377,8 @@ def topk_keys(query, keys, k, lengths, mask, use_mask, lo, hi, idx, dist):
     """
     _, length, words = keys.shape
     invalid = 64 * words + 1
-    scratch, work = _workspace(length)
+    scratch, work = _workspace(length, words)
+    guess = -1
     for b in range(lo, hi):
         end = lengths[b]
         if use_mask:
@@ -404,7 +394,7 @@ def topk_keys(query, keys, k, lengths, mask, use_mask, lo, hi, idx, dist):
             _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, False, 0, False, scratch, words, False,
                                        False)
         scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
-        _select(scratch, end, nvalid, k, invalid - 1, work, idx[b], dist[b])
+        guess = _select(scratch, end, nvalid, k, invalid - 1, work, idx[b], dist[b], guess)
 
 
 @jit()
@@ -423,7 +413,8 @@ def topk_lookup(
     length = ids.shape[1]
     nrows, words = table.shape
     invalid = 64 * words + 1
-    scratch, work = _workspace(length)
+    scratch, work = _workspace(length, words)
+    guess = -1
     first_bad = -1
     for b in range(lo, hi):
         end = lengths[b]
@@ -452,7 +443,7 @@ def topk_lookup(
                 continue
             scratch[:end] = invalid  # empty table and no valid position: an empty result
         scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
-        _select(scratch, end, nvalid, k, invalid - 1, work, idx[b], dist[b])
+        guess = _select(scratch, end, nvalid, k, invalid - 1, work, idx[b], dist[b], guess)
     return first_bad
 
 
