@@ -185,7 +185,7 @@ def test_topk_long_rows_sampled_bound(words: int) -> None:
 
 @pytest.mark.parametrize("words", [1, 2])
 def test_topk_previous_row_bound_guess(words: int) -> None:
-    """Each row first tries the previous row's ``k``-th distance plus one as its bound (one task, in order).
+    """A long row first tries the previous row's ``k``-th distance plus one as its bound (one task, in order).
 
     The rows' distances differ widely, so the guess holds enough candidates
     for some rows, too few (all keys far) or too many (all keys equal to the
@@ -194,7 +194,7 @@ def test_topk_previous_row_bound_guess(words: int) -> None:
     short row's length.
     """
     rng = np.random.default_rng(words)
-    batch, length, k = 9, 300, 8
+    batch, length, k = 9, SAMPLE_MIN_LENGTH + 904, 600
     top = 64 * words
     query = ref.random_signatures(rng, (batch, words))
     keys = ref.random_signatures(rng, (batch, length, words))
@@ -203,7 +203,7 @@ def test_topk_previous_row_bound_guess(words: int) -> None:
     keys[7] = ~query[7]
     keys[7, ::3] ^= np.uint64(0b111)  # a third at the largest distance minus 3
     lengths = np.full(batch, length)
-    lengths[3] = 100  # follows a row whose k-th distance is the largest
+    lengths[3] = SAMPLE_MIN_LENGTH + 4  # follows a row whose k-th distance is the largest
     dist = np.bitwise_count(query[:, None, :] ^ keys).sum(axis=-1)
     valid = np.arange(length) < lengths[:, None]
     want = ref.topk_from_distances(dist, valid, k)

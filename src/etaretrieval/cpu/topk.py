@@ -11,10 +11,11 @@ Each row takes four steps, no comparison sort among them and none with a
    :data:`CACHED_TABLE_BYTES` takes one pass per signature word):
    this is the only step that touches the ids and the table, i.e. the memory
    traffic of the floor.
-2. *bound*: first the previous row's ``k``-th distance plus one (rows of a
-   batch have similar distances): if it has at least ``k`` positions at or
-   below it, and not too many, it is ``v`` (the next step's scan counts
-   them). Otherwise a binary search over distances, counting with vector
+2. *bound*: in rows of :data:`SAMPLE_MIN_LENGTH` or more, first the
+   previous row's ``k``-th distance plus one (rows of a batch have similar
+   distances): if it has at least ``k`` positions at or below it, and not
+   too many, it is ``v`` (the next step's scan counts them). Otherwise a
+   binary search over distances, counting with vector
    compares in every :data:`SAMPLE_STRIDE`-th block of :data:`LANES`
    positions, gives a distance ``v`` with, very likely, at least ``k``
    positions at or below it. Rows shorter than :data:`SAMPLE_MIN_LENGTH`
@@ -315,16 +316,17 @@ def _select(scratch, end, nvalid, k, top, work, idx_row, dist_row, guess):
 
     ``top`` is ``64 W``, the largest distance; ``work`` is :func:`_workspace`'s
     ``(cand, cand_dist, order, count)``. ``guess`` (``-1``: none), the
-    previous row's ``k``-th distance plus one, is tried as the bound first:
-    if between ``k`` and ``8 k +`` :data:`LANES` positions lie at or below it,
-    they hold the top-``k`` (only when too few or too many is the bound
-    searched). Returns the next row's guess.
+    previous row's ``k``-th distance plus one, is tried as the bound first in
+    rows of :data:`SAMPLE_MIN_LENGTH` or more: if between ``k`` and
+    ``8 k +`` :data:`LANES` positions lie at or below it, they hold the
+    top-``k`` (only when too few or too many is the bound searched). Returns
+    the next row's guess.
     """
     cand, cand_dist, order, count = work
     take = min(k, nvalid)
     if take > 0:
         v = guess
-        n = _candidates(scratch, end, v, cand) if guess >= 0 else 0
+        n = _candidates(scratch, end, v, cand) if guess >= 0 and end >= SAMPLE_MIN_LENGTH else 0
         if not take <= n <= 8 * k + LANES:
             v = _bound(scratch, end, nvalid, take, top, False)
             n = _candidates(scratch, end, v, cand)
