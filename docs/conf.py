@@ -202,7 +202,18 @@ def _skip_namedtuple_fields(app, what, name, obj, skip, options):  # type: ignor
     return None
 
 
+def _public_bases(app, name, obj, options, bases):  # type: ignore[no-untyped-def]
+    """Show public bases only: a base from one of our private modules is replaced by its own first base."""
+    for i, base in enumerate(bases):
+        while base.__module__.startswith("etaretrieval") and any(
+            part.startswith("_") for part in base.__module__.split(".")
+        ):
+            base = base.__bases__[0]
+        bases[i] = base
+
+
 def setup(app):  # type: ignore[no-untyped-def]
     app.add_directive("optional-figure", OptionalFigure)
     app.connect("autodoc-skip-member", _skip_namedtuple_fields)
+    app.connect("autodoc-process-bases", _public_bases)
     return {"parallel_read_safe": True}
