@@ -10,7 +10,7 @@ import torch
 from .._validate import DTypeError, _shape
 from . import _ops
 
-__all__ = ["_floats", "_bool_mask", "_planes"]
+__all__ = ["_floats", "_ints", "_bool_mask", "_planes"]
 
 
 def _floats(name: str, t: object, ndim: int, what: str, device: Optional[torch.device] = None) -> torch.Tensor:
@@ -23,6 +23,21 @@ def _floats(name: str, t: object, ndim: int, what: str, device: Optional[torch.d
         raise ValueError(f"{name} must have shape {what}, got shape {_shape(tuple(t.shape))}")
     if device is not None and t.device != device:
         raise ValueError(f"{name} must be on the device of target ({device}), got {t.device}")
+    return t
+
+
+def _ints(name: str, t: object, shape: tuple[int, ...], device: torch.device, *, required: bool = True) -> torch.Tensor:
+    """Check an integer tensor argument: type, dtype, exact shape, device (``None`` only if not ``required``)."""
+    if t is None and required:
+        raise ValueError(f"{name} is required here (shape {_shape(shape)})")
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not _ops.is_integer(t.dtype):
+        raise DTypeError(f"{name} must have an integer dtype, got {t.dtype}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {_shape(shape)}, got shape {_shape(tuple(t.shape))}")
+    if t.device != device:
+        raise ValueError(f"{name} must be on the device of the other inputs ({device}), got {t.device}")
     return t
 
 

@@ -25,9 +25,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .._validate import DTypeError, _shape, check_k
+from .._validate import _shape, check_k
 from . import _ops
-from ._checks import _bool_mask, _floats
+from ._checks import _bool_mask, _floats, _ints
 from .attention import TargetAttention
 from .sdim import SDIMAttention
 from .time import TimeEncoding, gather_positions
@@ -88,20 +88,6 @@ def select_top(score: torch.Tensor, mask: Optional[torch.Tensor], k: int) -> tup
         index = torch.cat([index, index.new_full((batch, k - take), -1)], dim=1)
         valid = torch.cat([valid, valid.new_zeros((batch, k - take))], dim=1)
     return index, valid
-
-
-def _int_arg(name: str, t: object, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    if t is None:
-        raise ValueError(f"{name} is required by this block (shape {_shape(shape)})")
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not _ops.is_integer(t.dtype):
-        raise DTypeError(f"{name} must have an integer dtype, got {t.dtype}")
-    if tuple(t.shape) != shape:
-        raise ValueError(f"{name} must have shape {_shape(shape)}, got shape {_shape(tuple(t.shape))}")
-    if t.device != device:
-        raise ValueError(f"{name} must be on the device of target ({device}), got {t.device}")
-    return t
 
 
 def _check_seq(
@@ -260,8 +246,8 @@ class CategoryMatchAttention(RetrievalAttention):
     ) -> torch.Tensor:
         """Positions where the category matches the target's, ``-inf`` elsewhere."""
         batch, length = seq.shape[:2]
-        seq_cat = _int_arg("seq_cat", seq_cat, (batch, length), seq.device)
-        target_cat = _int_arg("target_cat", target_cat, (batch,), seq.device)
+        seq_cat = _ints("seq_cat", seq_cat, (batch, length), seq.device)
+        target_cat = _ints("target_cat", target_cat, (batch,), seq.device)
         position = torch.arange(length, device=seq.device, dtype=torch.float64).expand(batch, -1)
         return position.masked_fill(seq_cat != target_cat.unsqueeze(1), float("-inf"))
 

@@ -10,9 +10,9 @@ from torch import nn
 
 from .._validate import DTypeError, _shape
 from . import _ops
-from ._checks import _bool_mask
+from ._checks import _bool_mask, _ints
 from .attention import ETAAttention
-from .baselines import RecentWindowAttention, _int_arg
+from .baselines import RecentWindowAttention
 from .time import TimeEncoding, gather_positions
 
 __all__ = ["ETAModel"]
@@ -194,7 +194,7 @@ class ETAModel(nn.Module):
                                ("target_time", target_time, (batch,)), ("categories", categories, (batch, length)),
                                ("target_category", target_category, (batch,))):
             if t is not None or name == "target":
-                _int_arg(name, t, shape, history.device)
+                _ints(name, t, shape, history.device)
         if mask is None:
             mask = history != 0
         valid = _bool_mask(mask, (batch, length), history.device)

@@ -14,9 +14,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .._validate import DTypeError, _shape
-from . import _ops
 from ._buffers import FixedDtypeBuffers
+from ._checks import _ints
 
 __all__ = ["TimeEncoding", "gather_positions"]
 
@@ -50,18 +49,6 @@ def gather_positions(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     if x.dim() == 2:
         return x.gather(1, safe)
     return x.gather(1, safe.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
-def _int_tensor(name: str, t: object, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not _ops.is_integer(t.dtype):
-        raise DTypeError(f"{name} must have an integer dtype, got {t.dtype}")
-    if tuple(t.shape) != shape:
-        raise ValueError(f"{name} must have shape {_shape(shape)}, got shape {_shape(tuple(t.shape))}")
-    if t.device != device:
-        raise ValueError(f"{name} must be on the device of the sequence ({device}), got {t.device}")
-    return t
 
 
 class TimeEncoding(FixedDtypeBuffers):
@@ -191,8 +178,8 @@ class TimeEncoding(FixedDtypeBuffers):
         assert shape is not None
         if seq_time is not None:
             assert target_time is not None
-            _int_tensor("seq_time", seq_time, shape, seq_time.device if mask is None else mask.device)
-            _int_tensor("target_time", target_time, shape[:1], seq_time.device)
+            _ints("seq_time", seq_time, shape, seq_time.device if mask is None else mask.device)
+            _ints("target_time", target_time, shape[:1], seq_time.device)
             return target_time.to(torch.int64).unsqueeze(1) - seq_time.to(torch.int64)
         if mask is None:
             return torch.arange(shape[1] - 1, -1, -1, device=self.boundaries.device).expand(shape[0], -1)
