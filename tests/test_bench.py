@@ -169,3 +169,13 @@ def test_pipeline_runs_every_measurement_and_formats() -> None:
     assert serving["ratio loop / parts"] == pytest.approx(serving["serving request"] / parts)
     text = format_pipeline(cfg, results)
     assert "ratio loop / parts" in text and "topk_hamming_lookup B=64" in text and "ratio 4 callers / 1" in text
+    assert "topk_hamming_lookup B=64 L=64, 1 ms apart" in text
+
+
+def test_load_ratios_compare_each_loaded_p99_with_the_idle_p50s() -> None:
+    """Paced rows are divided by their own idle p50 and by the back-to-back one; back-to-back rows by theirs."""
+    from etaretrieval.bench.pipeline import _load_ratios
+
+    idle = [("op B=1", 1.0, 5.0), ("op B=1, 1 ms apart", 4.0, 9.0)]
+    loaded = [("op B=1", 1.5, 2.0), ("op B=1, 1 ms apart", 3.0, 8.0)]
+    assert _load_ratios(idle, loaded) == [("  ratio op B=1", 2.0, 2.0), ("  ratio op B=1, 1 ms apart", 2.0, 8.0)]

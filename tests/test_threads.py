@@ -106,7 +106,7 @@ def _inputs(seed: int = 0, batch: int = 64, length: int = 300, words: int = 2) -
 @pytest.mark.parametrize("n", [2, 3, 8])
 def test_default_threshold_serial_and_threaded_results_agree(n: int) -> None:
     """Large enough calls take the threaded path with the default threshold; results equal the serial ones."""
-    query, ids, table, lengths = _inputs(batch=40, length=2000)
+    query, ids, table, lengths = _inputs(batch=40, length=7000)
     assert ids.size * table.shape[1] >= 2 * config.SERIAL_WORK  # threaded with n >= 2
     with er.threads(1):
         want = er.topk_hamming_lookup(query, ids, table, 20, lengths=lengths, padding_id=7)

@@ -13,7 +13,15 @@ every core:
   and its ratio to its parts timed alone (the retrieval, then the rest of
   the step on the retrieved embeddings);
 * *single calls*: latency of :func:`topk_hamming_lookup` (and the torch op)
-  at ``B = 1..64``;
+  at ``B = 1..64``, called back to back and as requests that arrive
+  :data:`PACE` apart (the calling thread waits in between, as a server
+  waits for its next request); with load, a last section holds the ratios
+  of each p99 under load to the idle p50 of the same calls and to the idle
+  p50 of the call back to back (:data:`LOAD_RATIOS`).
+  Back to back, the caller is a busy thread like the background ones, so
+  the scheduler gives the core away for a time slice (milliseconds) every
+  few milliseconds of its running: the p99 of calls longer than about 1 %
+  of that period measures the time slice, for any library;
 * *concurrent callers*: requests per second of ``B = 64`` lookups issued by
   1 and by 4 Python threads, each request on one thread
   (:func:`etaretrieval.threads` ``(1)``) and with the default thread count.
@@ -38,7 +46,14 @@ import numpy as np
 
 from .. import SignatureTable, SimHasher, threads, topk_hamming_lookup
 
-__all__ = ["PipelineConfig", "percentiles", "busy_cores", "run_pipeline", "format_pipeline"]
+__all__ = ["PipelineConfig", "percentiles", "busy_cores", "run_pipeline", "format_pipeline", "PACE", "LOAD_RATIOS"]
+
+#: Seconds between the arrivals of paced single calls.
+PACE = 0.001
+
+#: Title of the last section: p99 under load over the idle p50 of the same calls (first
+#: column) and of the same call back to back (second column).
+LOAD_RATIOS = "p99 under load / idle p50 (of the same calls; of back-to-back calls)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +82,11 @@ class PipelineConfig:
     requests: int = 200
 
 
-def percentiles(call: Callable[[], Any], n: int) -> tuple[float, float, np.ndarray]:
+def percentiles(call: Callable[[], Any], n: int, pace: float = 0.0) -> tuple[float, float, np.ndarray]:
     """p50 and p99 seconds of ``n`` calls (after one untimed call), and the samples.
+
+    ``pace > 0``: the thread sleeps ``pace`` seconds before each call (timed
+    from the call's start), as a server waits for its next request.
 
     Examples
     --------
@@ -79,6 +97,8 @@ def percentiles(call: Callable[[], Any], n: int) -> tuple[float, float, np.ndarr
     call()
     samples = np.empty(n)
     for i in range(n):
+        if pace:
+            time.sleep(pace)
         start = time.perf_counter()
         call()
         samples[i] = time.perf_counter() - start
@@ -221,15 +241,30 @@ def _single_calls(cfg: PipelineConfig, rng: np.random.Generator) -> list[tuple[s
         query = table[:batch].copy()
         ids = rng.integers(0, cfg.rows, (batch, 100 if batch == 1 else cfg.length))
         length = ids.shape[1]
-        _progress(f"single calls: B={batch}, L={length}, {cfg.requests} calls")
-        p50, p99, _ = percentiles(lambda q=query, i=ids: topk_hamming_lookup(q, i, table, cfg.k), cfg.requests)
-        rows.append((f"topk_hamming_lookup B={batch} L={length}", p50, p99))
+        _progress(f"single calls: B={batch}, L={length}, {cfg.requests} calls back to back and paced")
+        calls = {"topk_hamming_lookup": lambda q=query, i=ids: topk_hamming_lookup(q, i, table, cfg.k)}
         if op is not None:
             tq, ti, tt = (torch.from_numpy(a.view(np.int64) if a.dtype == np.uint64 else a)
                           for a in (query, ids, table))
-            p50, p99, _ = percentiles(lambda q=tq, i=ti, t=tt: op(q, i, t, cfg.k), cfg.requests)
-            rows.append((f"torch op B={batch} L={length}", p50, p99))
+            calls["torch op"] = lambda q=tq, i=ti, t=tt: op(q, i, t, cfg.k)
+        for name, call in calls.items():
+            for how, pace in (("", 0.0), (f", {PACE * 1e3:g} ms apart", PACE)):
+                p50, p99, _ = percentiles(call, cfg.requests, pace)
+                rows.append((f"{name} B={batch} L={length}{how}", p50, p99))
     return rows
+
+
+def _load_ratios(idle: list[tuple[str, float, float]],
+                 loaded: list[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
+    """Per loaded single-call row: ``(label, p99 loaded / idle p50 of the same calls, ... / idle back-to-back p50)``.
+
+    A paced call's idle p50 includes waking from the pause (caches and
+    predictors gone cold, an idle core); the back-to-back p50 is the call at
+    its fastest: the second ratio is the stricter one.
+    """
+    idle_p50 = {label: p50 for label, p50, _ in idle}
+    return [(f"  ratio {label}", p99 / idle_p50[label], p99 / idle_p50[label.split(",")[0]])
+            for label, _, p99 in loaded]
 
 
 def _concurrent(cfg: PipelineConfig, rng: np.random.Generator) -> list[tuple[str, float, float]]:
@@ -284,6 +319,9 @@ def run_pipeline(cfg: PipelineConfig, *, load: bool = True, seed: int = 0) -> di
                 results[f"training step ({mode})"] = _training(cfg)
             results[f"single-call latency ({mode})"] = _single_calls(cfg, rng)
             results[f"concurrent callers ({mode})"] = _concurrent(cfg, rng)
+    if load:
+        results[LOAD_RATIOS] = _load_ratios(
+            results["single-call latency (idle)"], results[f"single-call latency ({modes[1][0]})"])
     return results
 
 
