@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -93,6 +94,87 @@ def test_parallel_rows_reraises_and_the_pool_keeps_working() -> None:
         finally:
             config.SERIAL_WORK = old
     assert (seen == 1).all()
+
+
+def test_default_thread_count_uses_idle_cores_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default a call takes no more helpers than idle cores; an explicit ``threads(n)`` is kept."""
+    calls: list[tuple[int, int]] = []
+
+    def run(lo: int, hi: int) -> None:
+        calls.append((lo, hi))
+
+    monkeypatch.setattr(config, "SERIAL_WORK", 1)
+    monkeypatch.setattr(_threads, "_numba_threads", lambda: 3)
+    for idle, explicit, tasks in [(0, None, 1), (-2, None, 1), (1, None, 8), (5, None, 12), (0, 3, 12)]:
+        monkeypatch.setattr(_threads, "_idle_cores", lambda idle=idle: idle)
+        calls.clear()
+        with er.threads(explicit) if explicit else contextlib.nullcontext():
+            _threads.parallel_rows(run, 40, 10**6)
+        assert len(calls) == tasks, (idle, explicit)  # 1 task: serial; else threads x TASKS_PER_THREAD
+    if os.path.exists("/proc/loadavg"):
+        monkeypatch.undo()
+        assert _threads._idle_cores() <= (os.cpu_count() or 1) - 1  # this thread is running
+
+
+def test_parallel_rows_takes_over_a_stalled_helpers_task() -> None:
+    """The call returns while a helper stalls in its task, every row right; the late helper never writes the result."""
+    caller = threading.get_ident()
+    stalled, resumed, release = threading.Event(), threading.Event(), threading.Event()
+    wrote = threading.Event()
+
+    def run(lo: int, hi: int, base: int, out: np.ndarray) -> int:
+        if threading.get_ident() == caller:
+            stalled.wait(10)  # let a helper take a task first
+        elif not stalled.is_set():
+            stalled.set()
+            release.wait(10)  # a helper the scheduler has preempted
+            resumed.set()
+        for row in range(lo, hi):
+            out[row - base] = row * 10 + np.arange(out.shape[1])
+        if resumed.is_set():
+            wrote.set()
+        return lo
+
+    out = np.full((40, 3), -1, dtype=np.int64)
+    old = config.SERIAL_WORK
+    config.SERIAL_WORK = 0
+    try:
+        with er.threads(2):
+            values = _threads.parallel_rows(run, 40, 10**6, (out,))
+    finally:
+        config.SERIAL_WORK = old
+    assert stalled.is_set() and not resumed.is_set()  # returned while the helper was still stalled
+    np.testing.assert_array_equal(out, np.arange(40)[:, None] * 10 + np.arange(3))
+    assert values == [40 * i // 8 for i in range(8)]  # run's value per task, in row order (2 threads x 4 tasks)
+    out[:] = -7  # the caller owns the result now
+    release.set()
+    assert wrote.wait(10)
+    threading.Event().wait(0.2)  # the helper then drops its rows (or, wrongly, copies them in)
+    assert (out == -7).all()
+
+
+def test_parallel_rows_with_outputs_agrees_with_serial_for_any_threads() -> None:
+    """Helpers write private rows copied in with the right offset; values come back in row order."""
+
+    def run(lo: int, hi: int, base: int, a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
+        for row in range(lo, hi):
+            a[row - base] = row
+            b[row - base] = -row
+        return lo, hi
+
+    old = config.SERIAL_WORK, config.TASKS_PER_THREAD
+    try:
+        for n, serial_work, tasks in [(1, 0, 4), (3, 0, 1), (3, 0, 5), (2, 10**9, 4)]:
+            config.SERIAL_WORK, config.TASKS_PER_THREAD = serial_work, tasks
+            a, b = np.zeros((23, 2)), np.zeros(23, dtype=np.int32)
+            with er.threads(n):
+                values = _threads.parallel_rows(run, 23, 10**6, (a, b))
+            np.testing.assert_array_equal(a, np.repeat(np.arange(23.0)[:, None], 2, axis=1))
+            np.testing.assert_array_equal(b, -np.arange(23))
+            assert [lo for lo, _ in values] == sorted(lo for lo, _ in values)
+            assert sum(hi - lo for lo, hi in values) == 23
+    finally:
+        config.SERIAL_WORK, config.TASKS_PER_THREAD = old
 
 
 def _inputs(seed: int = 0, batch: int = 64, length: int = 300, words: int = 2) -> tuple[np.ndarray, ...]:

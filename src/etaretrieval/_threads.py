@@ -21,9 +21,12 @@ import contextlib
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numba
+import numpy as np
 from numba.np.ufunc import parallel as _numba_parallel
 
 from . import config
@@ -43,8 +46,11 @@ def threads(n: int) -> Iterator[None]:
     settings. Outside such a block a call uses ``numba.get_num_threads()``
     of the calling thread when Numba's thread pool has been started (so
     ``numba.set_num_threads`` is honoured), otherwise ``NUMBA_NUM_THREADS``
-    (all cores by default); ``ETARETRIEVAL_SERIAL=1`` makes every call serial.
-    Results never depend on the number of threads.
+    (all cores by default), but no more than there are idle cores when the
+    call starts (Linux: the runnable threads of ``/proc/loadavg``, as GNU
+    OpenMP's dynamic mode does): on a busy machine a helper would wait for a
+    core, and the call for it. ``ETARETRIEVAL_SERIAL=1`` makes every call
+    serial. Results never depend on the number of threads.
 
     Parameters
     ----------
@@ -79,11 +85,36 @@ def _numba_threads() -> int:
 
 
 def thread_count() -> int:
-    """Threads a call made now by this thread may use (see :func:`threads`)."""
+    """Threads a call made now by this thread may use (see :func:`threads`; by default, fewer on a busy machine)."""
     count = getattr(_local, "threads", None)
     if count is not None:
         return int(count)
     return _numba_threads() if PARALLEL else 1
+
+
+_loadavg: list[int] = []  # an open descriptor of /proc/loadavg, once read; [-1] where there is none
+
+
+def _idle_cores() -> int:
+    """Cores that nothing else wants now: ``os.cpu_count()`` minus the runnable threads, this one included.
+
+    From the fourth field of ``/proc/loadavg`` (runnable / all scheduling
+    entities, read in about 2 microseconds); ``os.cpu_count()`` where it
+    cannot be read.
+    """
+    cores = os.cpu_count() or 1
+    if not _loadavg:
+        try:
+            _loadavg.append(os.open("/proc/loadavg", os.O_RDONLY))
+        except OSError:
+            _loadavg.append(-1)
+    if _loadavg[0] < 0:
+        return cores
+    try:
+        running = int(os.pread(_loadavg[0], 128, 0).split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        return cores
+    return cores - running
 
 
 class _Pool:
@@ -122,48 +153,130 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_fresh_pool)
 
 
-def parallel_rows(run: Callable[[int, int], None], rows: int, work: int) -> None:
-    """Call ``run(lo, hi)`` over consecutive ranges that cover ``range(rows)``, on up to :func:`thread_count` threads.
+def parallel_rows(run: Callable[..., Any], rows: int, work: int, outputs: Sequence[np.ndarray] = ()) -> list[Any]:
+    """Call ``run`` over consecutive ranges that cover ``range(rows)``, on up to :func:`thread_count` threads.
 
     ``work`` (about ``B x L x W``) below :data:`config.SERIAL_WORK` per
-    thread gives fewer threads, down to one call ``run(0, rows)`` in the
-    calling thread. Otherwise the rows are split into up to
-    ``TASKS_PER_THREAD`` tasks per thread, which the calling thread and the
-    pool's helpers take in turn; the call returns when every task is done
-    and re-raises the first exception of a task.
+    thread gives fewer threads, down to one call in the calling thread, and
+    so does a busy machine when the count is the default (see :func:`threads`).
+    Otherwise the rows are split into up to ``TASKS_PER_THREAD`` tasks per
+    thread, which the calling thread and the pool's helpers take in turn;
+    the call returns when every task is done and re-raises the first
+    exception of a task.
+
+    Without ``outputs``, a task is ``run(lo, hi)`` and writes its results
+    wherever ``run`` does: the call waits for every task, also one a helper
+    thread holds while the scheduler has preempted it (milliseconds on a
+    busy machine). With ``outputs`` (arrays whose first axis is the rows, and
+    all that ``run`` writes), a task is ``run(lo, hi, base, *outs)``: row
+    ``r`` of ``outs`` is row ``base + r`` of ``outputs``. The calling thread
+    writes into ``outputs`` (``base = 0``), a helper into arrays of its own
+    that it copies in when it is done. Once no task is left to take, the
+    calling thread waits as long as one of its own tasks took for the
+    helpers' tasks, then takes over those still running (it computes them
+    itself and the late helper's copy is dropped): a preempted helper costs
+    the call about two tasks' time, and never writes into ``outputs`` after
+    the call has returned.
+
+    Returns
+    -------
+    list
+        ``run``'s return value per task, in row order.
     """
     count = min(thread_count(), rows, work // max(1, config.SERIAL_WORK))
+    if count > 1 and getattr(_local, "threads", None) is None:  # the default: no more threads than idle cores
+        count = min(count, 1 + max(0, _idle_cores()))
     if count <= 1:
-        run(0, rows)
-        return
+        return [run(0, rows, 0, *outputs) if outputs else run(0, rows)]
     ntasks = min(rows, count * config.TASKS_PER_THREAD)
     bounds = [rows * i // ntasks for i in range(ntasks + 1)]
-    tasks = iter(range(ntasks))
-    state = {"left": ntasks}
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-    finished = threading.Lock()
-    finished.acquire()
+    job = _Job(run, bounds, tuple(outputs))
+    _pool.submit(lambda: job.drain(helper=True), count - 1)
+    job.drain(helper=False)
+    job.finish()
+    if job.errors:
+        raise job.errors[0]
+    return job.results
 
-    def drain() -> None:
-        while True:
-            with lock:
-                task = next(tasks, None)
-            if task is None:
+
+_FREE, _RUNNING, _DONE, _TAKEN = 0, 1, 2, 3  # _TAKEN: over by the calling thread
+
+
+class _Job:
+    """The tasks of one :func:`parallel_rows` call, their states and results."""
+
+    def __init__(self, run: Callable[..., Any], bounds: list[int], outputs: tuple[np.ndarray, ...]) -> None:
+        self.run, self.bounds, self.outputs = run, bounds, outputs
+        ntasks = len(bounds) - 1
+        self.state = [_FREE] * ntasks
+        self.results: list[Any] = [None] * ntasks
+        self.errors: list[BaseException] = []
+        self.next = 0  # the first task nobody has taken
+        self.left = ntasks
+        self.lock = threading.Lock()
+        self.finished = threading.Lock()
+        self.finished.acquire()
+        self.own_time = 0.0  # the calling thread's longest task, seconds
+
+    def _call(self, task: int, private: bool) -> tuple[Any, BaseException | None, tuple[np.ndarray, ...]]:
+        lo, hi = self.bounds[task], self.bounds[task + 1]
+        outs = tuple(np.empty((hi - lo, *o.shape[1:]), dtype=o.dtype) for o in self.outputs) if private else self.outputs
+        try:
+            if self.errors:
+                return None, None, outs
+            value = self.run(lo, hi, lo if private else 0, *outs) if self.outputs else self.run(lo, hi)
+            return value, None, outs
+        except BaseException as exc:  # re-raised in the calling thread
+            return None, exc, outs
+
+    def _done(self, task: int, value: Any, error: BaseException | None, outs: tuple[np.ndarray, ...],
+              private: bool, held: int = _RUNNING) -> None:
+        """Record a task's outcome, if the task is still in state ``held`` (a late helper's is not: dropped)."""
+        with self.lock:
+            if self.state[task] != held:
                 return
-            try:
-                if not errors:
-                    run(bounds[task], bounds[task + 1])
-            except BaseException as exc:  # re-raised in the calling thread
-                errors.append(exc)
-            finally:
-                with lock:
-                    state["left"] -= 1
-                    if state["left"] == 0:
-                        finished.release()
+            if private and error is None:
+                lo, hi = self.bounds[task], self.bounds[task + 1]
+                for out, own in zip(self.outputs, outs):
+                    out[lo:hi] = own
+            self.results[task] = value
+            if error is not None:
+                self.errors.append(error)
+            self.state[task] = _DONE
+            self.left -= 1
+            if self.left == 0:
+                self.finished.release()
 
-    _pool.submit(drain, count - 1)
-    drain()
-    finished.acquire()  # helpers still queued behind other callers' work find no task left and return
-    if errors:
-        raise errors[0]
+    def drain(self, helper: bool) -> None:
+        """Take free tasks until none is left."""
+        private = helper and bool(self.outputs)
+        while True:
+            with self.lock:
+                task = self.next
+                if task == len(self.state):
+                    return
+                self.next += 1
+                self.state[task] = _RUNNING
+            start = time.perf_counter()
+            value, error, outs = self._call(task, private)
+            if not helper:
+                self.own_time = max(self.own_time, time.perf_counter() - start)
+            self._done(task, value, error, outs, private)
+
+    def finish(self) -> None:
+        """In the calling thread, with no free task left: wait for the helpers' tasks, or take them over."""
+        if self.outputs and not self.finished.acquire(timeout=max(self.own_time, _MIN_WAIT)):
+            with self.lock:  # still running after a task's time: the helper is late, most likely preempted
+                late = [t for t, state in enumerate(self.state) if state == _RUNNING]
+                for task in late:
+                    self.state[task] = _TAKEN
+            for task in late:
+                value, error, _ = self._call(task, private=False)
+                self._done(task, value, error, (), private=False, held=_TAKEN)
+            self.finished.acquire()
+        elif not self.outputs:
+            self.finished.acquire()
+
+
+#: Shortest wait of the calling thread for a helper's task before taking it over, seconds.
+_MIN_WAIT = 50e-6

@@ -372,9 +372,10 @@ def _workspace(length, words):
 
 
 @jit()
-def topk_keys(query, keys, k, lengths, mask, use_mask, lo, hi, idx, dist):
+def topk_keys(query, keys, k, lengths, mask, use_mask, lo, hi, base, idx, dist):
     """Top-``k`` of ``keys[b]`` (``(B, L, W)``, may be a broadcast view) for each ``query[b]``, rows ``lo..hi-1``.
 
+    Row ``b``'s result goes to row ``b - base`` of ``idx`` and ``dist``.
     Serial: :func:`etaretrieval._threads.parallel_rows` spreads row ranges over threads.
     """
     _, length, words = keys.shape
@@ -396,17 +397,18 @@ def topk_keys(query, keys, k, lengths, mask, use_mask, lo, hi, idx, dist):
             _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, False, 0, False, scratch, words, False,
                                        False)
         scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
-        guess = _select(scratch, end, nvalid, k, invalid - 1, work, idx[b], dist[b], guess)
+        guess = _select(scratch, end, nvalid, k, invalid - 1, work, idx[b - base], dist[b - base], guess)
 
 
 @jit()
 def topk_lookup(
-    query, ids, table, k, lengths, mask, use_mask, pad, use_pad, cached, lo, hi, idx, dist, bad
+    query, ids, table, k, lengths, mask, use_mask, pad, use_pad, cached, lo, hi, base, idx, dist, bad
 ):
     """Fused ids -> table rows -> Hamming -> top-``k``, rows ``lo..hi-1`` (serial, like :func:`topk_keys`).
 
     ``cached``: the table has at most :data:`CACHED_TABLE_BYTES` (one pass
-    per position rather than per word). ``bad[b]`` receives the first valid
+    per position rather than per word). Row ``b``'s result goes to row
+    ``b - base`` of ``idx`` and ``dist``; ``bad[b - base]`` receives the first valid
     position of row ``b`` holding an id outside ``[0, N)`` (it is not written
     otherwise); such a row gets no result. Returns the first such row of the
     range, or ``-1``. Positions that are not valid never index the table
@@ -439,13 +441,13 @@ def topk_lookup(
             out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, False, pad, False, scratch,
                                                   words, True, True)
         if out_of_range:
-            bad[b] = _first_bad(ids, b, end, mask, use_mask, pad, use_pad, nrows)
-            if bad[b] >= 0:
+            bad[b - base] = _first_bad(ids, b, end, mask, use_mask, pad, use_pad, nrows)
+            if bad[b - base] >= 0:
                 first_bad = b if first_bad < 0 else first_bad
                 continue
             scratch[:end] = invalid  # empty table and no valid position: an empty result
         scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
-        guess = _select(scratch, end, nvalid, k, invalid - 1, work, idx[b], dist[b], guess)
+        guess = _select(scratch, end, nvalid, k, invalid - 1, work, idx[b - base], dist[b - base], guess)
     return first_bad
 
 
@@ -459,8 +461,8 @@ def _run_keys(q: np.ndarray, keys: np.ndarray, k: int, n: np.ndarray, m: np.ndar
     mask = _NO_MASK if m is None else kernel_input(m)
     batch, length, words = keys.shape
     q, keys = kernel_input(q, contiguous=True), kernel_input(keys)
-    parallel_rows(lambda lo, hi: topk_keys(q, keys, k, n, mask, m is not None, lo, hi, idx, dist),
-                  batch, batch * length * words)
+    parallel_rows(lambda lo, hi, base, i, d: topk_keys(q, keys, k, n, mask, m is not None, lo, hi, base, i, d),
+                  batch, batch * length * words, (idx, dist))
 
 
 def _gather_shared(
@@ -531,13 +533,13 @@ def topk_hamming_lookup(
     padding = 0 if pad is None else pad
     q, i, t = kernel_input(q, contiguous=True), kernel_input(i), kernel_input(t)
     cached = t.nbytes <= CACHED_TABLE_BYTES
-    first_bad: list[int] = []  # per task: its first row with a bad id, or -1
 
-    def run(lo: int, hi: int) -> None:
-        first_bad.append(topk_lookup(q, i, t, k, n, mask, m is not None, padding, pad is not None, cached,
-                                     lo, hi, idx, dist, bad))
+    def run(lo: int, hi: int, base: int, idx_: np.ndarray, dist_: np.ndarray, bad_: np.ndarray) -> int:
+        """The first row of ``lo..hi-1`` with a bad id, or -1."""
+        return int(topk_lookup(q, i, t, k, n, mask, m is not None, padding, pad is not None, cached,
+                               lo, hi, base, idx_, dist_, bad_))
 
-    parallel_rows(run, batch, batch * i.shape[1] * words)
+    first_bad = parallel_rows(run, batch, batch * i.shape[1] * words, (idx, dist, bad))
     rows = [r for r in first_bad if r >= 0]
     if rows:
         row = min(rows)
