@@ -220,7 +220,9 @@ class _Job:
 
     def _call(self, task: int, private: bool) -> tuple[Any, BaseException | None, tuple[np.ndarray, ...]]:
         lo, hi = self.bounds[task], self.bounds[task + 1]
-        outs = tuple(np.empty((hi - lo, *o.shape[1:]), dtype=o.dtype) for o in self.outputs) if private else self.outputs
+        outs = self.outputs
+        if private:
+            outs = tuple(np.empty((hi - lo, *o.shape[1:]), dtype=o.dtype) for o in outs)
         try:
             if self.errors:
                 return None, None, outs
