@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import platform
@@ -43,8 +44,9 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{size}", type=int, help=f"override {what}")
     p.add_argument("--shared", action=argparse.BooleanOptionalAction, default=None,
                    help="one sequence shared by all targets (default: per configuration)")
-    p.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS,
-                   help="threads for etaretrieval, torch and faiss (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for etaretrieval, torch and faiss (default: all cores for the tables; "
+                        "--pipeline: the library's defaults, as a user gets them)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where etaretrieval runs")
     p.add_argument("--repeat", type=int, default=7, help="timed rounds per method (default: 7)")
     p.add_argument("--subset", type=int, default=16,
@@ -110,13 +112,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         Exit status.
     """
     args = parser().parse_args(argv)
+    if args.pipeline:
+        if args.threads is not None:
+            set_threads(args.threads)
+        print(_environment(args.threads or numba.config.NUMBA_NUM_THREADS), flush=True)
+        with threads(args.threads) if args.threads is not None else contextlib.nullcontext():
+            cfg = PipelineConfig(requests=args.requests)
+            print(format_pipeline(cfg, run_pipeline(cfg, load=args.load, seed=args.seed)), flush=True)
+        return 0
+    args.threads = args.threads or numba.config.NUMBA_NUM_THREADS
     set_threads(args.threads)
     print(_environment(args.threads), flush=True)
     with threads(args.threads):
-        if args.pipeline:
-            cfg = PipelineConfig(requests=args.requests)
-            print(format_pipeline(cfg, run_pipeline(cfg, load=args.load, seed=args.seed)), flush=True)
-            return 0
         return _tables(args)
 
 

@@ -76,24 +76,26 @@ def _row_sum(query, ids, table, b, words):
 
 
 @jit()
-def _floor(query, ids, table, cached, lo, hi, out):
+def _floor(query, ids, table, cached, lo, hi, base, out):
+    """Rows ``lo..hi-1`` into ``out[b - base]`` (tasks as the top-K kernels': :func:`parallel_rows` with outputs)."""
     words = table.shape[1]
     for b in range(lo, hi):
         if words == 1:  # a constant: the further-word loop and the row buffer compile away
-            out[b] = _row_sum(query, ids, table, b, 1)
+            out[b - base] = _row_sum(query, ids, table, b, 1)
         elif not cached:
-            out[b] = _row_sum(query, ids, table, b, words)
+            out[b - base] = _row_sum(query, ids, table, b, words)
         elif words == 2:  # a constant: unrolled, two gathers per vector of positions
-            out[b] = _row_sum_cached(query, ids, table, b, 2)
+            out[b - base] = _row_sum_cached(query, ids, table, b, 2)
         else:  # vector loads along each row
-            out[b] = _row_sum_cached(query, ids, table, b, words)
+            out[b - base] = _row_sum_cached(query, ids, table, b, words)
 
 
 def floor_lookup(query: np.ndarray, ids: np.ndarray, table: np.ndarray) -> npt.NDArray[np.int64]:
     """Sum of the Hamming distances of each row's looked-up signatures to its query.
 
     Rows are spread over the library's threads exactly as the top-K kernels
-    spread them (:func:`etaretrieval.threads` bounds both).
+    spread them, a late helper's task taken over alike (:func:`etaretrieval.threads`
+    bounds both).
 
     Parameters
     ----------
@@ -120,8 +122,8 @@ def floor_lookup(query: np.ndarray, ids: np.ndarray, table: np.ndarray) -> npt.N
     ids2 = np.broadcast_to(ids, (query.shape[0], ids.shape[-1])) if ids.ndim == 1 else ids
     out = np.empty(query.shape[0], dtype=np.int64)
     cached = table.nbytes <= CACHED_TABLE_BYTES or 4 <= table.shape[1] <= 8  # the faster form, as measured
-    parallel_rows(lambda lo, hi: _floor(query, ids2, table, cached, lo, hi, out), query.shape[0],
-                  ids2.size * table.shape[1])
+    parallel_rows(lambda lo, hi, base, o: _floor(query, ids2, table, cached, lo, hi, base, o), query.shape[0],
+                  ids2.size * table.shape[1], (out,))
     return out
 
 
