@@ -14,7 +14,9 @@ the row from 4). Other tables are read per
 a stack buffer of table rows and popcounts the first word, then one gather
 pass per further word, which keeps more cache misses in flight. Indices are
 unsigned (no negative-index wrap-around), so every pass vectorises (gathers
-+ vector popcount). Rows are spread over threads like the library's kernels.
++ vector popcount). One ``(L,)`` sequence shared by every row is gathered
+once and copied word-major, as the library does, and each row sums one
+contiguous pass per word. Rows are spread over threads like the library's kernels.
 :func:`floor_lookup_cuda` is the same measuring stick on the GPU: one block
 per row, like the library's CUDA top-K, and a block-wide sum.
 """
@@ -76,6 +78,20 @@ def _row_sum(query, ids, table, b, words):
 
 
 @jit()
+def _floor_shared(query, keys_t, lo, hi, base, out):
+    """Rows ``lo..hi-1``: ``sum_l hamming(query[b], keys_t[:, l])`` over word-major ``(W, L)`` shared keys."""
+    words, length = keys_t.shape
+    for b in range(lo, hi):
+        row = np.uint64(b)
+        total = np.uint64(0)
+        for w in range(words):
+            word = query[row, np.uint64(w)]
+            for pos in range(length):
+                total += np.uint64(popcount(word ^ keys_t[np.uint64(w), np.uint64(pos)]))
+        out[b - base] = total
+
+
+@jit()
 def _floor(query, ids, table, cached, lo, hi, base, out):
     """Rows ``lo..hi-1`` into ``out[b - base]`` (tasks as the top-K kernels': :func:`parallel_rows` with outputs)."""
     words = table.shape[1]
@@ -119,8 +135,13 @@ def floor_lookup(query: np.ndarray, ids: np.ndarray, table: np.ndarray) -> npt.N
     >>> floor_lookup(np.array([[0b1]], dtype=np.uint64), np.array([0, 1, 2]), table)
     array([2])
     """
-    ids2 = np.broadcast_to(ids, (query.shape[0], ids.shape[-1])) if ids.ndim == 1 else ids
     out = np.empty(query.shape[0], dtype=np.int64)
+    if ids.ndim == 1:  # one sequence for every row: its signatures gathered once, word-major
+        keys_t = np.ascontiguousarray(table[ids].T)
+        parallel_rows(lambda lo, hi, base, o: _floor_shared(query, keys_t, lo, hi, base, o), query.shape[0],
+                      query.shape[0] * ids.size * table.shape[1], (out,))
+        return out
+    ids2 = ids
     cached = table.nbytes <= CACHED_TABLE_BYTES or 4 <= table.shape[1] <= 8  # the faster form, as measured
     parallel_rows(lambda lo, hi, base, o: _floor(query, ids2, table, cached, lo, hi, base, o), query.shape[0],
                   ids2.size * table.shape[1], (out,))
