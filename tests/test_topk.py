@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import reference as ref
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import etaretrieval as er
+from etaretrieval.cpu import topk as topk_kernels
 from etaretrieval.cpu.topk import LANES, SAMPLE_MIN_LENGTH, SAMPLE_STRIDE
 
 BITS = st.one_of(st.integers(1, 300), st.sampled_from([64, 128, 129, 512, 1000, 1024]))
@@ -217,6 +218,25 @@ def test_topk_previous_row_bound_guess(words: int) -> None:
     with er.threads(1):
         np.testing.assert_array_equal(er.topk_hamming(query, keys, k, lengths=lengths), want)
         np.testing.assert_array_equal(er.topk_hamming_lookup(query, ids, table, k, lengths=lengths), want)
+
+
+@given(
+    dists=st.lists(st.integers(0, 129), min_size=0, max_size=300),
+    need=st.integers(0, 310),
+    hint=st.integers(-3, 131),
+    step=st.sampled_from([1, 2]),
+)
+@example(dists=[5, 6], need=3, hint=128, step=1)  # too few at the largest distance, hinted: top
+@example(dists=[5, 6], need=2, hint=5, step=1)  # the hint one below the answer
+def test_bound_search_from_any_hint_equals_the_plain_search(dists: list[int], need: int, hint: int, step: int) -> None:
+    """The galloping start from the previous row's answer finds what the plain binary search finds, any hint."""
+    top = 128  # 2 words; 129 marks a position that is not valid
+    scratch = np.full(-(-max(len(dists), 1) // LANES) * LANES, top + 1, dtype=np.uint16)
+    scratch[: len(dists)] = dists
+    blocks = scratch.reshape(-1, LANES)[::step]
+    counts = [(blocks <= v).sum() for v in range(top + 1)]
+    want = next((v for v in range(top + 1) if counts[v] >= need), top)
+    assert topk_kernels._smallest(scratch, len(dists), step, need, top, hint) == want
 
 
 @pytest.mark.parametrize("k", [0, 1, 5, 59, 60, 61, 200])
