@@ -46,10 +46,10 @@ def threads(n: int) -> Iterator[None]:
     settings. Outside such a block a call uses ``numba.get_num_threads()``
     of the calling thread when Numba's thread pool has been started (so
     ``numba.set_num_threads`` is honoured), otherwise ``NUMBA_NUM_THREADS``
-    (all cores by default), but no more than there are idle cores when the
-    call starts (Linux: the runnable threads of ``/proc/loadavg``, as GNU
-    OpenMP's dynamic mode does): on a busy machine a helper would wait for a
-    core, and the call for it. ``ETARETRIEVAL_SERIAL=1`` makes every call
+    (all cores by default), but no more than its own plus the cores idle
+    when it starts (the *idle-core rule*; Linux: the runnable threads of
+    ``/proc/loadavg``, as GNU OpenMP's dynamic mode does): on a busy machine
+    a helper would wait for a core, and the call for it. ``ETARETRIEVAL_SERIAL=1`` makes every call
     serial. Results never depend on the number of threads.
 
     Parameters
@@ -85,7 +85,10 @@ def _numba_threads() -> int:
 
 
 def thread_count() -> int:
-    """Threads a call made now by this thread may use (see :func:`threads`; by default, fewer on a busy machine)."""
+    """The most threads a call made now by this thread may use (see :func:`threads`).
+
+    With the default count, a call on a busy machine takes fewer (the idle-core rule, see :func:`threads`).
+    """
     count = getattr(_local, "threads", None)
     if count is not None:
         return int(count)
@@ -93,6 +96,7 @@ def thread_count() -> int:
 
 
 _loadavg: list[int] = []  # an open descriptor of /proc/loadavg, once read; [-1] where there is none
+_loadavg_lock = threading.Lock()
 
 
 def _idle_cores() -> int:
@@ -104,10 +108,12 @@ def _idle_cores() -> int:
     """
     cores = os.cpu_count() or 1
     if not _loadavg:
-        try:
-            _loadavg.append(os.open("/proc/loadavg", os.O_RDONLY))
-        except OSError:
-            _loadavg.append(-1)
+        with _loadavg_lock:
+            if not _loadavg:
+                try:
+                    _loadavg.append(os.open("/proc/loadavg", os.O_RDONLY))
+                except OSError:
+                    _loadavg.append(-1)
     if _loadavg[0] < 0:
         return cores
     try:
