@@ -112,15 +112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         Exit status.
     """
     args = parser().parse_args(argv)
+    cores = int(numba.config.NUMBA_NUM_THREADS)
     if args.pipeline:
         if args.threads is not None:
             set_threads(args.threads)
-        print(_environment(args.threads or numba.config.NUMBA_NUM_THREADS), flush=True)
+        print(_environment(args.threads or cores), flush=True)
         with threads(args.threads) if args.threads is not None else contextlib.nullcontext():
             cfg = PipelineConfig(requests=args.requests)
             print(format_pipeline(cfg, run_pipeline(cfg, load=args.load, seed=args.seed)), flush=True)
         return 0
-    args.threads = args.threads or numba.config.NUMBA_NUM_THREADS
+    args.threads = args.threads or cores
     set_threads(args.threads)
     print(_environment(args.threads), flush=True)
     with threads(args.threads):

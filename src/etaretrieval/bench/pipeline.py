@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import os
 import subprocess
@@ -249,11 +250,12 @@ def _single_calls(cfg: PipelineConfig, rng: np.random.Generator) -> list[tuple[s
         ids = rng.integers(0, cfg.rows, (batch, 100 if batch == 1 else cfg.length))
         length = ids.shape[1]
         _progress(f"single calls: B={batch}, L={length}, {cfg.requests} calls back to back and paced")
-        calls = {"topk_hamming_lookup": lambda q=query, i=ids: topk_hamming_lookup(q, i, table, cfg.k)}
+        calls: dict[str, Callable[[], Any]] = {
+            "topk_hamming_lookup": functools.partial(topk_hamming_lookup, query, ids, table, cfg.k)}
         if op is not None:
             tq, ti, tt = (torch.from_numpy(a.view(np.int64) if a.dtype == np.uint64 else a)
                           for a in (query, ids, table))
-            calls["torch op"] = lambda q=tq, i=ti, t=tt: op(q, i, t, cfg.k)
+            calls["torch op"] = functools.partial(op, tq, ti, tt, cfg.k)
         for name, call in calls.items():
             for how, pace in (("", 0.0), (f", {PACE * 1e3:g} ms apart", PACE)):
                 p50, p99, _ = percentiles(call, cfg.requests, pace)
@@ -314,7 +316,7 @@ def run_pipeline(cfg: PipelineConfig, *, load: bool = True, seed: int = 0) -> di
         Section title -> rows ``(label, p50 s, p99 s)``; ratio rows hold ratios.
     """
     results: dict[str, list[tuple[str, float, float]]] = {}
-    modes = [("idle", contextlib.nullcontext())]
+    modes: list[tuple[str, contextlib.AbstractContextManager[None]]] = [("idle", contextlib.nullcontext())]
     if load:
         modes.append((f"{os.cpu_count()} busy processes", busy_cores()))
     for mode, ctx in modes:
