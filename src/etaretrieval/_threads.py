@@ -49,8 +49,9 @@ def threads(n: int) -> Iterator[None]:
     (all cores by default), but no more than its own plus the cores idle
     when it starts (the *idle-core rule*; Linux: the runnable threads of
     ``/proc/loadavg``, as GNU OpenMP's dynamic mode does): on a busy machine
-    a helper would wait for a core, and the call for it. ``ETARETRIEVAL_SERIAL=1`` makes every call
-    serial. Results never depend on the number of threads.
+    a helper would wait for a core, and the call for it.
+    ``ETARETRIEVAL_SERIAL=1`` makes every call serial. Results never depend
+    on the number of threads.
 
     Parameters
     ----------
@@ -207,6 +208,9 @@ def parallel_rows(run: Callable[..., Any], rows: int, work: int, outputs: Sequen
 
 _FREE, _RUNNING, _DONE, _TAKEN = 0, 1, 2, 3  # _TAKEN: over by the calling thread
 
+#: Shortest wait of the calling thread for a helper's task before taking it over, seconds.
+_MIN_WAIT = 50e-6
+
 
 class _Job:
     """The tasks of one :func:`parallel_rows` call, their states and results."""
@@ -281,10 +285,5 @@ class _Job:
             for task in late:
                 value, error, _ = self._call(task, private=False)
                 self._done(task, value, error, (), private=False, held=_TAKEN)
+        if not self.outputs or self.left:  # without outputs, or tasks still to finish: wait for them
             self.finished.acquire()
-        elif not self.outputs:
-            self.finished.acquire()
-
-
-#: Shortest wait of the calling thread for a helper's task before taking it over, seconds.
-_MIN_WAIT = 50e-6
