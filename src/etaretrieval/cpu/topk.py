@@ -8,9 +8,10 @@ Each row takes four steps, no comparison sort among them and none with a
    branch (an out-of-range id only raises a flag and reads the last row) and write
    small stack buffers first, which the compiler knows alias nothing, so they
    are vectorised (gathers + vector popcount; a table larger than
-   :data:`CACHED_TABLE_BYTES` takes one pass per signature word):
-   this is the only step that touches the ids and the table, i.e. the memory
-   traffic of the floor.
+   :data:`CACHED_TABLE_BYTES` takes one pass per signature word; keys
+   shared by every row are copied word-major once per call and read in one
+   contiguous pass per word): this is the only step that touches the ids
+   and the table, i.e. the memory traffic of the floor.
 2. *bound*: in rows of :data:`SAMPLE_MIN_LENGTH` or more, first the
    previous row's ``k``-th distance plus one (rows of a batch have similar
    distances): if it has at least ``k`` positions at or below it, and not
