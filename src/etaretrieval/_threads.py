@@ -190,9 +190,11 @@ def parallel_rows(run: Callable[..., Any], rows: int, work: int, outputs: Sequen
     list
         ``run``'s return value per task, in row order.
     """
-    count = min(thread_count(), rows, work // max(1, config.SERIAL_WORK))
-    if count > 1 and getattr(_local, "threads", None) is None:  # the default: no more threads than idle cores
-        count = min(count, 1 + max(0, _idle_cores()))
+    count = min(rows, work // max(1, config.SERIAL_WORK))
+    if count > 1:  # worth a helper: as many as the thread setting, and by default the idle cores, allow
+        count = min(count, thread_count())
+        if count > 1 and getattr(_local, "threads", None) is None:
+            count = min(count, 1 + max(0, _idle_cores()))
     if count <= 1:
         return [run(0, rows, 0, *outputs) if outputs else run(0, rows)]
     ntasks = min(rows, count * config.TASKS_PER_THREAD)
