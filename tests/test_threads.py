@@ -153,6 +153,58 @@ def test_parallel_rows_takes_over_a_stalled_helpers_task() -> None:
     assert (out == -7).all()
 
 
+def test_a_helpers_failed_allocation_reaches_the_caller_and_the_pool_keeps_working(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A helper whose private rows cannot be allocated reports the error to the call; its thread survives."""
+    caller = threading.get_ident()
+    real_empty = np.empty
+    failed = threading.Event()
+
+    def empty(*args: object, **kwargs: object) -> np.ndarray:
+        if threading.get_ident() != caller and not failed.is_set():
+            failed.set()
+            raise MemoryError("no room for a helper's rows")
+        return real_empty(*args, **kwargs)  # type: ignore[call-overload]
+
+    def run(lo: int, hi: int, base: int, out: np.ndarray) -> None:
+        if threading.get_ident() == caller:
+            failed.wait(10)  # let a helper take a task first
+        out[:] = 1
+
+    monkeypatch.setattr(config, "SERIAL_WORK", 0)
+    monkeypatch.setattr(_threads.np, "empty", empty)
+    with er.threads(2):
+        with pytest.raises(MemoryError, match="helper's rows"):
+            _threads.parallel_rows(run, 16, 10**6, (np.zeros(16),))
+        monkeypatch.setattr(_threads.np, "empty", real_empty)
+        helpers = [t for t in threading.enumerate() if t.name.startswith("etaretrieval-")]
+        assert helpers and all(t.is_alive() for t in helpers)
+        out = np.zeros(16)
+        _threads.parallel_rows(lambda lo, hi, base, o: o.fill(2), 16, 10**6, (out,))
+    assert (out == 2).all()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_reads_loadavg_through_its_own_descriptor() -> None:
+    """The inherited /proc/loadavg descriptor is closed in the child, which opens its own on first use."""
+    _threads._idle_cores()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave at once
+        try:
+            reset = not _threads._loadavg
+            idle = _threads._idle_cores()
+            os.write(write, f"{int(reset)} {idle}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    reset, idle = os.read(read, 64).split()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert reset == b"1" and int(idle) <= (os.cpu_count() or 1)
+
+
 def test_parallel_rows_with_outputs_agrees_with_serial_for_any_threads() -> None:
     """Helpers write private rows copied in with the right offset; values come back in row order."""
 

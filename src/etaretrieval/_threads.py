@@ -151,9 +151,20 @@ _pool = _Pool()
 
 
 def _fresh_pool() -> None:
-    """In a forked child: the parent's helper threads do not exist here; start anew on demand."""
+    """In a forked child: the parent's helper threads do not exist here; start anew on demand.
+
+    The inherited ``/proc/loadavg`` descriptor is closed too (a child that
+    closes its descriptors could reuse the number for another file): the
+    child opens its own on first use.
+    """
     global _pool
     _pool = _Pool()
+    if _loadavg and _loadavg[0] >= 0:
+        try:
+            os.close(_loadavg[0])
+        except OSError:
+            pass
+    _loadavg.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -179,10 +190,10 @@ def parallel_rows(run: Callable[..., Any], rows: int, work: int, outputs: Sequen
     ``r`` of ``outs`` is row ``base + r`` of ``outputs``. The calling thread
     writes into ``outputs`` (``base = 0``), a helper into arrays of its own
     that it copies in when it is done. Once no task is left to take, the
-    calling thread waits as long as one of its own tasks took for the
+    calling thread waits twice as long as its longest task took for the
     helpers' tasks, then takes over those still running (it computes them
     itself and the late helper's copy is dropped): a preempted helper costs
-    the call about two tasks' time, and never writes into ``outputs`` after
+    the call about three tasks' time, and never writes into ``outputs`` after
     the call has returned.
 
     Returns
@@ -210,7 +221,9 @@ def parallel_rows(run: Callable[..., Any], rows: int, work: int, outputs: Sequen
 
 _FREE, _RUNNING, _DONE, _TAKEN = 0, 1, 2, 3  # _TAKEN: over by the calling thread
 
-#: Shortest wait of the calling thread for a helper's task before taking it over, seconds.
+#: Added to twice the calling thread's longest task: its wait for a helper's task before taking it over,
+#: seconds. A helper's task may cost more than the caller's (longer rows) and is then done twice, at
+#: worst; a preempted helper stalls for a time slice (milliseconds).
 _MIN_WAIT = 50e-6
 
 
@@ -230,29 +243,33 @@ class _Job:
         self.finished.acquire()
         self.own_time = 0.0  # the calling thread's longest task, seconds
 
-    def _call(self, task: int, private: bool) -> tuple[Any, BaseException | None, tuple[np.ndarray, ...]]:
+    def _call(self, task: int, private: bool) -> tuple[Any, BaseException | None, tuple[np.ndarray, ...] | None]:
+        """Run a task: ``(value, error, the helper's own rows or None)``; skipped once another task failed."""
         lo, hi = self.bounds[task], self.bounds[task + 1]
-        outs = self.outputs
-        if private:
-            outs = tuple(np.empty((hi - lo, *o.shape[1:]), dtype=o.dtype) for o in outs)
-        try:
-            if self.errors:
-                return None, None, outs
+        if self.errors:
+            return None, None, None
+        try:  # whatever fails (the private arrays too) is re-raised in the calling thread, not in a helper
+            outs = self.outputs
+            if private:
+                outs = tuple(np.empty((hi - lo, *o.shape[1:]), dtype=o.dtype) for o in outs)
             value = self.run(lo, hi, lo if private else 0, *outs) if self.outputs else self.run(lo, hi)
-            return value, None, outs
-        except BaseException as exc:  # re-raised in the calling thread
-            return None, exc, outs
+            return value, None, outs if private else None
+        except BaseException as exc:
+            return None, exc, None
 
-    def _done(self, task: int, value: Any, error: BaseException | None, outs: tuple[np.ndarray, ...],
-              private: bool, held: int = _RUNNING) -> None:
-        """Record a task's outcome, if the task is still in state ``held`` (a late helper's is not: dropped)."""
+    def _done(self, task: int, value: Any, error: BaseException | None, own: tuple[np.ndarray, ...] | None,
+              held: int = _RUNNING) -> None:
+        """Record a task's outcome, if the task is still in state ``held`` (a late helper's is not: dropped).
+
+        ``own``: a helper's rows of the task, copied into the outputs.
+        """
         with self.lock:
             if self.state[task] != held:
                 return
-            if private and error is None:
+            if own is not None:
                 lo, hi = self.bounds[task], self.bounds[task + 1]
-                for out, own in zip(self.outputs, outs):
-                    out[lo:hi] = own
+                for out, rows in zip(self.outputs, own):
+                    out[lo:hi] = rows
             self.results[task] = value
             if error is not None:
                 self.errors.append(error)
@@ -272,20 +289,20 @@ class _Job:
                 self.next += 1
                 self.state[task] = _RUNNING
             start = time.perf_counter()
-            value, error, outs = self._call(task, private)
+            value, error, own = self._call(task, private)
             if not helper:
                 self.own_time = max(self.own_time, time.perf_counter() - start)
-            self._done(task, value, error, outs, private)
+            self._done(task, value, error, own)
 
     def finish(self) -> None:
         """In the calling thread, with no free task left: wait for the helpers' tasks, or take them over."""
-        if self.outputs and not self.finished.acquire(timeout=max(self.own_time, _MIN_WAIT)):
+        if self.outputs and not self.finished.acquire(timeout=2 * self.own_time + _MIN_WAIT):
             with self.lock:  # still running after a task's time: the helper is late, most likely preempted
                 late = [t for t, state in enumerate(self.state) if state == _RUNNING]
                 for task in late:
                     self.state[task] = _TAKEN
             for task in late:
                 value, error, _ = self._call(task, private=False)
-                self._done(task, value, error, (), private=False, held=_TAKEN)
+                self._done(task, value, error, None, held=_TAKEN)
         if not self.outputs or self.left:  # without outputs, or tasks still to finish: wait for them
             self.finished.acquire()
