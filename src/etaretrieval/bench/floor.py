@@ -141,10 +141,9 @@ def floor_lookup(query: np.ndarray, ids: np.ndarray, table: np.ndarray) -> npt.N
         parallel_rows(lambda lo, hi, base, o: _floor_shared(query, keys_t, lo, hi, base, o), query.shape[0],
                       query.shape[0] * ids.size * table.shape[1], (out,))
         return out
-    ids2 = ids
     cached = table.nbytes <= CACHED_TABLE_BYTES or 4 <= table.shape[1] <= 8  # the faster form, as measured
-    parallel_rows(lambda lo, hi, base, o: _floor(query, ids2, table, cached, lo, hi, base, o), query.shape[0],
-                  ids2.size * table.shape[1], (out,))
+    parallel_rows(lambda lo, hi, base, o: _floor(query, ids, table, cached, lo, hi, base, o), query.shape[0],
+                  ids.size * table.shape[1], (out,))
     return out
 
 

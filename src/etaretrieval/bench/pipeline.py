@@ -93,8 +93,8 @@ class PipelineConfig:
 def percentiles(call: Callable[[], Any], n: int, pace: float = 0.0) -> tuple[float, float, np.ndarray]:
     """p50 and p99 seconds of ``n`` calls (after one untimed call), and the samples.
 
-    ``pace > 0``: the thread sleeps ``pace`` seconds before each call (timed
-    from the call's start), as a server waits for its next request.
+    ``pace > 0``: the thread sleeps ``pace`` seconds before each call (the
+    sleep is not timed), as a server waits for its next request.
 
     Examples
     --------
