@@ -1,0 +1,290 @@
+"""Top-K by Hamming distance over ragged rows (flat values + offsets), plain and fused with an id lookup.
+
+Row ``b`` is ``values[starts[b] : starts[b] + lens[b]]``: the kernels read the
+flat ``keys`` ``(T, W)`` / ``ids`` ``(T,)`` (and a flat ``(T,)`` mask) in
+place, one row at a time through zero-copy views, and run each row through the
+padded kernel's steps (:mod:`etaretrieval.cpu.topk`: the distance pass, then
+the counting-sort selection), so the results are the padded path's bit for bit.
+
+Work, not rows, is spread over the library's threads. :func:`plan` cuts every
+row longer than the call's share of work per task (and than
+:data:`MIN_PIECE`) into *pieces* of about equal length; the pieces, in row
+order, are grouped into ranges of about equal work (positions plus
+:data:`ROW_COST` per piece), which :func:`etaretrieval._threads.parallel_rows`
+hands out. A row in one piece writes its result directly; the pieces of a cut
+row write partial top-K lists (positions shifted to the row's start) that
+:func:`merge_pieces` merges afterwards. One row of ``10^5`` behaviours among
+short ones is thus shared by every thread instead of holding one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from .. import config
+from .._jit import jit, kernel_input
+from .._threads import parallel_rows, thread_count
+from .._validate import ids_error, results
+from .topk import CACHED_TABLE_BYTES, LANES, _distance_pass, _first_bad, _select, _workspace
+
+__all__ = ["MIN_PIECE", "ROW_COST", "plan", "ragged_topk", "merge_pieces", "topk_hamming", "topk_hamming_lookup"]
+
+#: Rows are cut into pieces only when longer than this many positions (each
+#: piece costs a partial top-K list and its merge).
+MIN_PIECE = 4096
+
+#: The work of a piece, in positions, on top of its length: its selection
+#: step and its share of the call's overhead (so that many empty rows still
+#: weigh something when rows are grouped).
+ROW_COST = 32
+
+#: Bits of a merge key that hold the position (rows are shorter than ``2**40``).
+_POS_BITS = 40
+_POS_MASK = (1 << _POS_BITS) - 1
+
+
+@jit()
+def _piece_distances(query, src, ids, end, mask, use_mask, pad, use_pad, cached, lookup, scratch, words):
+    """Distances of one piece (``query`` ``(1, W)``, ``ids`` / ``mask`` ``(1, end)`` views) into ``scratch[:end]``.
+
+    ``src`` is the table with ``lookup``, else the piece's ``(end, W)`` keys.
+    Returns ``(out_of_range, nvalid)`` as :func:`etaretrieval.cpu.topk._distance_pass`,
+    with the same literal flags in the common cases (each is compiled apart,
+    its tests removed), so a piece costs what a padded row of its length does.
+    """
+    if lookup:
+        if src.shape[0] == 0:  # no row to read in place of a bad id
+            return True, 0
+        if use_mask or use_pad:
+            return _distance_pass(query, src, ids, 0, end, mask, use_mask, pad, use_pad, scratch, words, True, False)
+        if words == 1:
+            return _distance_pass(query, src, ids, 0, end, mask, False, pad, False, scratch, 1, True, False)
+        if not cached:
+            return _distance_pass(query, src, ids, 0, end, mask, False, pad, False, scratch, words, True, False)
+        if words == 2:
+            return _distance_pass(query, src, ids, 0, end, mask, False, pad, False, scratch, 2, True, True)
+        return _distance_pass(query, src, ids, 0, end, mask, False, pad, False, scratch, words, True, True)
+    if use_mask:
+        return _distance_pass(query, src, ids, 0, end, mask, True, 0, False, scratch, words, False, False)
+    if words == 4:
+        return _distance_pass(query, src, ids, 0, end, mask, False, 0, False, scratch, 4, False, True)
+    if words > 4:
+        return _distance_pass(query, src, ids, 0, end, mask, False, 0, False, scratch, words, False, True)
+    return _distance_pass(query, src, ids, 0, end, mask, False, 0, False, scratch, words, False, False)
+
+
+@jit()
+def ragged_topk(
+    query, keys, ids, table, lookup, k, starts, piece_row, piece_lo, piece_hi, piece_slot, mask, use_mask,
+    pad, use_pad, cached, first, last, idx, dist, part_idx, part_dist, bad,
+):
+    """Top-``k`` of pieces ``first..last-1`` (serial; :func:`etaretrieval._threads.parallel_rows` spreads ranges).
+
+    Arguments:
+
+    - ``query``: ``(B, W)`` uint64 signatures;
+    - ``keys``: ``(T, W)`` flat uint64 signatures (read unless ``lookup``);
+    - ``ids``, ``table``: ``(T,)`` flat ids into ``(N, W)`` uint64 (read with ``lookup``);
+    - ``starts``: ``(B,)`` int64 first flat index of each row;
+    - ``piece_row``, ``piece_lo``, ``piece_hi``: piece ``p`` is positions
+      ``piece_lo[p]..piece_hi[p]-1`` of row ``piece_row[p]``;
+    - ``piece_slot``: ``-1`` for a whole row (its result goes to ``idx`` /
+      ``dist`` row ``piece_row[p]``), else the row of ``part_idx`` /
+      ``part_dist`` ``(S, kp)`` taking its partial top-``kp`` (positions from
+      the row's start);
+    - ``mask``, ``use_mask``: ``(T,)`` flat bool validity;
+    - ``pad``, ``use_pad``: int64 bits of the padding id; ``cached``: the
+      table has at most :data:`~etaretrieval.cpu.topk.CACHED_TABLE_BYTES`;
+    - ``bad``: ``(P,)`` int64, receives the first valid position (in the
+      piece) holding an id outside ``[0, N)``, for such pieces only (which
+      get no result).
+
+    Returns the first piece of the range with a bad id, or ``-1``.
+    """
+    words = query.shape[1]
+    invalid = 64 * words + 1
+    longest = 0
+    for p in range(first, last):
+        longest = max(longest, piece_hi[p] - piece_lo[p])
+    scratch, work = _workspace(longest, words)
+    kp = part_idx.shape[1]
+    guess = -1
+    first_bad = -1
+    for p in range(first, last):
+        b = piece_row[p]
+        lo = piece_lo[p]
+        end = piece_hi[p] - lo
+        s = starts[b] + lo
+        q = query[b : b + 1]
+        i0 = s if lookup else 0  # an empty view of the unread argument
+        piece_ids = ids[i0 : i0 + (end if lookup else 0)]
+        m0 = s if use_mask else 0
+        piece_mask = mask[m0 : m0 + (end if use_mask else 0)]
+        i2 = piece_ids.reshape((1, piece_ids.shape[0]))
+        m2 = piece_mask.reshape((1, piece_mask.shape[0]))
+        if lookup:
+            out_of_range, nvalid = _piece_distances(q, table, i2, end, m2, use_mask, pad, use_pad, cached, True,
+                                                    scratch, words)
+        else:
+            out_of_range, nvalid = _piece_distances(q, keys[s : s + end], i2, end, m2, use_mask, pad, False, False,
+                                                    False, scratch, words)
+        if out_of_range:
+            bad[p] = _first_bad(i2, 0, end, m2, use_mask, pad, use_pad, table.shape[0])
+            if bad[p] >= 0:
+                first_bad = p if first_bad < 0 else first_bad
+                continue
+            scratch[:end] = invalid  # empty table and no valid position: an empty result
+        scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
+        slot = piece_slot[p]
+        if slot < 0:
+            guess = _select(scratch, end, nvalid, k, invalid - 1, work, idx[b], dist[b], guess)
+        else:
+            guess = _select(scratch, end, nvalid, kp, invalid - 1, work, part_idx[slot], part_dist[slot], guess)
+            for j in range(min(kp, nvalid)):
+                part_idx[slot, j] += lo
+    return first_bad
+
+
+@jit()
+def merge_pieces(rows, slot_first, slot_count, part_idx, part_dist, k, idx, dist):
+    """Merge the partial top-K lists of each cut row ``rows[r]``: slots ``slot_first[r]`` + ``0..slot_count[r]-1``.
+
+    Each entry becomes one int64 key (distance above :data:`_POS_BITS` bits of
+    the complemented position), so that ascending keys are the result order
+    (distance ascending, newest first); keys are unique within a row.
+    """
+    kp = part_idx.shape[1]
+    for r in range(rows.shape[0]):
+        b = rows[r]
+        keys = np.empty(slot_count[r] * kp, dtype=np.int64)
+        n = 0
+        for slot in range(slot_first[r], slot_first[r] + slot_count[r]):
+            for j in range(kp):
+                if part_idx[slot, j] < 0:
+                    break
+                keys[n] = (np.int64(part_dist[slot, j]) << _POS_BITS) | (_POS_MASK - part_idx[slot, j])
+                n += 1
+        keys = np.sort(keys[:n])
+        take = min(k, n)
+        for j in range(take):
+            idx[b, j] = _POS_MASK - (keys[j] & _POS_MASK)
+            dist[b, j] = keys[j] >> _POS_BITS
+        for j in range(take, k):
+            idx[b, j] = -1
+            dist[b, j] = -1
+
+
+class Plan:
+    """The pieces of a call and their grouping (see :func:`plan`)."""
+
+    __slots__ = ("row", "lo", "hi", "slot", "groups", "cut_rows", "slot_first", "slot_count", "part_width")
+
+    def __init__(self, row: np.ndarray, lo: np.ndarray, hi: np.ndarray, slot: np.ndarray, groups: list[int],
+                 cut_rows: np.ndarray, slot_first: np.ndarray, slot_count: np.ndarray, part_width: int) -> None:
+        self.row, self.lo, self.hi, self.slot, self.groups = row, lo, hi, slot, groups
+        self.cut_rows, self.slot_first, self.slot_count, self.part_width = cut_rows, slot_first, slot_count, part_width
+
+
+def plan(lens: npt.NDArray[np.int64], k: int, tasks: int) -> Plan:
+    """Cut rows of ``lens`` positions into pieces and group them into ``<= tasks`` ranges of about equal work.
+
+    A row longer than both :data:`MIN_PIECE` and ``total / tasks`` is cut into
+    the fewest pieces of at most that length (of equal length, to a position);
+    partial lists are ``min(k, longest piece)`` wide.
+    """
+    batch = lens.shape[0]
+    total = int(lens.sum())
+    limit = max(MIN_PIECE, -(-total // max(tasks, 1)))
+    longest = int(lens.max()) if batch else 0
+    rows = np.arange(batch, dtype=np.int64)
+    if longest <= limit:  # the common case: a piece per row
+        row, lo, hi = rows, np.zeros(batch, dtype=np.int64), lens
+        slot = np.full(batch, -1, dtype=np.int64)
+        cut, slot_first, slot_count, width = rows[:0], rows[:0], rows[:0], 0
+    else:
+        count = np.maximum(1, -(-lens // limit))
+        row = np.repeat(rows, count)
+        within = np.arange(row.shape[0], dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
+        lo = lens[row] * within // count[row]
+        hi = lens[row] * (within + 1) // count[row]
+        is_cut = count[row] > 1
+        slot = np.where(is_cut, np.cumsum(is_cut) - 1, -1)
+        cut = np.flatnonzero(count > 1)
+        slot_count = count[cut]
+        slot_first = np.cumsum(slot_count) - slot_count
+        width = min(k, int((hi - lo).max()))
+    work = np.cumsum(hi - lo + ROW_COST)
+    ngroups = min(row.shape[0], max(tasks, 1))
+    total_work = int(work[-1]) if row.shape[0] else 0
+    groups = [0] + [int(np.searchsorted(work, total_work * g // ngroups, side="right")) for g in range(1, ngroups)]
+    groups.append(row.shape[0])
+    return Plan(row, lo, hi, slot, groups, cut, slot_first, slot_count, width)
+
+
+_NO_SIGNATURES = kernel_input(np.zeros((0, 1), dtype=np.uint64))
+_NO_IDS = kernel_input(np.zeros(0, dtype=np.int64))
+_NO_MASK = kernel_input(np.zeros(0, dtype=np.bool_))
+
+
+def _run(q: np.ndarray, keys: np.ndarray, ids: np.ndarray, table: np.ndarray, lookup: bool, k: int,
+         starts: np.ndarray, lens: np.ndarray, mask: np.ndarray | None, pad: int | None
+         ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """Plan, run the pieces over the threads, merge the cut rows, raise the first bad id."""
+    batch, words = q.shape
+    idx, dist = results(batch, k)
+    if not batch:
+        return idx, dist
+    pieces = plan(lens, k, thread_count() * config.TASKS_PER_THREAD)
+    part_idx = np.empty((pieces.slot_first.shape[0] and int(pieces.slot_count.sum()), pieces.part_width),
+                        dtype=np.int64)
+    part_dist = np.empty(part_idx.shape, dtype=np.int32)
+    bad = np.empty(pieces.row.shape[0], dtype=np.int64)  # written only for pieces with a bad id
+    m = _NO_MASK if mask is None else kernel_input(mask, contiguous=True)
+    q = kernel_input(q, contiguous=True)
+    cached = table.nbytes <= CACHED_TABLE_BYTES
+    groups = pieces.groups
+    args = (starts, pieces.row, pieces.lo, pieces.hi, pieces.slot, m, mask is not None, 0 if pad is None else pad,
+            pad is not None, cached)
+
+    def run(lo: int, hi: int) -> int:
+        """The first piece of groups ``lo..hi-1`` with a bad id, or -1."""
+        return int(ragged_topk(q, keys, ids, table, lookup, k, *args, groups[lo], groups[hi], idx, dist,
+                               part_idx, part_dist, bad))
+
+    first_bad = [p for p in parallel_rows(run, len(groups) - 1, int(lens.sum()) * words) if p >= 0]
+    if first_bad:
+        p = min(first_bad)
+        row, pos = int(pieces.row[p]), int(pieces.lo[p] + bad[p])
+        raise ids_error(row, pos, ids[starts[row] + pos], table.shape[0])
+    if pieces.cut_rows.shape[0]:
+        merge_pieces(pieces.cut_rows, pieces.slot_first, pieces.slot_count, part_idx, part_dist, k, idx, dist)
+    return idx, dist
+
+
+def topk_hamming(
+    q: np.ndarray, keys: np.ndarray, k: int, starts: np.ndarray, lens: np.ndarray, mask: np.ndarray | None
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """Host path of :func:`etaretrieval.ragged.topk_hamming_ragged` (inputs validated).
+
+    ``q`` ``(B, W)`` and flat ``keys`` ``(T, W)`` uint64, ``starts`` / ``lens``
+    ``(B,)`` int64 (rows inside ``keys``), ``mask`` ``(T,)`` bool or ``None``.
+    """
+    keys = kernel_input(keys, contiguous=True)
+    return _run(q, keys, _NO_IDS, _NO_SIGNATURES, False, k, starts, lens, mask, None)
+
+
+def topk_hamming_lookup(
+    q: np.ndarray, ids: np.ndarray, table: np.ndarray, k: int, starts: np.ndarray, lens: np.ndarray,
+    mask: np.ndarray | None, pad: int | None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """Host path of :func:`etaretrieval.ragged.topk_hamming_lookup_ragged` (inputs validated).
+
+    Flat ``ids`` ``(T,)`` of any integer dtype, ``table`` ``(N, W)`` uint64,
+    ``pad`` the padding id's int64 bit pattern or ``None``; the rest as in
+    :func:`topk_hamming`. Raises the :class:`IndexError` of the first valid
+    position holding an id outside the table, named ``ids[row, position]``.
+    """
+    ids = kernel_input(ids, contiguous=True)
+    table = kernel_input(table)
+    return _run(q, _NO_SIGNATURES, ids, table, True, k, starts, lens, mask, pad)

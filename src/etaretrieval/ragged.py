@@ -1,0 +1,238 @@
+"""Top-K retrieval over ragged histories: flat values plus ``(B + 1,)`` offsets.
+
+Row ``b`` of a ragged batch is ``values[offsets[b] : offsets[b + 1]]``, the
+layout of Arrow's ``ListArray``, TorchRec's ``JaggedTensor`` and
+``torch.nested`` jagged tensors: the kernels read the flat values in place,
+without a ``(B, L_max)`` block. The results are those of the padded functions
+(:func:`etaretrieval.topk_hamming`, :func:`etaretrieval.topk_hamming_lookup`)
+given the rows padded to a common length with ``lengths``, bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ._device import DeviceArray, placement
+from ._validate import (
+    DTypeError,
+    _shape,
+    as_array,
+    as_padding,
+    as_signatures,
+    check_k,
+    check_keys_shape,
+    check_table_shape,
+    is_integer_dtype,
+)
+from .cpu.ragged import topk_hamming as host_topk
+from .cpu.ragged import topk_hamming_lookup as host_lookup
+
+__all__ = ["topk_hamming_ragged", "topk_hamming_lookup_ragged", "as_offsets", "check_offsets_alone"]
+
+
+def check_offsets_alone(lengths: Any = None, padding_side: str | None = None) -> None:
+    """Refuse ``lengths`` or a ``padding_side`` other than ``"right"`` given together with ``offsets``.
+
+    ``offsets`` gives each row's extent in the flat values; ``lengths`` and
+    ``padding_side`` describe the valid part of padded rows, which ragged rows
+    do not have.
+    """
+    if lengths is not None:
+        raise ValueError(
+            "pass either offsets (ragged rows: flat values and their (B + 1,) offsets) or lengths (padded rows), "
+            "not both"
+        )
+    if padding_side is not None and padding_side != "right":
+        raise ValueError(
+            f"padding_side applies to padded rows; with offsets (ragged rows, no padding) it must be left out, "
+            f"got padding_side={padding_side!r}"
+        )
+
+
+def as_offsets(offsets: Any, batch: int, total: int, values: str) -> tuple[np.ndarray, np.ndarray]:
+    """Check ``offsets`` for ``batch`` rows of the ``total`` flat ``values``: ``(starts, lens)``, int64 ``(batch,)``.
+
+    ``offsets`` is ``(batch + 1,)`` of an integer dtype (int32 or int64 as
+    Arrow writes them), non-decreasing, from ``>= 0`` to ``<= total`` (Arrow
+    semantics: ``offsets[0]`` may be above 0, values past ``offsets[-1]``
+    belong to no row). A device array is copied to the host (``batch + 1``
+    integers). Every error names ``offsets`` and its first bad entry.
+    """
+    o = as_array(offsets, "offsets")
+    if isinstance(o, DeviceArray):
+        from .cuda import _backend
+
+        o = np.asarray(_backend.as_numba(o).copy_to_host())
+    if o.size and not is_integer_dtype(o.dtype):  # (an empty list is float64 to NumPy: its shape is wrong)
+        raise DTypeError(f"offsets must have an integer dtype (int32 or int64), got dtype {o.dtype}")
+    if o.shape != (batch + 1,):
+        raise ValueError(
+            f"offsets must have shape {_shape((batch + 1,))} (one more than the {batch} rows of query), "
+            f"got shape {_shape(o.shape)}"
+        )
+    if o[0] < 0:
+        raise ValueError(f"offsets must be >= 0, got offsets[0] = {o[0]}")
+    down = np.flatnonzero(o[1:] < o[:-1])
+    if down.size:
+        i = int(down[0]) + 1
+        raise ValueError(f"offsets must be non-decreasing, got offsets[{i}] = {o[i]} < offsets[{i - 1}] = {o[i - 1]}")
+    if o[-1] > total:
+        i = int(np.flatnonzero(o > total)[0])
+        raise ValueError(f"offsets must lie within the {total} entries of {values}, got offsets[{i}] = {o[i]}")
+    o = o.astype(np.int64)
+    return o[:-1], np.diff(o)
+
+
+def _flat_mask(mask: Any, total: int) -> Any:
+    """``mask`` checked to be ``(total,)`` bool (a :class:`DeviceArray` passes through), or ``None``."""
+    if mask is None:
+        return None
+    m = as_array(mask, "mask")
+    if m.dtype != np.bool_:
+        raise DTypeError(f"mask must have dtype bool, got dtype {m.dtype}")
+    if m.shape != (total,):
+        raise ValueError(
+            f"mask must have shape {_shape((total,))} (one entry per flat value, like the values offsets index), "
+            f"got shape {_shape(m.shape)}"
+        )
+    return m
+
+
+def topk_hamming_ragged(
+    query: Any, keys: Any, k: int, offsets: Any, *, mask: Any = None
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """The ``k`` keys nearest to each query in Hamming distance, over ragged rows of keys.
+
+    Parameters
+    ----------
+    query : array_like
+        ``(B, W)`` uint64 target signatures.
+    keys : array_like
+        ``(T, W)`` uint64 behaviour signatures of every row, back to back.
+    k : int
+        Number of positions to return per row, ``>= 0``.
+    offsets : array_like
+        ``(B + 1,)`` integers (int32 or int64), non-decreasing, at most ``T``:
+        row ``b`` is ``keys[offsets[b]:offsets[b + 1]]``. ``offsets[0]`` may be
+        above 0 and keys past ``offsets[-1]`` belong to no row (Arrow's
+        ``ListArray`` offsets, TorchRec's ``JaggedTensor.offsets()``).
+    mask : array_like, optional
+        ``(T,)`` bool: valid keys (aligned with ``keys``).
+
+    Returns
+    -------
+    idx : numpy.ndarray
+        ``(B, k)`` int64 positions, counted from the start of each row.
+    dist : numpy.ndarray
+        ``(B, k)`` int32 Hamming distances.
+
+    Notes
+    -----
+    Order, ``-1`` fill and devices as in :func:`etaretrieval.topk_hamming`:
+    distance ascending, among equal distances the larger position (newer)
+    first. The result equals ``topk_hamming`` on the rows padded to a common
+    length with ``lengths = numpy.diff(offsets)``. Long rows are shared by
+    the library's threads, so one long history does not hold up a batch.
+
+    Examples
+    --------
+    >>> import numpy as np, etaretrieval as er
+    >>> from etaretrieval.ragged import topk_hamming_ragged
+    >>> query = np.array([[0b00], [0b11]], dtype=np.uint64)
+    >>> keys = np.array([[0b01], [0b00], [0b11], [0b10], [0b11]], dtype=np.uint64)
+    >>> topk_hamming_ragged(query, keys, 2, offsets=[0, 2, 5])
+    (array([[1, 0],
+           [2, 0]]), array([[0, 1],
+           [0, 0]], dtype=int32))
+    """
+    device = placement(query=query, keys=keys, offsets=offsets, mask=mask)
+    q = as_signatures("query", query, (2,), "(B, W)")
+    kk = as_signatures("keys", keys, (2,), "(T, W): the flat keys of every row")
+    k = check_k(k)
+    batch, words = q.shape
+    check_keys_shape(kk.shape, batch, words)
+    starts, lens = as_offsets(offsets, batch, kk.shape[0], "keys")
+    m = _flat_mask(mask, kk.shape[0])
+    if device:
+        from .cuda.ragged import topk_hamming as device_topk
+
+        return device_topk(q, kk, k, starts, lens, m)
+    return host_topk(q, kk, k, starts, lens, m)
+
+
+def _flat_ids(ids: Any) -> Any:
+    """``ids`` checked to be a flat ``(T,)`` array of an integer dtype."""
+    i = as_array(ids, "ids")
+    if not is_integer_dtype(i.dtype):
+        raise DTypeError(f"ids must have an integer dtype, got dtype {i.dtype}")
+    if i.ndim != 1:
+        raise ValueError(f"ids must have shape (T,): the flat ids of every row, got shape {_shape(i.shape)}")
+    return i
+
+
+def topk_hamming_lookup_ragged(
+    query: Any, ids: Any, table: Any, k: int, offsets: Any, *, mask: Any = None, padding_id: int | None = None
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """Fused ids -> signature-table rows -> Hamming -> top-K over ragged rows of ids.
+
+    Parameters
+    ----------
+    query : array_like
+        ``(B, W)`` uint64 target signatures.
+    ids : array_like
+        ``(T,)`` item ids of every row, back to back; any integer dtype.
+    table : array_like
+        ``(N, W)`` uint64 signature table.
+    k : int
+        Number of positions to return per row, ``>= 0``.
+    offsets : array_like
+        ``(B + 1,)`` row offsets into ``ids``, as in :func:`topk_hamming_ragged`.
+    mask : array_like, optional
+        ``(T,)`` bool: valid positions (aligned with ``ids``).
+    padding_id : int, optional
+        Positions holding this id are not valid (and never looked up).
+
+    Returns
+    -------
+    idx : numpy.ndarray
+        ``(B, k)`` int64 positions, counted from the start of each row.
+    dist : numpy.ndarray
+        ``(B, k)`` int32 Hamming distances.
+
+    Raises
+    ------
+    IndexError
+        A valid position holds an id outside ``[0, N)``; the message names
+        the first one as ``ids[row, position]``, the position counted from
+        the row's start (as for padded rows).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from etaretrieval.ragged import topk_hamming_lookup_ragged
+    >>> table = np.array([[0b00], [0b01], [0b11]], dtype=np.uint64)
+    >>> query = np.array([[0b11], [0b00]], dtype=np.uint64)
+    >>> ids = np.array([2, 0, 1, 0, 2, 1])
+    >>> topk_hamming_lookup_ragged(query, ids, table, 2, offsets=[0, 3, 6], padding_id=0)
+    (array([[0, 2],
+           [2, 1]]), array([[0, 1],
+           [1, 2]], dtype=int32))
+    """
+    device = placement(query=query, ids=ids, table=table, offsets=offsets, mask=mask)
+    q = as_signatures("query", query, (2,), "(B, W)")
+    t = as_signatures("table", table, (2,), "(N, W)")
+    k = check_k(k)
+    batch, words = q.shape
+    check_table_shape(t.shape, words)
+    i = _flat_ids(ids)
+    pad = as_padding(padding_id, i.dtype)
+    starts, lens = as_offsets(offsets, batch, i.shape[0], "ids")
+    m = _flat_mask(mask, i.shape[0])
+    if device:
+        from .cuda.ragged import topk_hamming_lookup as device_lookup
+
+        return device_lookup(q, i, t, k, starts, lens, m, pad)
+    return host_lookup(q, i, t, k, starts, lens, m, pad)
