@@ -29,6 +29,8 @@ __all__ = [
     "topk_from_distances",
     "topk_hamming",
     "topk_hamming_lookup",
+    "topk_hamming_ragged",
+    "topk_hamming_lookup_ragged",
     "RefSignatureTable",
     "clear_unused_bits",
     "complement",
@@ -225,6 +227,51 @@ def topk_hamming_lookup(
                 raise IndexError(f"ids[{b}, {pos}] = {item} is outside [0, {nrows})")
             dist[b, pos] = sum(popcount(int(query[b, w]) ^ int(table[item, w])) for w in range(nwords))
     return topk_from_distances(dist, valid, k)
+
+
+def _ragged_rows(batch: int, offsets: Any) -> list[slice]:
+    """The flat slice of each of the ``batch`` rows given by ``(batch + 1,)`` ``offsets``."""
+    o = [int(v) for v in np.asarray(offsets)]
+    assert len(o) == batch + 1
+    return [slice(o[b], o[b + 1]) for b in range(batch)]
+
+
+def _stack_rows(rows: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    if not rows:
+        return np.full((0, k), -1, dtype=np.int64), np.full((0, k), -1, dtype=np.int32)
+    return np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
+
+
+def topk_hamming_ragged(
+    query: Any, keys: Any, k: int, offsets: Any, *, mask: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reference ragged :func:`etaretrieval.topk_hamming`: :func:`topk_hamming` on each row of ``keys``."""
+    query = np.asarray(query)
+    keys = np.asarray(keys)
+    rows = _ragged_rows(query.shape[0], offsets)
+    return _stack_rows(
+        [topk_hamming(query[b : b + 1], keys[r], k, mask=None if mask is None else np.asarray(mask)[r])
+         for b, r in enumerate(rows)], k)
+
+
+def topk_hamming_lookup_ragged(
+    query: Any, ids: Any, table: Any, k: int, offsets: Any, *, mask: Any = None, padding_id: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reference ragged :func:`etaretrieval.topk_hamming_lookup`: :func:`topk_hamming_lookup` on each row.
+
+    Raises :class:`IndexError` naming ``ids[row, position]`` (position from the row's start) for the first
+    valid position whose id is outside ``[0, N)``.
+    """
+    query = np.asarray(query)
+    ids = np.asarray(ids)
+    out = []
+    for b, r in enumerate(_ragged_rows(query.shape[0], offsets)):
+        m = None if mask is None else np.asarray(mask)[r]
+        try:
+            out.append(topk_hamming_lookup(query[b : b + 1], ids[r], table, k, mask=m, padding_id=padding_id))
+        except IndexError as err:  # the one-row call names row 0
+            raise IndexError(str(err).replace("ids[0, ", f"ids[{b}, ", 1)) from None
+    return _stack_rows(out, k)
 
 
 # --------------------------------------------------------------------------- Signature table
