@@ -31,7 +31,9 @@ def test_save_load_round_trip(tmp_path: Path, mmap: bool) -> None:
     table.save(tmp_path / "t")
     meta = json.loads((tmp_path / "t" / "table.json").read_text())
     assert (meta["rows"], meta["words"], meta["bits"], meta["dim"]) == (50, 2, BITS, DIM)
-    assert meta["embedding_shape"] == [50, DIM] and meta["version"] == 1
+    assert meta["embedding_shape"] == [50, DIM] and meta["version"] == 2
+    checksum = meta["signatures"]["checksum"]
+    assert checksum["algorithm"] == "sha256" and len(checksum["blocks"]) == 1
     loaded = er.SignatureTable.load(tmp_path / "t", mmap=mmap)
     assert type(loaded.signatures) is np.ndarray and loaded.signatures.dtype == np.uint64
     np.testing.assert_array_equal(loaded.signatures, table.signatures)
@@ -125,14 +127,12 @@ def test_load_and_save_errors(tmp_path: Path) -> None:
     meta_path = tmp_path / "t" / "table.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "version": 99}))
-    with pytest.raises(ValueError, match="format version 99"):
+    with pytest.raises(er.TableFileError, match="format version 99; this etaretrieval reads versions 1..2: upgrade"):
         er.SignatureTable.load(tmp_path / "t")
-    meta_path.write_text(json.dumps({**meta, "planes_sha256": "0" * 64}))
-    with pytest.raises(ValueError, match="damaged"):
-        er.SignatureTable.load(tmp_path / "t")
-    meta_path.write_text(json.dumps({**meta, "rows": 51}))
-    with pytest.raises(ValueError, match="damaged: signatures.npy"):
-        er.SignatureTable.load(tmp_path / "t")
+    for changed in ({"planes_sha256": "0" * 64}, {"rows": 51}, {"bits": 71}):
+        meta_path.write_text(json.dumps({**meta, **changed}))
+        with pytest.raises(er.TableFileError, match="damaged: table.json does not match its digest"):
+            er.SignatureTable.load(tmp_path / "t")
 
 
 def test_worker_processes_open_the_same_map(tmp_path: Path) -> None:
@@ -154,6 +154,255 @@ def test_worker_processes_open_the_same_map(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=120)
     want, _ = er.topk_hamming_lookup(query, ids, table.signatures, 9)
     np.testing.assert_array_equal(np.load(tmp_path / "idx.npy"), want)
+
+
+# --------------------------------------------------------------------------- checksums, damage, atomic writes
+
+
+def _saved(tmp_path: Path, n: int = 50) -> tuple[er.SignatureTable, Path]:
+    _, _, table = _table(n=n)
+    table.save(tmp_path / "t")
+    return table, tmp_path / "t"
+
+
+def _flip_one_bit_like_the_issue(path: Path) -> None:
+    """The issue's reproducer: rewrite signatures.npy with one bit flipped (same size, same header)."""
+    f = path / "signatures.npy"
+    a = np.load(f)
+    a[0, 0] ^= 1
+    np.save(f, a)
+
+
+def test_a_flipped_bit_is_found_by_every_check(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 21.1: load(verify=True), the background check and verify() each refuse a flipped bit."""
+    table, path = _saved(tmp_path)
+    _flip_one_bit_like_the_issue(path)
+    for mmap in (True, False):
+        with pytest.raises(er.TableFileError, match=r"damaged: signatures.npy does not match its checksums in 1 of 1 "
+                                                    r"blocks \(first: block 0, rows 0..49\)") as err:
+            er.SignatureTable.load(path, mmap=mmap, verify=True)
+        assert err.value.path == str(path) and isinstance(err.value, ValueError)
+    unverified = er.SignatureTable.load(path)  # O(1): the data are not read ...
+    with pytest.raises(er.TableFileError, match="does not match its checksums"):
+        unverified.verify()  # ... until asked
+    with pytest.raises(er.TableFileError, match="does not match its checksums"):
+        unverified.verify()  # the outcome is kept
+    background = er.SignatureTable.load(path, verify="background")
+    with caplog.at_level("ERROR", logger="etaretrieval"), pytest.raises(er.TableFileError, match="checksums"):
+        background.verify(timeout=60)
+    assert any("does not match its checksums" in r.getMessage() for r in caplog.records)
+    table.save(path)
+    assert er.SignatureTable.load(path, verify="background").verify() is True
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_damaged_blocks_are_named_by_their_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                threads: int) -> None:
+    """With 64-byte blocks (4 rows of 2 words), a flip in row 37 names block 9, rows 36..39."""
+    from etaretrieval import _tablefile
+
+    monkeypatch.setattr(_tablefile, "BLOCK_BYTES", 64)
+    table, path = _saved(tmp_path)
+    assert json.loads((path / "table.json").read_text())["signatures"]["checksum"]["block_bytes"] == 64
+    with er.threads(threads):
+        assert er.SignatureTable.load(path, verify=True).verify() is True
+    raw = bytearray((path / "signatures.npy").read_bytes())
+    offset = len(raw) - table.signatures.nbytes
+    raw[offset + 37 * 16 + 9] ^= 0x10
+    raw[-1] ^= 0x01  # and the last row
+    (path / "signatures.npy").write_bytes(bytes(raw))
+    damaged = r"in 2 of 13 blocks \(first: block 9, rows 36..39\)"
+    with er.threads(threads), pytest.raises(er.TableFileError, match=damaged):
+        er.SignatureTable.load(path, mmap=False, verify=True)
+
+
+def _damage(path: Path, how: str) -> None:
+    sig, meta_path = path / "signatures.npy", path / "table.json"
+    meta = json.loads(meta_path.read_text())
+    if how == "truncated by 8 bytes":
+        sig.write_bytes(sig.read_bytes()[:-8])
+    elif how == "longer":
+        sig.write_bytes(sig.read_bytes() + b"\0" * 8)
+    elif how == "empty file":
+        sig.write_bytes(b"")
+    elif how == "header says object":  # the issue's misleading 'pickled (object) data' error
+        sig.write_bytes(sig.read_bytes().replace(b"'<u8'", b"'|O8'", 1))
+    elif how == "header not npy":
+        sig.write_bytes(b"\0" * 16 + sig.read_bytes()[16:])
+    elif how == "int64 of the same shape":
+        np.save(sig, np.load(sig).astype(np.int64))
+    elif how == "another shape":
+        np.save(sig, np.load(sig)[:-1])
+    elif how == "no signatures.npy":
+        sig.unlink()
+    elif how == "no planes.npy":
+        (path / "planes.npy").unlink()
+    elif how == "planes damaged":
+        raw = bytearray((path / "planes.npy").read_bytes())
+        raw[-3] ^= 0x40
+        (path / "planes.npy").write_bytes(bytes(raw))
+    elif how == "json '{'":
+        meta_path.write_text("{")
+    elif how == "json not utf-8":
+        meta_path.write_bytes(b"\xff\xfe")
+    elif how == "json a list":
+        meta_path.write_text("[]")
+    elif how == "json without rows":
+        del meta["rows"]
+        meta_path.write_text(json.dumps(meta))
+    elif how == "json without its digest":
+        del meta["meta_sha256"]
+        meta_path.write_text(json.dumps(meta))
+    elif how == "json version 'two'":
+        meta_path.write_text(json.dumps({**meta, "version": "two"}))
+    else:
+        raise AssertionError(how)
+
+
+DAMAGE = {
+    "truncated by 8 bytes": "signatures.npy is truncated",
+    "longer": "signatures.npy is longer than table.json says",
+    "empty file": r"signatures.npy is truncated \(0 bytes",
+    "header says object": "the .npy header of signatures.npy does not match its digest",
+    "header not npy": "the .npy header of signatures.npy does not match its digest",
+    "int64 of the same shape": "the .npy header of signatures.npy does not match its digest",
+    "another shape": "signatures.npy is truncated",
+    "no signatures.npy": "is incomplete: signatures.npy is missing",
+    "no planes.npy": "is incomplete: planes.npy is missing",
+    "planes damaged": "planes.npy does not match its fingerprint",
+    "json '{'": "table.json is not valid JSON",
+    "json not utf-8": "table.json is not UTF-8 text",
+    "json a list": "is not a SignatureTable: table.json does not describe one",
+    "json without rows": "table.json does not match its digest",
+    "json without its digest": "is incomplete: table.json 'meta_sha256' is missing",
+    "json version 'two'": "table.json 'version' must be an integer, got 'two'",
+}
+
+
+@pytest.mark.parametrize("how", list(DAMAGE))
+@pytest.mark.parametrize("verify", [False, True])
+def test_damaged_tables_raise_one_named_error(tmp_path: Path, how: str, verify: bool) -> None:
+    """Issue 21.2: each damage is a TableFileError (a ValueError) that names the path and what is wrong."""
+    _, path = _saved(tmp_path)
+    _damage(path, how)
+    with pytest.raises(er.TableFileError, match=DAMAGE[how]) as err:
+        er.SignatureTable.load(path, verify=verify)
+    assert f"the SignatureTable at {str(path)!r}" in str(err.value) and err.value.path == str(path)
+
+
+def test_not_a_table_directory(tmp_path: Path) -> None:
+    _, path = _saved(tmp_path)
+    with pytest.raises(er.TableFileError, match=r"table.json' is a file, not a table directory"):
+        er.SignatureTable.load(path / "table.json")
+    with pytest.raises(er.TableFileError, match="does not exist"):
+        er.SignatureTable.load(tmp_path / "missing")
+    with pytest.raises(ValueError, match="verify must be False, True or 'background', got 'yes'"):
+        er.SignatureTable.load(path, verify="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="built in memory"):
+        _table()[2].verify()
+
+
+def _as_version_1(path: Path) -> None:
+    """Rewrite a saved table as format version 1 wrote it: no checksums in table.json."""
+    meta = json.loads((path / "table.json").read_text())
+    old = {key: meta[key] for key in ("format", "rows", "words", "bits", "dim", "embedding_shape", "planes_sha256")}
+    (path / "table.json").write_text(json.dumps({**old, "version": 1}))
+
+
+def test_version_1_tables_load_and_upgrade(tmp_path: Path) -> None:
+    """Tables of format version 1 still load (structure checked), cannot be verified, and re-save as version 2."""
+    table, path = _saved(tmp_path)
+    _as_version_1(path)
+    old = er.SignatureTable.load(path)
+    np.testing.assert_array_equal(old.signatures, table.signatures)
+    with pytest.raises(er.TableFileError, match="format version 1, which carries no checksums.*save it again"):
+        old.verify()
+    with pytest.raises(er.TableFileError, match="format version 1, which carries no checksums"):
+        er.SignatureTable.load(path, verify=True)
+    np.save(path / "signatures.npy", table.signatures[:, :1].copy())
+    with pytest.raises(er.TableFileError, match=r"signatures.npy holds uint64 \(50, 1\).*says <u8 \(50, 2\)"):
+        er.SignatureTable.load(path)
+    np.save(path / "signatures.npy", table.signatures)
+    er.SignatureTable.load(path).save(path)  # the upgrade: a mapped table saved over its own directory
+    assert json.loads((path / "table.json").read_text())["version"] == 2
+    np.testing.assert_array_equal(er.SignatureTable.load(path, verify=True).signatures, table.signatures)
+
+
+def test_verify_reads_the_file_it_opened(tmp_path: Path) -> None:
+    """A table saved again after load does not disturb the check; a file changed in place is caught."""
+    table, path = _saved(tmp_path)
+    opened = er.SignatureTable.load(path)
+    _table(n=20, seed=3)[2].save(path)  # replaced: `opened` still maps the old (now unlinked) file
+    assert opened.verify() is True
+    np.testing.assert_array_equal(opened.signatures, table.signatures)
+    second = er.SignatureTable.load(path)
+    _flip_one_bit_like_the_issue(path)  # rewritten in place: the same inode, which `second` maps
+    with pytest.raises(er.TableFileError, match="checksums"):
+        second.verify()
+
+
+def test_an_interrupted_save_leaves_the_old_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from etaretrieval import _tablefile
+
+    table, path = _saved(tmp_path)
+    written: list[str] = []
+    real = _tablefile._write_file
+
+    def fail_after_signatures(staging: Path, name: str, parts: list) -> None:
+        real(staging, name, parts)
+        written.append(name)
+        if name == "signatures.npy":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_tablefile, "_write_file", fail_after_signatures)
+    with pytest.raises(KeyboardInterrupt):
+        _table(n=20, seed=4)[2].save(path)
+    assert written == ["signatures.npy"] and sorted(p.name for p in tmp_path.iterdir()) == ["t"]
+    np.testing.assert_array_equal(er.SignatureTable.load(path, verify=True).signatures, table.signatures)
+
+
+def test_a_killed_save_leaves_the_old_table(tmp_path: Path) -> None:
+    """A process killed in the middle of a save (after its data, before the swap) leaves the old table in place."""
+    table, path = _saved(tmp_path)
+    code = (
+        "import os, sys, numpy as np, etaretrieval as er\n"
+        "from etaretrieval import _tablefile\n"
+        "_tablefile._sync_dir = lambda path: os._exit(3)  # dies after writing every file, before the swap\n"
+        "w = np.ones((7, 8), dtype=np.float32)\n"
+        "er.SignatureTable(w, er.SimHasher(8, 70)).save(sys.argv[1])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(path)], check=False, timeout=120)
+    assert done.returncode == 3
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "t"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".t.") and leftovers[0].endswith(".saving")
+    np.testing.assert_array_equal(er.SignatureTable.load(path, verify=True).signatures, table.signatures)
+
+
+def test_readers_never_see_a_half_written_table(tmp_path: Path) -> None:
+    """While one thread saves two tables in turn, another loads and verifies: always one whole table or the other."""
+    import threading
+
+    tables = [_table(n=400, seed=0)[2], _table(n=300, seed=1)[2]]
+    path = tmp_path / "t"
+    tables[0].save(path)
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            tables[i % 2].save(path)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(60):
+            got = er.SignatureTable.load(path, mmap=False, verify=True).signatures
+            assert any(got.shape == t.signatures.shape and (got == t.signatures).all() for t in tables)
+    finally:
+        stop.set()
+        thread.join()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
 
 
 # --------------------------------------------------------------------------- SignatureCache in the state_dict

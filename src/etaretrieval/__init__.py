@@ -17,7 +17,7 @@ from ._validate import DTypeError
 from .distance import hamming
 from .sdim import sdim_buckets, sdim_codes, sdim_from_buckets, sdim_group_sums, sdim_pool
 from .simhash import SimHasher, hyperplanes, pack_signatures
-from .table import SignatureTable
+from .table import SignatureTable, TableFileError
 from .topk import topk_hamming, topk_hamming_lookup
 
 try:
@@ -29,6 +29,7 @@ __all__ = [
     "DTypeError",
     "SignatureTable",
     "SimHasher",
+    "TableFileError",
     "__version__",
     "hamming",
     "hyperplanes",

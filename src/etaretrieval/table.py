@@ -2,50 +2,44 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from ._device import describe
-from ._validate import DTypeError, NonFiniteError, _shape, is_integer_dtype, weight_nonfinite_error
+from ._device import DeviceArray, describe
+from ._tablefile import TableFileError, Verification, open_table, write_table
+from ._tablefile import fingerprint as _fingerprint
+from ._validate import DTypeError, NonFiniteError, _shape, as_array, is_integer_dtype, weight_nonfinite_error
 from .simhash import SimHasher
 
-__all__ = ["SignatureTable"]
+__all__ = ["SignatureTable", "TableFileError"]
 
-_FORMAT = "etaretrieval.SignatureTable"
-_VERSION = 1
-_META, _SIGNATURES, _PLANES = "table.json", "signatures.npy", "planes.npy"
+def _rows_of(rows: Any, n: int) -> np.ndarray:
+    """``rows`` checked like every id argument: 1-D, an integer dtype, each in ``[0, n)``; the distinct ids.
 
+    A device array is checked from its description, then read on the host
+    (a short id list, after the work that wrote it).
+    """
+    r = as_array(rows, "rows")
+    if r.ndim != 1:
+        raise ValueError(f"rows must have shape (R,) (row ids of weight), got shape {_shape(tuple(r.shape))}")
+    if r.shape[0] == 0:  # nothing changed (an empty list is float64 to NumPy)
+        return np.zeros(0, dtype=np.int64)
+    if not is_integer_dtype(r.dtype):
+        raise DTypeError(f"rows must have an integer dtype, got dtype {r.dtype}")
+    if isinstance(r, DeviceArray):
+        from .cuda import _backend
 
-def _fingerprint(planes: np.ndarray) -> str:
-    """SHA-256 of float32 planes: shape and little-endian bytes."""
-    p = np.ascontiguousarray(planes, dtype="<f4")
-    return hashlib.sha256(repr(p.shape).encode() + p.tobytes()).hexdigest()
-
-
-def _read_meta(where: Path) -> dict[str, Any]:
-    """The description of a saved table, checked to be one this version reads."""
-    try:
-        meta = json.loads((where / _META).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(
-            f"path {str(where)!r} holds no saved SignatureTable (no {_META}); write one with SignatureTable.save"
-        ) from None
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-        raise ValueError(f"{str(where / _META)!r} does not describe a SignatureTable")
-    if meta.get("version") != _VERSION:
-        raise ValueError(
-            f"the table at {str(where)!r} has format version {meta.get('version')}; this etaretrieval reads "
-            f"version {_VERSION}: save it again with a matching etaretrieval"
-        )
-    return meta
+        with _backend.device_scope(r):
+            r = _backend.read_back(_backend.as_numba(r), _backend.launch_stream(r))
+    outside = (r < 0) | (r >= n)
+    if outside.any():
+        at = int(np.argmax(outside))
+        raise IndexError(f"rows must lie in [0, {n}) (the rows of weight), got rows[{at}] = {r[at]}")
+    return np.unique(r)
 
 
 def _hasher_of(planes: np.ndarray) -> SimHasher:
@@ -92,6 +86,11 @@ class SignatureTable:
 
     #: Whether hashing raises on a non-finite row (the class default serves tables made without ``__init__``).
     check_finite: bool = True
+    #: The directory a loaded table was read from, and the check of its file (None: built in memory; version 1).
+    _source: Path | None = None
+    _verification: Verification | None = None
+    #: The digest of the saved description (``meta_sha256``: every checksum of the file), None if there is none.
+    _saved_digest: str | None = None
 
     def __init__(self, weight: Any, hasher: SimHasher, *, check_finite: bool = True) -> None:
         if not isinstance(hasher, SimHasher):
@@ -128,7 +127,17 @@ class SignatureTable:
         Parameters
         ----------
         rows : array_like of int, optional
-            Ids of the rows of ``weight`` that changed; duplicates are fine.
+            ``(R,)`` ids of the rows of ``weight`` that changed, of any
+            integer dtype, each in ``[0, N)``; duplicates are fine.
+
+        Raises
+        ------
+        ValueError
+            ``rows`` is not 1-D, or the table was loaded without its weight.
+        DTypeError
+            ``rows`` has no integer dtype (bool and float ids are refused).
+        IndexError
+            An id outside ``[0, N)``, named with its position.
         """
         if self.weight is None:
             raise ValueError(
@@ -144,24 +153,9 @@ class SignatureTable:
                 return
             self.signatures[...] = self._hash_all()
             return
-        rows_device = describe(rows)
-        if rows_device is not None:  # a short id list: read it on the host, after the work that wrote it
-            from .cuda import _backend
-
-            with _backend.device_scope(rows_device):
-                r = _backend.read_back(_backend.as_numba(rows_device), _backend.launch_stream(rows_device))
-        else:
-            r = np.asarray(rows)
-        if r.size == 0:  # nothing changed (an empty list is float64 to NumPy)
+        r = _rows_of(rows, self.weight.shape[0] if device is None else device.shape[0])
+        if r.size == 0:
             return
-        if not is_integer_dtype(r.dtype):
-            raise DTypeError(f"rows must have an integer dtype, got dtype {r.dtype}")
-        r = r.reshape(-1)
-        n = self.weight.shape[0] if device is None else device.shape[0]
-        if r.size and (r.min() < 0 or r.max() >= n):
-            bad = int(r[(r < 0) | (r >= n)][0])
-            raise IndexError(f"rows must lie in [0, {n}), got row {bad}")
-        r = np.unique(r)
         if device is not None:
             from .cuda.pack import refresh_rows
 
@@ -174,14 +168,17 @@ class SignatureTable:
         self.signatures[r] = self.hasher(changed, check_finite=False)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the table to the directory ``path``: signatures, planes and a description.
+        """Write the table to the directory ``path``: signatures, planes and a checksummed description.
 
         The directory holds ``signatures.npy`` (the ``(N, W)`` uint64 table,
         memory-mappable), ``planes.npy`` (the ``(dim, bits)`` float32 planes)
-        and ``table.json`` (format version, ``bits``, ``dim``, ``N``, ``W``,
-        the embedding shape and a SHA-256 fingerprint of the planes). The
-        files are written next to ``path`` and moved into place, so a reader
-        never sees half a table; an existing table at ``path`` is replaced.
+        and ``table.json`` (format version 2: shapes, the planes' fingerprint
+        and SHA-256 digests of the signatures, block by block). The files are
+        written and synced in a new directory beside ``path``, then swapped
+        with ``path`` in one step: a reader sees the old table or the new one,
+        and an interrupted save leaves the old one intact. An existing table
+        at ``path`` is replaced; processes that mapped it keep reading it.
+        The format is described in the user guide (*Signature tables on disk*).
 
         Parameters
         ----------
@@ -204,7 +201,7 @@ class SignatureTable:
         ['planes.npy', 'signatures.npy', 'table.json']
         """
         target = Path(path)
-        if target.exists() and not (target / _META).is_file():
+        if target.exists() and not (target / "table.json").is_file():
             raise FileExistsError(f"path {str(target)!r} exists and is not a saved SignatureTable; pick a new path")
         signatures = self.signatures
         device = describe(signatures)
@@ -214,28 +211,14 @@ class SignatureTable:
             with _backend.device_scope(device):
                 signatures = _backend.read_back(_backend.as_numba(device), _backend.launch_stream(device))
         planes = np.ascontiguousarray(self.hasher.planes, dtype=np.float32)
-        meta = {
-            "format": _FORMAT,
-            "version": _VERSION,
+        write_table(target, signatures, planes, {
             "rows": int(signatures.shape[0]),
             "words": int(signatures.shape[1]),
             "bits": int(self.hasher.bits),
             "dim": int(self.hasher.dim),
             "embedding_shape": [int(signatures.shape[0]), int(self.hasher.dim)],
             "planes_sha256": _fingerprint(planes),
-        }
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            np.save(staging / _SIGNATURES, np.ascontiguousarray(signatures, dtype=np.uint64))
-            np.save(staging / _PLANES, planes)
-            (staging / _META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            if target.exists():  # replace an older table; readers that mapped it keep their (unlinked) files
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        })
 
     @classmethod
     def load(
@@ -245,6 +228,7 @@ class SignatureTable:
         mmap: bool = True,
         weight: Any = None,
         hasher: SimHasher | None = None,
+        verify: bool | Literal["background"] = False,
     ) -> SignatureTable:
         """Open a table written by :meth:`save`, memory-mapped by default.
 
@@ -252,6 +236,12 @@ class SignatureTable:
         rows: the signatures are paged in from the file as lookups touch them,
         and processes that open the same file share those pages (the OS page
         cache), so worker processes do not each hold a copy.
+
+        Opening always checks what costs O(1): the description and its
+        digest, the signatures' ``.npy`` header, the file sizes and the
+        planes. Checking every byte of the signatures against their digests
+        reads the whole file: ask for it with ``verify``, or later with
+        :meth:`verify`.
 
         Parameters
         ----------
@@ -269,6 +259,13 @@ class SignatureTable:
         hasher : SimHasher, optional
             Check that the table was made with these planes. Without it, the
             saved planes become the table's hasher.
+        verify : {False, True, "background"}, default False
+            ``True``: check every block of the signatures before returning
+            (with ``mmap=False`` in the same pass that reads them).
+            ``"background"``: return at once and check in a daemon thread;
+            :meth:`verify` waits for it and raises what it found (a failure
+            is also logged to the ``etaretrieval`` logger). ``False``: check
+            when :meth:`verify` is called.
 
         Returns
         -------
@@ -276,9 +273,16 @@ class SignatureTable:
 
         Raises
         ------
+        TableFileError
+            ``path`` is no table directory (a file, missing, no
+            ``table.json``), or the table is damaged or incomplete (a
+            malformed ``table.json``, a truncated file, a damaged ``.npy``
+            header, a wrong dtype or shape, data that fail their checksums
+            with ``verify=True``), or of a newer format version. A
+            :class:`ValueError`, naming the path and what is wrong.
         ValueError
-            Not a table directory, another format version, a table made with
-            other planes than ``hasher``'s, or ``weight`` of another shape.
+            A table made with other planes than ``hasher``'s, or ``weight``
+            of another shape.
 
         Examples
         --------
@@ -287,7 +291,7 @@ class SignatureTable:
         >>> hasher = er.SimHasher(16, 64)
         >>> path = os.path.join(tempfile.mkdtemp(), "items.sigtable")
         >>> er.SignatureTable(weight, hasher).save(path)
-        >>> table = er.SignatureTable.load(path, weight=weight, hasher=hasher)
+        >>> table = er.SignatureTable.load(path, weight=weight, hasher=hasher, verify=True)
         >>> bool((table.signatures == hasher(weight)).all())
         True
         >>> er.SignatureTable.load(path, hasher=er.SimHasher(16, 64, seed=1))  # doctest: +ELLIPSIS
@@ -295,16 +299,19 @@ class SignatureTable:
         ...
         ValueError: the table at ... was made with other planes than hasher's (fingerprint ...); ...
         """
+        if not (verify is True or verify is False or verify == "background"):
+            raise ValueError(f"verify must be False, True or 'background', got {verify!r}")
         where = Path(path)
-        meta = _read_meta(where)
-        planes = np.load(where / _PLANES)
-        if planes.dtype != np.float32 or planes.shape != (meta["dim"], meta["bits"]):
-            raise ValueError(f"the table at {str(where)!r} is damaged: planes.npy does not match table.json")
-        if _fingerprint(planes) != meta["planes_sha256"]:
-            raise ValueError(f"the table at {str(where)!r} is damaged: planes.npy does not match its fingerprint")
+        if hasher is not None and not isinstance(hasher, SimHasher):
+            raise TypeError(f"hasher must be a SimHasher, got {type(hasher).__name__}")
+        if weight is not None and describe(weight) is not None:
+            raise ValueError(
+                "weight must be a host (numpy) array to load a table from disk; for a table on the GPU "
+                "build SignatureTable(device_weight, hasher)"
+            )
+        opened = open_table(where, mmap=bool(mmap), writeable=weight is not None, verify=verify)
+        meta, planes = opened.meta, opened.planes
         if hasher is not None:
-            if not isinstance(hasher, SimHasher):
-                raise TypeError(f"hasher must be a SimHasher, got {type(hasher).__name__}")
             mine = np.ascontiguousarray(hasher.planes, dtype=np.float32)
             if mine.shape != planes.shape or _fingerprint(mine) != meta["planes_sha256"]:
                 raise ValueError(
@@ -316,30 +323,74 @@ class SignatureTable:
             hasher = _hasher_of(planes)
         want = tuple(meta["embedding_shape"])
         if weight is not None:
-            if describe(weight) is not None:
-                raise ValueError(
-                    "weight must be a host (numpy) array to load a table from disk; for a table on the GPU "
-                    "build SignatureTable(device_weight, hasher)"
-                )
             shape = tuple(np.shape(weight))
             if shape != want:
                 raise ValueError(
                     f"weight must have the shape of the embedding the table at {str(where)!r} was made for, "
                     f"{_shape(want)}, got shape {_shape(shape)}"
                 )
-        mode: Literal["r", "c"] | None = ("c" if weight is not None else "r") if mmap else None
-        signatures = np.load(where / _SIGNATURES, mmap_mode=mode)
-        if signatures.dtype != np.uint64 or signatures.shape != (meta["rows"], meta["words"]):
-            raise ValueError(f"the table at {str(where)!r} is damaged: signatures.npy does not match table.json")
-        signatures = signatures.view(np.ndarray)  # a plain array viewing the map (the map stays open)
-        if weight is not None:
             table = cls(weight[:0], hasher)  # the constructor's checks of weight, on no rows: nothing hashed
         else:
             table = cls.__new__(cls)
         table.weight = weight
         table.hasher = hasher
-        table.signatures = signatures
+        table.signatures = opened.signatures
+        table._source = where
+        table._verification = opened.verification
+        table._saved_digest = meta.get("meta_sha256")
         return table
+
+    def verify(self, timeout: float | None = None) -> bool:
+        """Check the saved signatures this table was loaded from against their checksums.
+
+        Reads the file as it was opened by :meth:`load` (still the same file
+        if the table was saved again since), in threads, at disk or memory
+        speed. The outcome is kept: later calls return at once. A serving
+        process loads with ``verify="background"``, warms up, and calls
+        ``table.verify()`` before taking traffic (or ``verify(timeout=0)``
+        from a readiness probe).
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait for a check still running (started by
+            ``load(..., verify="background")`` or by this call); ``None``
+            waits until it ends.
+
+        Returns
+        -------
+        bool
+            True once the signatures are verified; False if the check was
+            still running after ``timeout``.
+
+        Raises
+        ------
+        TableFileError
+            Signatures that do not match their checksums (naming the first
+            damaged rows), a file that could not be read, or a table of
+            format version 1 (no checksums: save it again).
+        ValueError
+            A table that was not loaded from disk.
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile, os, etaretrieval as er
+        >>> weight = np.random.default_rng(0).standard_normal((1000, 16)).astype(np.float32)
+        >>> path = os.path.join(tempfile.mkdtemp(), "items.sigtable")
+        >>> er.SignatureTable(weight, er.SimHasher(16, 64)).save(path)
+        >>> table = er.SignatureTable.load(path, verify="background")
+        >>> table.verify()
+        True
+        """
+        source = getattr(self, "_source", None)
+        if source is None:
+            raise ValueError("this table was built in memory, not loaded by SignatureTable.load: nothing to verify")
+        if self._verification is None:
+            raise TableFileError(
+                source, "has format version 1, which carries no checksums, so it cannot be verified: "
+                "save it again (SignatureTable.load(path).save(path))"
+            )
+        return self._verification.wait(timeout)
 
     def __len__(self) -> int:
         return int(self.signatures.shape[0])
