@@ -205,3 +205,39 @@ def test_table_weight_wrong_dtype() -> None:
 def test_table_hasher_wrong_type() -> None:
     with pytest.raises(TypeError, match="hasher"):
         er.SignatureTable(np.ones((5, 4)), er.hyperplanes(4, 64))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [np.array([[0, 1]]), [[0], [1]], np.zeros((2, 0), dtype=np.int64), np.int64(3), 3,
+                                 np.arange(4).reshape(2, 2)[:, ::-1]])
+def test_table_refresh_rows_not_one_dimensional(bad: object) -> None:
+    """Issue 21.4: rows is checked like every id argument; 2-D (or 0-D) rows are refused, naming rows."""
+    weight = np.ones((10, 4))
+    table = er.SignatureTable(weight, er.SimHasher(4, 64))
+    old = table.signatures.copy()
+    weight[:] = -1.0
+    with pytest.raises(ValueError, match=r"rows must have shape \(R,\) \(row ids of weight\), got shape"):
+        table.refresh(bad)
+    np.testing.assert_array_equal(table.signatures, old)  # nothing rehashed
+
+
+@pytest.mark.parametrize("bad", [np.array([1.5]), np.array([0, 1], dtype=np.float32), [True, False, True],
+                                 np.array([None, 1], dtype=object), np.array([1], dtype="m8[s]"), [1 + 2j]])
+def test_table_refresh_rows_dtype_named(bad: object) -> None:
+    table = er.SignatureTable(np.ones((10, 4)), er.SimHasher(4, 64))
+    with pytest.raises(er.DTypeError, match="rows must have an integer dtype, got dtype"):
+        table.refresh(bad)
+
+
+def test_table_refresh_rows_any_layout_and_dtype() -> None:
+    """Strided, read-only, big-endian and uint ids are fine; the out-of-range one is named by its position."""
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((9, 4))
+    hasher = er.SimHasher(4, 64)
+    table = er.SignatureTable(weight, hasher)
+    weight[:] = rng.standard_normal((9, 4))
+    for rows in (np.arange(9)[::4], ref.readonly(np.array([1, 5])), np.array([2, 6], dtype=">i4"),
+                 np.array([3, 7], dtype=np.uint64)):
+        table.refresh(rows)
+    np.testing.assert_array_equal(table.signatures[[0, 1, 2, 3, 4, 5, 6, 7, 8]], hasher(weight))
+    with pytest.raises(IndexError, match=r"rows must lie in \[0, 9\) \(the rows of weight\), got rows\[2\] = 9"):
+        table.refresh(np.array([0, 1, 9, 10], dtype=np.uint8))
