@@ -6,6 +6,14 @@ nor modifies the caller's data (apart from tiny per-row vectors such as
 their ``__cuda_array_interface__`` (shape and dtype) without copying them to
 the host; their value checks (``lengths`` range, id range) run inside the CUDA
 kernels and raise the same errors, built by the ``*_error`` functions here.
+
+A top-K call is normalised once, by :func:`topk_call` / :func:`lookup_call`
+(the NumPy API) or by the torch ops' own checks, into a :class:`TopkCall`
+that the CPU driver (:func:`etaretrieval.cpu.topk.run`) or the CUDA driver
+(:func:`etaretrieval.cuda.topk.run`) executes. Normalising is device-agnostic:
+it allocates nothing on a device and launches nothing; what is specific to a
+backend (left padding, layouts, the value checks) belongs to its driver.
+This module imports no backend.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ._device import DeviceArray, describe
+from ._device import describe
 from .config import MAX_BITS
 
 __all__ = [
@@ -42,11 +50,15 @@ __all__ = [
     "check_plane_size",
     "check_planes_finite",
     "check_padding_side",
-    "left_padding_mask",
+    "TopkCall",
+    "topk_call",
+    "lookup_call",
+    "valid_positions",
+    "host_lengths",
     "results",
     "results_error",
     "validity",
-    "as_ids",
+    "check_ids",
     "as_padding",
     "ids_error",
     "lengths_error",
@@ -275,11 +287,6 @@ def check_padding_side(padding_side: Any) -> str:
     return padding_side
 
 
-def left_padding_mask(lengths: np.ndarray, length: int) -> np.ndarray:
-    """``(B, length)`` bool: the last ``lengths[b]`` positions of each row (front-padded sequences)."""
-    return np.arange(length) >= (length - lengths)[:, None]
-
-
 def lengths_error(length: int, row: int, value: int) -> ValueError:
     """The error for ``lengths[row] = value`` outside ``0..length``."""
     return ValueError(f"lengths must lie in 0..{length}, got lengths[{row}] = {value}")
@@ -334,84 +341,169 @@ def weight_nonfinite_error(row: int) -> NonFiniteError:
     )
 
 
-def validity(
-    lengths: Any, mask: Any, batch: int, length: int, *, device: bool = False, padding_side: str = "right"
-) -> tuple[Any, Any]:
-    """Normalise ``lengths`` / ``mask`` for a ``(batch, length)`` sequence.
+def valid_positions(lengths: Any, mask: Any, batch: int, length: int) -> tuple[Any, Any]:
+    """``(lengths, mask)`` of a ``(batch, length)`` sequence, their dtypes and shapes checked; values untouched.
 
-    Returns ``(lengths, mask)``: ``lengths`` a fresh ``(batch,)`` int64 array
-    (all ``length`` when not given) and ``mask`` a ``(batch, length)`` bool view
-    (broadcast without copying when given as ``(length,)``) or ``None``.
-
-    ``padding_side="left"`` reads ``lengths`` as the number of valid positions
-    at the *end* of each row (front-padded sequences): they become a mask of
-    the last ``lengths[b]`` positions, with ``lengths`` set to ``length``.
-
-    With ``device=True`` (device arrays) only dtypes and shapes are checked
-    here and the :class:`DeviceArray` descriptions (or ``None``) are returned
-    as given; the kernels check the range of ``lengths``. Left-padded device
-    ``lengths`` become a device mask (:func:`etaretrieval.cuda.padding.left_padding`)
-    and device lengths that still carry the out-of-range entries for the
-    kernels to report.
+    ``lengths`` comes back as a ``(batch,)`` integer array (or the
+    :class:`DeviceArray` of a device array), ``mask`` as a ``(batch, length)``
+    or ``(length,)`` bool array, either ``None`` when not given. The range of
+    ``lengths`` is checked where the values are: :func:`host_lengths` on the
+    host, the kernels on a device.
     """
-    side = check_padding_side(padding_side)
     if lengths is None and mask is None:
-        return (None if device else np.full(batch, length, dtype=np.int64)), None
+        return None, None
     check_either(lengths, mask)
     if mask is not None:
         m = as_array(mask, "mask")
         if m.dtype != np.bool_:
             raise DTypeError(f"mask must have dtype bool, got dtype {m.dtype}")
         check_mask_shape(m.shape, batch, length)
-        if device:
-            return None, m
-        return np.full(batch, length, dtype=np.int64), np.broadcast_to(m, (batch, length))
+        return None, m
     n = as_array(lengths, "lengths")
     if isinstance(n, np.ndarray) and n.size == 0:  # lengths=[] for an empty batch (float64 to NumPy)
         n = n.astype(np.int64)
     if not is_integer_dtype(n.dtype):
         raise DTypeError(f"lengths must have an integer dtype, got dtype {n.dtype}")
     check_lengths_shape(n.shape, batch)
-    if device:
-        if side == "left":
-            from .cuda.padding import left_padding
-
-            return left_padding(n, length)
-        return n, None
-    if n.size:
-        lo, hi = n.min(), n.max()
-        if lo < 0 or hi > length:
-            bad = int(np.flatnonzero((n < 0) | (n > length))[0])
-            raise lengths_error(length, bad, int(n[bad]))
-    n = n.astype(np.int64)
-    if side == "left" and n.size and n.min() < length:
-        full = np.full(batch, length, dtype=np.int64)
-        if n.min() == n.max():  # one suffix for every row: a broadcast (L,) mask (shared sequences stay shared)
-            return full, np.broadcast_to(left_padding_mask(n[:1], length), (batch, length))
-        return full, left_padding_mask(n, length)
     return n, None
 
 
-def as_ids(ids: Any, batch: int) -> tuple[Any, bool]:
-    """Check item ids: any integer dtype, ``(batch, L)`` or shared ``(L,)``.
+def host_lengths(lengths: np.ndarray | None, batch: int, length: int) -> np.ndarray:
+    """Host ``lengths`` (checked by :func:`valid_positions`) as a fresh ``(batch,)`` int64 array in ``0..length``.
 
-    Returns the ``(batch, L)`` array (a zero-copy broadcast view for shared
-    ids) and whether the ids were shared. A device array's
-    :class:`DeviceArray` description is returned as given (shape ``(L,)``
-    when shared).
+    ``None`` gives ``length`` for every row; an entry outside ``0..length``
+    is the :func:`lengths_error` of the first such row.
     """
-    if type(ids) is np.ndarray and ids.ndim == 2 and ids.shape[0] == batch and ids.dtype.kind in "iu" \
-            and ids.dtype.isnative:
-        return ids, False  # the common case, without the general checks (native byte order: Numba needs it)
+    if lengths is None:
+        return np.full(batch, length, dtype=np.int64)
+    if lengths.size:
+        lo, hi = lengths.min(), lengths.max()
+        if lo < 0 or hi > length:
+            bad = int(np.flatnonzero((lengths < 0) | (lengths > length))[0])
+            raise lengths_error(length, bad, int(lengths[bad]))
+    return lengths.astype(np.int64)
+
+
+def validity(lengths: Any, mask: Any, batch: int, length: int, *, device: bool = False) -> tuple[Any, Any]:
+    """Normalise ``lengths`` / ``mask`` of a right-padded ``(batch, length)`` sequence (the SDIM functions).
+
+    Returns ``(lengths, mask)``: ``lengths`` a fresh ``(batch,)`` int64 array
+    (all ``length`` when not given) and ``mask`` a ``(batch, length)`` bool view
+    (broadcast without copying when given as ``(length,)``) or ``None``. With
+    ``device=True`` (device arrays) only dtypes and shapes are checked and the
+    :class:`DeviceArray` descriptions (or ``None``) come back as given; the
+    kernels check the range of ``lengths``.
+    """
+    n, m = valid_positions(lengths, mask, batch, length)
+    if device:
+        return n, m
+    return host_lengths(n, batch, length), (None if m is None else np.broadcast_to(m, (batch, length)))
+
+
+def check_ids(ids: Any, batch: int) -> Any:
+    """Item ids checked: any integer dtype, ``(batch, L)`` or shared ``(L,)``; returned as an array as given.
+
+    A device array's :class:`DeviceArray` description is returned as given.
+    """
     arr = as_array(ids, "ids")
     if not is_integer_dtype(arr.dtype):
         raise DTypeError(f"ids must have an integer dtype, got dtype {arr.dtype}")
-    if arr.ndim == 1:
-        if isinstance(arr, DeviceArray):
-            return arr, True
-        return np.broadcast_to(arr, (batch, arr.shape[0])), True
-    check_ids_shape(arr.shape, batch)
-    return arr, False
+    if arr.ndim != 1:
+        check_ids_shape(arr.shape, batch)
+    return arr
+
+
+class TopkCall:
+    """One normalised top-K call, for a backend's driver.
+
+    Built by :func:`topk_call` / :func:`lookup_call` (NumPy arrays, or the
+    :class:`DeviceArray` descriptions of device arrays) or by the torch ops
+    (NumPy views of CPU tensors, or CUDA tensors as they are); every shape
+    and dtype is checked, no value is (the drivers check ``lengths`` and ids
+    where the values are).
+
+    Attributes
+    ----------
+    query : array
+        ``(B, W)`` uint64 signatures (int64 bit patterns for CUDA tensors).
+    keys : array or None
+        ``(B, L, W)`` or shared ``(L, W)`` signatures; ``None`` for a lookup.
+    ids, table : array or None
+        ``(B, L)`` or shared ``(L,)`` integer ids into the ``(N, W)`` table;
+        ``None`` unless a lookup.
+    k : int
+        Results per row, in ``0..MAX_K``.
+    lengths : array or None
+        ``(B,)`` integer valid lengths, not yet range-checked.
+    mask : array or None
+        ``(B, L)`` or shared ``(L,)`` bool valid positions.
+    pad : int or None
+        The padding id as the int64 bit pattern of its value in the ids' dtype.
+    left : bool
+        ``lengths`` count the valid positions at the end of each row (front padding).
+    """
+
+    __slots__ = ("query", "keys", "ids", "table", "k", "lengths", "mask", "pad", "left")
+
+    def __init__(self, query: Any, keys: Any, ids: Any, table: Any, k: int, lengths: Any = None, mask: Any = None,
+                 pad: int | None = None, left: bool = False) -> None:
+        self.query = query
+        self.keys = keys
+        self.ids = ids
+        self.table = table
+        self.k = k
+        self.lengths = lengths
+        self.mask = mask
+        self.pad = pad
+        self.left = left
+
+    @property
+    def batch(self) -> int:
+        """``B``, the rows of ``query``."""
+        return int(self.query.shape[0])
+
+    @property
+    def length(self) -> int:
+        """``L``, the positions of each sequence."""
+        return int(self.ids.shape[-1] if self.keys is None else self.keys.shape[-2])
+
+    @property
+    def words(self) -> int:
+        """``W``, the words of each signature."""
+        return int(self.query.shape[1])
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{name}={tuple(getattr(self, name).shape)}" for name in ("query", "keys", "ids", "table",
+                                                                                     "lengths", "mask")
+                           if getattr(self, name) is not None)
+        return f"TopkCall({shapes}, k={self.k}, pad={self.pad}, left={self.left})"
+
+
+def topk_call(query: Any, keys: Any, k: Any, lengths: Any, mask: Any, padding_side: Any) -> TopkCall:
+    """The :class:`TopkCall` of :func:`etaretrieval.topk_hamming` (host or device arrays, not mixed)."""
+    q = as_signatures("query", query, (2,), "(B, W)")
+    kk = as_signatures("keys", keys, (2, 3), "(B, L, W) or (L, W)")
+    k = check_k(k)
+    batch, words = q.shape
+    check_keys_shape(kk.shape, batch, words)
+    left = check_padding_side(padding_side) == "left"
+    n, m = valid_positions(lengths, mask, batch, kk.shape[-2])
+    return TopkCall(q, kk, None, None, k, n, m, None, left)
+
+
+def lookup_call(query: Any, ids: Any, table: Any, k: Any, lengths: Any, mask: Any, padding_id: Any,
+                padding_side: Any) -> TopkCall:
+    """The :class:`TopkCall` of :func:`etaretrieval.topk_hamming_lookup` (host or device arrays, not mixed)."""
+    q = as_signatures("query", query, (2,), "(B, W)")
+    t = as_signatures("table", table, (2,), "(N, W)")
+    k = check_k(k)
+    batch, words = q.shape
+    check_table_shape(t.shape, words)
+    i = check_ids(ids, batch)
+    pad = as_padding(padding_id, i.dtype)
+    left = check_padding_side(padding_side) == "left"
+    n, m = valid_positions(lengths, mask, batch, i.shape[-1])
+    return TopkCall(q, None, i, t, k, n, m, pad, left)
 
 
 def as_padding(padding_id: Any, dtype: np.dtype) -> int | None:

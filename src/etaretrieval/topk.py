@@ -8,9 +8,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ._device import placement
-from ._validate import as_ids, as_padding, as_signatures, check_k, check_keys_shape, check_table_shape, validity
-from .cpu.topk import topk_hamming as host_topk
-from .cpu.topk import topk_hamming_lookup as host_lookup
+from ._validate import TopkCall, lookup_call, topk_call
+from .cpu import topk as cpu_topk
 
 __all__ = ["topk_hamming", "topk_hamming_lookup"]
 
@@ -76,19 +75,16 @@ def topk_hamming(
     (array([[ 3,  2, -1]]), array([[ 0,  1, -1]], dtype=int32))
     """
     device = placement(query=query, keys=keys, lengths=lengths, mask=mask)
-    q = as_signatures("query", query, (2,), "(B, W)")
-    kk = as_signatures("keys", keys, (2, 3), "(B, L, W) or (L, W)")
-    k = check_k(k)
-    batch, words = q.shape
-    check_keys_shape(kk.shape, batch, words)
-    length = kk.shape[-2]
-    if device:
-        from .cuda.topk import topk_hamming as device_topk
+    return _run(topk_call(query, keys, k, lengths, mask, padding_side), device)
 
-        n, m = validity(lengths, mask, batch, length, device=True, padding_side=padding_side)
-        return device_topk(q, kk, k, n, m)
-    n, m = validity(lengths, mask, batch, length, padding_side=padding_side)
-    return host_topk(q, kk, k, n, m)
+
+def _run(call: TopkCall, device: bool) -> tuple[Any, Any]:
+    """Hand a normalised call to the CUDA or the CPU driver."""
+    if device:
+        from .cuda import topk as cuda_topk
+
+        return cuda_topk.run(call)
+    return cpu_topk.run(call)
 
 
 def topk_hamming_lookup(
@@ -145,6 +141,14 @@ def topk_hamming_lookup(
     dispatch are those of :func:`topk_hamming`: the result equals
     ``topk_hamming(query, table[ids], k, ...)`` with padding masked out.
 
+    The common call (C-contiguous NumPy arrays, uint64 signatures, int64 or
+    int32 ids, no ``lengths`` / ``mask`` / ``padding_id``, small enough for
+    one thread) takes a fast path: one compiled entry that checks and
+    computes, falling back to the general path (and its errors) on anything
+    else. Other dtypes and layouts are brought to these before the kernels
+    run (ids of other integer dtypes and non-contiguous arrays are copied),
+    so an unusual argument never compiles a new kernel variant.
+
     Examples
     --------
     >>> import numpy as np, etaretrieval as er
@@ -154,18 +158,9 @@ def topk_hamming_lookup(
     >>> er.topk_hamming_lookup(query, ids, table, k=2, padding_id=0)
     (array([[4, 0]]), array([[0, 0]], dtype=int32))
     """
+    if lengths is None and mask is None and padding_id is None and padding_side == "right":
+        fast = cpu_topk.lookup_fast(query, ids, table, k)
+        if fast is not None:
+            return fast
     device = placement(query=query, ids=ids, table=table, lengths=lengths, mask=mask)
-    q = as_signatures("query", query, (2,), "(B, W)")
-    t = as_signatures("table", table, (2,), "(N, W)")
-    k = check_k(k)
-    batch, words = q.shape
-    check_table_shape(t.shape, words)
-    i, shared = as_ids(ids, batch)
-    pad = as_padding(padding_id, i.dtype)
-    if device:
-        from .cuda.topk import topk_hamming_lookup as device_lookup
-
-        n, m = validity(lengths, mask, batch, i.shape[-1], device=True, padding_side=padding_side)
-        return device_lookup(q, i, t, k, n, m, pad)
-    n, m = validity(lengths, mask, batch, i.shape[1], padding_side=padding_side)
-    return host_lookup(q, i, t, k, n, m, pad, shared)
+    return _run(lookup_call(query, ids, table, k, lengths, mask, padding_id, padding_side), device)

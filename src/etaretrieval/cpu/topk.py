@@ -37,6 +37,9 @@ The result is ordered by (distance ascending, position descending) in
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import numba
 import numpy as np
 import numpy.typing as npt
@@ -45,14 +48,14 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from .. import config
 from .._bits import popcount
-from .._jit import jit, kernel_input
+from .._jit import PURE_PYTHON, jit, kernel_input
 from .._threads import parallel_rows
-from .._validate import ids_error, results
+from .._validate import MAX_WORDS, TopkCall, host_lengths, ids_error, results
 
-__all__ = ["topk_hamming", "topk_hamming_lookup",
-           "topk_keys", "topk_lookup", "CHUNK", "LANES", "SAMPLE_STRIDE", "SAMPLE_MIN_LENGTH", "WIDE",
-           "CACHED_TABLE_BYTES"]
+__all__ = ["run", "lookup_fast", "small_entry", "topk_keys", "topk_lookup", "CHUNK", "LANES", "SAMPLE_STRIDE",
+           "SAMPLE_MIN_LENGTH", "WIDE", "CACHED_TABLE_BYTES", "SMALL_RESULTS", "DONE", "NOT_SMALL", "BAD_ID"]
 
 #: Positions per stack buffer of the distance step.
 CHUNK = 1024
@@ -425,36 +428,48 @@ def _workspace(length, words):
 
 
 @jit()
-def topk_keys(query, keys, keys_t, shared, k, lengths, mask, use_mask, lo, hi, base, idx, dist):
-    """Top-``k`` of ``keys[b]`` (``(B, L, W)``, may be a broadcast view) for each ``query[b]``, rows ``lo..hi-1``.
-
-    With ``shared``, every row's keys are ``keys_t.T`` (word-major ``(W, L)``,
-    read by :func:`_word_major_pass`; ``keys`` gives the shape only).
-    Row ``b``'s result goes to row ``b - base`` of ``idx`` and ``dist``.
-    Serial: :func:`etaretrieval._threads.parallel_rows` spreads row ranges over threads.
-    """
-    _, length, words = keys.shape
+def _rank_row(scratch, end, nvalid, k, words, work, idx_row, dist_row, guess):
+    """Mark the slots from ``end`` to the next multiple of :data:`LANES` invalid, then :func:`_select` the row."""
     invalid = 64 * words + 1
+    scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
+    return _select(scratch, end, nvalid, k, invalid - 1, work, idx_row, dist_row, guess)
+
+
+@jit()
+def topk_keys(query, keys, keys_t, shared, k, lengths, mask, use_mask, lo, hi, base, idx, dist):
+    """Top-``k`` of the keys of each row ``lo..hi-1`` for ``query[b]``; serial.
+
+    ``keys`` is ``(B, L, W)``; with ``shared`` every row's keys are
+    ``keys_t.T`` instead (word-major ``(W, L)``, read by
+    :func:`_word_major_pass`; ``keys`` is then not read). ``lengths`` ``(B,)``
+    int64 gives each row's valid prefix, ``mask`` ``(B, L)`` the valid
+    positions where ``use_mask``. Row ``b``'s result goes to row ``b - base``
+    of ``idx`` and ``dist``: :func:`etaretrieval._threads.parallel_rows`
+    spreads row ranges over threads.
+    """
+    words = query.shape[1]
+    length = keys_t.shape[1] if shared else keys.shape[1]
     scratch, work = _workspace(length, words)
     guess = -1
     for b in range(lo, hi):
         end = lengths[b]
+        # Each branch is one variant of the distance pass, compiled apart with the tests of its literal flags
+        # removed: from four words one pass with vector loads along each row ("cached") beats a pass per word.
         if shared:
             nvalid = _word_major_pass(query, keys_t, b, end, mask, use_mask, scratch, words)
         elif use_mask:
-            _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, True, 0, False, scratch, words, False, False)
-        elif words == 4:  # the common case, compiled apart with the test removed (literal flags); from four
-            # words one pass with vector loads along each row beats a pass per word (1.3-1.4x at 4 words, as a
-            # literal, 1.2-1.7x at 8 and 16; slower at 2)
-            _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, False, 0, False, scratch, 4, False, True)
+            _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, pad=0, scratch=scratch, words=words,
+                                       use_mask=True, use_pad=False, lookup=False, cached=False)
+        elif words == 4:
+            _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, pad=0, scratch=scratch, words=4,
+                                       use_mask=False, use_pad=False, lookup=False, cached=True)
         elif words > 4:
-            _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, False, 0, False, scratch, words, False,
-                                       True)
+            _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, pad=0, scratch=scratch, words=words,
+                                       use_mask=False, use_pad=False, lookup=False, cached=True)
         else:
-            _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, False, 0, False, scratch, words, False,
-                                       False)
-        scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
-        guess = _select(scratch, end, nvalid, k, invalid - 1, work, idx[b - base], dist[b - base], guess)
+            _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, pad=0, scratch=scratch, words=words,
+                                       use_mask=False, use_pad=False, lookup=False, cached=False)
+        guess = _rank_row(scratch, end, nvalid, k, words, work, idx[b - base], dist[b - base], guess)
 
 
 @jit()
@@ -463,70 +478,190 @@ def topk_lookup(
 ):
     """Fused ids -> table rows -> Hamming -> top-``k``, rows ``lo..hi-1`` (serial, like :func:`topk_keys`).
 
-    ``cached``: the table has at most :data:`CACHED_TABLE_BYTES` (one pass
-    per position rather than per word). Row ``b``'s result goes to row
-    ``b - base`` of ``idx`` and ``dist``; ``bad[b - base]`` receives the first valid
-    position of row ``b`` holding an id outside ``[0, N)`` (it is not written
-    otherwise); such a row gets no result. Returns the first such row of the
-    range, or ``-1``. Positions that are not valid never index the table
-    outside its rows.
+    ``ids`` ``(B, L)`` index the ``(N, W)`` ``table``; ``mask`` (read where
+    ``use_mask``) and ``pad`` (the padding id's int64 bits, compared where
+    ``use_pad``) exclude positions; ``cached``: the table has at most
+    :data:`CACHED_TABLE_BYTES` (one pass per position rather than per
+    word). Row ``b``'s result goes to row ``b - base`` of ``idx`` and
+    ``dist``; ``bad[b - base]`` receives the first valid position of row
+    ``b`` holding an id outside ``[0, N)`` (it is not written otherwise);
+    such a row gets no result. Returns the first such row of the range, or
+    ``-1``. Positions that are not valid never index the table outside its
+    rows.
     """
-    length = ids.shape[1]
     nrows, words = table.shape
-    invalid = 64 * words + 1
-    scratch, work = _workspace(length, words)
+    scratch, work = _workspace(ids.shape[1], words)
     guess = -1
     first_bad = -1
     for b in range(lo, hi):
         end = lengths[b]
+        # Each branch is one variant of the distance pass, compiled apart with the tests of its literal flags
+        # removed: one word needs no row buffer nor further-word pass; a cached table of two words is read with
+        # two unrolled gathers per vector of positions, one of more words with vector loads along each row.
         if nrows == 0:  # no row to read in place of a bad id
             out_of_range, nvalid = True, 0
         elif use_mask or use_pad:
-            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, use_mask, pad, use_pad, scratch,
-                                                  words, True, False)
-        # The common case, compiled apart with the tests removed (literal flags and word counts).
-        elif words == 1:  # one word: no row buffer nor further-word pass
-            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, False, pad, False, scratch, 1,
-                                                  True, False)
+            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, pad=pad, scratch=scratch,
+                                                  words=words, use_mask=use_mask, use_pad=use_pad, lookup=True,
+                                                  cached=False)
+        elif words == 1:
+            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, pad=pad, scratch=scratch,
+                                                  words=1, use_mask=False, use_pad=False, lookup=True, cached=False)
         elif not cached:
-            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, False, pad, False, scratch,
-                                                  words, True, False)
-        elif words == 2:  # unrolled: two gathers per vector of positions
-            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, False, pad, False, scratch, 2,
-                                                  True, True)
-        else:  # vector loads along each row
-            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, False, pad, False, scratch,
-                                                  words, True, True)
+            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, pad=pad, scratch=scratch,
+                                                  words=words, use_mask=False, use_pad=False, lookup=True,
+                                                  cached=False)
+        elif words == 2:
+            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, pad=pad, scratch=scratch,
+                                                  words=2, use_mask=False, use_pad=False, lookup=True, cached=True)
+        else:
+            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, pad=pad, scratch=scratch,
+                                                  words=words, use_mask=False, use_pad=False, lookup=True,
+                                                  cached=True)
         if out_of_range:
             bad[b - base] = _first_bad(ids, b, end, mask, use_mask, pad, use_pad, nrows)
             if bad[b - base] >= 0:
                 first_bad = b if first_bad < 0 else first_bad
                 continue
-            scratch[:end] = invalid  # empty table and no valid position: an empty result
-        scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
-        guess = _select(scratch, end, nvalid, k, invalid - 1, work, idx[b - base], dist[b - base], guess)
+            scratch[:end] = 64 * words + 1  # empty table and no valid position: an empty result
+        guess = _rank_row(scratch, end, nvalid, k, words, work, idx[b - base], dist[b - base], guess)
     return first_bad
 
 
-_NO_MASK = kernel_input(np.zeros((0, 0), dtype=np.bool_))
-_NO_KEYS = np.zeros((0, 0), dtype=np.uint64)
+#: Codes of :func:`lookup_small`: the call was done, or the general path must run (and raise, if the call is bad).
+DONE, NOT_SMALL, BAD_ID = 0, 1, 2
+
+#: :func:`lookup_small` handles calls of at most this many result slots (``B x k``).
+SMALL_RESULTS = 1 << 22
 
 
+def _lookup_small(query, ids, table, k):
+    """Fast path of :func:`etaretrieval.topk_hamming_lookup`: ``(code, idx, dist)``, checks inside.
 
-def _run_keys(q: np.ndarray, keys: np.ndarray, k: int, n: np.ndarray, m: np.ndarray | None,
-              idx: np.ndarray, dist: np.ndarray) -> None:
-    """:func:`topk_keys` over every row, on the calling thread or spread over the pool.
-
-    Keys shared by every row (a broadcast view) are copied word-major once.
+    ``query`` ``(B, W)`` and ``table`` ``(N, W)`` uint64 and ``ids`` ``(B, L)``
+    int64 or int32, all C-contiguous; no mask, lengths nor padding id.
+    Checks the shapes, ``k`` and the ids and allocates the results; any
+    failure returns a code other than :data:`DONE` (with empty arrays) and
+    the caller runs the general path, which raises the error of the bad
+    argument. Every row runs the same distance-pass variant (words and
+    ``cached`` tested at run time): one entry to compile.
     """
-    mask = _NO_MASK if m is None else kernel_input(m)
-    batch, length, words = keys.shape
-    shared = batch > 1 and keys.strides[0] == 0
-    keys_t = kernel_input(np.ascontiguousarray(keys[0].T) if shared else _NO_KEYS)
-    q, keys = kernel_input(q, contiguous=True), kernel_input(keys)
-    parallel_rows(lambda lo, hi, base, i, d: topk_keys(q, keys, keys_t, shared, k, n, mask, m is not None, lo, hi,
-                                                       base, i, d),
-                  batch, batch * length * words, (idx, dist))
+    batch, words = query.shape
+    nrows = table.shape[0]
+    length = ids.shape[1]
+    if (ids.shape[0] != batch or table.shape[1] != words or not 1 <= words <= MAX_WORDS or nrows == 0
+            or not 0 <= k <= SMALL_RESULTS // max(batch, 1)):
+        return NOT_SMALL, np.empty((0, 0), dtype=np.int64), np.empty((0, 0), dtype=np.int32)
+    idx = np.empty((batch, k), dtype=np.int64)
+    dist = np.empty((batch, k), dtype=np.int32)
+    no_mask = np.empty((0, 0), dtype=np.bool_)
+    cached = nrows * words * 8 <= CACHED_TABLE_BYTES
+    scratch, work = _workspace(length, words)
+    guess = -1
+    for b in range(batch):
+        out_of_range, nvalid = _distance_pass(query, table, ids, b, length, no_mask, pad=0, scratch=scratch,
+                                              words=words, use_mask=False, use_pad=False, lookup=True,
+                                              cached=cached)
+        if out_of_range:
+            return BAD_ID, idx[:0, :0], dist[:0, :0]
+        guess = _rank_row(scratch, length, nvalid, k, words, work, idx[b], dist[b], guess)
+    return DONE, idx, dist
+
+
+_UINT64 = np.dtype(np.uint64)
+_FAST_IDS = (np.dtype(np.int64), np.dtype(np.int32))
+
+
+@functools.lru_cache(maxsize=None)
+def small_entry(ids_dtype: np.dtype) -> Any:
+    """The compiled :func:`_lookup_small` for C-contiguous ``ids_dtype`` (int64 or int32) ids, one variant each.
+
+    It is compiled (or loaded from Numba's cache) for read-only arrays on
+    the first call, then closed to further compiles: writeable arrays are
+    passed as read-only ones (a safe conversion), so no layout or flag a
+    caller meets compiles a new variant inside a serving call.
+    """
+    if PURE_PYTHON:
+        return _lookup_small
+    entry = jit()(_lookup_small)
+    signature = types.Array(types.uint64, 2, "C", readonly=True)
+    entry.compile((signature, types.Array(numba.from_dtype(ids_dtype), 2, "C", readonly=True), signature,
+                   types.int64))
+    entry.disable_compile()
+    return entry
+
+
+def lookup_fast(query: Any, ids: Any, table: Any, k: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(idx, dist)`` of a small common lookup through :func:`small_entry`, or ``None``: use the general path.
+
+    The guard: NumPy arrays, uint64 signatures and int64/int32 ids, all
+    C-contiguous and 2-D, a Python int ``k`` and work small enough for the
+    calling thread (below ``2 x SERIAL_WORK``, as :func:`parallel_rows`
+    decides); the entry checks the rest.
+    """
+    if not (type(query) is np.ndarray and type(ids) is np.ndarray and type(table) is np.ndarray
+            and type(k) is int and query.dtype == _UINT64 and table.dtype == _UINT64
+            and (ids.dtype == _FAST_IDS[0] or ids.dtype == _FAST_IDS[1])
+            and query.ndim == 2 and ids.ndim == 2 and table.ndim == 2
+            and query.flags.c_contiguous and ids.flags.c_contiguous and table.flags.c_contiguous
+            and ids.size * query.shape[1] < 2 * config.SERIAL_WORK):
+        return None
+    code, idx, dist = small_entry(ids.dtype)(query, ids, table, k)
+    return (idx, dist) if code == DONE else None
+
+
+_NO_MASK = kernel_input(np.zeros((0, 0), dtype=np.bool_))
+_NO_KEYS = kernel_input(np.zeros((1, 0, 1), dtype=np.uint64))
+_NO_KEYS_T = kernel_input(np.zeros((0, 0), dtype=np.uint64))
+
+
+def _host_validity(
+    lengths: np.ndarray | None, mask: np.ndarray | None, left: bool, batch: int, length: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(lengths, mask)`` for the kernels: ``(B,)`` int64 prefixes in ``0..L``, and ``(L,)`` / ``(B, L)`` bool or None.
+
+    Front padding (``left``) turns ``lengths`` into the mask of the last
+    ``lengths[b]`` positions of each row, one ``(L,)`` row when every row
+    has the same length (shared sequences stay shared), and the lengths into ``L``.
+    """
+    n = host_lengths(lengths, batch, length)
+    if left and lengths is not None and n.size and n.min() < length:
+        start = length - (n[0] if n.min() == n.max() else n[:, None])  # the first valid position of each row
+        return np.full(batch, length, dtype=np.int64), np.arange(length) >= start
+    return n, mask
+
+
+def _mask_input(mask: np.ndarray | None, batch: int, length: int) -> np.ndarray:
+    """The kernels' mask argument: a read-only C-contiguous ``(B, L)`` bool array (one layout: one variant)."""
+    if mask is None:
+        return _NO_MASK
+    return kernel_input(np.ascontiguousarray(np.broadcast_to(mask, (batch, length))))
+
+
+def _run_keys(query: np.ndarray, keys: np.ndarray, k: int, lengths: np.ndarray, mask: np.ndarray | None,
+              idx: np.ndarray, dist: np.ndarray) -> None:
+    """:func:`topk_keys` over every row of ``(B, L, W)`` or shared ``(L, W)`` keys, on the calling thread or the pool.
+
+    Shared keys (``(L, W)``, or a stride-0 broadcast of them) are copied
+    word-major once; other keys are read in place when C-contiguous.
+    """
+    batch = query.shape[0]
+    length, words = keys.shape[-2:]
+    shared = keys.ndim == 2 or (batch > 1 and keys.strides[0] == 0)
+    if shared and batch == 1:
+        shared, keys = False, keys.reshape(1, length, words)
+    if shared:
+        keys_t = kernel_input(np.ascontiguousarray((keys if keys.ndim == 2 else keys[0]).T))
+        keys = _NO_KEYS
+    else:
+        keys_t, keys = _NO_KEYS_T, kernel_input(np.ascontiguousarray(keys))
+    m = _mask_input(mask, batch, length)
+    q = kernel_input(query, contiguous=True)
+
+    def run(lo: int, hi: int, base: int, idx_: np.ndarray, dist_: np.ndarray) -> None:
+        topk_keys(q, keys, keys_t, shared, k, lengths, m, mask is not None, lo, hi, base, idx_, dist_)
+
+    parallel_rows(run, batch, batch * length * words, (idx, dist))
 
 
 def _gather_shared(
@@ -554,59 +689,56 @@ def _gather_shared(
     return table[np.where(readable, ids, 0)], valid
 
 
-def topk_hamming(
-    q: np.ndarray, kk: np.ndarray, k: int, n: np.ndarray, m: np.ndarray | None
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
-    """Host path of :func:`etaretrieval.topk_hamming` (inputs validated).
+def _ids_input(ids: np.ndarray, batch: int) -> np.ndarray:
+    """The kernels' ids argument: read-only C-contiguous ``(B, L)`` int32 or int64 (a copy of any other dtype)."""
+    if ids.dtype not in _FAST_IDS:
+        ids = ids.astype(np.int64)  # the same values; pad, as int64 bits, compares alike
+    return kernel_input(np.ascontiguousarray(np.broadcast_to(ids, (batch, ids.shape[-1]))))
 
-    ``q`` ``(B, W)`` and ``kk`` ``(B, L, W)`` / ``(L, W)`` uint64, ``n`` and
-    ``m`` the lengths and optional mask of :func:`etaretrieval._validate.validity`.
+
+def run(call: TopkCall) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """The CPU driver of a top-K call (:class:`etaretrieval._validate.TopkCall` of NumPy arrays).
+
+    Checks the values the front ends leave to the driver (the range of
+    ``lengths``, the ids), turns front padding into a mask and brings every
+    array to one dtype and layout per argument (so a fixed, small set of
+    kernel variants is ever compiled), then runs the kernels over the rows.
+    Raises the :class:`IndexError` of the first valid position holding an id
+    outside the table.
     """
-    batch, words = q.shape
-    kk = np.broadcast_to(kk, (batch, kk.shape[-2], words))
-    idx, dist = results(batch, k)
-    if batch:
-        _run_keys(q, kk, k, n, m, idx, dist)
-    return idx, dist
-
-
-def topk_hamming_lookup(
-    q: np.ndarray, i: np.ndarray, t: np.ndarray, k: int, n: np.ndarray, m: np.ndarray | None, pad: int | None,
-    shared: bool,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
-    """Host path of :func:`etaretrieval.topk_hamming_lookup` (inputs validated).
-
-    ``i`` ``(B, L)`` ids (a broadcast view when ``shared``), ``t`` ``(N, W)``
-    uint64, ``pad`` the padding id's int64 bit pattern or ``None``; the rest
-    as in :func:`topk_hamming`. Raises the :class:`IndexError` of the first
-    valid position holding an id outside the table.
-    """
-    batch, words = q.shape
+    query, k = call.query, call.k
+    batch = query.shape[0]
+    length = call.length
+    lengths, mask = _host_validity(call.lengths, call.mask, call.left, batch, length)
     idx, dist = results(batch, k)
     if not batch:
         return idx, dist
-    if shared and (m is None or m.strides[0] == 0):
-        gathered = _gather_shared(i[0], t, n, None if m is None else m[0], pad)
+    if call.keys is not None:
+        _run_keys(query, call.keys, k, lengths, mask, idx, dist)
+        return idx, dist
+    ids, table, pad = call.ids, call.table, call.pad
+    if ids.ndim == 1 and (mask is None or mask.ndim == 1):
+        gathered = _gather_shared(ids, table, lengths, mask, pad)
         if gathered is not None:  # many targets, one sequence: its signatures are gathered once
             keys, valid = gathered
-            m = None if valid is None else np.broadcast_to(valid, i.shape)
-            _run_keys(q, np.broadcast_to(keys, (batch, *keys.shape)), k, n, m, idx, dist)
+            _run_keys(query, keys, k, lengths, valid, idx, dist)
             return idx, dist
     bad = np.empty(batch, dtype=np.int64)  # written only for rows with a bad id
-    mask = _NO_MASK if m is None else kernel_input(m)
-    padding = 0 if pad is None else pad
-    q, i, t = kernel_input(q, contiguous=True), kernel_input(i), kernel_input(t)
+    q, i = kernel_input(query, contiguous=True), _ids_input(ids, batch)
+    t = kernel_input(np.ascontiguousarray(table))
+    m = _mask_input(mask, batch, length)
+    use_mask, padding, use_pad = mask is not None, 0 if pad is None else pad, pad is not None
     cached = t.nbytes <= CACHED_TABLE_BYTES
 
-    def run(lo: int, hi: int, base: int, idx_: np.ndarray, dist_: np.ndarray, bad_: np.ndarray) -> int:
+    def rows(lo: int, hi: int, base: int, idx_: np.ndarray, dist_: np.ndarray, bad_: np.ndarray) -> int:
         """The first row of ``lo..hi-1`` with a bad id, or -1."""
-        return int(topk_lookup(q, i, t, k, n, mask, m is not None, padding, pad is not None, cached,
-                               lo, hi, base, idx_, dist_, bad_))
+        return int(topk_lookup(q, i, t, k, lengths, m, use_mask, padding, use_pad, cached, lo, hi, base,
+                               idx_, dist_, bad_))
 
-    first_bad = parallel_rows(run, batch, batch * i.shape[1] * words, (idx, dist, bad))
-    rows = [r for r in first_bad if r >= 0]
-    if rows:
-        row = min(rows)
+    first_bad = [r for r in parallel_rows(rows, batch, batch * length * call.words, (idx, dist, bad)) if r >= 0]
+    if first_bad:
+        row = min(first_bad)
         pos = int(bad[row])
-        raise ids_error(row, pos, i[row, pos], t.shape[0], shared=shared)
+        raise ids_error(row, pos, ids[pos] if ids.ndim == 1 else ids[row, pos], table.shape[0],
+                        shared=ids.ndim == 1)
     return idx, dist

@@ -17,8 +17,9 @@ by default the current stream of the outputs' library):
 
 - :func:`pack_signatures_into` ``(x, planes, out, *, check_finite, stream)``
 - :func:`hamming_into` ``(a, b, out, *, stream)``
-- :func:`topk_hamming_into` ``(query, keys, k, idx, dist, *, lengths, mask, stream, check)``
-- :func:`topk_hamming_lookup_into` ``(query, ids, table, k, idx, dist, *, lengths, mask, padding_id, stream, check)``
+- :func:`topk_hamming_into` ``(query, keys, k, idx, dist, *, lengths, mask, padding_side, stream, check)``
+- :func:`topk_hamming_lookup_into` ``(query, ids, table, k, idx, dist, *, lengths, mask, padding_id,
+  padding_side, stream, check)``
 
 The top-K launchers read two int64 error cells back (one stream
 synchronisation) and raise the CPU's errors when ``check=True``; with

@@ -49,18 +49,19 @@ def _kernel() -> Any:
     return left_kernel
 
 
-def left_padding(lengths: DeviceArray, length: int) -> tuple[Any, Any]:
+def left_padding(lengths: DeviceArray, length: int, stream: Any = None) -> tuple[Any, Any]:
     """``(kernel lengths, mask)`` for front-padded rows of ``length`` positions.
 
     ``lengths`` is the ``(B,)`` integer device array of valid positions per row
     (counted from the end). Returns numba device arrays (allocated with the
-    library of ``lengths``, on its current stream): ``(B,)`` int64 holding
+    library of ``lengths``, on ``stream``, by default its library's current
+    stream): ``(B,)`` int64 holding
     ``length`` where ``lengths`` is in range and the entry itself where not,
     and the ``(B, length)`` bool mask of the last ``lengths[b]`` positions.
     """
     batch = lengths.shape[0]
     with _backend.device_scope(lengths):
-        stream = _backend.launch_stream(lengths)
+        stream = _backend.launch_stream(lengths, stream)
         _, out = _backend.empty(lengths, (batch,), np.int64, stream)
         _, mask = _backend.empty(lengths, (batch, length), np.bool_, stream)
         count = batch * max(length, 1)

@@ -37,10 +37,11 @@ from typing import Any
 import numpy as np
 
 from .._device import DeviceArray, describe
-from .._validate import MAX_WORDS, ids_error, lengths_error
+from .._validate import MAX_WORDS, TopkCall, check_padding_side, ids_error, lengths_error
 from . import _backend, config
+from .padding import left_padding
 
-__all__ = ["topk_hamming", "topk_hamming_lookup", "topk_hamming_into", "topk_hamming_lookup_into", "raise_errors"]
+__all__ = ["run", "topk_hamming_into", "topk_hamming_lookup_into", "raise_errors"]
 
 #: ``numba.cuda`` once a kernel is built (a module global: the simulator swaps it while kernels run).
 cuda: Any = None
@@ -349,6 +350,7 @@ def _scratch(like: DeviceArray | None, batch: int, length: int, stream: Any) -> 
 
 
 def _validity(like: DeviceArray | None, lengths: Any, mask: Any, stream: Any) -> tuple[Any, bool, Any, bool]:
+    """The kernel's ``(lengths, use_len, mask, use_mask)``: numba views, or placeholders for absent ones."""
     if lengths is not None:
         n, use_len = _backend.as_numba(lengths), True
     else:
@@ -386,14 +388,18 @@ def _launch_into(
     lengths: Any,
     mask: Any,
     padding_id: int | None,
+    padding_side: str,
     stream: Any,
     check: bool,
 ) -> Any:
     """The raw launchers' body: given ``keys``, or ``ids`` into ``table`` (the other ``None``).
 
     Launches the top-K kernel on numba views of the arguments (placeholders
-    for the absent ones); see :func:`topk_hamming_into` for ``check``.
+    for the absent ones); front-padded ``lengths`` become a mask first
+    (:func:`etaretrieval.cuda.padding.left_padding`, on the same stream).
+    See :func:`topk_hamming_into` for ``check``.
     """
+    left = check_padding_side(padding_side) == "left" and lengths is not None
     like = describe(idx)
     with _backend.device_scope(like):
         stream = _backend.launch_stream(like, stream)
@@ -416,6 +422,9 @@ def _launch_into(
             t = _backend.placeholder(like, (1, 1), np.uint64, stream)
         batch = q.shape[0]
         cells = _backend.error_cells(like, batch, batch * length, stream)
+        described = describe(lengths) if left else None
+        if batch and described is not None:
+            lengths, mask = left_padding(described, length, stream)
         if batch:
             n, use_len, m, use_mask = _validity(like, lengths, mask, stream)
             gdist, use_global, shared_bytes = _scratch(like, batch, length, stream)
@@ -440,6 +449,7 @@ def topk_hamming_into(
     *,
     lengths: Any = None,
     mask: Any = None,
+    padding_side: str = "right",
     stream: Any = None,
     check: bool = True,
 ) -> Any:
@@ -448,7 +458,8 @@ def topk_hamming_into(
     For the PyTorch plugin: no validation (shapes and dtypes are the caller's
     business). ``query`` ``(B, W)`` and ``keys`` ``(B, L, W)`` / ``(L, W)`` are
     uint64 or int64 (same bits); ``lengths`` ``(B,)`` any integer dtype;
-    ``mask`` ``(B, L)`` / ``(L,)`` bool; ``idx`` ``(B, k)`` int64 and ``dist``
+    ``mask`` ``(B, L)`` / ``(L,)`` bool; ``padding_side="left"``: ``lengths``
+    count the valid positions at the end of each row; ``idx`` ``(B, k)`` int64 and ``dist``
     ``(B, k)`` int32 outputs. Any ``__cuda_array_interface__`` objects (torch
     CUDA tensors) are viewed without copying. Runs on ``stream`` (numba stream
     or raw ``cudaStream_t`` int), by default the current stream of ``idx``'s
@@ -465,7 +476,7 @@ def topk_hamming_into(
     released on return: with ``check=False`` and a ``stream`` other than that
     current stream, synchronise ``stream`` before that library allocates again.
     """
-    return _launch_into(query, keys, None, None, k, idx, dist, lengths, mask, None, stream, check)
+    return _launch_into(query, keys, None, None, k, idx, dist, lengths, mask, None, padding_side, stream, check)
 
 
 def topk_hamming_lookup_into(
@@ -479,6 +490,7 @@ def topk_hamming_lookup_into(
     lengths: Any = None,
     mask: Any = None,
     padding_id: int | None = None,
+    padding_side: str = "right",
     stream: Any = None,
     check: bool = True,
 ) -> Any:
@@ -493,35 +505,26 @@ def topk_hamming_lookup_into(
     ``check=False`` the error cells are returned (cell 1 is ``B * L`` unless
     an id is bad, else ``row * L + position``).
     """
-    return _launch_into(query, None, ids, table, k, idx, dist, lengths, mask, padding_id, stream, check)
+    return _launch_into(query, None, ids, table, k, idx, dist, lengths, mask, padding_id, padding_side, stream, check)
 
 
-def _results(query: DeviceArray, k: int, launch: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-    """``(idx, dist)`` allocated on ``query``'s device, filled by ``launch(*args, k, idx, dist, ...)``."""
+def run(call: TopkCall) -> tuple[Any, Any]:
+    """The CUDA driver of a top-K call of device arrays: ``(idx, dist)`` allocated on the query's device.
+
+    ``lengths`` and the ids are checked by the kernel (the errors are the
+    CPU driver's); front padding becomes a mask on the device.
+    """
+    query = call.query
     batch = query.shape[0]
+    side = "left" if call.left else "right"
     with _backend.device_scope(query):
         stream = _backend.launch_stream(query)
-        idx_user, _ = _backend.empty(query, (batch, k), np.int64, stream)
-        dist_user, _ = _backend.empty(query, (batch, k), np.int32, stream)
-        launch(*args, k, idx_user, dist_user, stream=stream, **kwargs)
-    return idx_user, dist_user
-
-
-def topk_hamming(
-    query: DeviceArray, keys: DeviceArray, k: int, lengths: DeviceArray | None, mask: DeviceArray | None,
-) -> tuple[Any, Any]:
-    """Device path of :func:`etaretrieval.topk_hamming` (inputs validated)."""
-    return _results(query, k, topk_hamming_into, query, keys, lengths=lengths, mask=mask)
-
-
-def topk_hamming_lookup(
-    query: DeviceArray,
-    ids: DeviceArray,
-    table: DeviceArray,
-    k: int,
-    lengths: DeviceArray | None,
-    mask: DeviceArray | None,
-    pad: int | None,
-) -> tuple[Any, Any]:
-    """Device path of :func:`etaretrieval.topk_hamming_lookup` (inputs validated, ``pad`` as int64 bits)."""
-    return _results(query, k, topk_hamming_lookup_into, query, ids, table, lengths=lengths, mask=mask, padding_id=pad)
+        idx, _ = _backend.empty(query, (batch, call.k), np.int64, stream)
+        dist, _ = _backend.empty(query, (batch, call.k), np.int32, stream)
+        if call.keys is None:
+            topk_hamming_lookup_into(query, call.ids, call.table, call.k, idx, dist, lengths=call.lengths,
+                                     mask=call.mask, padding_id=call.pad, padding_side=side, stream=stream)
+        else:
+            topk_hamming_into(query, call.keys, call.k, idx, dist, lengths=call.lengths, mask=call.mask,
+                              padding_side=side, stream=stream)
+    return idx, dist

@@ -2,7 +2,8 @@
 
 Each kernel validates with the same ``check_*`` function as the CPU kernel,
 allocates its outputs with torch on the inputs' device and launches the
-numba-cuda kernels of :mod:`etaretrieval.cuda` on torch's current stream
+numba-cuda kernels of :mod:`etaretrieval.cuda` (which own the device side:
+front padding, the value checks) on torch's current stream
 (``torch.cuda.current_stream().cuda_stream``), reading the tensors through
 ``__cuda_array_interface__`` without copies. Registering needs neither a GPU
 nor numba-cuda: ``etaretrieval.cuda`` only imports ``numba.cuda`` on first
@@ -16,7 +17,6 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .._device import describe
 from .._validate import NonFiniteError, as_padding, results_error
 from . import _ops
 
@@ -58,18 +58,6 @@ def _outputs(query: torch.Tensor, batch: int, k: int) -> tuple[torch.Tensor, tor
         raise results_error(batch, k) from None
 
 
-def _validity(
-    lengths: Optional[torch.Tensor], mask: Optional[torch.Tensor], length: int, padding_side: str
-) -> tuple[object, object]:
-    """``(lengths, mask)`` for the launchers: a bool mask, and front-padded lengths turned into a mask."""
-    if lengths is not None and padding_side == "left":
-        from ..cuda.padding import left_padding
-
-        with torch.cuda.device(lengths.device):
-            return left_padding(describe(lengths.detach()), length)  # type: ignore[arg-type]
-    return _bits(lengths), _bits(_ops.bool_mask(mask))
-
-
 def _topk_cuda(
     query: torch.Tensor,
     keys: torch.Tensor,
@@ -81,10 +69,10 @@ def _topk_cuda(
     from .. import cuda
 
     idx, dist = _outputs(query, _ops.check_topk(query, keys, k, lengths, mask, padding_side), k)
-    n, m = _validity(lengths, mask, keys.shape[-2], padding_side)
     with torch.cuda.device(query.device):
         cuda.topk_hamming_into(
-            query.detach(), keys.detach(), k, idx, dist, lengths=n, mask=m, stream=_stream(idx),
+            query.detach(), keys.detach(), k, idx, dist, lengths=_bits(lengths), mask=_bits(_ops.bool_mask(mask)),
+            padding_side=padding_side, stream=_stream(idx),
         )
     return idx, dist
 
@@ -103,11 +91,10 @@ def _lookup_cuda(
 
     idx, dist = _outputs(query, _ops.check_lookup(query, ids, table, k, lengths, mask, padding_side), k)
     pad = as_padding(padding_id, np.dtype(str(ids.dtype).removeprefix("torch.")))
-    n, m = _validity(lengths, mask, ids.shape[-1], padding_side)
     with torch.cuda.device(query.device):
         cuda.topk_hamming_lookup_into(
-            query.detach(), ids.detach(), table.detach(), k, idx, dist,
-            lengths=n, mask=m, padding_id=pad, stream=_stream(idx),
+            query.detach(), ids.detach(), table.detach(), k, idx, dist, lengths=_bits(lengths),
+            mask=_bits(_ops.bool_mask(mask)), padding_id=pad, padding_side=padding_side, stream=_stream(idx),
         )
     return idx, dist
 

@@ -30,8 +30,8 @@ from .._validate import (
     MAX_WORDS,
     DTypeError,
     NonFiniteError,
+    TopkCall,
     _shape,
-    as_ids,
     as_padding,
     check_either,
     check_ids_shape,
@@ -45,12 +45,10 @@ from .._validate import (
     check_table_shape,
     check_x_shape,
     valid_nonfinite_error,
-    validity,
 )
+from ..cpu import topk as cpu_topk
 from ..cpu.pack import pack_projection, raise_nonfinite
 from ..cpu.pack import pack_signatures as host_pack
-from ..cpu.topk import topk_hamming as host_topk
-from ..cpu.topk import topk_hamming_lookup as host_lookup
 
 __all__ = [
     "pack_signatures",
@@ -425,11 +423,11 @@ def topk_hamming(
     >>> torch.ops.etaretrieval.topk_hamming(torch.tensor([[0]]), keys, 3)
     (tensor([[3, 2, 0]]), tensor([[0, 1, 1]], dtype=torch.int32))
     """
-    batch = check_topk(query, keys, k, lengths, mask, padding_side)
+    check_topk(query, keys, k, lengths, mask, padding_side)
     _require_cpu("topk_hamming", query)
-    kk = _uint64(keys)
-    n, m = validity(_numpy(lengths), _numpy(bool_mask(mask)), batch, kk.shape[-2], padding_side=padding_side)
-    return _results(*host_topk(_uint64(query), kk, k, n, m))
+    call = TopkCall(_uint64(query), _uint64(keys), None, None, k, _numpy(lengths), _numpy(bool_mask(mask)), None,
+                    padding_side == "left")
+    return _results(*cpu_topk.run(call))
 
 
 def _lookup_fake(
@@ -494,9 +492,16 @@ def topk_hamming_lookup(
     >>> torch.ops.etaretrieval.topk_hamming_lookup(torch.tensor([[0b11]]), ids, table, 2, padding_id=0)
     (tensor([[4, 0]]), tensor([[0, 0]], dtype=torch.int32))
     """
-    batch = check_lookup(query, ids, table, k, lengths, mask, padding_side)
+    if (lengths is None and mask is None and padding_id is None and padding_side == "right"
+            and query.dtype is torch.int64 and table.dtype is torch.int64
+            and (ids.dtype is torch.int64 or ids.dtype is torch.int32)
+            and query.is_cpu and ids.is_cpu and table.is_cpu):
+        fast = cpu_topk.lookup_fast(_uint64(query), ids.numpy(), _uint64(table), k)
+        if fast is not None:
+            return torch.from_numpy(fast[0]), torch.from_numpy(fast[1])
+    check_lookup(query, ids, table, k, lengths, mask, padding_side)
     _require_cpu("topk_hamming_lookup", query)
-    i, shared = as_ids(_numpy(ids), batch)
-    pad = as_padding(padding_id, i.dtype)
-    n, m = validity(_numpy(lengths), _numpy(bool_mask(mask)), batch, i.shape[1], padding_side=padding_side)
-    return _results(*host_lookup(_uint64(query), i, _uint64(table), k, n, m, pad, shared))
+    i = _array(ids)
+    call = TopkCall(_uint64(query), None, i, _uint64(table), k, _numpy(lengths), _numpy(bool_mask(mask)),
+                    as_padding(padding_id, i.dtype), padding_side == "left")
+    return _results(*cpu_topk.run(call))
