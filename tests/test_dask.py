@@ -142,17 +142,67 @@ def test_retrieve_arrow_property(lengths: list[int], k: int, seed: int, large: b
 
 
 def test_retrieve_arrow_bad_columns(table: tuple[Path, np.ndarray]) -> None:
+    """Issue 21.3: each error names the argument (history_col, target_col, batch, k), never a bare KeyError."""
     _, sig = table
-    with pytest.raises(KeyError, match="column 'history' is not in the input"):
+    missing = r"history_col = 'history' is not a column of batch \(columns: hist, target\)"
+    with pytest.raises(ValueError, match=missing):
         edask.retrieve_arrow(pa.table({"hist": [[1]], "target": [1]}), sig, K)
-    with pytest.raises(TypeError, match="must be a list of integer item ids"):
+    with pytest.raises(ValueError, match="target_col = 'item' is not a column of batch"):
+        edask.retrieve_arrow(pa.table({"history": [[1]], "target": [1]}), sig, K, target_col="item")
+    with pytest.raises(TypeError, match=r"history_col must be a str \(a column name\), got int 3"):
+        edask.retrieve_arrow(pa.table({"history": [[1]], "target": [1]}), sig, K, history_col=3)  # type: ignore
+    with pytest.raises(er.DTypeError, match="history_col = 'history' must name a list of integer item ids"):
         edask.retrieve_arrow(pa.table({"history": [[1.0]], "target": [1]}), sig, K)
-    with pytest.raises(TypeError, match="column 'target' must hold integer item ids"):
+    with pytest.raises(er.DTypeError, match="target_col = 'target' must name a column of integer item ids"):
         edask.retrieve_arrow(pa.table({"history": [[1]], "target": ["a"]}), sig, K)
-    with pytest.raises(ValueError, match="already has column"):
+    with pytest.raises(ValueError, match="batch already has column"):
         edask.retrieve_arrow(pa.table({"history": [[1]], "target": [1], "error": ["x"]}), sig, K)
     with pytest.raises(ValueError, match="k must be >= 0"):
         edask.retrieve_arrow(pa.table({"history": [[1]], "target": [1]}), sig, -1)
+    with pytest.raises(TypeError, match="batch must be a pyarrow.Table or pyarrow.RecordBatch, got dict"):
+        edask.retrieve_arrow({"history": [[1]], "target": [1]}, sig, K)  # type: ignore[arg-type]
+
+
+def test_retrieve_arrow_takes_a_table_or_its_signatures(table: tuple[Path, np.ndarray]) -> None:
+    """Issue 21.3: a SignatureTable and any uint64 array-like are accepted; other signatures are named."""
+    path, sig = table
+    rows = pa.table({"history": [[1, 2, 3, 4], [], [7]], "target": [5, 6, 7]})
+    want = edask.retrieve_arrow(rows, sig, K)
+    loaded = er.SignatureTable.load(path)
+    for accepted in (loaded, loaded.signatures, np.asfortranarray(sig), sig.astype(">u8"), ref_readonly(sig)):
+        assert edask.retrieve_arrow(rows, accepted, K).equals(want)
+    for bad, message in (
+        (sig.tolist(), r"signatures must hold packed signatures of dtype uint64, got dtype .*a Python list"),
+        (sig.astype(np.int64), "signatures must hold packed signatures of dtype uint64, got dtype int64"),
+        (sig[:, 0], r"signatures must have shape \(N, W\), got shape \(300,\)"),
+        (sig[None], r"signatures must have shape \(N, W\), got shape \(1, 300, 2\)"),
+        (np.zeros((3, 0), dtype=np.uint64), "signatures must have 1..16 signature words"),
+        (None, "signatures must hold packed signatures"),
+    ):
+        with pytest.raises((TypeError, ValueError), match=message):
+            edask.retrieve_arrow(rows, bad, K)
+
+
+def ref_readonly(a: np.ndarray) -> np.ndarray:
+    out = a.copy()
+    out.flags.writeable = False
+    return out
+
+
+def test_retrieve_arrow_k_bound_as_the_numpy_api(table: tuple[Path, np.ndarray]) -> None:
+    """Issue 21.3: k = 10**12 answers (rows hold at most their history) instead of a MemoryError; k above
+    MAX_K (the NumPy API's bound) is the same ValueError."""
+    _, sig = table
+    rows = pa.table({"history": [[1, 2, 3, 4], [], [7, 7]], "target": [5, 6, 7]})
+    assert edask.retrieve_arrow(rows, sig, 10**12).equals(edask.retrieve_arrow(rows, sig, 4))
+    for k in (2**61, 2**70):
+        with pytest.raises(ValueError, match="k must be at most") as numpy_api:
+            er.topk_hamming_lookup(sig[:1], np.zeros((1, 2), dtype=np.int64), sig, k)
+        with pytest.raises(ValueError, match="k must be at most") as offline:
+            edask.retrieve_arrow(rows, sig, k)
+        assert str(offline.value) == str(numpy_api.value)
+    with pytest.raises(TypeError, match="k must be an integer, got float 2.5"):
+        edask.retrieve_arrow(rows, sig, 2.5)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- retrieve_parquet on a cluster
@@ -234,16 +284,55 @@ def test_parquet_errors(table: tuple[Path, np.ndarray], dataset: Path, tmp_path:
         edask.retrieve_parquet(tmp_path / "missing", table[0], tmp_path / "out", K)
     with pytest.raises(FileNotFoundError, match="holds no"):
         edask.retrieve_parquet(tmp_path, table[0], tmp_path / "out", K)
-    with pytest.raises(ValueError, match="holds no saved SignatureTable"):
+    with pytest.raises(er.TableFileError, match="holds no saved SignatureTable"):
         edask.retrieve_parquet(dataset, tmp_path, tmp_path / "out", K)
-    with pytest.raises(KeyError, match="column 'items'"):
+    with pytest.raises(ValueError, match="history_col = 'items' is not a column of the input"):
         edask.retrieve_parquet(dataset, table[0], tmp_path / "out", K, history_col="items")
+    with pytest.raises(er.DTypeError, match="table must hold packed signatures of dtype uint64, got dtype int64"):
+        edask.retrieve_parquet(dataset, table[1].astype(np.int64), tmp_path / "out", K)
+    np.save(tmp_path / "floats.npy", np.zeros((3, 1)))
+    with pytest.raises(er.DTypeError, match="table must hold packed signatures of dtype uint64, got dtype float64"):
+        edask.retrieve_parquet(dataset, tmp_path / "floats.npy", tmp_path / "out", K)
+    (tmp_path / "junk.npy").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="junk.npy' is neither a table directory nor a readable .npy file"):
+        edask.retrieve_parquet(dataset, tmp_path / "junk.npy", tmp_path / "out", K)
+
+
+def test_parquet_refuses_a_damaged_table_before_any_task(table: tuple[Path, np.ndarray], dataset: Path,
+                                                         tmp_path: Path) -> None:
+    _, sig = table
+    weight = np.random.default_rng(0).standard_normal((N, DIM)).astype(np.float32)
+    er.SignatureTable(weight, er.SimHasher(DIM, BITS, seed=2)).save(tmp_path / "t")
+    raw = bytearray((tmp_path / "t" / "signatures.npy").read_bytes())
+    raw[-5] ^= 0x04
+    (tmp_path / "t" / "signatures.npy").write_bytes(bytes(raw))
+    with pytest.raises(er.TableFileError, match="does not match its checksums"):
+        edask.retrieve_parquet(dataset, tmp_path / "t", tmp_path / "out", K)
+    assert not (tmp_path / "out").exists()
+
+
+def test_parquet_takes_a_table_its_signatures_or_a_npy_file(table: tuple[Path, np.ndarray], dataset: Path,
+                                                            tmp_path: Path, cluster: object) -> None:
+    path, sig = table
+    np.save(tmp_path / "sig.npy", sig)
+    source: object
+    for i, source in enumerate((er.SignatureTable.load(path), sig, tmp_path / "sig.npy")):
+        out = tmp_path / f"out{i}"
+        summary = edask.retrieve_parquet(dataset, source, out, K, client=cluster, progress=False)
+        assert (summary.rows, summary.errors) == (190, 6)
+        check_rows(pq.read_table(out), sig, K)
+    other = sig.copy()
+    other[0, 0] ^= np.uint64(1)
+    with pytest.raises(ValueError, match="holds parts of another job"):  # the job is tied to the table's content
+        edask.retrieve_parquet(dataset, other, tmp_path / "out1", K, client=cluster, progress=False)
 
 
 def test_each_process_opens_the_table_once(table: tuple[Path, np.ndarray]) -> None:
     first = edask._open_table(str(table[0]))
     assert edask._open_table(str(table[0])) is first
-    assert not first.signatures.flags.writeable  # memory-mapped read-only
+    assert not first.flags.writeable  # memory-mapped read-only
+    with pytest.raises(ValueError, match="was saved again while the job ran"):
+        edask._load_signatures(str(table[0]), digest="0" * 64)
 
 
 def test_command_line_with_worker_processes(table: tuple[Path, np.ndarray], dataset: Path, tmp_path: Path) -> None:

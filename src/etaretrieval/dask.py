@@ -22,6 +22,7 @@ distributed, pyarrow). The command line is ``python -m etaretrieval.offline``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -44,8 +45,9 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "pip install 'etaretrieval[dask]'"
     ) from exc
 
-from ._validate import check_k
-from .table import SignatureTable, _fingerprint
+from ._device import DeviceArray
+from ._validate import DTypeError, as_signatures, check_k
+from .table import SignatureTable
 from .topk import topk_hamming_lookup
 
 __all__ = ["OfflineSummary", "retrieve_arrow", "retrieve_parquet"]
@@ -60,26 +62,36 @@ MAX_CELLS = 1 << 24
 
 
 def _column(batch: pa.Table, name: str) -> pa.Array:
-    if name not in batch.column_names:
-        raise KeyError(f"column {name!r} is not in the input (columns: {', '.join(batch.column_names)})")
     col = batch.column(name)
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
-def _check_schema(schema: pa.Schema, history_col: str, target_col: str) -> None:
-    """Refuse inputs whose columns cannot be read as (list of integer ids, integer id)."""
-    for name in (history_col, target_col):
+def _check_schema(schema: pa.Schema, history_col: Any, target_col: Any, source: str) -> None:
+    """Refuse inputs whose columns cannot be read as (list of integer ids, integer id), naming the argument."""
+    for arg, name in (("history_col", history_col), ("target_col", target_col)):
+        if not isinstance(name, str):
+            raise TypeError(f"{arg} must be a str (a column name), got {type(name).__name__} {name!r}")
         if name not in schema.names:
-            raise KeyError(f"column {name!r} is not in the input (columns: {', '.join(schema.names)})")
+            raise ValueError(f"{arg} = {name!r} is not a column of {source} (columns: {', '.join(schema.names)})")
     hist = schema.field(history_col).type
     if not (pa.types.is_list(hist) or pa.types.is_large_list(hist)) or not pa.types.is_integer(hist.value_type):
-        raise TypeError(f"column {history_col!r} must be a list of integer item ids, got {hist}")
+        raise DTypeError(f"history_col = {history_col!r} must name a list of integer item ids, got type {hist}")
     target = schema.field(target_col).type
     if not pa.types.is_integer(target):
-        raise TypeError(f"column {target_col!r} must hold integer item ids, got {target}")
+        raise DTypeError(f"target_col = {target_col!r} must name a column of integer item ids, got type {target}")
     taken = [c for c in OUTPUT_COLUMNS if c in schema.names]
     if taken:
-        raise ValueError(f"the input already has column(s) {taken}, which the output adds; rename them")
+        raise ValueError(f"{source} already has column(s) {taken}, which the output adds; rename them")
+
+
+def _signatures_of(name: str, value: Any) -> np.ndarray:
+    """The ``(N, W)`` uint64 host signatures of a :class:`SignatureTable` or an array, checked as ``name``."""
+    if isinstance(value, SignatureTable):
+        value = value.signatures
+    sig = as_signatures(name, value, (2,), "(N, W)")
+    if isinstance(sig, DeviceArray):
+        raise TypeError(f"{name} must be on the host for offline retrieval, got a {sig.family} device array")
+    return np.asarray(sig)
 
 
 def _values(a: pa.Array) -> tuple[np.ndarray | None, np.ndarray]:
@@ -95,19 +107,14 @@ def _first_per_row(rows: np.ndarray, *values: np.ndarray) -> tuple[np.ndarray, .
     return (first_rows, *(v[first] for v in values))
 
 
-def _lists(values: np.ndarray, keep: np.ndarray, null: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
-    """A list array whose row ``i`` holds ``values[i][keep[i]]`` (a prefix), null where ``null``."""
-    counts = keep.sum(axis=1)
-    offsets = np.zeros(len(counts) + 1, dtype=np.int32)
-    np.cumsum(counts, out=offsets[1:])
-    return pa.ListArray.from_arrays(
-        pa.array(offsets), pa.array(values[keep], type=arrow_type), mask=pa.array(null)
-    )
+def _lists(values: np.ndarray, offsets: np.ndarray, null: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+    """A list array of the flat ``values`` cut at ``offsets``, null where ``null``."""
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=arrow_type), mask=pa.array(null))
 
 
 def retrieve_arrow(
     batch: pa.Table | pa.RecordBatch,
-    signatures: np.ndarray,
+    signatures: SignatureTable | np.ndarray,
     k: int,
     *,
     history_col: str = "history",
@@ -124,10 +131,13 @@ def retrieve_arrow(
     batch : pyarrow.Table or pyarrow.RecordBatch
         Rows with a list-of-integers ``history_col`` (oldest first) and an
         integer ``target_col``.
-    signatures : numpy.ndarray
-        ``(N, W)`` uint64 signature table (e.g. ``SignatureTable.load(path).signatures``).
+    signatures : SignatureTable or array_like
+        A :class:`~etaretrieval.SignatureTable` (e.g.
+        ``SignatureTable.load(path)``) or its ``(N, W)`` uint64 signatures.
     k : int
-        Behaviours retrieved per row, ``>= 0``.
+        Behaviours retrieved per row, ``0..MAX_K`` as in
+        :func:`~etaretrieval.topk_hamming_lookup`; a row holds at most its
+        history's length, so a ``k`` above the longest history costs nothing more.
     history_col, target_col : str
         Column names.
 
@@ -141,6 +151,14 @@ def retrieve_arrow(
         served). A row with a null history or target, or an id outside
         ``[0, N)``, gets null lists and an ``error`` message.
 
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument: ``batch`` not an Arrow table, ``signatures``
+        not ``(N, W)`` uint64 (:class:`~etaretrieval.DTypeError` for another
+        dtype), ``k`` not an integer in ``0..MAX_K``, ``history_col`` /
+        ``target_col`` not a column of ``batch`` or of the wrong type.
+
     Examples
     --------
     >>> import numpy as np, pyarrow as pa, etaretrieval as er
@@ -153,9 +171,12 @@ def retrieve_arrow(
     >>> out.column("error").to_pylist()[1]
     'history[1] = 7 is outside the table rows [0, 3)'
     """
+    if not isinstance(batch, (pa.Table, pa.RecordBatch)):
+        raise TypeError(f"batch must be a pyarrow.Table or pyarrow.RecordBatch, got {type(batch).__name__}")
+    signatures = _signatures_of("signatures", signatures)
     k = check_k(k)
     table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
-    _check_schema(table.schema, history_col, target_col)
+    _check_schema(table.schema, history_col, target_col, "batch")
     n_rows, n_items = table.num_rows, signatures.shape[0]
     hist, target = _column(table, history_col), _column(table, target_col)
 
@@ -196,9 +217,8 @@ def retrieve_arrow(
 
     served = np.where(failed, 0, lengths)
     query_rows = np.where(failed, 0, targets).astype(np.int64)
-    idx = np.full((n_rows, k), -1, dtype=np.int64)
-    dist = np.full((n_rows, k), -1, dtype=np.int32)
-    found = np.full((n_rows, k), -1, dtype=np.int64)
+    counts = np.zeros(n_rows, dtype=np.int64)
+    found, positions, distances = [], [], []  # the retrieved entries of each block of rows, flat
     longest = int(lengths.max()) if n_rows else 0
     block = max(1, MAX_CELLS // max(1, longest))
     for a in range(0, n_rows, block):
@@ -209,33 +229,65 @@ def retrieve_arrow(
         first = int(starts[a])
         run = ids[first : first + int(n.sum())]
         padded.reshape(-1)[np.arange(run.size) + np.repeat(np.arange(b - a) * width - (starts[a:b] - first), n)] = run
-        i, d = topk_hamming_lookup(signatures[query_rows[a:b]], padded, signatures, k, lengths=served[a:b])
-        idx[a:b], dist[a:b] = i, d
-        if width:
-            found[a:b] = np.where(i >= 0, padded[np.arange(b - a)[:, None], np.maximum(i, 0)], -1)
-    keep = idx >= 0
+        # a row holds at most `width` entries: asking for more would only add -1 slots
+        i, d = topk_hamming_lookup(signatures[query_rows[a:b]], padded, signatures, min(k, width),
+                                   lengths=served[a:b])
+        keep = i >= 0
+        counts[a:b] = keep.sum(axis=1)
+        found.append(padded[np.nonzero(keep)[0], i[keep]])
+        positions.append(i[keep])
+        distances.append(d[keep])
+    offsets = np.zeros(n_rows + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
     return (
-        table.append_column("topk_ids", _lists(found, keep, failed, pa.int64()))
-        .append_column("topk_pos", _lists(idx, keep, failed, pa.int64()))
-        .append_column("topk_dist", _lists(dist, keep, failed, pa.int32()))
+        table.append_column("topk_ids", _lists(_flat(found, np.int64), offsets, failed, pa.int64()))
+        .append_column("topk_pos", _lists(_flat(positions, np.int64), offsets, failed, pa.int64()))
+        .append_column("topk_dist", _lists(_flat(distances, np.int32), offsets, failed, pa.int32()))
         .append_column("error", pa.array(messages, type=pa.string()))
     )
 
 
+def _flat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+
 # --------------------------------------------------------------------------- per worker process
 
-_OPEN: dict[tuple[str, int], SignatureTable] = {}
+_OPEN: dict[tuple[str, int, int], np.ndarray] = {}
 
 
-def _open_table(path: str) -> SignatureTable:
-    """The table at ``path``, memory-mapped once per process (reopened if it was saved again)."""
-    real = os.path.realpath(path)
-    key = (real, os.stat(os.path.join(real, "table.json")).st_mtime_ns)
-    table = _OPEN.get(key)
-    if table is None:
+def _stat_key(real: str) -> tuple[str, int, int]:
+    """What identifies a table as saved now: its path, and the inode and mtime of its description (or .npy file)."""
+    st = os.stat(real if os.path.isfile(real) else os.path.join(real, "table.json"))
+    return real, st.st_ino, st.st_mtime_ns
+
+
+def _load_signatures(path: str, digest: str | None = None) -> np.ndarray:
+    """The signatures of a table directory (memory-mapped) or of a ``.npy`` file, checked as ``table``.
+
+    With ``digest`` (the ``meta_sha256`` the job was started with), a table
+    saved again since is refused rather than mixed into the job's output.
+    """
+    if os.path.isfile(path):
+        try:
+            signatures = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, EOFError, OSError) as exc:
+            raise ValueError(f"table {path!r} is neither a table directory nor a readable .npy file ({exc})") from None
+        return _signatures_of("table", signatures)
+    table = SignatureTable.load(path, mmap=True)
+    if digest is not None and table._saved_digest != digest:
+        raise ValueError(f"the SignatureTable at {path!r} was saved again while the job ran; run the job again")
+    return table.signatures
+
+
+def _open_table(path: str, digest: str | None = None) -> np.ndarray:
+    """The signatures at ``path``, memory-mapped once per process (reopened if the table was saved again)."""
+    key = _stat_key(os.path.realpath(path))
+    signatures = _OPEN.get(key)
+    if signatures is None:
         _OPEN.clear()
-        table = _OPEN[key] = SignatureTable.load(real, mmap=True)
-    return table
+        signatures = _OPEN[key] = _load_signatures(key[0], digest)
+    return signatures
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -281,10 +333,14 @@ def _parts(files: list[Path], rows_per_part: int) -> list[_Part]:
 
 
 def _run_part(
-    part: _Part, output: str, table_path: str, k: int, history_col: str, target_col: str, batch_rows: int
+    part: _Part, output: str, table: str | np.ndarray, digest: str | None, k: int, history_col: str,
+    target_col: str, batch_rows: int,
 ) -> dict[str, Any]:
-    """One task: retrieve for every row of one part, write its file and then its marker."""
-    signatures = _open_table(table_path).signatures
+    """One task: retrieve for every row of one part, write its file and then its marker.
+
+    ``table`` is a path the worker opens (once per process) or the signatures themselves (scattered).
+    """
+    signatures = _open_table(table, digest) if isinstance(table, str) else table
     out_dir = Path(output)
     final = out_dir / f"{part.name}.parquet"
     tmp = out_dir / f".{final.name}.{uuid.uuid4().hex}.tmp"
@@ -378,14 +434,38 @@ def _finished(out_dir: Path, part: _Part) -> dict[str, Any] | None:
     return None
 
 
+def _content_sha256(signatures: np.ndarray) -> str:
+    """SHA-256 of an ``(N, W)`` signature array: its shape and little-endian bytes."""
+    data = np.ascontiguousarray(signatures, dtype="<u8")
+    digest = hashlib.sha256(repr(data.shape).encode())
+    digest.update(data.reshape(-1).data)
+    return digest.hexdigest()
+
+
+def _job_table(table: Any, verify: bool) -> tuple[Any, str | None, dict[str, Any]]:
+    """What the tasks read (a path or the signatures), the digest workers check, and the job's table identity."""
+    if isinstance(table, (str, os.PathLike)):
+        path = str(Path(table).resolve())
+        if os.path.isfile(path):
+            signatures = _load_signatures(path)
+            return path, None, {"table_rows": signatures.shape[0], "table_sha256": _content_sha256(signatures)}
+        opened = SignatureTable.load(path, verify=verify)
+        digest = opened._saved_digest  # every checksum of the saved table (None: format version 1)
+        content = digest if digest is not None else _content_sha256(opened.signatures)
+        return path, digest, {"table_rows": len(opened), "table_sha256": content}
+    signatures = _signatures_of("table", table)
+    return signatures, None, {"table_rows": signatures.shape[0], "table_sha256": _content_sha256(signatures)}
+
+
 def retrieve_parquet(
     input: str | os.PathLike[str],
-    table: str | os.PathLike[str],
+    table: str | os.PathLike[str] | SignatureTable | np.ndarray,
     output: str | os.PathLike[str],
     k: int,
     *,
     history_col: str = "history",
     target_col: str = "target",
+    verify: bool = True,
     client: distributed.Client | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
@@ -401,9 +481,12 @@ def retrieve_parquet(
     input : str or os.PathLike
         A Parquet file, or a directory of them (read recursively; names
         starting with ``_`` or ``.`` are skipped).
-    table : str or os.PathLike
-        A directory written by :meth:`etaretrieval.SignatureTable.save`,
-        readable at the same path by every worker (shared storage).
+    table : str, os.PathLike, SignatureTable or array_like
+        A directory written by :meth:`etaretrieval.SignatureTable.save` or a
+        ``.npy`` file of ``(N, W)`` uint64 signatures, readable at the same
+        path by every worker (shared storage; each worker process maps it
+        once); or a :class:`~etaretrieval.SignatureTable` or its signatures,
+        sent to every worker (each then holds a copy).
     output : str or os.PathLike
         Directory for ``part-FFFFF-PPPP.parquet`` (part ``P`` of the ``F``-th
         input file in sorted order: in name order, the parts hold the input
@@ -414,6 +497,10 @@ def retrieve_parquet(
         Behaviours retrieved per row.
     history_col, target_col : str
         Input column names.
+    verify : bool, default True
+        Check the saved table's signatures against their checksums once,
+        before any task runs (:meth:`etaretrieval.SignatureTable.verify`).
+        Workers check that the table they open is the one verified.
     client : distributed.Client, optional
         Run on this client's cluster.
     scheduler : str, optional
@@ -437,8 +524,11 @@ def retrieve_parquet(
 
     Raises
     ------
+    TableFileError
+        ``table`` is no table or a damaged one (:class:`ValueError`).
     ValueError
-        ``output`` holds parts of another job (other table, ``k`` or columns).
+        ``output`` holds parts of another job (other table, ``k`` or columns),
+        or an argument is out of range (named).
 
     Examples
     --------
@@ -465,15 +555,11 @@ def retrieve_parquet(
     if client is not None and scheduler is not None:
         raise ValueError("pass either client or scheduler, not both")
     files = _input_files(Path(input))
-    _check_schema(pq.read_schema(files[0]), history_col, target_col)
-    table_path = str(Path(table).resolve())
-    opened = SignatureTable.load(table_path)  # fails here, not in every task, if it is no table
+    _check_schema(pq.read_schema(files[0]), history_col, target_col, "the input")
+    source, digest, identity = _job_table(table, verify)  # fails here, not in every task, if it is no table
     out_dir = Path(output)
     (out_dir / _DONE).mkdir(parents=True, exist_ok=True)
-    job = {
-        "k": k, "history_col": history_col, "target_col": target_col, "rows_per_part": rows_per_part,
-        "table_rows": len(opened), "table_planes_sha256": _fingerprint(opened.hasher.planes),
-    }
+    job = {"k": k, "history_col": history_col, "target_col": target_col, "rows_per_part": rows_per_part, **identity}
     job_file = out_dir / _JOB
     if job_file.is_file():
         earlier = json.loads(job_file.read_text(encoding="utf-8"))
@@ -504,9 +590,11 @@ def retrieve_parquet(
                 )
                 client = own = distributed.Client(cluster)
         try:
+            if not isinstance(source, str):  # the signatures themselves: one copy to each worker
+                source = client.scatter(source, broadcast=True)
             futures = [
                 client.submit(
-                    _run_part, part, str(out_dir.resolve()), table_path, k,
+                    _run_part, part, str(out_dir.resolve()), source, digest, k,
                     history_col, target_col, batch_rows, key=f"etaretrieval-{part.name}-{uuid.uuid4().hex}",
                 )
                 for part in todo

@@ -3,9 +3,11 @@
 The command line of :func:`etaretrieval.dask.retrieve_parquet`::
 
     python -m etaretrieval.offline --input DIR --table PATH --output DIR --k K \\
-        [--scheduler ADDRESS | --workers N] [--history-col history --target-col target]
+        [--scheduler ADDRESS | --workers N] [--history-col history --target-col target] [--no-verify]
 
-``--table`` is a directory written by :meth:`etaretrieval.SignatureTable.save`.
+``--table`` is a directory written by :meth:`etaretrieval.SignatureTable.save`
+(its signatures are checked against their checksums before the job starts,
+unless ``--no-verify``) or a ``.npy`` file of ``(N, W)`` uint64 signatures.
 Without ``--scheduler`` a local cluster of ``--workers`` processes runs the
 job. Re-running the same command skips the parts that are done. The exit
 status is 0 when every row was written (rows with an ``error`` message
@@ -27,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Retrieve the top-K history items of every row of a Parquet dataset (Dask).",
     )
     p.add_argument("--input", required=True, help="Parquet file or directory of Parquet files")
-    p.add_argument("--table", required=True, help="directory written by SignatureTable.save")
+    p.add_argument("--table", required=True,
+                   help="directory written by SignatureTable.save, or a .npy file of (N, W) uint64 signatures")
     p.add_argument("--output", required=True, help="output directory (part-NNNNN.parquet files)")
     p.add_argument("--k", required=True, type=int, help="items retrieved per row")
     where = p.add_mutually_exclusive_group()
@@ -37,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target-col", default="target", help="int64 column: the item whose table row is the query")
     p.add_argument("--batch-rows", type=int, default=65536, help="rows retrieved at a time within a part")
     p.add_argument("--rows-per-part", type=int, default=1_000_000, help="rows per task (whole row groups)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip checking the table's signatures against their checksums before the job")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -69,11 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = retrieve_parquet(
             args.input, args.table, args.output, args.k,
-            history_col=args.history_col, target_col=args.target_col, scheduler=args.scheduler,
+            history_col=args.history_col, target_col=args.target_col, verify=not args.no_verify,
+            scheduler=args.scheduler,
             workers=args.workers, progress=not args.quiet, batch_rows=args.batch_rows,
             rows_per_part=args.rows_per_part,
         )
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(
