@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from . import _cuda
 from ._ops import pack_signatures, topk_hamming, topk_hamming_lookup
+from .aten import decompositions
 from .attention import ETAAttention, TargetAttention
 from .baselines import (
     CategoryMatchAttention,
@@ -54,6 +55,7 @@ __all__ = [
     "SignatureCache",
     "TargetAttention",
     "TimeEncoding",
+    "decompositions",
     "gather_positions",
     "pack_signatures",
     "sdim_buckets",

@@ -1,0 +1,421 @@
+"""ATen-only forms of the ``torch.ops.etaretrieval`` operators, for export and generated code.
+
+Each function here takes the arguments of its operator, checks them with the
+operator's own ``check_*`` function (same messages, raised while tracing) and
+computes the result with plain torch operations only: xor, a popcount made of
+shifts, masks and adds on int64, and a ``torch.topk`` on one int64 key per
+position that orders by distance ascending, then position descending. The
+integer results (signature words, positions, int32 distances, ``-1`` fill)
+equal the Numba kernels' bit for bit; the float results of the SDIM ops are
+summed in float64, like the kernels, in torch's order (equal after rounding,
+exactly so for values whose sums are exact).
+
+:func:`decompositions` maps every operator to its form, for
+``ExportedProgram.run_decompositions``: the exported program then holds ATen
+operators only and runs wherever PyTorch runs (AOTInductor packages loaded
+from C++, other runtimes) without this package or Numba. Each form is also a
+plain function that ``torch.compile`` turns into generated code.
+
+Value checks the kernels raise for (``lengths`` outside ``0..L``, a valid
+position holding an id outside the table, a valid row of ``x`` holding a NaN
+or an infinity) are ``torch._assert_async`` nodes in the graph: eager torch
+and AOTInductor raise a ``RuntimeError`` with the message (AOTInductor's C++
+runtime throws it as a ``std::runtime_error``); a runtime that drops
+assertions computes on: out-of-range ``lengths`` act as clamped to ``0..L``,
+out-of-range ids as invalid positions (no read outside the table, never
+retrieved), non-finite rows are hashed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .._validate import as_padding
+from . import _ops
+from . import sdim as _sdim_ops
+
+__all__ = [
+    "decompositions",
+    "popcount",
+    "hamming",
+    "pack_signatures",
+    "topk_hamming",
+    "topk_hamming_lookup",
+    "sdim_codes",
+    "sdim_group_sums",
+    "sdim_group_sums_backward",
+    "sdim_buckets",
+    "sdim_from_buckets",
+]
+
+_LOW63 = 0x7FFF_FFFF_FFFF_FFFF
+_M1 = 0x5555_5555_5555_5555
+_M2 = 0x3333_3333_3333_3333
+_M4 = 0x0F0F_0F0F_0F0F_0F0F
+
+#: numpy dtypes of the integer id dtypes, for the padding-id range check (no tensor data is read).
+_NUMPY_INTS = {
+    torch.int8: np.int8, torch.int16: np.int16, torch.int32: np.int32, torch.int64: np.int64,
+    torch.uint8: np.uint8, torch.uint16: np.uint16, torch.uint32: np.uint32, torch.uint64: np.uint64,
+}
+
+
+def _assert(ok: torch.Tensor, message: str) -> None:
+    """Raise ``RuntimeError(message)`` where ``ok`` (a bool scalar tensor) is false, as a graph node."""
+    torch._assert_async(ok, message)
+
+
+def popcount(x: torch.Tensor) -> torch.Tensor:
+    """Set bits of each int64 word (its uint64 bit pattern), as int64.
+
+    The low 63 bits are counted by the SWAR steps on a non-negative value (no
+    step overflows, so no step relies on wrapping signed arithmetic; the
+    arithmetic right shift never meets a set sign bit), the sign bit is added.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch.aten import popcount
+    >>> popcount(torch.tensor([0, 7, -1, -2**63]))
+    tensor([ 0,  3, 64,  1])
+    """
+    v = x & _LOW63
+    v = v - ((v >> 1) & _M1)
+    v = (v & _M2) + ((v >> 2) & _M2)
+    v = (v + (v >> 4)) & _M4
+    v = v + (v >> 8)
+    v = v + (v >> 16)
+    v = v + (v >> 32)
+    return (v & 0x7F) + (x < 0).to(torch.int64)
+
+
+def hamming(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Hamming distances between int64 signatures ``(..., W)`` (broadcast), as int32 ``(...)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch.aten import hamming
+    >>> hamming(torch.tensor([[0b1011, -1]]), torch.tensor([[0b0001, 0]]))
+    tensor([66], dtype=torch.int32)
+    """
+    return popcount(a ^ b).sum(-1).to(torch.int32)
+
+
+def pack_signatures(
+    x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True, valid: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """ATen form of ``torch.ops.etaretrieval.pack_signatures``: ``(..., W)`` int64 SimHash words.
+
+    Bit ``j`` (word ``j // 64``, LSB first) is ``x @ planes[:, j] > 0``, the
+    product in the dtype the kernel uses (float32 for half inputs). The
+    product is ``torch.matmul``'s, whose summation order may differ from the
+    kernel's: a projection within rounding of zero may take the other sign
+    (never for inputs whose products and sums are exact in that dtype).
+    With ``check_finite``, a (valid) row holding a NaN or an infinity fails
+    an assertion.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch import aten
+    >>> aten.pack_signatures(torch.tensor([[2.0], [-1.0], [0.0]]), torch.tensor([[1.0, -1.0, 0.0]])).ravel()
+    tensor([1, 2, 0])
+    """
+    shape = _ops.check_pack(x, planes, valid)
+    xs = _ops.as_float32(x)
+    ctype = torch.promote_types(xs.dtype, planes.dtype)
+    if check_finite:
+        finite = torch.isfinite(xs).all(-1)
+        if valid is not None:
+            finite = finite | ~valid
+        _assert(finite.all(), "x holds a non-finite value (NaN or inf) in a valid row; pass check_finite=False "
+                              "to hash it anyway")
+    bits = planes.shape[1]
+    words = shape[-1]
+    positive = (xs.detach().to(ctype) @ planes.detach().to(ctype)) > 0
+    if words * 64 != bits:
+        positive = torch.nn.functional.pad(positive, (0, words * 64 - bits))
+    weights = torch.ones(64, dtype=torch.int64, device=x.device) << torch.arange(64, device=x.device)
+    return (positive.reshape(*shape, 64).to(torch.int64) * weights).sum(-1)
+
+
+def _validity(
+    lengths: Optional[torch.Tensor],
+    mask: Optional[torch.Tensor],
+    length: int,
+    device: torch.device,
+    padding_side: str,
+) -> Optional[torch.Tensor]:
+    """``(B, L)`` or shared ``(1, L)`` bool valid positions, or ``None`` (all valid)."""
+    if mask is not None:
+        m = _ops.bool_mask(mask)
+        return m.unsqueeze(0) if m.dim() == 1 else m
+    if lengths is None:
+        return None
+    n = lengths.to(torch.int64).unsqueeze(1)  # L - n in int64 (uint8 lengths would wrap)
+    _assert(((n >= 0) & (n <= length)).all(), f"lengths must lie in 0..{length}")
+    pos = torch.arange(length, device=device)
+    return pos >= length - n if padding_side == "left" else pos < n
+
+
+def _select(dist: torch.Tensor, valid: Optional[torch.Tensor], k: int, max_dist: int) -> tuple[torch.Tensor, ...]:
+    """Top-``k`` of ``(B, L)`` distances: positions by (distance ascending, position descending), ``-1`` fill.
+
+    One int64 key per position, ``dist * L + (L - 1 - pos)``, is distinct in
+    a row, so ``torch.topk`` has no ties to break; positions that are not
+    valid get the key ``(max_dist + 1) * L``, above every valid one.
+    """
+    batch, length = dist.shape
+    if length == 0 or k == 0:
+        return (torch.full((batch, k), -1, dtype=torch.int64, device=dist.device),
+                torch.full((batch, k), -1, dtype=torch.int32, device=dist.device))
+    take = min(k, length)
+    newest = torch.arange(length - 1, -1, -1, device=dist.device)
+    key = dist.to(torch.int64) * length + newest
+    invalid = (max_dist + 1) * length
+    if valid is not None:
+        key = torch.where(valid, key, invalid)
+    best = key.topk(take, dim=1, largest=False, sorted=True).values
+    found = best < invalid
+    idx = torch.where(found, length - 1 - best % length, -1)
+    d = torch.where(found, best // length, -1).to(torch.int32)
+    if take < k:
+        idx = torch.nn.functional.pad(idx, (0, k - take), value=-1)
+        d = torch.nn.functional.pad(d, (0, k - take), value=-1)
+    return idx, d
+
+
+def topk_hamming(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    k: int,
+    lengths: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+    padding_side: str = "right",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ATen form of ``torch.ops.etaretrieval.topk_hamming`` (same arguments and results).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch import aten
+    >>> keys = torch.tensor([[0b0001], [0b0111], [0b0010], [0b0000]])
+    >>> aten.topk_hamming(torch.tensor([[0]]), keys, 3)
+    (tensor([[3, 2, 0]]), tensor([[0, 1, 1]], dtype=torch.int32))
+    """
+    _ops.check_topk(query, keys, k, lengths, mask, padding_side)
+    rows = keys if keys.dim() == 3 else keys.unsqueeze(0)
+    dist = hamming(query.unsqueeze(1), rows)
+    valid = _validity(lengths, mask, keys.shape[-2], query.device, padding_side)
+    return _select(dist.expand(query.shape[0], -1), valid, k, 64 * query.shape[1])
+
+
+def topk_hamming_lookup(
+    query: torch.Tensor,
+    ids: torch.Tensor,
+    table: torch.Tensor,
+    k: int,
+    lengths: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+    padding_id: Optional[int] = None,
+    padding_side: str = "right",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ATen form of ``torch.ops.etaretrieval.topk_hamming_lookup`` (same arguments and results).
+
+    A valid position holding an id outside ``[0, N)`` fails an assertion
+    (the kernel raises ``IndexError``); the table is only read at ids inside it.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch import aten
+    >>> table = torch.tensor([[0b00], [0b01], [0b11]])
+    >>> aten.topk_hamming_lookup(torch.tensor([[0b11]]), torch.tensor([[2, 0, 1, 0, 2]]), table, 2, padding_id=0)
+    (tensor([[4, 0]]), tensor([[0, 0]], dtype=torch.int32))
+    """
+    _ops.check_lookup(query, ids, table, k, lengths, mask, padding_side)
+    nrows, words = table.shape
+    i = ids.to(torch.int64)  # uint64 ids past 2**63 become negative: outside the table either way
+    i = i.unsqueeze(0) if i.dim() == 1 else i
+    valid = _validity(lengths, mask, ids.shape[-1], query.device, padding_side)
+    if padding_id is not None:
+        pad = as_padding(padding_id, np.dtype(_NUMPY_INTS[ids.dtype]))
+        valid = (i != pad) if valid is None else valid & (i != pad)
+    inside = (i >= 0) & (i < nrows)
+    _assert((inside if valid is None else inside | ~valid).all(),
+            f"ids: a valid position holds an id outside the table's rows [0, {nrows})")
+    rows = table if nrows else table.new_zeros((1, words))
+    keys = rows[torch.where(inside, i, 0)]
+    dist = hamming(query.unsqueeze(1), keys)
+    valid = inside if valid is None else valid & inside
+    return _select(dist.expand(query.shape[0], -1), valid, k, 64 * words)
+
+
+def sdim_codes(signatures: torch.Tensor, tau: int, groups: int) -> torch.Tensor:
+    """``(..., G)`` int64 group codes: code ``g`` holds bits ``[g tau, (g + 1) tau)``, bit ``g tau`` lowest.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch.aten import sdim_codes
+    >>> sdim_codes(torch.tensor([[0b10_01_11]]), 2, 3)
+    tensor([[3, 1, 2]])
+    """
+    shift = torch.arange(64, device=signatures.device)
+    bits = ((signatures.unsqueeze(-1) >> shift) & 1).flatten(-2)[..., : groups * tau]
+    weights = torch.ones(tau, dtype=torch.int64, device=signatures.device) << shift[:tau]
+    return (bits.reshape(*signatures.shape[:-1], groups, tau) * weights).sum(-1)
+
+
+def _matches(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    tau: int,
+    groups: int,
+    lengths: Optional[torch.Tensor],
+    mask: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """``(B, L, G)`` bool: valid position ``l`` of row ``b`` has the target's group-``g`` code."""
+    rows = keys if keys.dim() == 3 else keys.unsqueeze(0)
+    match = sdim_codes(rows, tau, groups) == sdim_codes(query, tau, groups).unsqueeze(1)
+    valid = _validity(lengths, mask, keys.shape[-2], query.device, "right")
+    return match if valid is None else match & valid.unsqueeze(-1)
+
+
+def sdim_group_sums(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    tau: int,
+    bits: int,
+    lengths: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """ATen form of ``torch.ops.etaretrieval.sdim_group_sums``; differentiable w.r.t. ``values``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch import aten
+    >>> keys, values = torch.tensor([[0b01], [0b11], [0b00]]), torch.tensor([[1.0], [2.0], [4.0]])
+    >>> aten.sdim_group_sums(torch.tensor([[0b01]]), keys, values, 1, 2)[0, :, 0]
+    tensor([3., 5.])
+    """
+    batch, groups, _ = _sdim_ops.check_sums(query, keys, values, tau, bits, lengths, mask)
+    match = _matches(query, keys, tau, groups, lengths, mask)
+    v = values if values.dim() == 3 else values.unsqueeze(0)
+    picked = torch.where(match.unsqueeze(-1), v.to(torch.float64).unsqueeze(2), 0.0)  # (B, L, G, d)
+    return picked.sum(1).to(values.dtype).expand(batch, -1, -1)
+
+
+def sdim_group_sums_backward(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    grad: torch.Tensor,
+    tau: int,
+    bits: int,
+    lengths: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """ATen form of ``torch.ops.etaretrieval.sdim_group_sums_backward``: ``(B, L, d)`` from ``(B, G, d)``."""
+    _sdim_ops.check_backward(query, keys, grad, tau, bits, lengths, mask)
+    match = _matches(query, keys, tau, grad.shape[1], lengths, mask)
+    picked = torch.where(match.unsqueeze(-1), grad.to(torch.float64).unsqueeze(1), 0.0)  # (B, L, G, d)
+    return picked.sum(2).to(grad.dtype)
+
+
+def sdim_buckets(
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    tau: int,
+    bits: int,
+    lengths: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """ATen form of ``torch.ops.etaretrieval.sdim_buckets``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch import aten
+    >>> keys, values = torch.tensor([[0b01], [0b11], [0b10]]), torch.tensor([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0]])
+    >>> aten.sdim_buckets(keys, values, 1, 2)[0]
+    tensor([[1., 0.],
+            [3., 6.]])
+    """
+    shape = _sdim_ops.check_buckets(keys, values, tau, bits, lengths, mask)
+    groups, ncodes, d = shape[-3:]
+    batch = shape[0] if len(shape) == 4 else 1
+    length = keys.shape[-2]
+    codes = sdim_codes(keys if keys.dim() == 3 else keys.unsqueeze(0), tau, groups).expand(batch, length, groups)
+    slot = (torch.arange(batch, device=keys.device).view(-1, 1, 1) * groups
+            + torch.arange(groups, device=keys.device)) * ncodes + codes  # (B, L, G) into (B G 2**tau) rows
+    valid = _validity(lengths, mask, length, keys.device, "right")
+    dump = batch * groups * ncodes  # invalid positions add to one extra row, dropped
+    if valid is not None:
+        slot = torch.where(valid.unsqueeze(-1), slot, dump)
+    v = (values if values.dim() == 3 else values.unsqueeze(0)).to(torch.float64)
+    src = v.unsqueeze(2).expand(batch, length, groups, d).reshape(-1, d)
+    sums = torch.zeros((dump + 1, d), dtype=torch.float64, device=keys.device).index_add(0, slot.reshape(-1), src)
+    return sums[:dump].to(values.dtype).reshape(shape)
+
+
+def sdim_from_buckets(query: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
+    """ATen form of ``torch.ops.etaretrieval.sdim_from_buckets``: each group's row normalised, averaged.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch import aten
+    >>> buckets = torch.tensor([[[1.0, 0.0], [3.0, 4.0]], [[0.0, 0.0], [0.0, 2.0]]], dtype=torch.float64)
+    >>> aten.sdim_from_buckets(torch.tensor([[0b01]]), buckets)
+    tensor([[0.3000, 0.4000]], dtype=torch.float64)
+    """
+    batch, d, tau = _sdim_ops.check_from_buckets(query, buckets)
+    groups = buckets.shape[-3]
+    codes = sdim_codes(query, tau, groups)  # (B, G)
+    b = buckets if buckets.dim() == 4 else buckets.unsqueeze(0)
+    rows = b.expand(batch, -1, -1, -1).gather(2, codes.view(batch, groups, 1, 1).expand(-1, -1, 1, d)).squeeze(2)
+    s = rows.to(torch.float64)
+    n2 = (s * s).sum(-1, keepdim=True)
+    unit = torch.where(n2 != 0, s / torch.where(n2 != 0, n2, 1.0).sqrt(), 0.0)  # NaN rows stay NaN
+    return (unit.sum(1) / groups).to(buckets.dtype)
+
+
+def decompositions() -> dict[torch._ops.OpOverload, Callable[..., object]]:
+    """The table for ``ExportedProgram.run_decompositions``: every etaretrieval operator -> its ATen form.
+
+    Returns
+    -------
+    dict
+        ``torch.ops.etaretrieval.<op>.default`` -> the function of this
+        module with the same name.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch import decompositions
+    >>> table = decompositions()
+    >>> table[torch.ops.etaretrieval.topk_hamming.default].__name__
+    'topk_hamming'
+
+    An exported program, decomposed, holds ATen operators only
+    (``program.run_decompositions(decompositions())``; see the
+    Deploying page of the user guide).
+    """
+    ops = torch.ops.etaretrieval
+    table: dict[torch._ops.OpOverload, Callable[..., object]] = {
+        ops.pack_signatures.default: pack_signatures,
+        ops.topk_hamming.default: topk_hamming,
+        ops.topk_hamming_lookup.default: topk_hamming_lookup,
+        ops.sdim_group_sums.default: sdim_group_sums,
+        ops.sdim_group_sums_backward.default: sdim_group_sums_backward,
+        ops.sdim_buckets.default: sdim_buckets,
+        ops.sdim_from_buckets.default: sdim_from_buckets,
+    }
+    return table
+
