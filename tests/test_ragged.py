@@ -147,8 +147,8 @@ def test_pieces_and_threads_give_the_same_result(
 def test_plan_cuts_a_long_row_into_balanced_pieces() -> None:
     """One row of 10^5 among 255 rows of 100: pieces at most the per-task share; groups of about equal work."""
     lens = np.array([100] * 128 + [100_000] + [100] * 127, dtype=np.int64)
-    p = cpu_ragged.plan(lens, 32, 8)
-    total = int(lens.sum())
+    p, total = cpu_ragged.plan(lens, 32, 8)
+    assert total == int(lens.sum())
     share = max(cpu_ragged.MIN_PIECE, -(-total // 8))
     assert (p.hi - p.lo).max() <= share
     assert np.array_equal(np.bincount(p.row, weights=p.hi - p.lo, minlength=256), lens)

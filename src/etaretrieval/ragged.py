@@ -30,7 +30,7 @@ from ._validate import (
 from .cpu.ragged import topk_hamming as host_topk
 from .cpu.ragged import topk_hamming_lookup as host_lookup
 
-__all__ = ["topk_hamming_ragged", "topk_hamming_lookup_ragged", "as_offsets", "check_offsets_alone"]
+__all__ = ["topk_hamming_ragged", "topk_hamming_lookup_ragged", "as_offsets", "offsets_error", "check_offsets_alone"]
 
 
 def check_offsets_alone(lengths: Any = None, padding_side: str | None = None) -> None:
@@ -73,17 +73,24 @@ def as_offsets(offsets: Any, batch: int, total: int, values: str) -> tuple[np.nd
             f"offsets must have shape {_shape((batch + 1,))} (one more than the {batch} rows of query), "
             f"got shape {_shape(o.shape)}"
         )
+    o64 = o if o.dtype == np.int64 else o.astype(np.int64)  # (uint64 above 2**63 turns negative: refused below)
+    lens = np.diff(o64)
+    if o64[0] < 0 or o64[-1] > total or (lens.size and lens.min() < 0):
+        raise offsets_error(o, total, values)
+    return o64[:-1], lens
+
+
+def offsets_error(offsets: np.ndarray, total: int, values: str) -> ValueError:
+    """The error for integer ``(B + 1,)`` ``offsets`` that are negative, decreasing or past ``total``, in that order."""
+    o = offsets
     if o[0] < 0:
-        raise ValueError(f"offsets must be >= 0, got offsets[0] = {o[0]}")
+        return ValueError(f"offsets must be >= 0, got offsets[0] = {o[0]}")
     down = np.flatnonzero(o[1:] < o[:-1])
     if down.size:
         i = int(down[0]) + 1
-        raise ValueError(f"offsets must be non-decreasing, got offsets[{i}] = {o[i]} < offsets[{i - 1}] = {o[i - 1]}")
-    if o[-1] > total:
-        i = int(np.flatnonzero(o > total)[0])
-        raise ValueError(f"offsets must lie within the {total} entries of {values}, got offsets[{i}] = {o[i]}")
-    o = o.astype(np.int64)
-    return o[:-1], np.diff(o)
+        return ValueError(f"offsets must be non-decreasing, got offsets[{i}] = {o[i]} < offsets[{i - 1}] = {o[i - 1]}")
+    i = int(np.flatnonzero(o > total)[0])
+    return ValueError(f"offsets must lie within the {total} entries of {values}, got offsets[{i}] = {o[i]}")
 
 
 def _flat_mask(mask: Any, total: int) -> Any:

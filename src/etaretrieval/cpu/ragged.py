@@ -117,12 +117,10 @@ def ragged_topk(
         end = piece_hi[p] - lo
         s = starts[b] + lo
         q = query[b : b + 1]
-        i0 = s if lookup else 0  # an empty view of the unread argument
-        piece_ids = ids[i0 : i0 + (end if lookup else 0)]
+        i0 = s if lookup else 0  # ``(1, end)`` views (empty for an argument not read; no reshape: it costs a call)
+        i2 = ids[None, i0 : i0 + (end if lookup else 0)]
         m0 = s if use_mask else 0
-        piece_mask = mask[m0 : m0 + (end if use_mask else 0)]
-        i2 = piece_ids.reshape((1, piece_ids.shape[0]))
-        m2 = piece_mask.reshape((1, piece_mask.shape[0]))
+        m2 = mask[None, m0 : m0 + (end if use_mask else 0)]
         if lookup:
             out_of_range, nvalid = _piece_distances(q, table, i2, end, m2, use_mask, pad, use_pad, cached, True,
                                                     scratch, words)
@@ -176,50 +174,84 @@ def merge_pieces(rows, slot_first, slot_count, part_idx, part_dist, k, idx, dist
 
 
 class Plan:
-    """The pieces of a call and their grouping (see :func:`plan`)."""
+    """The pieces of a call and their grouping (see :func:`plan`).
+
+    Attributes
+    ----------
+    row, lo, hi : numpy.ndarray
+        ``(P,)`` int64: piece ``p`` is positions ``lo[p]..hi[p]-1`` of row ``row[p]``, in row order.
+    slot : numpy.ndarray
+        ``(P,)`` int64: ``-1`` for a whole row, else the piece's partial list.
+    groups : numpy.ndarray
+        ``(G + 1,)`` int64 piece bounds of the groups of about equal work.
+    cut_rows, slot_first, slot_count : numpy.ndarray
+        The rows cut into pieces, their first partial list and their number of pieces.
+    part_width : int
+        Entries of a partial list, ``min(k, longest piece of a cut row)``.
+    """
 
     __slots__ = ("row", "lo", "hi", "slot", "groups", "cut_rows", "slot_first", "slot_count", "part_width")
 
-    def __init__(self, row: np.ndarray, lo: np.ndarray, hi: np.ndarray, slot: np.ndarray, groups: list[int],
+    def __init__(self, row: np.ndarray, lo: np.ndarray, hi: np.ndarray, slot: np.ndarray, groups: np.ndarray,
                  cut_rows: np.ndarray, slot_first: np.ndarray, slot_count: np.ndarray, part_width: int) -> None:
         self.row, self.lo, self.hi, self.slot, self.groups = row, lo, hi, slot, groups
         self.cut_rows, self.slot_first, self.slot_count, self.part_width = cut_rows, slot_first, slot_count, part_width
 
 
-def plan(lens: npt.NDArray[np.int64], k: int, tasks: int) -> Plan:
+@jit()
+def _plan(lens, min_piece, ngroups, row_cost):
+    """:func:`plan`'s arrays, the longest piece of a cut row and the number of positions."""
+    batch = lens.shape[0]
+    positions = 0
+    for b in range(batch):
+        positions += lens[b]
+    limit = max(min_piece, (positions + ngroups - 1) // ngroups)
+    npieces = ncut = 0
+    for b in range(batch):
+        count = max(1, (lens[b] + limit - 1) // limit)
+        npieces += count
+        ncut += count > 1
+    pieces = np.empty((4, npieces), dtype=np.int64)  # one array to return (each returned array costs its boxing)
+    row, lo, hi, slot = pieces[0], pieces[1], pieces[2], pieces[3]
+    cuts = np.empty((3, ncut), dtype=np.int64)
+    cut_rows, slot_first, slot_count = cuts[0], cuts[1], cuts[2]
+    p = s = r = longest = total = 0
+    for b in range(batch):
+        n = lens[b]
+        count = max(1, (n + limit - 1) // limit)
+        if count > 1:
+            cut_rows[r], slot_first[r], slot_count[r] = b, s, count
+            r += 1
+        for i in range(count):
+            row[p], lo[p], hi[p] = b, n * i // count, n * (i + 1) // count
+            slot[p] = s if count > 1 else -1
+            if count > 1:
+                s += 1
+                longest = max(longest, hi[p] - lo[p])
+            total += hi[p] - lo[p] + row_cost
+            p += 1
+    ngroups = max(1, min(ngroups, npieces))
+    groups = np.full(ngroups + 1, npieces, dtype=np.int64)
+    groups[0] = 0
+    work = g = 0
+    for p in range(npieces):  # group g ends after the last piece whose cumulative work is <= g / ngroups of the total
+        work += hi[p] - lo[p] + row_cost
+        while g + 1 < ngroups and work > total * (g + 1) // ngroups:
+            g += 1
+            groups[g] = p
+    return pieces, groups, cuts, longest, positions
+
+
+def plan(lens: npt.NDArray[np.int64], k: int, tasks: int) -> tuple[Plan, int]:
     """Cut rows of ``lens`` positions into pieces and group them into ``<= tasks`` ranges of about equal work.
 
     A row longer than both :data:`MIN_PIECE` and ``total / tasks`` is cut into
     the fewest pieces of at most that length (of equal length, to a position);
-    partial lists are ``min(k, longest piece)`` wide.
+    a piece's work is its length plus :data:`ROW_COST`. Returns the plan and
+    the number of positions.
     """
-    batch = lens.shape[0]
-    total = int(lens.sum())
-    limit = max(MIN_PIECE, -(-total // max(tasks, 1)))
-    longest = int(lens.max()) if batch else 0
-    rows = np.arange(batch, dtype=np.int64)
-    if longest <= limit:  # the common case: a piece per row
-        row, lo, hi = rows, np.zeros(batch, dtype=np.int64), lens
-        slot = np.full(batch, -1, dtype=np.int64)
-        cut, slot_first, slot_count, width = rows[:0], rows[:0], rows[:0], 0
-    else:
-        count = np.maximum(1, -(-lens // limit))
-        row = np.repeat(rows, count)
-        within = np.arange(row.shape[0], dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
-        lo = lens[row] * within // count[row]
-        hi = lens[row] * (within + 1) // count[row]
-        is_cut = count[row] > 1
-        slot = np.where(is_cut, np.cumsum(is_cut) - 1, -1)
-        cut = np.flatnonzero(count > 1)
-        slot_count = count[cut]
-        slot_first = np.cumsum(slot_count) - slot_count
-        width = min(k, int((hi - lo).max()))
-    work = np.cumsum(hi - lo + ROW_COST)
-    ngroups = min(row.shape[0], max(tasks, 1))
-    total_work = int(work[-1]) if row.shape[0] else 0
-    groups = [0] + [int(np.searchsorted(work, total_work * g // ngroups, side="right")) for g in range(1, ngroups)]
-    groups.append(row.shape[0])
-    return Plan(row, lo, hi, slot, groups, cut, slot_first, slot_count, width)
+    pieces, groups, cuts, longest, positions = _plan(lens, MIN_PIECE, max(tasks, 1), ROW_COST)
+    return Plan(*pieces, groups, *cuts, min(k, int(longest))), int(positions)
 
 
 _NO_SIGNATURES = kernel_input(np.zeros((0, 1), dtype=np.uint64))
@@ -235,9 +267,8 @@ def _run(q: np.ndarray, keys: np.ndarray, ids: np.ndarray, table: np.ndarray, lo
     idx, dist = results(batch, k)
     if not batch:
         return idx, dist
-    pieces = plan(lens, k, thread_count() * config.TASKS_PER_THREAD)
-    part_idx = np.empty((pieces.slot_first.shape[0] and int(pieces.slot_count.sum()), pieces.part_width),
-                        dtype=np.int64)
+    pieces, positions = plan(lens, k, thread_count() * config.TASKS_PER_THREAD)
+    part_idx = np.empty((pieces.lo.shape[0] - batch + pieces.cut_rows.shape[0], pieces.part_width), dtype=np.int64)
     part_dist = np.empty(part_idx.shape, dtype=np.int32)
     bad = np.empty(pieces.row.shape[0], dtype=np.int64)  # written only for pieces with a bad id
     m = _NO_MASK if mask is None else kernel_input(mask, contiguous=True)
@@ -252,7 +283,8 @@ def _run(q: np.ndarray, keys: np.ndarray, ids: np.ndarray, table: np.ndarray, lo
         return int(ragged_topk(q, keys, ids, table, lookup, k, *args, groups[lo], groups[hi], idx, dist,
                                part_idx, part_dist, bad))
 
-    first_bad = [p for p in parallel_rows(run, len(groups) - 1, int(lens.sum()) * words) if p >= 0]
+    first_bad = [p for p in parallel_rows(run, groups.shape[0] - 1, positions * words)
+                 if p >= 0]
     if first_bad:
         p = min(first_bad)
         row, pos = int(pieces.row[p]), int(pieces.lo[p] + bad[p])

@@ -1,0 +1,182 @@
+"""``python -m etaretrieval.bench.ragged``: ragged lookups (values + offsets) against padded rows, one run.
+
+Three ways to retrieve the same rows, timed in interleaved rounds on the same
+data: the ragged lookup (:func:`etaretrieval.ragged.topk_hamming_lookup_ragged`
+on flat ids and offsets), the padded lookup with ``lengths`` (rows padded to
+the longest, only each prefix scanned) and the padded lookup without
+``lengths`` (every ``B x L_max`` position scanned, the padding skipped by
+``padding_id``). Two batches: *uniform* lengths (``0..400``) and *skewed*
+lengths (log-normal, median 200, one row of 10,000). A third part measures
+the peak memory, in a fresh process each, of a batch with one row of
+``10^5`` behaviours and rows of 100, ragged and padded, at two batch sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import threads, topk_hamming_lookup
+from ..ragged import topk_hamming_lookup_ragged
+
+__all__ = ["RaggedBatch", "ragged_batch", "lengths_for", "time_batch", "peak_memory", "main"]
+
+PAD = -1  # the padding id of the padded batches (outside every table)
+
+
+class RaggedBatch:
+    """One batch three ways: ``query``, flat ``ids`` + ``offsets``, and padded ``padded`` + ``lengths``."""
+
+    def __init__(self, query: np.ndarray, ids: np.ndarray, offsets: np.ndarray, table: np.ndarray, k: int) -> None:
+        self.query, self.ids, self.offsets, self.table, self.k = query, ids, offsets, table, k
+        self.lengths = np.diff(offsets)
+
+    @functools.cached_property
+    def padded(self) -> np.ndarray:
+        """The rows padded with :data:`PAD` (made on first use)."""
+        return pad(self.ids, self.offsets)
+
+    def ragged(self) -> Any:
+        return topk_hamming_lookup_ragged(self.query, self.ids, self.table, self.k, self.offsets)
+
+    def with_lengths(self) -> Any:
+        return topk_hamming_lookup(self.query, self.padded, self.table, self.k, lengths=self.lengths)
+
+    def without_lengths(self) -> Any:
+        return topk_hamming_lookup(self.query, self.padded, self.table, self.k, padding_id=PAD)
+
+
+def pad(ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Rows of flat ``ids`` padded with :data:`PAD` to the longest: ``(B, L_max)`` (the usual NumPy way)."""
+    lengths = np.diff(offsets)
+    width = int(lengths.max()) if lengths.size else 0
+    out = np.full((lengths.size, width), PAD, dtype=ids.dtype)
+    out[np.arange(width) < lengths[:, None]] = ids[offsets[0] : offsets[-1]]
+    return out
+
+
+def lengths_for(kind: str, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """Row lengths: ``uniform`` (``0..400``), ``skewed`` (log-normal, median 200, sigma 1, one row of 10,000)."""
+    if kind == "uniform":
+        return rng.integers(0, 401, size=batch)
+    if kind == "skewed":
+        lens = np.minimum(np.round(rng.lognormal(np.log(200), 1.0, size=batch)), 10_000).astype(np.int64)
+        lens[rng.integers(batch)] = 10_000
+        return lens
+    raise ValueError(f"kind must be 'uniform' or 'skewed', got {kind!r}")
+
+
+def ragged_batch(lengths: np.ndarray, rows: int = 1_000_000, bits: int = 64, k: int = 32, seed: int = 0
+                 ) -> RaggedBatch:
+    """Random signatures, a table of ``rows`` rows and ragged ids of the given row ``lengths``."""
+    rng = np.random.default_rng(seed)
+    words = (bits + 63) // 64
+    table = rng.integers(0, 2**64, size=(rows, words), dtype=np.uint64, endpoint=False)
+    query = rng.integers(0, 2**64, size=(lengths.size, words), dtype=np.uint64, endpoint=False)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = rng.integers(0, rows, size=int(offsets[-1]), dtype=np.int64)
+    return RaggedBatch(query, ids, offsets, table, k)
+
+
+def time_batch(batch: RaggedBatch, repeat: int) -> dict[str, float]:
+    """Median seconds per call of each way, in ``repeat`` interleaved rounds (after a checked warm-up call each)."""
+    ways: dict[str, Callable[[], Any]] = {
+        "ragged": batch.ragged, "padded + lengths": batch.with_lengths, "padded, no lengths": batch.without_lengths,
+    }
+    first = [way() for way in ways.values()]
+    for idx, dist in first[1:]:  # the same rows: the same result
+        if not (np.array_equal(idx, first[0][0]) and np.array_equal(dist, first[0][1])):
+            raise AssertionError("ragged and padded results differ")
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(repeat):
+        for name, way in ways.items():
+            start = time.perf_counter()
+            way()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+_MEMORY = """
+import resource, sys, numpy as np
+from etaretrieval.bench.ragged import pad, ragged_batch
+from etaretrieval import topk_hamming_lookup
+from etaretrieval.ragged import topk_hamming_lookup_ragged
+mode, batch = sys.argv[1], int(sys.argv[2])
+lengths = np.full(batch, 100); lengths[batch // 2] = 100_000
+b = ragged_batch(lengths, rows=1_000, k=32)
+if mode == "padded":  # compile (or load) every kernel the call needs before measuring
+    topk_hamming_lookup(b.query[:1], b.ids[None, :3], b.table, 2, lengths=[3])
+else:
+    from etaretrieval.cpu import ragged
+    ragged.MIN_PIECE, old = 1, ragged.MIN_PIECE  # a cut row: the merge kernel too
+    topk_hamming_lookup_ragged(b.query[:1], b.ids[:3], b.table, 2, [0, 3])
+    ragged.MIN_PIECE = old
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if mode == "padded":
+    topk_hamming_lookup(b.query, pad(b.ids, b.offsets), b.table, b.k, lengths=np.diff(b.offsets))
+else:
+    topk_hamming_lookup_ragged(b.query, b.ids, b.table, b.k, b.offsets)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def peak_memory(mode: str, batch: int) -> int:
+    """Bytes the peak RSS grows by in a fresh process for one call on rows of 100 plus one of ``10^5``.
+
+    ``mode`` ``"ragged"``: the ragged call on flat ids; ``"padded"``: padding
+    the rows (as a caller must) and the padded call with ``lengths``.
+    """
+    out = subprocess.run([sys.executable, "-c", _MEMORY, mode, str(batch)], capture_output=True, text=True,
+                         check=True)
+    return int(out.stdout.split()[-1])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print its tables (and, with ``--json``, the figures as JSON)."""
+    p = argparse.ArgumentParser(prog="python -m etaretrieval.bench.ragged", description=__doc__)
+    p.add_argument("--batch", type=int, default=256, help="rows per batch (default: 256)")
+    p.add_argument("--rows", type=int, default=1_000_000, help="table rows (default: 10^6)")
+    p.add_argument("--bits", type=int, default=64, help="signature bits (default: 64)")
+    p.add_argument("--k", type=int, default=32, help="items retrieved (default: 32)")
+    p.add_argument("--repeat", type=int, default=21, help="timed rounds (default: 21)")
+    p.add_argument("--threads", type=int, default=None, help="etaretrieval threads (default: the library's)")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory part")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object at the end")
+    args = p.parse_args(argv)
+    figures: dict[str, Any] = {}
+    rng = np.random.default_rng(0)
+    for kind in ("uniform", "skewed"):
+        batch = ragged_batch(lengths_for(kind, args.batch, rng), args.rows, args.bits, args.k)
+        with threads(args.threads) if args.threads else contextlib.nullcontext():
+            t = time_batch(batch, args.repeat)
+        lens = batch.lengths
+        print(f"\n{kind}: B = {lens.size}, behaviours {int(lens.sum()):,} (median {int(np.median(lens))}, "
+              f"longest {int(lens.max()):,}; padded {lens.size * int(lens.max()):,}), N = {args.rows:,}, "
+              f"{args.bits} bits, k = {args.k}")
+        base = t["ragged"]
+        for name, seconds in t.items():
+            print(f"  {name:<20} {seconds * 1e3:9.3f} ms  {seconds / base:6.2f}x the ragged time")
+        figures[kind] = t
+    if args.memory:
+        print("\npeak memory over the call (fresh process; rows of 100 plus one of 10^5; padding included):")
+        for b in (256, 512):
+            ragged, padded = peak_memory("ragged", b), peak_memory("padded", b)
+            print(f"  B = {b}: ragged {ragged / 2**20:8.1f} MiB   padded {padded / 2**20:8.1f} MiB")
+            figures[f"memory_{b}"] = {"ragged": ragged, "padded": padded}
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
