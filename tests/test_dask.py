@@ -183,6 +183,15 @@ def test_retrieve_arrow_takes_a_table_or_its_signatures(table: tuple[Path, np.nd
             edask.retrieve_arrow(rows, bad, K)
 
 
+def test_retrieve_arrow_on_an_empty_table() -> None:
+    """Found by tests/test_fuzz_tables.py: with N = 0 every row gets its error, no IndexError."""
+    rows = pa.table({"history": [[0], []], "target": [0, 0]})
+    out = edask.retrieve_arrow(rows, np.zeros((0, 1), dtype=np.uint64), K)
+    assert out.column("error").to_pylist() == ["target = 0 is outside the table rows [0, 0)",
+                                               "target = 0 is outside the table rows [0, 0)"]
+    assert out.column("topk_ids").to_pylist() == [None, None]
+
+
 def ref_readonly(a: np.ndarray) -> np.ndarray:
     out = a.copy()
     out.flags.writeable = False

@@ -241,6 +241,10 @@ def _damage(path: Path, how: str) -> None:
         raw = bytearray((path / "planes.npy").read_bytes())
         raw[-3] ^= 0x40
         (path / "planes.npy").write_bytes(bytes(raw))
+    elif how == "planes header unreadable":  # NumPy's own parse fails inside tokenize
+        (path / "planes.npy").write_bytes((path / "planes.npy").read_bytes().replace(b"'shape': (", b"'shape': )", 1))
+    elif how == "planes longer":
+        (path / "planes.npy").write_bytes((path / "planes.npy").read_bytes() + b"\0")
     elif how == "json '{'":
         meta_path.write_text("{")
     elif how == "json not utf-8":
@@ -270,6 +274,8 @@ DAMAGE = {
     "no signatures.npy": "is incomplete: signatures.npy is missing",
     "no planes.npy": "is incomplete: planes.npy is missing",
     "planes damaged": "planes.npy does not match its fingerprint",
+    "planes longer": r"planes.npy has 2369 bytes, its header says 2368",
+    "planes header unreadable": r"planes.npy has no readable .npy header \(TokenError",
     "json '{'": "table.json is not valid JSON",
     "json not utf-8": "table.json is not UTF-8 text",
     "json a list": "is not a SignatureTable: table.json does not describe one",

@@ -324,8 +324,8 @@ def _npy_fields(where: Path, name: str, f: BinaryIO) -> tuple[tuple[int, ...], b
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         else:
             raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, TypeError, EOFError, SyntaxError, UnicodeError, OverflowError, MemoryError) as exc:
-        raise _fail(where, f"is damaged: {name} has no readable .npy header ({exc})") from None
+    except Exception as exc:  # NumPy parses the header with tokenize and ast: a damaged one fails in many ways
+        raise _fail(where, f"is damaged: {name} has no readable .npy header ({type(exc).__name__}: {exc})") from None
     return tuple(shape), bool(fortran), np.dtype(dtype), f.tell()
 
 
@@ -392,14 +392,15 @@ def _read_meta(where: Path, directory: int | None) -> dict[str, Any]:
 
 def _read_planes(where: Path, directory: int | None, meta: dict[str, Any]) -> np.ndarray:
     with _open(where, directory, PLANES) as f:
-        shape, fortran, dtype, _ = _npy_fields(where, PLANES, f)
+        shape, fortran, dtype, offset = _npy_fields(where, PLANES, f)
         want = (meta["dim"], meta["bits"])
         if dtype != np.dtype("<f4") or shape != want or fortran:
             raise _fail(where, f"is damaged: planes.npy holds {dtype} {shape}, table.json says <f4 {want}")
-        planes = np.fromfile(f, dtype="<f4", count=want[0] * want[1])
-    if planes.size != want[0] * want[1]:
-        raise _fail(where, "is damaged: planes.npy is truncated")
-    planes = planes.reshape(want)
+        size, expected = os.fstat(f.fileno()).st_size, offset + 4 * want[0] * want[1]
+        if size != expected:
+            raise _fail(where, f"is damaged: planes.npy has {size} bytes, its header says {expected}")
+        planes = np.empty(want, dtype="<f4")
+        _read_exact(f.fileno(), planes.reshape(-1).data.cast("B"), offset)
     if fingerprint(planes) != meta["planes_sha256"]:
         raise _fail(where, "is damaged: planes.npy does not match its fingerprint in table.json")
     return planes

@@ -221,7 +221,7 @@ def retrieve_arrow(
     found, positions, distances = [], [], []  # the retrieved entries of each block of rows, flat
     longest = int(lengths.max()) if n_rows else 0
     block = max(1, MAX_CELLS // max(1, longest))
-    for a in range(0, n_rows, block):
+    for a in range(0, n_rows, block) if n_items else ():  # an empty table: every row failed above
         b = min(a + block, n_rows)
         n = lengths[a:b]  # the ids of rows a..b-1 are one run of the flat ids: copy it into the padded rows
         width = int(n.max())
