@@ -19,6 +19,7 @@ from etaretrieval.torch import (  # noqa: E402
     SDIMBlock,
     TargetAttention,
     TimeEncoding,
+    TWINAttention,
     gather_positions,
     select_top,
 )
@@ -96,6 +97,7 @@ def blocks(timed: bool) -> list[torch.nn.Module]:
         TargetAttention(DIM, 2, time=time()),
         ETAAttention(DIM, 64, 6, 2, time=time()),
         SDIMBlock(DIM, 64, 4, time=time()),
+        TWINAttention(DIM, 6, 2, time=time()),
     ]
 
 
@@ -208,3 +210,84 @@ def test_sdim_block_sums_the_values_with_time_and_hashes_the_embeddings(timed: b
     torch.testing.assert_close(got, want)
     got.sum().backward()
     assert s.grad is not None and bool((s.grad[~mask] == 0).all()) and s.grad.abs().sum() > 0
+
+
+def perturbed_twin(k: int, timed: bool, seed: int) -> TWINAttention:
+    """A float64 TWIN block whose projections moved away from the identity (and so from plain inner products)."""
+    torch.manual_seed(seed)
+    block = TWINAttention(DIM, k, 2, time=TimeEncoding(DIM) if timed else None).double()
+    with torch.no_grad():
+        for proj in (block.attention.query, block.attention.key, block.attention.value):
+            proj.weight.add_(0.5 * torch.randn_like(proj.weight))
+            proj.bias.add_(0.5 * torch.randn_like(proj.bias))
+    return block
+
+
+def twin_logits(block: TWINAttention, target: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Plain reference: per row and position, the sum over heads of q_h . k_h / sqrt(d / heads)."""
+    h, dh = block.attention.heads, DIM // block.attention.heads
+    q = target @ block.attention.query.weight.T + block.attention.query.bias
+    keys = items @ block.attention.key.weight.T + block.attention.key.bias
+    out = torch.zeros(items.shape[:2], dtype=items.dtype)
+    for b in range(items.shape[0]):
+        for pos in range(items.shape[1]):
+            out[b, pos] = sum(q[b, j * dh:(j + 1) * dh] @ keys[b, pos, j * dh:(j + 1) * dh] for j in range(h))
+    return out / dh ** 0.5
+
+
+@pytest.mark.parametrize("timed", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_twin_selects_its_attention_top_k_with_newest_first_ties(timed: bool, seed: int) -> None:
+    target, seq, mask, cats, tcat, times, request = data(20 + seed)
+    block = perturbed_twin(6, timed, seed)
+    index, valid = block.retrieve(target, seq, mask, seq_time=times, target_time=request)
+    items = seq + block.time(mask, times, request) if timed else seq
+    score = twin_logits(block, target, items)
+    for b in range(mask.shape[0]):
+        assert index[b].tolist() == select_reference(score[b].tolist(), mask[b].tolist(), 6)
+    assert torch.equal(valid, index >= 0)
+    # identity projections at the start, no time: exact ties between equal inner products, newest first
+    plain = TWINAttention(DIM, 6, 2).double()
+    got, _ = plain.select(target, seq, mask)
+    for b in range(mask.shape[0]):
+        assert got[b].tolist() == select_reference((seq[b] @ target[b]).tolist(), mask[b].tolist(), 6)
+
+
+@pytest.mark.parametrize("timed", [False, True])
+def test_twin_attends_over_its_selection_with_time(timed: bool) -> None:
+    target, seq, mask, cats, tcat, times, request = data(30)
+    block = perturbed_twin(5, timed, 1)
+    got = block(target, seq, mask, seq_time=times, target_time=request, seq_cat=cats, target_cat=tcat)
+    index, valid = block.retrieve(target, seq, mask, seq_time=times, target_time=request)
+    values = gather_positions(seq, index)
+    if timed:
+        values = values + block.time.embed(gather_positions(request.unsqueeze(1) - times, index))
+    torch.testing.assert_close(got, block.attention.attend(target, values * valid[..., None], valid))
+
+
+@pytest.mark.parametrize("timed", [False, True])
+def test_twin_with_k_at_least_the_history_is_full_attention(timed: bool) -> None:
+    target, seq, mask, cats, tcat, times, request = data(31)
+    twin = perturbed_twin(seq.shape[1] + 3, timed, 2)
+    full = TargetAttention(DIM, 2, time=twin.time).double()
+    full.load_state_dict(twin.attention.state_dict(), strict=False)
+    context = dict(seq_time=times, target_time=request)
+    torch.testing.assert_close(twin(target, seq, mask, **context), full(target, seq, mask, **context))
+
+
+def test_twin_edges_and_errors() -> None:
+    target, seq, mask, *_ = data(32)
+    block = TWINAttention(DIM, 0, 2).double()  # k = 0: nothing selected, the output projection's bias
+    assert block.retrieve(target, seq, mask)[0].shape == (4, 0)
+    torch.testing.assert_close(block(target, seq, mask), block.attention.out.bias.expand(4, -1))
+    index, valid = TWINAttention(DIM, 3, 2).double().retrieve(target, seq[:, :0], mask[:, :0])
+    assert index.tolist() == [[-1] * 3] * 4 and not valid.any()
+    s = seq.clone().requires_grad_(True)
+    TWINAttention(DIM, 3, 2).double()(target, s, mask).sum().backward()
+    assert s.grad is not None and int((s.grad.abs().sum(-1) > 0).sum(1).max()) <= 3  # the selected rows only
+    with pytest.raises(ValueError, match="seq must have shape"):
+        block(target, seq[..., 1:], mask)
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        TWINAttention(DIM, -1, 2)
+    with pytest.raises(TypeError, match="TimeEncoding"):
+        TWINAttention(DIM, 2, 2, time=3)  # type: ignore[arg-type]

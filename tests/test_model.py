@@ -104,13 +104,19 @@ def _reference(model, x):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("numeric_mask", [False, True])
-def test_window_and_id_lookup_equal_the_whole_history(data, side, numeric_mask) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("hash_space", ["embedding", "attention"])
+def test_window_and_id_lookup_equal_the_whole_history(data, side, numeric_mask, hash_space) -> None:  # type: ignore[no-untyped-def]
     """The short block on the newest `recent` behaviours and ETA by id give the whole-history model's logits and
-    gradients, and no B x L x d embedding is built."""
+    gradients, and no B x L x d embedding is built (in either hash space)."""
     table = torch.from_numpy(data.item_categories())
     torch.manual_seed(0)
     model = ETAModel(data.n_items, DIM, n_categories=data.n_categories, recent=8, k=8, item_categories=table,
-                     long=ETAAttention(DIM, 64, 8, 2, time=TimeEncoding(DIM)))
+                     hash_space=hash_space)
+    assert isinstance(model.long, ETAAttention) and model.long.hash_space == hash_space
+    with torch.no_grad():  # projections away from the identity: the attention space differs from the embeddings'
+        for proj in (model.long.attention.query, model.long.attention.key):
+            proj.weight.add_(0.3 * torch.randn_like(proj.weight))
+            proj.bias.add_(0.3 * torch.randn_like(proj.bias))
     rows = np.arange(24)
     b = data.batch(rows, max_len=80, padding_side=side)
     x, _ = inputs(data, rows)

@@ -81,3 +81,55 @@ def test_quick_study_runs_every_row(tmp_path: Path) -> None:
     assert hashed and all(0 <= r["recall"] <= 1 for r in runs if r["variant"] in hashed)
     assert (out / "study.png").stat().st_size > 0
     assert ".. list-table::" in (out / "study_tables.rst").read_text(encoding="utf-8")
+
+
+def test_quick_frontier_runs_every_block_and_resumes(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("matplotlib")
+    from etaretrieval.study.cli import main
+    from etaretrieval.study.frontier import frontier_variants
+
+    out = tmp_path / "frontier"
+    args = ["--quick", "--frontier", "--users", "40", "--max-len", "60", "--batch-size", "32", "--ks", "4",
+            "--k-fracs", "0.2", "--val-users", "0.25", "--threads", "1", "--out", str(out)]
+    assert main(args) == 0
+    saved = json.loads((out / "frontier.json").read_text(encoding="utf-8"))
+    runs = {r["variant"]: r for r in saved["runs"]}
+    ks = sorted({r["k"] for r in saved["runs"] if r["variant"] != "full attention + time"})
+    assert len(ks) == 2 and ks[0] == 4  # --ks and a fraction of the median history
+    assert set(runs) == {v.name for v in frontier_variants(ks)}
+    assert all(0 <= r["auc"] <= 1 and 0 <= r["val_auc"] <= 1 and r["train_ms"] > 0 for r in runs.values())
+    for name, r in runs.items():
+        if name.startswith("TWIN"):
+            assert r["consistency"] == 1.0  # it retrieves its own attention's top-k
+        elif name.startswith("ETA"):
+            assert 0 <= r["consistency"] <= 1 and 0 <= r["recall"] <= 1
+        else:
+            assert r["consistency"] != r["consistency"]  # nan: full attention retrieves nothing
+    table = (out / "frontier.md").read_text(encoding="utf-8")
+    assert "| full attention + time | all | 1 |" in table and "| TWIN + time | 4 |" in table
+    assert "attention-space hash" in table and (out / "frontier.png").stat().st_size > 0
+    assert ".. list-table::" in (out / "frontier_table.rst").read_text(encoding="utf-8")
+    before = (out / "frontier.json").read_text(encoding="utf-8")
+    assert main(args) == 0  # every run is saved: nothing reruns, the same results
+    assert (out / "frontier.json").read_text(encoding="utf-8") == before
+    with pytest.raises(SystemExit, match="another configuration"):
+        main(args[:-2] + ["--lr", "0.01", "--out", str(out)])
+    with pytest.raises(SystemExit, match="unknown frontier blocks"):
+        main(["--quick", "--frontier", "--blocks", "eta,sim", "--out", str(tmp_path / "x")])
+
+
+def test_pick_k_reads_the_validation_auc() -> None:
+    from etaretrieval.study.frontier import FULL, k_values, pick_k
+    from etaretrieval.study.report import Summary
+
+    def row(name: str, k: int, val: float) -> Summary:
+        return Summary(name, 3, 0.8, 0.0, 0.5, 0.0, 10.0, 1.0, float("nan"), val_auc=val, k=k)
+
+    rows = [row(FULL, 0, 0.80), row("ETA 64 bits + time, k = 16", 16, 0.790),
+            row("ETA 64 bits + time, k = 64", 64, 0.7951), row("ETA 64 bits + time, k = 32", 32, 0.7949),
+            row("TWIN + time, k = 16", 16, 0.70)]
+    assert pick_k(rows) == {"ETA 64 bits + time": 64}  # the smallest k within 0.005; TWIN never gets there
+    assert pick_k(rows, tolerance=0.011) == {"ETA 64 bits + time": 16}
+    assert pick_k([row(FULL, 0, float("nan"))]) == {}
+    assert k_values([16, 4], [0.5, 0.01], 100.0) == [1, 4, 16, 50]

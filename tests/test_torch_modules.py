@@ -368,3 +368,159 @@ def test_cache_on_another_device_is_a_clear_error() -> None:
     retriever.to("meta")
     with pytest.raises(ValueError, match=r"cache signatures are on cpu, target on meta: .*cache.refresh\(\)"):
         retriever(target.to("meta"), mask=mask.to("meta"), seq_ids=ids.to("meta"), cache=cache)
+
+
+# ---- hash_space="attention": the attention's projections folded into the planes ----
+
+
+def attention_block(seed: int, k: int = 6, dtype: torch.dtype = torch.float32, **kwargs: object) -> ETAAttention:
+    """An attention-space ETA block whose query/key projections moved away from the identity."""
+    torch.manual_seed(seed)
+    block = ETAAttention(DIM, BITS, k, 2, seed=seed, hash_space="attention", **kwargs).to(dtype)
+    with torch.no_grad():
+        for proj in (block.attention.query, block.attention.key):
+            proj.weight.add_(0.5 * torch.randn_like(proj.weight))
+            proj.bias.add_(0.5 * torch.randn_like(proj.bias))
+    return block
+
+
+def bits_of(signatures: torch.Tensor, bits: int) -> torch.Tensor:
+    """``(..., bits)`` bool: bit ``j`` of each signature (word ``j // 64``, least significant bit first)."""
+    j = torch.arange(bits)
+    return (signatures[..., j // 64] >> (j % 64)) & 1 == 1
+
+
+@settings(deadline=None, max_examples=30)
+@given(seed=st.integers(0, 2**31 - 1), bits=st.sampled_from([1, 63, 64, 100, 128]), bias=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_fold_equals_hashing_the_projected_rows(seed: int, bits: int, bias: bool, dtype: torch.dtype) -> None:
+    from etaretrieval.torch._planes import fold, hash_rows
+
+    gen = torch.Generator().manual_seed(seed)
+    linear = nn.Linear(DIM, DIM, bias=bias).to(dtype)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(DIM, DIM, generator=gen, dtype=dtype))
+        if bias:
+            linear.bias.copy_(torch.randn(DIM, generator=gen, dtype=dtype))
+    planes = torch.from_numpy(er.hyperplanes(DIM, bits, seed % 97)).to(dtype)
+    x = torch.randn(5, 7, DIM, generator=gen, dtype=dtype)
+    folded = fold(planes, linear)
+    assert folded.shape == (DIM + 1, bits) and folded.dtype == dtype and not folded.requires_grad
+    assert fold(planes.float(), linear).dtype == dtype  # the wider dtype
+    got = bits_of(hash_rows(x, folded), bits)
+    projection = linear(x).detach() @ planes
+    clear = projection.abs() > (1e-3 if dtype == torch.float32 else 1e-9)  # not within rounding of zero
+    assert bool(clear.float().mean() > 0.9)
+    assert torch.equal(got[clear], (projection > 0)[clear])
+    # with a constant-1 feature appended the affine planes are plain planes: the same signatures
+    ones = torch.cat([x, torch.ones(5, 7, 1, dtype=dtype)], dim=-1)
+    assert torch.equal(hash_rows(x, folded), torch.ops.etaretrieval.pack_signatures(ones, folded))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_attention_space_retrieval_is_the_projected_retrieval(seed: int) -> None:
+    emb, ids, mask, target = batch(seed, dtype=torch.float64)
+    block = attention_block(seed, dtype=torch.float64)
+    seq = emb(ids)
+    got = block.retrieve(target, seq, mask)
+    planes = block.retriever.planes.double()
+    query, keys = block.attention.query(target).detach(), block.attention.key(seq).detach()
+    assert float((query @ planes).abs().min()) > 1e-9 and float((keys @ planes).abs().min()) > 1e-9
+    projected = ETARetriever.from_planes(planes, block.k)(query, keys, mask)
+    assert torch.equal(got.index, projected.index) and torch.equal(got.mask, projected.mask)
+    assert torch.equal(got.values, torch.where(got.mask[..., None], seq.gather(
+        1, got.index.clamp(min=0)[..., None].expand(-1, -1, DIM)), 0.0))
+    # and it differs from hashing the embeddings (the projections matter)
+    plain = ETAAttention(DIM, BITS, block.k, 2, seed=seed).double()
+    assert not torch.equal(plain.retrieve(target, seq, mask).index, got.index)
+
+
+def test_attention_space_at_identity_projections_is_the_embedding_space() -> None:
+    emb, ids, mask, target = batch(5)
+    attn = ETAAttention(DIM, BITS, 7, 2, seed=3, hash_space="attention")  # the attention starts at the identity
+    plain = ETAAttention(DIM, BITS, 7, 2, seed=3)
+    assert torch.equal(attn.retrieve(target, emb(ids), mask).index, plain.retrieve(target, emb(ids), mask).index)
+    assert attn.key_planes().shape == (DIM + 1, BITS) and plain.key_planes() is plain.retriever.planes
+    with pytest.raises(ValueError, match="hash_space must be 'embedding' or 'attention'"):
+        ETAAttention(DIM, BITS, 7, 2, hash_space="keys")
+    assert "hash_space='attention'" in repr(attn)
+    assert ETAAttention.from_planes(attn.retriever.planes, 7, 2, hash_space="attention").hash_space == "attention"
+
+
+@pytest.mark.parametrize("candidates", [None, 20])
+def test_attention_space_paths_agree_cache_included(candidates: int | None) -> None:
+    from etaretrieval.torch import TimeEncoding
+
+    emb, ids, mask, target = batch(6, b=4, length=60, n=15)
+    block = attention_block(6, k=8, candidates=candidates, time=TimeEncoding(DIM))
+    seq = emb(ids)
+    cache = SignatureCache(emb, block)
+    assert cache.planes.shape == (DIM + 1, BITS) and cache.signatures.shape == (15, 1)
+    runs = [
+        block.retrieve(target, seq, mask),
+        block.retrieve(target, seq, mask, seq_ids=ids),
+        block.retrieve(target, mask=mask, seq_ids=ids, items=emb.weight),
+        block.retrieve(target, mask=mask, seq_ids=ids, cache=cache),
+        block.retrieve(target, seq, mask, seq_ids=ids, cache=cache, seq_time=ids, target_cat=ids[:, 0]),
+    ]
+    for out in runs[1:]:
+        assert torch.equal(out.index, runs[0].index) and torch.equal(out.values, runs[0].values)
+    times = torch.cumsum(torch.ones_like(ids), 1)
+    context = dict(seq_time=times, target_time=times[:, -1] + 1)
+    torch.testing.assert_close(block(target, seq, mask, **context),
+                               block(target, mask=mask, seq_ids=ids, cache=cache, **context), rtol=0, atol=0)
+
+
+def test_attention_space_cache_is_stale_after_the_key_projection_trains() -> None:
+    emb, ids, mask, target = batch(7, n=15)
+    block = attention_block(7)
+    cache = SignatureCache(emb, block)
+    optimizer = torch.optim.SGD(block.attention.parameters(), lr=0.5)
+    block(target, mask=mask, seq_ids=ids, cache=cache).pow(2).sum().backward()
+    optimizer.step()  # the key projection moved: the folded planes changed
+    with pytest.raises(ValueError, match="cache holds signatures hashed with other planes"):
+        block(target, mask=mask, seq_ids=ids, cache=cache)
+    cache.refresh([])  # a row refresh after new planes rehashes every row
+    want = block.retrieve(target, emb(ids), mask).index
+    assert torch.equal(block.retrieve(target, mask=mask, seq_ids=ids, cache=cache).index, want)
+    # attached to an optimizer of the embedding and the attention: fresh after every step
+    both = torch.optim.Adam([*emb.parameters(), *block.parameters()], lr=0.1)
+    cache.attach(both)
+    for _ in range(3):
+        both.zero_grad()
+        block(target, mask=mask, seq_ids=ids, cache=cache).pow(2).sum().backward()
+        both.step()
+        fresh = block.retrieve(target, emb(ids), mask).index
+        assert torch.equal(block.retrieve(target, mask=mask, seq_ids=ids, cache=cache).index, fresh)
+    with pytest.raises(ValueError, match=r"cache must be built with planes of shape \(9, 64\) \(affine"):
+        block.retrieve(target, mask=mask, seq_ids=ids, cache=SignatureCache(emb, block.retriever))
+
+
+def test_attention_space_gradients_reach_the_attention_and_the_retrieved_rows() -> None:
+    emb, ids, mask, target = batch(8, dtype=torch.float64)
+    block = attention_block(8, dtype=torch.float64)
+    seq = emb(ids).detach().requires_grad_(True)
+    t = target.clone().requires_grad_(True)
+    out = block(t, seq, mask)
+    out.sum().backward()
+    found = block.retrieve(target, seq.detach(), mask)
+    assert seq.grad is not None and t.grad is not None and t.grad.abs().sum() > 0
+    picked = torch.zeros(mask.shape, dtype=torch.bool)
+    for b in range(mask.shape[0]):
+        picked[b, found.index[b][found.mask[b]]] = True
+    assert bool((seq.grad.abs().sum(-1) > 0).eq(picked).all())  # exactly the retrieved rows
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in
+               (block.attention.query.weight, block.attention.key.weight, block.attention.value.weight))
+    assert block.retriever.planes.grad is None
+    # piecewise smooth: within a retrieval, the analytic gradient is the numeric one
+    assert torch.autograd.gradcheck(lambda s, q: block(q, s, mask[:1]),
+                                    (seq.detach()[:1].requires_grad_(True), target[:1].requires_grad_(True)))
+
+
+def test_side_planes_errors() -> None:
+    emb, ids, mask, target = batch(9)
+    retriever = ETARetriever(DIM, BITS, 4)
+    with pytest.raises(ValueError, match=r"key_planes must have shape \(8, 64\) or \(9, 64\)"):
+        retriever(target, emb(ids), key_planes=torch.zeros(DIM + 2, BITS))
+    with pytest.raises(TypeError, match="query_planes must be a float32/float64 torch.Tensor"):
+        retriever(target, emb(ids), query_planes=torch.zeros(DIM, BITS, dtype=torch.int64))

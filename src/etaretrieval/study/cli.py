@@ -16,14 +16,19 @@ import numpy as np
 
 from .. import __version__, threads
 from ..datasets import SequenceSamples, build_samples, make_sequence_ctr, read_log
+from .frontier import BLOCKS as FRONTIER_BLOCKS
+from .frontier import frontier_variants, k_values, load_runs, median_history, save_runs, write_report
 from .report import long_table, markdown_table, plot, summarize, to_rst
 from .runner import RunResult, StudyConfig, run_variant, time_long_sequences
 from .variants import variants
 
-__all__ = ["main", "parser", "QUICK"]
+__all__ = ["main", "parser", "QUICK", "QUICK_KS"]
 
 #: Overrides of ``--quick``: a smoke run of every row.
 QUICK = dict(n_users=200, max_len=300, seeds=(0,), batch_size=64, long_batch=8, long_repeat=2)
+
+#: The ``k`` of ``--quick --frontier`` (unless ``--ks`` is given).
+QUICK_KS = "4,8"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,6 +68,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--long-batch", type=int, help="histories per batch of the inference timing (default 64)")
     p.add_argument("--threads", type=int,
                    help="torch's and etaretrieval's threads during the run (default: leave as they are)")
+    f = p.add_argument_group("frontier", "--frontier: ETA, TWIN-style retrieval and full attention (all + time) over "
+                             "k, with a validation split to pick k on; writes frontier.md/.png/.json to --out (a "
+                             "rerun with the same settings and --out runs only the rows and seeds not yet there)")
+    f.add_argument("--frontier", action="store_true", help="run the k / cost / quality frontier instead of the table")
+    f.add_argument("--ks", default="16,32,64,128,256", help="comma-separated k values (default 16,32,64,128,256; "
+                   "4,8 with --quick)")
+    f.add_argument("--k-fracs", default="", help="comma-separated k values as fractions of the median history "
+                   "length of the test samples, added to --ks (default none)")
+    f.add_argument("--blocks", default=",".join(FRONTIER_BLOCKS),
+                   help=f"comma-separated frontier blocks among {','.join(FRONTIER_BLOCKS)} (default all)")
+    f.add_argument("--val-users", type=float, help="share of the training users held out for validation "
+                   "(default 0.1 with --frontier, 0 otherwise)")
     return p
 
 
@@ -71,9 +88,13 @@ def _config(args: argparse.Namespace) -> StudyConfig:
     for arg, name in (("users", "n_users"), ("max_len", "max_len"), ("epochs", "epochs"),
                       ("batch_size", "batch_size"), ("lr", "lr"), ("k", "k"), ("steps", "max_steps"),
                       ("test_samples", "test_samples"), ("long_len", "long_len"),
-                      ("long_batch", "long_batch")):
+                      ("long_batch", "long_batch"), ("val_users", "val_users")):
         if getattr(args, arg) is not None:
             changes[name] = getattr(args, arg)
+    if args.frontier and args.val_users is None:
+        changes["val_users"] = 0.1
+    if not 0 <= float(changes.get("val_users", 0.0)) < 1:  # type: ignore[arg-type]
+        raise SystemExit("--val-users must be in [0, 1)")
     if args.seeds is not None:
         if args.seeds < 1:
             raise SystemExit("--seeds must be >= 1")
@@ -121,15 +142,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = _config(args)
     import torch
 
+    run = _frontier if args.frontier else _run
     if args.threads is None:
-        return _run(args, cfg)
+        return run(args, cfg)
     # --threads bounds torch's pool and the library's threads for this run only: main() called
     # in-process (tests, notebooks) leaves its caller's settings as they were
     before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
         with threads(args.threads):
-            return _run(args, cfg)
+            return run(args, cfg)
     finally:
         torch.set_num_threads(before)
 
@@ -204,4 +226,70 @@ def _run(args: argparse.Namespace, cfg: StudyConfig) -> int:
     plot(summary, out / "study.png", f"{data.n_users} users, L <= {cfg.max_len}, {len(cfg.seeds)} seed(s)")
     print("\n".join(text))
     _log(f"wrote study.md, study_tables.rst, study.png and results.json to {out} in {elapsed:.0f} s")
+    return 0
+
+
+def _numbers(text: str, kind: type, option: str) -> list:
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"{option} takes comma-separated numbers, got {text!r}") from None
+
+
+def _frontier(args: argparse.Namespace, cfg: StudyConfig) -> int:
+    """The k / cost / quality frontier: every block at every k and seed (skipping runs already saved in --out)."""
+    import torch
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    data, data_line = _data(cfg, args)
+    _log(data_line)
+    median_len = median_history(data.history_lengths()[~data.train], cfg.max_len)
+    ks_text = QUICK_KS if args.quick and args.ks == parser().get_default("ks") else args.ks
+    ks = k_values(_numbers(ks_text, int, "--ks"), _numbers(args.k_fracs, float, "--k-fracs"), median_len)
+    try:
+        rows = frontier_variants(ks, [b.strip() for b in args.blocks.split(",") if b.strip()], cfg.bits[0])
+    except ValueError as exc:
+        raise SystemExit(f"--blocks: {exc}") from None
+    saved = out / "frontier.json"
+    results = load_runs(saved, cfg, data_line)
+    done = {(r.variant, r.seed) for r in results}
+    todo = [(v, seed) for v in rows for seed in cfg.seeds if (v.name, seed) not in done]
+    _log(f"frontier: k in {ks} (median test history {median_len:.0f}), {len(rows)} rows x {len(cfg.seeds)} seeds, "
+         f"{len(todo)} runs to do ({len(done)} saved in {saved})")
+    for i, (variant, seed) in enumerate(todo):
+        head = f"[{i + 1}/{len(todo)}] {variant.name} (seed {seed})"
+
+        def progress(message: str, head: str = head) -> None:
+            _log(f"{head}: {message}")
+
+        result = run_variant(variant, data, cfg, seed, progress=progress)
+        results.append(result)
+        save_runs(saved, cfg, data_line, results)  # after every run: a stopped sweep resumes from here
+        _log(f"{head}: val AUC {result.val_auc:.4f}, test AUC {result.auc:.4f}, {result.train_ms:.1f} ms/step, "
+             f"{result.infer_ms:.1f} ms/batch, consistency {result.consistency:.3f}, {result.seconds:.1f} s")
+    names = {v.name for v in rows}
+    summary = summarize([r for r in results if r.variant in names])
+    header = [
+        "# etaretrieval study: the k / cost / quality frontier of the long-term block (all with time)",
+        "",
+        f"- data: {data_line}; median test history {median_len:.0f} behaviours",
+        f"- model: `ETAModel`, dim {cfg.dim}, short-term block: target attention over the last {cfg.recent} "
+        f"behaviours; long-term block: the row, {cfg.heads} heads, MLP {list(cfg.hidden)}; ETA {cfg.bits[0]} bits",
+        f"- training: Adam lr {cfg.lr}, batch {cfg.batch_size}, {cfg.epochs} epoch(s)"
+        + (f" (at most {cfg.max_steps} steps)" if cfg.max_steps else "")
+        + f" over the training users less {cfg.val_users:.0%} held out for validation"
+        + (f"; test on a fixed random {cfg.test_samples} test samples" if cfg.test_samples else "")
+        + f"; seeds {list(cfg.seeds)}; mean ± std over seeds (times: medians)",
+        f"- machine: {platform.processor() or platform.machine()}, torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads, etaretrieval {__version__}; this invocation "
+        f"{(time.perf_counter() - start) / 60:.1f} min",
+        "- consistency@k: share of the block's own attention top-k (exact logits over the whole history, with "
+        "time) that it retrieves (TWIN: 1 by construction)",
+    ]
+    text = write_report(out, summary, header, median_len,
+                        f"{data.n_users} users, L <= {cfg.max_len}, {len(cfg.seeds)} seed(s)")
+    print(text)
+    _log(f"wrote frontier.md, frontier_table.rst, frontier.png and frontier.json to {out}")
     return 0

@@ -27,6 +27,14 @@ class Summary:
     train_ms: float
     infer_ms: float
     recall: float
+    val_auc: float = float("nan")
+    consistency: float = float("nan")
+    k: int = 0
+
+
+def _mean(x: np.ndarray) -> float:
+    """Mean, ``nan`` when every value is ``nan`` (a column a row does not measure)."""
+    return float(np.nanmean(x)) if not np.isnan(x).all() else float("nan")
 
 
 def _std(x: np.ndarray) -> float:
@@ -41,12 +49,12 @@ def summarize(results: Sequence[RunResult]) -> list[Summary]:
         rs = [r for r in results if r.variant == name]
         a = np.array([r.auc for r in rs])
         ll = np.array([r.logloss for r in rs])
-        rec = np.array([r.recall for r in rs])
         out.append(Summary(
             variant=name, seeds=len(rs), auc=float(a.mean()), auc_std=_std(a), logloss=float(ll.mean()),
             logloss_std=_std(ll), train_ms=float(np.median([r.train_ms for r in rs])),
             infer_ms=float(np.median([r.infer_ms for r in rs])),
-            recall=float(rec.mean()) if not np.isnan(rec).all() else float("nan"),
+            recall=_mean(np.array([r.recall for r in rs])), val_auc=_mean(np.array([r.val_auc for r in rs])),
+            consistency=_mean(np.array([r.consistency for r in rs])), k=rs[0].k,
         ))
     return out
 

@@ -18,12 +18,14 @@ from ..torch import (
     SignatureCache,
     TargetAttention,
     TimeEncoding,
+    TWINAttention,
     select_top,
 )
 from .metrics import auc, logloss, recall_at_k
 from .variants import BlockSizes, Variant
 
-__all__ = ["StudyConfig", "RunResult", "LongTiming", "to_tensors", "run_variant", "time_long_sequences"]
+__all__ = ["StudyConfig", "RunResult", "LongTiming", "to_tensors", "split_validation", "run_variant",
+           "time_long_sequences"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class StudyConfig:
     long_batch: int = 64
     long_repeat: int = 5
     test_samples: int = 0  # 0: every test sample; else a fixed random subset of this size
+    val_users: float = 0.0  # share of the training users held out as a validation set (0: none)
 
     @property
     def sizes(self) -> BlockSizes:
@@ -67,6 +70,9 @@ class RunResult:
     infer_ms: float
     recall: float
     seconds: float
+    consistency: float = float("nan")
+    val_auc: float = float("nan")
+    k: int = 0
 
 
 def to_tensors(batch: SequenceBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -108,6 +114,68 @@ def _recall(model: ETAModel, inputs: dict[str, torch.Tensor], k: int) -> float:
     return recall_at_k(found.numpy(), truth.numpy())
 
 
+def _consistency(model: ETAModel, inputs: dict[str, torch.Tensor], k: int) -> float:
+    """Share of the long-term block's own attention top-``k`` (exact logits over the whole history) it retrieves.
+
+    The attention's score of a behaviour is its logit summed over heads, on
+    the embedding plus its time embedding (as the block attends); the
+    retrieved set is what :meth:`ETAAttention.retrieve` or
+    :meth:`TWINAttention.retrieve` gives (a TWIN block scores 1 by construction).
+    """
+    block = model.long
+    seq = model.embed(inputs["history"], inputs.get("categories"))
+    query = model.embed(inputs["target"], inputs.get("target_category"))
+    mask, context = inputs["mask"], {"seq_time": inputs["times"], "target_time": inputs["target_time"]}
+    if isinstance(block, TWINAttention):
+        found = block.retrieve(query, seq, mask, **context)[0]
+    else:
+        assert isinstance(block, ETAAttention)
+        found = block.retrieve(query, seq, mask).index
+    items = seq if block.time is None else seq + block.time(mask, shape=tuple(mask.shape), **context)
+    truth, _ = select_top(block.attention.logits(query, items).sum(dim=1), mask, k)
+    return recall_at_k(found.numpy(), truth.numpy())
+
+
+def split_validation(data: SequenceSamples, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_rows, val_rows)``: the training samples, the users of a ``share`` of them held out.
+
+    Whole users are held out (none of a validation user's samples is trained
+    on), chosen by ``seed``; ``share = 0`` holds out nothing.
+    """
+    train_rows = np.flatnonzero(data.train)
+    if share <= 0:
+        return train_rows, train_rows[:0]
+    users = np.unique(data.user[train_rows])
+    held = np.random.default_rng(seed).choice(users, max(1, round(share * users.size)), replace=False)
+    val = np.isin(data.user[train_rows], held)
+    return train_rows[~val], train_rows[val]
+
+
+def _evaluate(
+    model: ETAModel, data: SequenceSamples, rows: np.ndarray, cfg: StudyConfig, k: int, measure: bool, recall: bool,
+) -> tuple[float, float, list[float], list[float], list[float]]:
+    """``(auc, logloss, infer_ms, recalls, consistencies)`` of ``model`` on the samples ``rows``.
+
+    ``measure``: also the consistency of a retrieving block, and with ``recall`` its SimHash recall.
+    """
+    probs, labels, infer_ms, recalls, consistencies = [], [], [], [], []
+    retrieves = isinstance(model.long, (ETAAttention, TWINAttention))
+    with torch.no_grad():
+        for batch_rows in _chunks(rows, cfg.batch_size):
+            inputs, label = to_tensors(data.batch(batch_rows, cfg.max_len))
+            t0 = time.perf_counter()
+            logits = model(**inputs)
+            infer_ms.append(1e3 * (time.perf_counter() - t0))
+            probs.append(torch.sigmoid(logits).numpy())
+            labels.append(label.numpy())
+            if measure and recall:
+                recalls.append(_recall(model, inputs, k))
+            if measure and retrieves:
+                consistencies.append(_consistency(model, inputs, k))
+    y, p = np.concatenate(labels), np.concatenate(probs)
+    return auc(y, p), logloss(y, p), infer_ms, recalls, consistencies
+
+
 def run_variant(
     variant: Variant,
     data: SequenceSamples,
@@ -133,11 +201,13 @@ def run_variant(
     RunResult
     """
     start = time.perf_counter()
+    k = cfg.k if variant.k is None else variant.k
     model = build_model(variant, data, cfg, seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loss_fn = nn.BCEWithLogitsLoss()
     rng = np.random.default_rng(seed)
-    train_rows, test_rows = np.flatnonzero(data.train), np.flatnonzero(~data.train)
+    train_rows, val_rows = split_validation(data, cfg.val_users, cfg.data_seed)
+    test_rows = np.flatnonzero(~data.train)
     step_ms: list[float] = []
     model.train()
     for epoch in range(cfg.epochs):
@@ -155,30 +225,23 @@ def run_variant(
             if progress is not None and (i + 1) % 20 == 0:
                 progress(f"epoch {epoch + 1} step {i + 1}/{len(batches)} loss {loss.item():.4f}")
     model.eval()
-    probs, labels, infer_ms, recalls = [], [], [], []
     if cfg.test_samples and cfg.test_samples < test_rows.size:  # the same subset for every variant and seed
         test_rows = np.sort(np.random.default_rng(cfg.data_seed).choice(test_rows, cfg.test_samples, replace=False))
-    test_batches = _chunks(test_rows, cfg.batch_size)
-    with torch.no_grad():
-        for rows in test_batches:
-            inputs, label = to_tensors(data.batch(rows, cfg.max_len))
-            t0 = time.perf_counter()
-            logits = model(**inputs)
-            infer_ms.append(1e3 * (time.perf_counter() - t0))
-            probs.append(torch.sigmoid(logits).numpy())
-            labels.append(label.numpy())
-            if variant.retrieval_bits is not None:
-                recalls.append(_recall(model, inputs, cfg.k))
-    y, p = np.concatenate(labels), np.concatenate(probs)
+    val_auc = _evaluate(model, data, val_rows, cfg, k, False, False)[0] if val_rows.size else float("nan")
+    test_auc, test_logloss, infer_ms, recalls, consistencies = _evaluate(
+        model, data, test_rows, cfg, k, True, variant.retrieval_bits is not None)
     return RunResult(
         variant=variant.name,
         seed=seed,
-        auc=auc(y, p),
-        logloss=logloss(y, p),
+        auc=test_auc,
+        logloss=test_logloss,
         train_ms=float(np.median(step_ms[1:] if len(step_ms) > 1 else step_ms)),
         infer_ms=float(np.median(infer_ms)),
         recall=float(np.mean(recalls)) if recalls else float("nan"),
         seconds=time.perf_counter() - start,
+        consistency=float(np.mean(consistencies)) if consistencies else float("nan"),
+        val_auc=val_auc,
+        k=k,
     )
 
 

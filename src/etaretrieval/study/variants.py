@@ -46,12 +46,15 @@ class Variant:
         exact inner-product top-K is measured), else None.
     needs_categories : bool
         The block reads behaviour categories (skipped on data without them).
+    k : int or None
+        Behaviours the block retrieves, when it is not the study's ``k`` (the frontier's rows).
     """
 
     name: str
     build: Callable[[BlockSizes, int], nn.Module]
     retrieval_bits: Optional[int] = None
     needs_categories: bool = False
+    k: Optional[int] = None
 
 
 def _time(s: BlockSizes, on: bool) -> Optional[TimeEncoding]:

@@ -11,7 +11,7 @@ autograd function (:class:`HammingTopK`) and the ETA building blocks
 :class:`ETAAttention`), time information (:class:`TimeEncoding`), the
 retrieval baselines that share ETA's interest-block interface
 (:class:`RecentWindowAttention`, :class:`CategoryMatchAttention`,
-:class:`InnerProductTopKAttention`, :class:`MeanPooling`) and a reference
+:class:`InnerProductTopKAttention`, :class:`TWINAttention`, :class:`MeanPooling`) and a reference
 long+short CTR model (:class:`ETAModel`).
 """
 
@@ -28,6 +28,7 @@ from .baselines import (
     RecentWindowAttention,
     RetrievalAttention,
     SDIMBlock,
+    TWINAttention,
     select_top,
 )
 from .cache import SignatureCache
@@ -53,6 +54,7 @@ __all__ = [
     "SDIMAttention",
     "SDIMBlock",
     "SignatureCache",
+    "TWINAttention",
     "TargetAttention",
     "TimeEncoding",
     "decompositions",

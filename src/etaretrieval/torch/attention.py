@@ -11,8 +11,9 @@ from torch import nn
 from .._validate import _as_int, _shape, check_k, check_padding_side
 from . import _ops
 from ._checks import _bool_mask, _floats
+from ._planes import fold
 from .cache import SignatureCache
-from .retriever import ETARetriever
+from .retriever import ETARetriever, Retrieved
 from .time import TimeEncoding, gather_positions
 
 __all__ = ["TargetAttention", "ETAAttention"]
@@ -118,14 +119,20 @@ class TargetAttention(nn.Module):
             items = items + self.time(mask, seq_time, target_time, shape=(batch, length)).to(items.dtype)
         return self.attend(target, items, mask)
 
-    def attend(self, target: torch.Tensor, items: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """The attention itself on checked arguments, without time information."""
+    def logits(self, target: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``(B, heads, T)`` attention logits ``q k^T / sqrt(d / heads)`` on checked arguments (no mask, no time)."""
         batch, length, d = items.shape
         h = self.heads
         q = self.query(target).view(batch, h, d // h)
         k = self.key(items).view(batch, length, h, d // h)
+        return torch.einsum("bhe,bthe->bht", q, k) / math.sqrt(d // h)
+
+    def attend(self, target: torch.Tensor, items: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The attention itself on checked arguments, without time information."""
+        batch, length, d = items.shape
+        h = self.heads
         v = self.value(items).view(batch, length, h, d // h)
-        scores = torch.einsum("bhe,bthe->bht", q, k) / math.sqrt(d // h)
+        scores = self.logits(target, items)
         if mask is None:
             weights = torch.softmax(scores, dim=-1)
         else:
@@ -139,9 +146,10 @@ class ETAAttention(nn.Module):
 
     The long-sequence user-interest block of an ETA CTR model: cost
     ``O(L * bits)`` hashing plus ``O(k * d)`` attention per target, instead of
-    ``O(L * d)`` attention over the whole sequence. Retrieval always runs on
-    the item embeddings; time information (``time``) is added to the
-    retrieved behaviours only, as in the paper.
+    ``O(L * d)`` attention over the whole sequence. Retrieval runs on the
+    item embeddings (``hash_space="embedding"``, the paper's) or in the
+    attention's own space (``"attention"``); time information (``time``) is
+    added to the retrieved behaviours only, as in the paper.
 
     Parameters
     ----------
@@ -165,6 +173,21 @@ class ETAAttention(nn.Module):
         behaviours by Hamming distance, then attend over the ``k`` most recent
         of them (largest positions). Default: the ``k`` nearest, whose ties
         (equal distance) are already broken newest first by the top-K.
+    hash_space : {"embedding", "attention"}, default "embedding"
+        What is hashed. ``"embedding"``: the target and behaviour embeddings,
+        with the retriever's planes ``R``. ``"attention"``: the target as the
+        attention's projected query ``W_q t + b_q`` and each behaviour as its
+        projected key ``W_k e + b_k`` (without time information, which
+        depends on the request), with the same planes, so the Hamming
+        distance approximates the angle behind the attention's own logits.
+        The projections fold into the planes,
+        ``sign(R^T (W e + b)) = sign((W^T R)^T e + R^T b)``: affine planes
+        ``(dim + 1, bits)`` whose last row is the offset ``R^T b``, hashing
+        each row with a constant 1 appended (one more multiply-add per plane
+        and row; the signatures have the same shape). The folded planes
+        follow the attention's weights as they train; a
+        :class:`SignatureCache` built from this block (``hasher=block``)
+        hashes with them and is stale after they change, until refreshed.
 
     Attributes
     ----------
@@ -198,8 +221,12 @@ class ETAAttention(nn.Module):
         *,
         time: Optional[TimeEncoding] = None,
         candidates: Optional[int] = None,
+        hash_space: str = "embedding",
     ) -> None:
         super().__init__()
+        if hash_space not in ("embedding", "attention"):
+            raise ValueError(f"hash_space must be 'embedding' or 'attention', got {hash_space!r}")
+        self.hash_space = hash_space
         self.k = check_k(k)
         if candidates is not None and _as_int("candidates", candidates) < self.k:
             raise ValueError(f"candidates must be >= k = {self.k}, got {candidates}")
@@ -211,7 +238,7 @@ class ETAAttention(nn.Module):
         self.time = time
 
     @classmethod
-    def from_planes(cls, planes: Any, k: int, heads: int) -> ETAAttention:
+    def from_planes(cls, planes: Any, k: int, heads: int, *, hash_space: str = "embedding") -> ETAAttention:
         """An ETA block whose retriever hashes with existing hyperplanes (see :meth:`ETARetriever.from_planes`).
 
         Parameters
@@ -222,6 +249,8 @@ class ETAAttention(nn.Module):
             Behaviours attended to per target.
         heads : int
             Number of attention heads, dividing ``dim``.
+        hash_space : {"embedding", "attention"}, default "embedding"
+            As in the constructor.
 
         Returns
         -------
@@ -236,9 +265,72 @@ class ETAAttention(nn.Module):
         torch.Size([4, 16])
         """
         retriever = ETARetriever.from_planes(planes, k)
-        module = cls(retriever.dim, retriever.bits, k, heads)
+        module = cls(retriever.dim, retriever.bits, k, heads, hash_space=hash_space)
         module.retriever = retriever
         return module
+
+    def extra_repr(self) -> str:
+        return f"hash_space={self.hash_space!r}" if self.hash_space != "embedding" else ""
+
+    def query_planes(self) -> torch.Tensor:
+        """The planes the target is hashed with: the retriever's, or affine with the query projection folded in."""
+        planes = self.retriever.planes
+        return planes if self.hash_space == "embedding" else fold(planes, self.attention.query)
+
+    def key_planes(self) -> torch.Tensor:
+        """The planes the behaviours are hashed with (what a :class:`SignatureCache` of this block hashes with).
+
+        Returns
+        -------
+        torch.Tensor
+            The retriever's ``(dim, bits)`` planes (``hash_space="embedding"``),
+            or the ``(dim + 1, bits)`` affine planes ``[W_k^T R; b_k^T R]``
+            (``"attention"``).
+        """
+        planes = self.retriever.planes
+        return planes if self.hash_space == "embedding" else fold(planes, self.attention.key)
+
+    def retrieve(
+        self,
+        target: torch.Tensor,
+        seq: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+        **kwargs: Any,
+    ) -> Retrieved:
+        """The behaviours the block attends over: ``(values, index, mask)``, each with ``k`` slots.
+
+        ``target``, ``seq``, ``mask`` and the keywords ``seq_ids``,
+        ``items``, ``cache``, ``lengths``, ``padding_side`` are as in
+        :meth:`ETARetriever.forward`; the common interest-block keywords
+        (``seq_time``, ``target_time``, ``seq_cat``, ``target_cat``) are
+        accepted and ignored. Hashes in the block's ``hash_space``. With ``candidates``, the ``k`` most recent of
+        the retrieved candidates, newest first; otherwise the retriever's
+        ``k`` nearest, nearest first. ``values`` are the embeddings without
+        time information.
+
+        Returns
+        -------
+        Retrieved
+
+        Examples
+        --------
+        >>> import torch
+        >>> from etaretrieval.torch import ETAAttention
+        >>> eta = ETAAttention(dim=16, bits=64, k=4, heads=2, candidates=16)
+        >>> seq = torch.randn(2, 100, 16)
+        >>> found = eta.retrieve(seq[:, 3], seq)
+        >>> found.index.shape, bool((found.index[:, :-1] > found.index[:, 1:]).all())  # newest first
+        (torch.Size([2, 4]), True)
+        """
+        for name in ("seq_time", "target_time", "seq_cat", "target_cat"):
+            kwargs.pop(name, None)
+        if self.hash_space == "attention":
+            kwargs.update(query_planes=self.query_planes(), key_planes=self.key_planes())
+        values, index, valid = self.retriever(target, seq, mask, **kwargs)
+        if self.candidates is not None:  # keep the k most recent candidates, newest first
+            newest = torch.where(valid, index, -1).topk(min(self.k, index.shape[1]), dim=1).indices
+            values, index, valid = gather_positions(values, newest), index.gather(1, newest), valid.gather(1, newest)
+        return Retrieved(values, index, valid)
 
     def forward(
         self,
@@ -265,12 +357,9 @@ class ETAAttention(nn.Module):
         ``seq_cat`` and ``target_cat`` are ignored (the common interest-block
         arguments).
         """
-        values, index, valid = self.retriever(
+        values, index, valid = self.retrieve(
             target, seq, mask, seq_ids=seq_ids, items=items, cache=cache, lengths=lengths, padding_side=padding_side
         )
-        if self.candidates is not None:  # keep the k most recent candidates, newest first
-            newest = torch.where(valid, index, -1).topk(min(self.k, index.shape[1]), dim=1).indices
-            values, index, valid = gather_positions(values, newest), index.gather(1, newest), valid.gather(1, newest)
         if self.time is not None:
             length = seq.shape[1] if seq is not None else seq_ids.shape[1]  # type: ignore[union-attr]
             valid_seq = _valid_positions(mask, lengths, padding_side, index.shape[0], length, index.device)

@@ -1,4 +1,4 @@
-"""Interest blocks to compare ETA with: recent window, category match, exact top-K, mean pooling.
+"""Interest blocks to compare ETA with: recent window, category match, exact top-K, TWIN, mean pooling.
 
 Every interest block of this package (these, :class:`~etaretrieval.torch.TargetAttention`
 as full attention, :class:`~etaretrieval.torch.ETAAttention`) is called the same way::
@@ -37,6 +37,7 @@ __all__ = [
     "RecentWindowAttention",
     "CategoryMatchAttention",
     "InnerProductTopKAttention",
+    "TWINAttention",
     "MeanPooling",
     "SDIMBlock",
     "select_top",
@@ -278,6 +279,94 @@ class InnerProductTopKAttention(RetrievalAttention):
     ) -> torch.Tensor:
         """Inner products ``<target, seq[:, l]>``."""
         return torch.einsum("bd,bld->bl", target, seq)
+
+
+class TWINAttention(RetrievalAttention):
+    """TWIN-style retrieval: the ``k`` behaviours its own attention scores highest, then attention over them.
+
+    The selection score of a behaviour is the block's exact target-attention
+    logit over the whole history, summed over heads: ``sum_h q_h . k_h /
+    sqrt(d / heads)`` with the query from the target and the key from the
+    behaviour (plus its time embedding when built with ``time``), the same
+    projections that then attend over the ``k`` selected behaviours (TWIN,
+    arXiv 2302.02352: one attention for retrieval and scoring). It is the
+    retrieval-quality upper bound of ETA's SimHash retrieval: what the
+    attention would pick itself, at ``O(L * d)`` per target (the keys of the
+    whole history, as in full attention) plus a sort. Selection is not
+    differentiable; gradients reach the selected behaviours and the attention
+    through the attention over them.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch import TWINAttention
+    >>> block = TWINAttention(2, k=2, heads=1)  # identity projections at the start: logits are inner products
+    >>> seq = torch.tensor([[[1.0, 0.0], [3.0, 0.0], [2.0, 0.0], [3.0, 0.0]]])
+    >>> block.select(torch.tensor([[1.0, 0.0]]), seq)[0].tolist()  # equal logits: newer first
+    [[3, 1]]
+    >>> block(torch.tensor([[1.0, 0.0]]), seq).shape
+    torch.Size([1, 2])
+    """
+
+    def score(
+        self,
+        target: torch.Tensor,
+        seq: torch.Tensor,
+        mask: Optional[torch.Tensor],
+        seq_cat: Optional[torch.Tensor],
+        target_cat: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """Attention logits summed over heads ``(B, L)`` (``seq`` with the time embeddings already added)."""
+        return self.attention.logits(target, seq).sum(dim=1)
+
+    def forward(
+        self,
+        target: torch.Tensor,
+        seq: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        *,
+        seq_time: Optional[torch.Tensor] = None,
+        target_time: Optional[torch.Tensor] = None,
+        seq_cat: Optional[torch.Tensor] = None,
+        target_cat: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """User-interest vector ``(B, d)`` (the arguments of every interest block, see the module docs)."""
+        items = self._with_time(target, seq, mask, seq_time, target_time)
+        index, valid = self.select(target, items, mask)
+        return self.attention.attend(target, gather_positions(items, index) * valid.unsqueeze(-1).to(items.dtype),
+                                     valid)
+
+    def retrieve(
+        self,
+        target: torch.Tensor,
+        seq: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        *,
+        seq_time: Optional[torch.Tensor] = None,
+        target_time: Optional[torch.Tensor] = None,
+        seq_cat: Optional[torch.Tensor] = None,
+        target_cat: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(index, valid)``, both ``(B, k)``: the positions :meth:`forward` attends over, best first.
+
+        Unlike :meth:`select` (scores of the given ``seq`` as it is), the
+        scores include the time embeddings, as in :meth:`forward`.
+        """
+        return self.select(target, self._with_time(target, seq, mask, seq_time, target_time), mask)
+
+    def _with_time(
+        self,
+        target: torch.Tensor,
+        seq: torch.Tensor,
+        mask: Optional[torch.Tensor],
+        seq_time: Optional[torch.Tensor],
+        target_time: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """``seq`` plus every behaviour's time embedding (``seq`` itself without ``time``), arguments checked."""
+        checked = _check_seq(self.dim, target, seq, mask)
+        if self.time is None:
+            return seq
+        return seq + self.time(checked, seq_time, target_time, shape=(seq.shape[0], seq.shape[1])).to(seq.dtype)
 
 
 class MeanPooling(nn.Module):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Optional, Union, cast
+from typing import Any, Callable, Optional, Protocol, Union, cast
 
 import torch
 from torch import nn
@@ -13,9 +13,21 @@ from .._validate import DTypeError, _shape
 from ..simhash import SimHasher
 from . import _ops
 from ._buffers import FixedDtypeBuffers
-from .retriever import ETARetriever
+from ._planes import hash_rows
 
 __all__ = ["SignatureCache"]
+
+
+class PlaneSource(Protocol):
+    """What a cache hashes with: a module whose ``key_planes()`` are the planes of its behaviour side.
+
+    :class:`~etaretrieval.torch.ETARetriever` (its :attr:`planes`) and
+    :class:`~etaretrieval.torch.ETAAttention` (its retriever's planes, or,
+    with ``hash_space="attention"``, the affine planes with the attention's
+    key projection folded in) are plane sources.
+    """
+
+    def key_planes(self) -> torch.Tensor: ...
 
 
 def _version(weight: torch.Tensor) -> int:
@@ -83,16 +95,22 @@ class SignatureCache(FixedDtypeBuffers):
     ----------
     embedding : torch.nn.Embedding
         The item table (held by reference).
-    hasher : ETARetriever or etaretrieval.SimHasher
-        Where the hyperplanes come from; use the retriever that will query the
-        cache (or a ``SimHasher`` with the same ``dim``, ``bits`` and ``seed``).
+    hasher : ETARetriever, ETAAttention or etaretrieval.SimHasher
+        Where the hyperplanes come from; use the retriever (or the ETA block)
+        that will query the cache, or a ``SimHasher`` with the same ``dim``,
+        ``bits`` and ``seed``. An ``ETAAttention`` with
+        ``hash_space="attention"`` gives affine planes ``(dim + 1, bits)``
+        with its key projection folded in: they change as the attention
+        trains, so the cache is stale (refused) after such a change until
+        :meth:`refresh` (or :meth:`attach`'s hook) rehashes.
 
     Attributes
     ----------
     signatures : torch.Tensor
         ``(N, W)`` int64 buffer, row ``i`` the signature of ``embedding.weight[i]``.
     planes : torch.Tensor
-        ``(dim, bits)`` buffer: the planes :attr:`signatures` were hashed with.
+        ``(dim, bits)`` buffer (``(dim + 1, bits)``, affine, for an attention-space
+        hasher): the planes :attr:`signatures` were hashed with.
 
     Examples
     --------
@@ -113,23 +131,25 @@ class SignatureCache(FixedDtypeBuffers):
     signatures: torch.Tensor
     planes: torch.Tensor
     embedding: nn.Embedding
-    hasher: Union[ETARetriever, SimHasher]
+    hasher: Union[PlaneSource, SimHasher]
 
     _fixed_dtype = ("planes",)
 
-    def __init__(self, embedding: nn.Embedding, hasher: Union[ETARetriever, SimHasher]) -> None:
+    def __init__(self, embedding: nn.Embedding, hasher: Union[PlaneSource, SimHasher]) -> None:
         super().__init__()
         if not isinstance(embedding, nn.Embedding):
             raise TypeError(f"embedding must be a torch.nn.Embedding, got {type(embedding).__name__}")
-        if not isinstance(hasher, (ETARetriever, SimHasher)):
-            raise TypeError(f"hasher must be an ETARetriever or an etaretrieval.SimHasher, got {type(hasher).__name__}")
+        if not isinstance(hasher, SimHasher) and not callable(getattr(hasher, "key_planes", None)):
+            raise TypeError("hasher must be an ETARetriever or an etaretrieval.SimHasher (or an ETAAttention), "
+                            f"got {type(hasher).__name__}")
         # Referenced, not registered: the model owns them (and saves their weights once).
         object.__setattr__(self, "embedding", embedding)
         object.__setattr__(self, "hasher", hasher)
         fixed = torch.tensor(hasher.planes) if isinstance(hasher, SimHasher) else None
         object.__setattr__(self, "_fixed_planes", fixed)
         planes = self._hasher_planes()
-        if planes.shape[0] != embedding.embedding_dim:
+        affine = getattr(hasher, "hash_space", "embedding") == "attention"  # planes with the offset row
+        if planes.shape[0] - affine != embedding.embedding_dim:
             raise ValueError(
                 f"hasher must have dim = {embedding.embedding_dim} (the embedding's), got dim {planes.shape[0]}"
             )
@@ -156,7 +176,9 @@ class SignatureCache(FixedDtypeBuffers):
         return self._hashed_weight is not weight or _version(weight) != int(self._stamp)
 
     def _hasher_planes(self) -> torch.Tensor:
-        return cast(torch.Tensor, self.hasher.planes if self._fixed_planes is None else self._fixed_planes)
+        if self._fixed_planes is not None:
+            return cast(torch.Tensor, self._fixed_planes)
+        return cast(PlaneSource, self.hasher).key_planes()
 
     def _mark_fresh(self) -> None:
         weight = self.embedding.weight
@@ -165,7 +187,7 @@ class SignatureCache(FixedDtypeBuffers):
         self._adopt_load = False
 
     def _pack(self, rows: torch.Tensor) -> torch.Tensor:
-        return cast(torch.Tensor, _ops.pack_signatures(rows.detach(), self._hasher_planes().to(rows.device)))
+        return hash_rows(rows, self._hasher_planes().to(rows.device), True)
 
     def check(self, planes: torch.Tensor) -> None:
         """Raise unless the cache is fresh and hashed with ``planes`` (what a retriever calls).
@@ -250,18 +272,20 @@ class SignatureCache(FixedDtypeBuffers):
             self._mark_fresh()
             return
         r = torch.as_tensor(rows, device=weight.device)
-        if r.numel() == 0:  # nothing changed (an empty list is float to torch)
-            self._mark_fresh()
-            return
-        if not _ops.is_integer(r.dtype):
-            raise DTypeError(f"rows must have an integer dtype, got {r.dtype}")
-        r = r.reshape(-1).to(torch.int64)
         n = weight.shape[0]
-        out = (r < 0) | (r >= n)
-        if bool(out.any()):
-            raise IndexError(f"rows must lie in [0, {n}), got row {int(r[out][0])}")
+        if r.numel():  # (an empty list is float to torch)
+            if not _ops.is_integer(r.dtype):
+                raise DTypeError(f"rows must have an integer dtype, got {r.dtype}")
+            r = r.reshape(-1).to(torch.int64)
+            out = (r < 0) | (r >= n)
+            if bool(out.any()):
+                raise IndexError(f"rows must lie in [0, {n}), got row {int(r[out][0])}")
+        # new planes (loaded, or an attention-space hasher's projection trained) or a resized table: every row changes
         if not self.hashed_with(self._hasher_planes()) or self.signatures.shape[0] != n:
-            self.refresh()  # new planes (or a resized table): every row changes
+            self.refresh()
+            return
+        if r.numel() == 0:  # nothing changed
+            self._mark_fresh()
             return
         r = torch.unique(r)
         with torch.no_grad():

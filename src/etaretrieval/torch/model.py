@@ -70,6 +70,11 @@ class ETAModel(nn.Module):
         :class:`ETAAttention` long-term block look behaviours up by id (see
         above). Without it a model with categories hashes the embedded
         history.
+    hash_space : {"embedding", "attention"}, default "embedding"
+        What the default long-term ETA block hashes (see
+        :class:`ETAAttention`): the embeddings, or the attention's projected
+        query and keys (the projections folded into the planes, also when the
+        item table is hashed by id). Ignored when ``long`` is given.
 
     Attributes
     ----------
@@ -105,6 +110,7 @@ class ETAModel(nn.Module):
         seed: int = 0,
         hidden: Sequence[int] = (128, 64),
         item_categories: Optional[torch.Tensor] = None,
+        hash_space: str = "embedding",
     ) -> None:
         super().__init__()
         if n_items < 1 or n_categories < 0:
@@ -118,7 +124,8 @@ class ETAModel(nn.Module):
         self.register_buffer("item_categories", _item_categories(item_categories, n_items, n_categories),
                              persistent=False)
         self.short = RecentWindowAttention(dim, recent, heads) if short is None else short
-        self.long = ETAAttention(dim, bits, k, heads, seed, time=TimeEncoding(dim)) if long is None else long
+        self.long = ETAAttention(dim, bits, k, heads, seed, time=TimeEncoding(dim),
+                                 hash_space=hash_space) if long is None else long
         layers: list[nn.Module] = []
         width = 5 * dim
         for h in hidden:

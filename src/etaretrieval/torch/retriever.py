@@ -11,6 +11,7 @@ from ..simhash import hyperplanes
 from . import _ops
 from ._buffers import FixedDtypeBuffers
 from ._checks import _bool_mask, _floats, _planes
+from ._planes import hash_rows, is_affine
 
 if TYPE_CHECKING:
     from .cache import SignatureCache
@@ -139,6 +140,10 @@ class ETARetriever(FixedDtypeBuffers):
         """Embedding dimension."""
         return self.planes.shape[0]
 
+    def key_planes(self) -> torch.Tensor:
+        """The planes the behaviours are hashed with: :attr:`planes` (what a :class:`SignatureCache` hashes with)."""
+        return self.planes
+
     @property
     def bits(self) -> int:
         """Signature length in bits."""
@@ -158,6 +163,8 @@ class ETARetriever(FixedDtypeBuffers):
         cache: Optional[SignatureCache] = None,
         lengths: Optional[torch.Tensor] = None,
         padding_side: str = "right",
+        query_planes: Optional[torch.Tensor] = None,
+        key_planes: Optional[torch.Tensor] = None,
     ) -> Retrieved:
         """Retrieve the ``k`` behaviours nearest to each target.
 
@@ -184,6 +191,12 @@ class ETARetriever(FixedDtypeBuffers):
             Where the padding of rows given by ``lengths`` lies: valid
             positions ``[0, lengths[b])`` (``"right"``) or the last
             ``lengths[b]`` (``"left"``, front-padded sequences).
+        query_planes, key_planes : torch.Tensor, optional
+            Planes to hash the target / the behaviours with instead of
+            :attr:`planes` (same ``bits``): ``(dim, bits)``, or affine
+            ``(dim + 1, bits)`` whose last row is an offset (see
+            :class:`ETAAttention`'s ``hash_space="attention"``). A ``cache``
+            must have been hashed with ``key_planes``.
 
         Returns
         -------
@@ -199,17 +212,20 @@ class ETARetriever(FixedDtypeBuffers):
             position (naming its row and position); values at masked or
             padded positions are never used and not checked.
         """
-        length = self._check(target, seq, mask, seq_ids, items, cache, lengths, padding_side)
+        query_planes = self.planes if query_planes is None else self._side_planes("query_planes", query_planes)
+        key_planes = self.planes if key_planes is None else self._side_planes("key_planes", key_planes)
+        length = self._check(target, seq, mask, seq_ids, items, cache, lengths, padding_side, key_planes)
         mask = None if mask is None else _ops.bool_mask(mask)
-        query = cast(torch.Tensor, _ops.pack_signatures(target.detach(), self.planes))
+        query = hash_rows(target, query_planes)
         if seq_ids is None:
-            index = self._from_seq(query, cast(torch.Tensor, seq), mask, lengths, padding_side, length)
+            index = self._from_seq(query, cast(torch.Tensor, seq), mask, lengths, padding_side, length, key_planes)
         elif cache is not None:
             index = self._from_cache(query, seq_ids, cache, mask, lengths, padding_side)
         elif items is not None:
-            index = self._from_items(query, seq_ids, items, mask, lengths, padding_side, length)
+            index = self._from_items(query, seq_ids, items, mask, lengths, padding_side, length, key_planes)
         else:
-            index = self._from_seq_ids(query, cast(torch.Tensor, seq), seq_ids, mask, lengths, padding_side, length)
+            index = self._from_seq_ids(
+                query, cast(torch.Tensor, seq), seq_ids, mask, lengths, padding_side, length, key_planes)
         valid = index >= 0
         safe = index.clamp(min=0)
         if length == 0:  # nothing to gather from: every slot is empty
@@ -221,12 +237,24 @@ class ETARetriever(FixedDtypeBuffers):
             values = items[ids] if items is not None else cache.embedding(ids)
         return Retrieved(values * valid.unsqueeze(-1).to(values.dtype), index, valid)
 
+    def _side_planes(self, name: str, planes: torch.Tensor) -> torch.Tensor:
+        """Check planes given for one side: ``(dim, bits)`` or affine ``(dim + 1, bits)``, on the module's device."""
+        if not isinstance(planes, torch.Tensor) or planes.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{name} must be a float32/float64 torch.Tensor, got "
+                            f"{getattr(planes, 'dtype', type(planes).__name__)}")
+        if planes.dim() != 2 or planes.shape[0] not in (self.dim, self.dim + 1) or planes.shape[1] != self.bits:
+            raise ValueError(f"{name} must have shape ({self.dim}, {self.bits}) or ({self.dim + 1}, {self.bits}) "
+                             f"(affine), got shape {_shape(tuple(planes.shape))}")
+        if planes.device != self.planes.device:
+            raise ValueError(f"{name} must be on the device of the module ({self.planes.device}), got {planes.device}")
+        return planes.detach()
+
     def _from_seq(
         self, query: torch.Tensor, seq: torch.Tensor, mask: Optional[torch.Tensor], lengths: Optional[torch.Tensor],
-        padding_side: str, length: int,
+        padding_side: str, length: int, planes: torch.Tensor,
     ) -> torch.Tensor:
         """Mode ``seq``: hash every valid position of the sequence, then the plain top-K."""
-        keys = _ops.pack_signatures(seq.detach(), self.planes, True, self._valid(mask, lengths, padding_side, length))
+        keys = hash_rows(seq, planes, True, self._valid(mask, lengths, padding_side, length))
         index, _ = _ops.topk_hamming(query, keys, self.k, lengths, mask, padding_side)
         return index
 
@@ -247,19 +275,19 @@ class ETARetriever(FixedDtypeBuffers):
 
     def _from_items(
         self, query: torch.Tensor, seq_ids: torch.Tensor, items: torch.Tensor, mask: Optional[torch.Tensor],
-        lengths: Optional[torch.Tensor], padding_side: str, length: int,
+        lengths: Optional[torch.Tensor], padding_side: str, length: int, planes: torch.Tensor,
     ) -> torch.Tensor:
         """Mode ``seq_ids`` + ``items``: hash every item row, checking those a valid position refers to."""
         used = self._used_rows(seq_ids, self._valid(mask, lengths, padding_side, length), items.shape[0])
-        table = cast(torch.Tensor, _ops.pack_signatures(items.detach(), self.planes, True, used))
+        table = hash_rows(items, planes, True, used)
         return self._lookup(query, seq_ids, table, mask, lengths, padding_side)
 
     def _from_seq_ids(
         self, query: torch.Tensor, seq: torch.Tensor, seq_ids: torch.Tensor, mask: Optional[torch.Tensor],
-        lengths: Optional[torch.Tensor], padding_side: str, length: int,
+        lengths: Optional[torch.Tensor], padding_side: str, length: int, planes: torch.Tensor,
     ) -> torch.Tensor:
         """Mode ``seq`` + ``seq_ids``: hash each distinct id of the sequence once."""
-        ids, table = self._distinct(seq, seq_ids, self._valid(mask, lengths, padding_side, length))
+        ids, table = self._distinct(seq, seq_ids, self._valid(mask, lengths, padding_side, length), planes)
         return self._lookup(query, ids, table, mask, lengths, padding_side)
 
     @staticmethod
@@ -286,7 +314,7 @@ class ETARetriever(FixedDtypeBuffers):
         return used.scatter_reduce(0, where, valid.reshape(-1).to(torch.uint8), "amax").bool()
 
     def _distinct(
-        self, seq: torch.Tensor, seq_ids: torch.Tensor, valid: Optional[torch.Tensor]
+        self, seq: torch.Tensor, seq_ids: torch.Tensor, valid: Optional[torch.Tensor], planes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(inverse, table)``: signatures of each distinct id and where each id is.
 
@@ -302,7 +330,7 @@ class ETARetriever(FixedDtypeBuffers):
         first = first.scatter_reduce(0, inverse.reshape(-1), flat, "amin")
         used = None if valid is None else first < numel
         first = first % numel
-        return inverse, _ops.pack_signatures(seq.detach()[first // length, first % length], self.planes, True, used)
+        return inverse, hash_rows(seq[first // length, first % length], planes, True, used)
 
     def _check(
         self,
@@ -314,6 +342,7 @@ class ETARetriever(FixedDtypeBuffers):
         cache: Optional[SignatureCache],
         lengths: Optional[torch.Tensor] = None,
         padding_side: str = "right",
+        key_planes: Optional[torch.Tensor] = None,
     ) -> int:
         """Check the arguments of :meth:`forward`; return the sequence length ``L``."""
         d = self.dim
@@ -330,13 +359,13 @@ class ETARetriever(FixedDtypeBuffers):
         if seq_ids is None and (items is not None or cache is not None):
             raise ValueError("items and cache need seq_ids: the behaviours are looked up by item id")
         if cache is not None:
-            from .cache import SignatureCache  # the cache module builds on this one
-
-            if not isinstance(cache, SignatureCache):
+            planes = self.planes if key_planes is None else key_planes
+            if not all(hasattr(cache, name) for name in ("signatures", "planes", "embedding", "check")):
                 raise TypeError(f"cache must be a SignatureCache, got {type(cache).__name__}")
-            if cache.planes.shape != self.planes.shape:
+            if cache.planes.shape != planes.shape:
+                affine = " (affine: hash_space='attention')" if is_affine(planes, d) else ""
                 raise ValueError(
-                    f"cache must be built with planes of shape {_shape(tuple(self.planes.shape))} like this "
+                    f"cache must be built with planes of shape {_shape(tuple(planes.shape))}{affine} like this "
                     f"module's, got {_shape(tuple(cache.planes.shape))}"
                 )
             if cache.signatures.device != device:
@@ -344,7 +373,7 @@ class ETARetriever(FixedDtypeBuffers):
                     f"cache signatures are on {cache.signatures.device}, target on {device}: after moving the "
                     "embedding, call cache.refresh() (it rehashes on the embedding's device)"
                 )
-            cache.check(self.planes)
+            cache.check(planes)
         if items is not None:
             _floats("items", items, 2, f"(N, {d})", device)
             if items.shape[1] != d:

@@ -1,0 +1,62 @@
+"""Hyperplanes of a linear or an affine hash, and hashing rows with them (shared by the retriever and the cache).
+
+A SimHash over planes ``R`` ``(d, bits)`` gives bit ``j`` of a row ``e`` as
+``e . R[:, j] > 0``. Hashing the image of a linear map ``y = W e + b``
+(an ``nn.Linear``, weight ``W`` ``(d_out, d)``) with the same planes folds
+the map into them::
+
+    sign(R^T (W e + b)) = sign((W^T R)^T e + R^T b)
+
+so the cost stays that of hashing ``e``. The offset ``R^T b`` is carried as
+one more row of the planes, ``(d + 1, bits)``, and the rows are hashed with a
+constant 1 appended: ``[e, 1] . [W^T R; b^T R] = (W e + b) . R`` exactly, up
+to float rounding (which can only flip a bit whose projection is within
+rounding of zero). Planes with one row more than the rows hashed are
+*affine* planes everywhere in this package.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, cast
+
+import torch
+from torch import nn
+
+from . import _ops
+
+__all__ = ["fold", "hash_rows", "is_affine"]
+
+
+def fold(planes: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """Affine planes ``(d_in + 1, bits)`` hashing ``linear(x)`` with ``planes`` ``(d_out, bits)``, given ``x``.
+
+    Not differentiable (hashing is not): computed from the detached weights,
+    in the wider of the two dtypes (float64 planes for a float64 projection).
+    """
+    with torch.no_grad():
+        dtype = torch.promote_types(planes.dtype, linear.weight.dtype)
+        planes = planes.to(dtype)
+        rows = [linear.weight.detach().to(dtype).T @ planes]
+        bias = linear.bias
+        rows.append((bias.detach().to(dtype) @ planes).unsqueeze(0) if bias is not None
+                    else planes.new_zeros(1, planes.shape[1]))
+        return torch.cat(rows)
+
+
+def is_affine(planes: torch.Tensor, dim: int) -> bool:
+    """Whether ``planes`` hash ``dim``-wide rows as affine planes (``dim + 1`` rows, the last the offset)."""
+    return planes.shape[0] == dim + 1
+
+
+def hash_rows(
+    x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True, valid: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Signatures ``(..., W)`` of the rows of ``x`` ``(..., d)`` with linear ``(d, bits)`` or affine planes.
+
+    Arguments as in :func:`etaretrieval.torch.pack_signatures`; affine planes
+    ``(d + 1, bits)`` hash ``[x, 1]`` (a copy of ``x`` one column wider).
+    """
+    x = x.detach()
+    if is_affine(planes, x.shape[-1]):
+        x = torch.cat([x, x.new_ones(*x.shape[:-1], 1)], dim=-1)
+    return cast(torch.Tensor, _ops.pack_signatures(x, planes, check_finite, valid))
