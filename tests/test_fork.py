@@ -82,3 +82,56 @@ def test_forked_child_runs_every_kernel(tmp_path: Path, parent: str) -> None:
     proc = subprocess.run([sys.executable, str(script), parent], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-5000:]
     assert proc.stdout.startswith("ok ")
+
+
+_HELD_AT_FORK = r"""
+import os, signal, threading, warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # Python >= 3.12 warns when forking a threaded process
+import numpy as np
+from etaretrieval import _threads, config
+
+config.SERIAL_WORK = 0           # every call below is worth helpers
+_threads.cpu_limit = lambda: 4   # and may have them, whatever this machine's CPUs
+
+def run(lo, hi, base, out):
+    out[lo - base:hi - base] = np.arange(lo, hi)[:, None] * 3
+
+def call(n=None):
+    out = np.zeros((40, 2), dtype=np.int64)
+    if n is None:
+        _threads.parallel_rows(run, 40, 10**6, (out,))
+    else:
+        with _threads.threads(n):
+            _threads.parallel_rows(run, 40, 10**6, (out,))
+    return out
+
+want = call(1)
+call(3)  # the parent's pool is started: the child must not count on its helpers
+held, release = threading.Event(), threading.Event()
+
+def hold():  # another thread holds every lock of the module while the process forks
+    with _threads._loadavg_lock, _threads._pool.lock:
+        held.set()
+        release.wait()
+
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    signal.alarm(60)  # a deadlock kills the child instead of hanging the test
+    ok = all((call(n) == want).all() for n in (None, 5, None, 2))  # None: reads /proc/loadavg; 5: starts helpers
+    os._exit(0 if ok else 3)
+release.set()
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_forked_child_runs_while_the_parent_held_the_locks(tmp_path: Path) -> None:
+    """A thread holds the module's locks while the process forks: the child's parallel calls still complete."""
+    script = tmp_path / "held_at_fork.py"
+    script.write_text(_HELD_AT_FORK)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert proc.stdout.split() == ["child", "0"], proc.stdout + proc.stderr[-3000:]

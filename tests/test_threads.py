@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -116,72 +117,57 @@ def test_default_thread_count_uses_idle_cores_only(monkeypatch: pytest.MonkeyPat
         assert _threads._idle_cores() <= (os.cpu_count() or 1) - 1  # this thread is running
 
 
-def test_parallel_rows_takes_over_a_stalled_helpers_task() -> None:
-    """The call returns while a helper stalls in its task, every row right; the late helper never writes the result."""
+def test_parallel_rows_waits_for_a_stalled_helper_and_its_thread_lives_on() -> None:
+    """A helper the scheduler stalls holds the call until its task is done (nothing is written after the return)."""
     caller = threading.get_ident()
-    stalled, resumed, release = threading.Event(), threading.Event(), threading.Event()
-    wrote = threading.Event()
+    stalled, released = threading.Event(), threading.Event()
 
     def run(lo: int, hi: int, base: int, out: np.ndarray) -> int:
         if threading.get_ident() == caller:
             stalled.wait(10)  # let a helper take a task first
         elif not stalled.is_set():
             stalled.set()
-            release.wait(10)  # a helper the scheduler has preempted
-            resumed.set()
-        for row in range(lo, hi):
-            out[row - base] = row * 10 + np.arange(out.shape[1])
-        if resumed.is_set():
-            wrote.set()
+            released.wait(10)  # a helper the scheduler has preempted
+        out[lo - base:hi - base] = np.arange(lo, hi)[:, None] * 10 + np.arange(out.shape[1])
         return lo
 
     out = np.full((40, 3), -1, dtype=np.int64)
+    timer = threading.Timer(0.2, released.set)
     old = config.SERIAL_WORK
     config.SERIAL_WORK = 0
     try:
         with er.threads(2):
+            timer.start()
             values = _threads.parallel_rows(run, 40, 10**6, (out,))
     finally:
         config.SERIAL_WORK = old
-    assert stalled.is_set() and not resumed.is_set()  # returned while the helper was still stalled
+        timer.cancel()
+    assert released.is_set()  # returned only once the stalled task was done
     np.testing.assert_array_equal(out, np.arange(40)[:, None] * 10 + np.arange(3))
     assert values == [40 * i // 8 for i in range(8)]  # run's value per task, in row order (2 threads x 4 tasks)
-    out[:] = -7  # the caller owns the result now
-    release.set()
-    assert wrote.wait(10)
-    threading.Event().wait(0.2)  # the helper then drops its rows (or, wrongly, copies them in)
-    assert (out == -7).all()
 
 
-def test_a_helpers_failed_allocation_reaches_the_caller_and_the_pool_keeps_working(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A helper whose private rows cannot be allocated reports the error to the call; its thread survives."""
+def test_a_helpers_failure_reaches_the_caller_and_the_pool_keeps_working(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task that fails in a helper thread is re-raised by the call; the helper thread survives."""
     caller = threading.get_ident()
-    real_empty = np.empty
     failed = threading.Event()
-
-    def empty(*args: object, **kwargs: object) -> np.ndarray:
-        if threading.get_ident() != caller and not failed.is_set():
-            failed.set()
-            raise MemoryError("no room for a helper's rows")
-        return real_empty(*args, **kwargs)  # type: ignore[call-overload]
 
     def run(lo: int, hi: int, base: int, out: np.ndarray) -> None:
         if threading.get_ident() == caller:
             failed.wait(10)  # let a helper take a task first
-        out[:] = 1
+        elif not failed.is_set():
+            failed.set()
+            raise MemoryError("no room in a helper")
+        out[lo:hi] = 1
 
     monkeypatch.setattr(config, "SERIAL_WORK", 0)
-    monkeypatch.setattr(_threads.np, "empty", empty)
     with er.threads(2):
-        with pytest.raises(MemoryError, match="helper's rows"):
+        with pytest.raises(MemoryError, match="no room in a helper"):
             _threads.parallel_rows(run, 16, 10**6, (np.zeros(16),))
-        monkeypatch.setattr(_threads.np, "empty", real_empty)
         helpers = [t for t in threading.enumerate() if t.name.startswith("etaretrieval-")]
         assert helpers and all(t.is_alive() for t in helpers)
         out = np.zeros(16)
-        _threads.parallel_rows(lambda lo, hi, base, o: o.fill(2), 16, 10**6, (out,))
+        _threads.parallel_rows(lambda lo, hi, base, o: o[lo:hi].fill(2), 16, 10**6, (out,))
     assert (out == 2).all()
 
 
@@ -206,7 +192,7 @@ def test_forked_child_reads_loadavg_through_its_own_descriptor() -> None:
 
 
 def test_parallel_rows_with_outputs_agrees_with_serial_for_any_threads() -> None:
-    """Helpers write private rows copied in with the right offset; values come back in row order."""
+    """Every task writes its rows of the outputs; values come back in row order."""
 
     def run(lo: int, hi: int, base: int, a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
         for row in range(lo, hi):
@@ -373,6 +359,7 @@ def test_pack_paths_agree_on_integer_inputs(blas_work: int) -> None:
 
 
 _CACHE_RUN = r"""
+import numba
 import numpy as np
 import etaretrieval as er
 from etaretrieval.cpu.pack import project_pack
@@ -422,3 +409,84 @@ def test_on_disk_cache_works_from_a_read_only_install() -> None:
         assert not list(site.rglob("*.nbi"))
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+_V2 = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+_V1_CPU = "32 31 0:29 {root} /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"
+_V1_OTHER = "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+_HYBRID = "41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
+
+
+@pytest.mark.parametrize("cgroup, mountinfo, files, cpus", [
+    ("0::/\n", _V2, {"sys/fs/cgroup/cpu.max": "150000 100000\n"}, 2),  # v2, cgroup namespace: rounded up
+    ("0::/\n", _V2, {"sys/fs/cgroup/cpu.max": "max 100000\n"}, None),  # v2 without a quota
+    ("0::/pods/p1/c1\n", _V2, {"sys/fs/cgroup/pods/p1/cpu.max": "100000 100000\n",  # the parent's is tighter
+                               "sys/fs/cgroup/pods/p1/c1/cpu.max": "400000 100000\n"}, 1),
+    ("0::/pods/p1/c1\n", _V2, {"sys/fs/cgroup/pods/cpu.max": "max 100000\n"}, None),
+    ("5:memory:/\n4:cpu,cpuacct:/docker/abc\n", _V1_OTHER + _V1_CPU.format(root="/docker/abc"),  # v1, no namespace
+     {"sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "250000\n",
+      "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 3),
+    ("4:cpu,cpuacct:/\n", _V1_CPU.format(root="/"), {"sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
+                                                     "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, None),
+    ("1:cpu,cpuacct:/a\n0::/\n", _HYBRID + _V1_CPU.format(root="/"),  # v2 mounted beside v1's cpu controller
+     {"sys/fs/cgroup/cpu,cpuacct/a/cpu.cfs_quota_us": "50000\n",
+      "sys/fs/cgroup/cpu,cpuacct/a/cpu.cfs_period_us": "100000\n"}, 1),
+    ("0::/\n", "31 23 0:28 / /sys/fs/my\\040cgroup rw - cgroup2 cgroup2 rw\n",  # escaped space in a mount point
+     {"sys/fs/my cgroup/cpu.max": "800000 200000\n"}, 4),
+    (None, None, {"sys/fs/cgroup/cpu.max": "300000 100000\n"}, 3),  # no /proc: the usual v2 path
+    (None, None, {"sys/fs/cgroup/cpu/cpu.cfs_quota_us": "200000\n",  # ... and the usual v1 one
+                  "sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n"}, 2),
+    (None, None, {}, None),
+    ("0::/\n", _V2, {"sys/fs/cgroup/cpu.max": "garbage\n"}, None),
+])
+def test_cgroup_cpu_quota_reads_fake_cgroups(tmp_path: Path, cgroup: str | None, mountinfo: str | None,
+                                             files: dict[str, str], cpus: int | None) -> None:
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    if cgroup is not None:
+        (proc / "cgroup").write_text(cgroup)
+    if mountinfo is not None:
+        (proc / "mountinfo").write_text(mountinfo)
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert _threads.cgroup_cpu_quota(str(proc), str(tmp_path)) == cpus
+
+
+@pytest.mark.parametrize("affinity, quota, expected", [(64, "200000 100000", 2), (1, "200000 100000", 1),
+                                                       (64, "max 100000", 64), (3, "1000 100000", 1)])
+def test_default_count_is_the_cpus_the_process_may_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       affinity: int, quota: str, expected: int) -> None:
+    """A 2-CPU quota on a 64-core machine gives 2 threads and 2 cores' worth of idle-core rule; read once."""
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "cgroup").write_text("0::/pod\n")
+    (tmp_path / "proc" / "mountinfo").write_text(_V2)
+    (tmp_path / "sys/fs/cgroup/pod").mkdir(parents=True)
+    (tmp_path / "sys/fs/cgroup/pod/cpu.max").write_text(quota)
+    monkeypatch.setattr(_threads, "_PROC_SELF", str(tmp_path / "proc"))
+    monkeypatch.setattr(_threads, "_ROOT", str(tmp_path))
+    monkeypatch.setattr(_threads, "_cpus", [])
+    monkeypatch.setattr(_threads.os, "sched_getaffinity", lambda pid: set(range(affinity)), raising=False)
+    monkeypatch.setattr(_threads.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(_threads, "_numba_threads", lambda: None)
+    assert _threads.cpu_limit() == expected
+    assert _threads.thread_count() == expected
+    (tmp_path / "sys/fs/cgroup/pod/cpu.max").write_text("max 100000")
+    assert _threads.cpu_limit() == expected  # read once
+    assert _threads._idle_cores() <= expected - 1  # however idle the 64 cores are
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(config, "SERIAL_WORK", 1)
+    monkeypatch.setattr(_threads, "_idle_cores", lambda: expected - 1)  # every CPU of the process idle
+    _threads.parallel_rows(lambda lo, hi: calls.append((lo, hi)), 1000, 10**9)
+    assert len(calls) == (1 if expected == 1 else expected * config.TASKS_PER_THREAD)
+
+
+def test_numba_setting_is_honoured_where_it_was_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``NUMBA_NUM_THREADS`` other than Numba's default counts as given, above the CPU limit too."""
+    monkeypatch.setattr(_threads._numba_parallel, "_is_initialized", False)
+    monkeypatch.setattr(_threads, "_cpus", [2])
+    default = numba.config.NUMBA_DEFAULT_NUM_THREADS
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", default)
+    assert _threads._numba_threads() is None and _threads.thread_count() == 2
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", default + 5)
+    assert _threads._numba_threads() == default + 5 == _threads.thread_count()

@@ -32,8 +32,9 @@ __all__ = ["jit", "kernel_input", "PARALLEL", "CACHE", "PURE_PYTHON"]
 
 CACHE: bool = os.environ.get("ETARETRIEVAL_NO_CACHE", "0") in ("", "0")
 PARALLEL: bool = os.environ.get("ETARETRIEVAL_SERIAL", "0") in ("", "0")
+_NUMBA_CONFIG: Any = numba.core.config  # its settings are set at import: no attributes for a type checker
 #: ``NUMBA_DISABLE_JIT=1``: the kernels run as plain Python (their fallbacks are tested that way).
-PURE_PYTHON: bool = bool(numba.core.config.DISABLE_JIT)
+PURE_PYTHON: bool = bool(_NUMBA_CONFIG.DISABLE_JIT)
 
 
 def jit() -> Callable[[Callable[..., Any]], Any]:

@@ -10,9 +10,11 @@ small pool take in turn.
 The pool is the library's own (plain Python threads, started on the first
 call that needs them), not Numba's threading layer: importing starts no
 thread, calls never change a setting of NumPy, torch or Numba, a child
-made by ``fork`` starts a fresh pool on its first parallel call (GNU
-OpenMP, Numba's default layer, kills such a child), and any number of caller
-threads may run kernels at once.
+made by ``fork`` gets new locks and starts a fresh pool on its first
+parallel call (GNU OpenMP, Numba's default layer, kills such a child), and
+any number of caller threads may run kernels at once. By default a call
+uses the CPUs the process may use (affinity and cgroup quota), no more
+than are idle (see :func:`threads`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import contextlib
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ from . import config
 from ._jit import PARALLEL
 from ._validate import _as_int
 
-__all__ = ["threads", "thread_count", "parallel_rows"]
+__all__ = ["threads", "thread_count", "cpu_limit", "cgroup_cpu_quota", "parallel_rows"]
 
 _local = threading.local()
 
@@ -43,15 +44,16 @@ def threads(n: int) -> Iterator[None]:
     """Bound the threads of every etaretrieval call made by this thread inside the block.
 
     Other threads are not affected, nor are NumPy's, torch's or Numba's own
-    settings. Outside such a block a call uses ``numba.get_num_threads()``
-    of the calling thread when Numba's thread pool has been started (so
-    ``numba.set_num_threads`` is honoured), otherwise ``NUMBA_NUM_THREADS``
-    (all cores by default), but no more than its own plus the cores idle
-    when it starts (the *idle-core rule*; Linux: the runnable threads of
-    ``/proc/loadavg``, as GNU OpenMP's dynamic mode does): on a busy machine
-    a helper would wait for a core, and the call for it.
-    ``ETARETRIEVAL_SERIAL=1`` makes every call serial. Results never depend
-    on the number of threads.
+    settings. Outside such a block a call uses Numba's setting where one was
+    chosen (``numba.set_num_threads`` of the calling thread once Numba's
+    pool has been started, or a ``NUMBA_NUM_THREADS`` other than Numba's
+    default), otherwise the CPUs this process may use (its affinity and
+    cgroup CPU quota, read once), but no more than its own plus
+    the cores idle when it starts (the *idle-core rule*; Linux: the runnable
+    threads of ``/proc/loadavg``, as GNU OpenMP's dynamic mode does, and at
+    most the process's other CPUs): on a busy machine a helper would wait
+    for a core, and the call for it. ``ETARETRIEVAL_SERIAL=1`` makes every
+    call serial. Results never depend on the number of threads.
 
     Parameters
     ----------
@@ -78,11 +80,21 @@ def threads(n: int) -> Iterator[None]:
         _local.threads = previous
 
 
-def _numba_threads() -> int:
-    """Numba's thread count for the calling thread, without starting Numba's pool."""
+def _numba_threads() -> int | None:
+    """Numba's thread count for the calling thread where someone chose it, else ``None``; starts no Numba pool.
+
+    Chosen: ``NUMBA_NUM_THREADS`` other than Numba's default (the cores of
+    the process's affinity), or ``numba.set_num_threads`` of the calling
+    thread once the host has started Numba's pool.
+    """
+    numba_config: Any = numba.config
+    config_count = int(numba_config.NUMBA_NUM_THREADS)
+    count = config_count
     if getattr(_numba_parallel, "_is_initialized", False):  # started by the host: honour set_num_threads
-        return int(numba.get_num_threads())
-    return int(numba.config.NUMBA_NUM_THREADS)
+        count = int(numba.get_num_threads())
+    if count != config_count or config_count != numba_config.NUMBA_DEFAULT_NUM_THREADS:
+        return count
+    return None
 
 
 def thread_count() -> int:
@@ -93,7 +105,119 @@ def thread_count() -> int:
     count = getattr(_local, "threads", None)
     if count is not None:
         return int(count)
-    return _numba_threads() if PARALLEL else 1
+    if not PARALLEL:
+        return 1
+    chosen = _numba_threads()
+    return cpu_limit() if chosen is None else chosen
+
+
+#: Where :func:`cpu_limit` reads the process's cgroups (``cgroup``, ``mountinfo``) and the root that the
+#: mount points are under: the tests point them at fake files.
+_PROC_SELF = "/proc/self"
+_ROOT = "/"
+_cpus: list[int] = []  # cpu_limit(), once read in this process
+
+
+def cpu_limit() -> int:
+    """The CPUs this process may use: its affinity, bounded by the cgroup CPU quota; read once per process.
+
+    ``len(os.sched_getaffinity(0))`` (``os.cpu_count()`` where there is no
+    affinity), and no more than the tightest CFS quota of the process's
+    cgroup and its ancestors (cgroup v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), rounded up: a container
+    limited to 2 CPUs on a 64-core node uses 2, not 64.
+    """
+    if not _cpus:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+        quota = cgroup_cpu_quota(_PROC_SELF, _ROOT)
+        _cpus.append(max(1, cores if quota is None else min(cores, quota)))
+    return _cpus[0]
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _quota_in(directory: str, version: int) -> int | None:
+    """The CPUs of the quota set in one cgroup directory, rounded up; ``None``: none (or unreadable)."""
+    if version == 2:
+        fields = (_read(os.path.join(directory, "cpu.max")) or "").split()
+    else:
+        fields = [(_read(os.path.join(directory, name)) or "").strip()
+                  for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us")]
+    try:
+        quota, period = int(fields[0]), int(fields[1])  # "max" (v2) and "" (no file) fail here: no quota
+    except (ValueError, IndexError):
+        return None
+    if quota <= 0 or period <= 0:  # v1: -1 is no quota
+        return None
+    return -(-quota // period)
+
+
+def _mounts(mountinfo: str) -> list[tuple[int, str, str]]:
+    """``(cgroup version, root inside the hierarchy, mount point)`` of the cgroup2 and v1 ``cpu`` mounts."""
+    found = []
+    for line in mountinfo.splitlines():
+        fields, _, rest = line.partition(" - ")
+        left, right = fields.split(), rest.split()
+        if len(left) < 5 or len(right) < 3:
+            continue
+        root, point = (f.encode().decode("unicode_escape") for f in left[3:5])  # octal escapes (\040: space)
+        if right[0] == "cgroup2":
+            found.append((2, root, point))
+        elif right[0] == "cgroup" and "cpu" in right[2].split(","):
+            found.append((1, root, point))
+    return found
+
+
+def cgroup_cpu_quota(proc_self: str = "/proc/self", root: str = "/") -> int | None:
+    """The CPUs of the tightest CFS quota over this process's cgroups and their ancestors; ``None``: no quota.
+
+    The process's cgroup paths come from ``proc_self/cgroup`` (``0::path``:
+    v2; ``N:...cpu...:path``: v1), the hierarchies' mount points from
+    ``proc_self/mountinfo``; each quota file is read from the process's
+    cgroup directory up to the mount point. Without such mounts (or
+    readable files), the usual ``/sys/fs/cgroup`` directories are read.
+    ``root`` prefixes every path read there (``"/"`` on a live system).
+    """
+    paths: dict[int, str] = {}
+    for line in (_read(os.path.join(proc_self, "cgroup")) or "").splitlines():
+        parts = line.strip().split(":", 2)
+        if len(parts) == 3 and parts[0] == "0" and not parts[1]:
+            paths[2] = parts[2]
+        elif len(parts) == 3 and "cpu" in parts[1].split(","):
+            paths[1] = parts[2]
+    quotas: list[int] = []
+    mounts = _mounts(_read(os.path.join(proc_self, "mountinfo")) or "")
+    for version, mount_root, point in mounts:
+        path = paths.get(version)
+        if path is None:
+            continue
+        inside = os.path.relpath(path, mount_root) if (path + "/").startswith(mount_root.rstrip("/") + "/") else "."
+        top = os.path.join(root, point.lstrip("/"))
+        directory = os.path.normpath(os.path.join(top, inside))
+        while True:  # a parent's quota bounds its children: the tightest on the way up counts
+            quota = _quota_in(directory, version)
+            if quota is not None:
+                quotas.append(quota)
+            if directory == os.path.normpath(top) or not directory.startswith(os.path.normpath(top)):
+                break
+            directory = os.path.dirname(directory)
+    if not mounts:
+        usual = os.path.join(root, "sys/fs/cgroup")
+        for version, directory in [(2, usual), (1, os.path.join(usual, "cpu")),
+                                   (1, os.path.join(usual, "cpu,cpuacct"))]:
+            quota = _quota_in(directory, version)
+            if quota is not None:
+                quotas.append(quota)
+    return min(quotas) if quotas else None
 
 
 _loadavg: list[int] = []  # an open descriptor of /proc/loadavg, once read; [-1] where there is none
@@ -101,13 +225,16 @@ _loadavg_lock = threading.Lock()
 
 
 def _idle_cores() -> int:
-    """Cores that nothing else wants now: ``os.cpu_count()`` minus the runnable threads, this one included.
+    """Cores that nothing else wants now, this thread's excluded: at most ``cpu_limit() - 1``.
 
-    From the fourth field of ``/proc/loadavg`` (runnable / all scheduling
-    entities, read in about 2 microseconds); ``os.cpu_count()`` where it
-    cannot be read.
+    The machine's cores (``os.cpu_count()``) minus its runnable threads, this
+    one included, from the fourth field of ``/proc/loadavg`` (runnable / all
+    scheduling entities, read in about 2 microseconds): the file describes
+    the whole machine, also inside a container, so a process that may use
+    fewer CPUs (:func:`cpu_limit`) counts no more idle cores than its other
+    CPUs. Without the file, ``cpu_limit() - 1``.
     """
-    cores = os.cpu_count() or 1
+    others = cpu_limit() - 1
     if not _loadavg:
         with _loadavg_lock:
             if not _loadavg:
@@ -116,12 +243,12 @@ def _idle_cores() -> int:
                 except OSError:
                     _loadavg.append(-1)
     if _loadavg[0] < 0:
-        return cores
+        return others
     try:
         running = int(os.pread(_loadavg[0], 128, 0).split()[3].split(b"/")[0])
     except (OSError, ValueError, IndexError):
-        return cores
-    return cores - running
+        return others
+    return min(others, (os.cpu_count() or 1) - running)
 
 
 class _Pool:
@@ -150,25 +277,30 @@ class _Pool:
 _pool = _Pool()
 
 
-def _fresh_pool() -> None:
-    """In a forked child: the parent's helper threads do not exist here; start anew on demand.
+def _after_fork_in_child() -> None:
+    """In a forked child: renew every lock, the pool and the descriptor; only the forking thread lives on.
 
-    The inherited ``/proc/loadavg`` descriptor is closed too (a child that
-    closes its descriptors could reuse the number for another file): the
-    child opens its own on first use.
+    A lock that another thread of the parent held at the fork stays held in
+    the child forever, and the parent's helper threads do not exist there:
+    the child gets new locks and an empty pool, started anew on demand. The
+    inherited ``/proc/loadavg`` descriptor is closed (a child that closes its
+    descriptors could reuse the number for another file) and the CPU limit is
+    read again (a child may be moved to other CPUs): both on first use.
     """
-    global _pool
+    global _pool, _loadavg_lock
     _pool = _Pool()
+    _loadavg_lock = threading.Lock()
     if _loadavg and _loadavg[0] >= 0:
         try:
             os.close(_loadavg[0])
         except OSError:
             pass
     _loadavg.clear()
+    _cpus.clear()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_fresh_pool)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def parallel_rows(run: Callable[..., Any], rows: int, work: int, outputs: Sequence[np.ndarray] = ()) -> list[Any]:
@@ -179,130 +311,68 @@ def parallel_rows(run: Callable[..., Any], rows: int, work: int, outputs: Sequen
     so does a busy machine when the count is the default (see :func:`threads`).
     Otherwise the rows are split into up to ``TASKS_PER_THREAD`` tasks per
     thread, which the calling thread and the pool's helpers take in turn;
-    the call returns when every task is done and re-raises the first
-    exception of a task.
+    the call returns when every task is done (none writes anything after
+    that) and re-raises the first exception of a task; the tasks not yet
+    started when a task fails are skipped.
 
-    Without ``outputs``, a task is ``run(lo, hi)`` and writes its results
-    wherever ``run`` does: the call waits for every task, also one a helper
-    thread holds while the scheduler has preempted it (milliseconds on a
-    busy machine). With ``outputs`` (arrays whose first axis is the rows, and
-    all that ``run`` writes), a task is ``run(lo, hi, base, *outs)``: row
-    ``r`` of ``outs`` is row ``base + r`` of ``outputs``. The calling thread
-    writes into ``outputs`` (``base = 0``), a helper into arrays of its own
-    that it copies in when it is done. Once no task is left to take, the
-    calling thread waits twice as long as its longest task took for the
-    helpers' tasks, then takes over those still running (it computes them
-    itself and the late helper's copy is dropped): a preempted helper costs
-    the call about three tasks' time, and never writes into ``outputs`` after
-    the call has returned.
+    A task is ``run(lo, hi)``, or ``run(lo, hi, 0, *outputs)`` where
+    ``outputs`` are given (the form of the top-K kernels, whose tasks write
+    rows ``lo - base`` to ``hi - base`` of the arrays they are passed).
 
     Returns
     -------
     list
         ``run``'s return value per task, in row order.
     """
+    if outputs:
+        arrays = tuple(outputs)
+        task: Callable[[int, int], Any] = lambda lo, hi: run(lo, hi, 0, *arrays)  # noqa: E731
+    else:
+        task = run
     count = min(rows, work // max(1, config.SERIAL_WORK))
     if count > 1:  # worth a helper: as many as the thread setting, and by default the idle cores, allow
         count = min(count, thread_count())
         if count > 1 and getattr(_local, "threads", None) is None:
             count = min(count, 1 + max(0, _idle_cores()))
     if count <= 1:
-        return [run(0, rows, 0, *outputs) if outputs else run(0, rows)]
+        return [task(0, rows)]
     ntasks = min(rows, count * config.TASKS_PER_THREAD)
-    bounds = [rows * i // ntasks for i in range(ntasks + 1)]
-    job = _Job(run, bounds, tuple(outputs))
-    _pool.submit(lambda: job.drain(helper=True), count - 1)
-    job.drain(helper=False)
-    job.finish()
+    job = _Job(task, [rows * i // ntasks for i in range(ntasks + 1)])
+    _pool.submit(job.drain, count - 1)
+    job.drain()
+    job.finished.acquire()  # the helpers' last tasks
     if job.errors:
         raise job.errors[0]
     return job.results
 
 
-_FREE, _RUNNING, _DONE, _TAKEN = 0, 1, 2, 3  # _TAKEN: over by the calling thread
-
-#: Added to twice the calling thread's longest task: its wait for a helper's task before taking it over,
-#: seconds. A helper's task may cost more than the caller's (longer rows) and is then done twice, at
-#: worst; a preempted helper stalls for a time slice (milliseconds).
-_MIN_WAIT = 50e-6
-
-
 class _Job:
-    """The tasks of one :func:`parallel_rows` call, their states and results."""
+    """The tasks of one :func:`parallel_rows` call: taken in turn by the calling thread and the helpers."""
 
-    def __init__(self, run: Callable[..., Any], bounds: list[int], outputs: tuple[np.ndarray, ...]) -> None:
-        self.run, self.bounds, self.outputs = run, bounds, outputs
-        ntasks = len(bounds) - 1
-        self.state = [_FREE] * ntasks
-        self.results: list[Any] = [None] * ntasks
+    def __init__(self, task: Callable[[int, int], Any], bounds: list[int]) -> None:
+        self.task, self.bounds = task, bounds
+        self.results: list[Any] = [None] * (len(bounds) - 1)
         self.errors: list[BaseException] = []
         self.next = 0  # the first task nobody has taken
-        self.left = ntasks
+        self.left = len(self.results)  # tasks not finished
         self.lock = threading.Lock()
-        self.finished = threading.Lock()
+        self.finished = threading.Lock()  # released when the last task finishes
         self.finished.acquire()
-        self.own_time = 0.0  # the calling thread's longest task, seconds
 
-    def _call(self, task: int, private: bool) -> tuple[Any, BaseException | None, tuple[np.ndarray, ...] | None]:
-        """Run a task: ``(value, error, the helper's own rows or None)``; skipped once another task failed."""
-        lo, hi = self.bounds[task], self.bounds[task + 1]
-        if self.errors:
-            return None, None, None
-        try:  # whatever fails (the private arrays too) is re-raised in the calling thread, not in a helper
-            outs = self.outputs
-            if private:
-                outs = tuple(np.empty((hi - lo, *o.shape[1:]), dtype=o.dtype) for o in outs)
-            value = self.run(lo, hi, lo if private else 0, *outs) if self.outputs else self.run(lo, hi)
-            return value, None, outs if private else None
-        except BaseException as exc:
-            return None, exc, None
-
-    def _done(self, task: int, value: Any, error: BaseException | None, own: tuple[np.ndarray, ...] | None,
-              held: int = _RUNNING) -> None:
-        """Record a task's outcome, if the task is still in state ``held`` (a late helper's is not: dropped).
-
-        ``own``: a helper's rows of the task, copied into the outputs.
-        """
-        with self.lock:
-            if self.state[task] != held:
-                return
-            if own is not None:
-                lo, hi = self.bounds[task], self.bounds[task + 1]
-                for out, rows in zip(self.outputs, own):
-                    out[lo:hi] = rows
-            self.results[task] = value
-            if error is not None:
-                self.errors.append(error)
-            self.state[task] = _DONE
-            self.left -= 1
-            if self.left == 0:
-                self.finished.release()
-
-    def drain(self, helper: bool) -> None:
-        """Take free tasks until none is left."""
-        private = helper and bool(self.outputs)
+    def drain(self) -> None:
+        """Take tasks until none is left; a failure is kept for the calling thread (a helper lives on)."""
         while True:
             with self.lock:
                 task = self.next
-                if task == len(self.state):
+                if task == len(self.results):
                     return
                 self.next += 1
-                self.state[task] = _RUNNING
-            start = time.perf_counter()
-            value, error, own = self._call(task, private)
-            if not helper:
-                self.own_time = max(self.own_time, time.perf_counter() - start)
-            self._done(task, value, error, own)
-
-    def finish(self) -> None:
-        """In the calling thread, with no free task left: wait for the helpers' tasks, or take them over."""
-        if self.outputs and not self.finished.acquire(timeout=2 * self.own_time + _MIN_WAIT):
-            with self.lock:  # still running after a task's time: the helper is late, most likely preempted
-                late = [t for t, state in enumerate(self.state) if state == _RUNNING]
-                for task in late:
-                    self.state[task] = _TAKEN
-            for task in late:
-                value, error, _ = self._call(task, private=False)
-                self._done(task, value, error, None, held=_TAKEN)
-        if not self.outputs or self.left:  # without outputs, or tasks still to finish: wait for them
-            self.finished.acquire()
+            if not self.errors:
+                try:
+                    self.results[task] = self.task(self.bounds[task], self.bounds[task + 1])
+                except BaseException as exc:
+                    self.errors.append(exc)
+            with self.lock:
+                self.left -= 1
+                if self.left == 0:
+                    self.finished.release()

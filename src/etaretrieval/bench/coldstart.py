@@ -1,4 +1,4 @@
-"""First-call latency of a fresh process, with and without Numba's on-disk cache."""
+"""First-call latency of a fresh process: compiling, from Numba's on-disk cache, after ``etaretrieval.warmup``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-__all__ = ["first_call", "run_coldstart"]
+__all__ = ["WARMUP_ARGS", "first_call", "run_coldstart", "warmed_first_call"]
+
+#: A ``python -m etaretrieval.warmup`` configuration that covers every step of the first-call program below.
+WARMUP_ARGS = ("--ops", "lookup,lookup-shared,topk,pack", "--ids", "int64,int32", "--mask", "--torch")
 
 _SNIPPET = """
 import json, time
@@ -48,6 +52,17 @@ print(json.dumps(seconds))
 """
 
 
+def _env(cache_dir: str | None) -> dict[str, str]:
+    """The child's environment: the on-disk cache on, in ``cache_dir`` if given, this source tree first."""
+    env = dict(os.environ)
+    env.pop("ETARETRIEVAL_NO_CACHE", None)
+    if cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = cache_dir
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def first_call(cache_dir: str | None) -> dict[str, float]:
     """Seconds to import and to make the first call of each kernel, in a new interpreter.
 
@@ -66,13 +81,8 @@ def first_call(cache_dir: str | None) -> dict[str, float]:
         ``topk_hamming_lookup``, the lookup with other input variants,
         ``topk_hamming`` and, with torch installed, the torch ops.
     """
-    env = dict(os.environ)
-    env.pop("ETARETRIEVAL_NO_CACHE", None)
-    if cache_dir is not None:
-        env["NUMBA_CACHE_DIR"] = cache_dir
-    src = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    done = subprocess.run([sys.executable, "-c", _SNIPPET], env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", _SNIPPET], env=_env(cache_dir), capture_output=True, text=True,
+                          check=True)
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -89,3 +99,26 @@ def run_coldstart() -> list[tuple[str, dict[str, float]]]:
         cold = first_call(cache)
         warm = first_call(cache)
     return [("first process (empty cache: compiles)", cold), ("second process (on-disk cache)", warm)]
+
+
+def warmed_first_call(args: tuple[str, ...] = WARMUP_ARGS) -> tuple[float, dict[str, float]]:
+    """``python -m etaretrieval.warmup args`` into an empty cache, then a new process's first calls.
+
+    Parameters
+    ----------
+    args : tuple of str
+        The warm-up's command line (default: :data:`WARMUP_ARGS`, the
+        variants of :func:`first_call`'s program).
+
+    Returns
+    -------
+    (float, dict)
+        The warm-up's wall time in seconds (its interpreter start included),
+        and :func:`first_call` of the cache it filled.
+    """
+    with tempfile.TemporaryDirectory(prefix="etaretrieval-numba-cache-") as cache:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "etaretrieval.warmup", *args], env=_env(cache), capture_output=True,
+                       text=True, check=True)
+        took = time.perf_counter() - start
+        return took, first_call(cache)
