@@ -1,0 +1,135 @@
+"""Export an ETAModel to an AOTInductor package that a C++ program serves, without Python.
+
+Steps (see the "Deploying" page of the user guide):
+
+1. ``torch.export.export`` the model (here with the retrieved positions as a
+   second output, to compare them);
+2. ``run_decompositions(etaretrieval.torch.decompositions())``: every
+   ``torch.ops.etaretrieval`` operator becomes plain ATen operators, so the
+   program needs neither this package nor Numba;
+3. ``torch._inductor.aoti_compile_and_package``: one ``.pt2`` file holding
+   the compiled model and its weights (the planes and embeddings included);
+4. ``runner.cpp`` (built with ``CMakeLists.txt`` against the libtorch of the
+   torch wheel) loads it with ``torch::inductor::AOTIModelPackageLoader``.
+
+Run::
+
+    python examples/serve_cpp/export_model.py OUT_DIR
+    cmake -S examples/serve_cpp -B OUT_DIR/build \\
+        -DCMAKE_PREFIX_PATH=$(python -c "import torch; print(torch.utils.cmake_prefix_path)")
+    cmake --build OUT_DIR/build
+    OUT_DIR/build/eta_runner OUT_DIR/model.pt2 OUT_DIR 100
+
+``OUT_DIR`` then holds the request (``*.bin``), the eager outputs
+(``eager_*.bin``) and the runner's (``cpp_*.bin``). A ``.bin`` file is a
+little-endian int64 ``ndim``, the ``ndim`` sizes, then the data (int64 for
+ids, float32 for logits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from etaretrieval.torch import ETAModel, decompositions
+
+#: Inputs of a request, in the order the package takes them (the runner reads them in this order).
+INPUTS = ("history", "target", "times", "target_time")
+
+
+class Scoring(nn.Module):
+    """An ETAModel request: logits, and the positions its long-term block retrieves (to check them)."""
+
+    def __init__(self, model: ETAModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, history: torch.Tensor, target: torch.Tensor, times: torch.Tensor, target_time: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(history, target, times=times, target_time=target_time)
+        query = self.model.embed(target, None)
+        retrieved = self.model.long.retriever(query, mask=history != 0, seq_ids=history, items=self.model.item_table())
+        return logits, retrieved.index
+
+
+def build_model(n_items: int = 500, dim: int = 16, k: int = 16, bits: int = 64, seed: int = 0) -> ETAModel:
+    """A small ETAModel with time information (its default long-term block), random weights."""
+    torch.manual_seed(seed)
+    return ETAModel(n_items, dim, k=k, bits=bits, recent=8, heads=2, seed=seed, hidden=(64, 32)).eval()
+
+
+def request(n_items: int, batch: int, length: int, seed: int = 1) -> tuple[torch.Tensor, ...]:
+    """Candidates of one user: ``batch`` targets, left-padded histories of ids and their timestamps."""
+    gen = torch.Generator().manual_seed(seed)
+    history = torch.randint(1, n_items + 1, (batch, length), generator=gen)
+    history[:, : length // 4] = 0  # padding
+    times = torch.sort(torch.randint(0, 10**6, (batch, length), generator=gen), dim=1).values
+    target = torch.randint(1, n_items + 1, (batch,), generator=gen)
+    return history, target, times, torch.full((batch,), 10**6)
+
+
+def package(model: ETAModel, args: tuple[torch.Tensor, ...], path: Path) -> Path:
+    """Export, decompose to ATen and compile ``Scoring(model)`` into the AOTInductor package ``path``."""
+    program = torch.export.export(Scoring(model), args)
+    aten_only = program.run_decompositions(decompositions())
+    return Path(torch._inductor.aoti_compile_and_package(aten_only, package_path=str(path)))
+
+
+def write_bin(path: Path, t: torch.Tensor) -> None:
+    """``t`` as a ``.bin`` file: int64 ``ndim``, the sizes, the raw data."""
+    header = np.array([t.dim(), *t.shape], dtype="<i8")
+    path.write_bytes(header.tobytes() + t.detach().contiguous().numpy().tobytes())
+
+
+def read_bin(path: Path, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor written by :func:`write_bin` (or by the runner)."""
+    raw = path.read_bytes()
+    ndim = int(np.frombuffer(raw[:8], dtype="<i8")[0])
+    shape = tuple(int(s) for s in np.frombuffer(raw[8 : 8 * (ndim + 1)], dtype="<i8"))
+    data = np.frombuffer(raw[8 * (ndim + 1) :], dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+    return torch.from_numpy(data.copy()).reshape(shape)
+
+
+def eager_latency(model: ETAModel, args: tuple[torch.Tensor, ...], repeat: int) -> float:
+    """Median seconds of one eager request (Python, Numba kernels)."""
+    times = []
+    with torch.no_grad():
+        model(*args[:2], times=args[2], target_time=args[3])  # warm
+        for _ in range(repeat):
+            start = time.perf_counter()
+            model(*args[:2], times=args[2], target_time=args[3])
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="directory for model.pt2, the request and the eager outputs")
+    parser.add_argument("--batch", type=int, default=64, help="candidates per request")
+    parser.add_argument("--length", type=int, default=256, help="history length")
+    parser.add_argument("--repeat", type=int, default=0, help="time this many eager requests")
+    opts = parser.parse_args()
+    opts.out.mkdir(parents=True, exist_ok=True)
+    model = build_model()
+    args = request(model.items.num_embeddings - 1, opts.batch, opts.length)
+    start = time.perf_counter()
+    path = package(model, args, opts.out / "model.pt2")
+    print(f"packaged {path} in {time.perf_counter() - start:.0f} s")
+    with torch.no_grad():
+        logits, positions = Scoring(model)(*args)
+    for name, t in zip(INPUTS, args):
+        write_bin(opts.out / f"{name}.bin", t)
+    write_bin(opts.out / "eager_logits.bin", logits)
+    write_bin(opts.out / "eager_positions.bin", positions)
+    if opts.repeat:
+        print(f"eager request: {eager_latency(model, args, opts.repeat) * 1e3:.3f} ms median")
+
+
+if __name__ == "__main__":
+    main()

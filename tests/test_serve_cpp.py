@@ -1,0 +1,79 @@
+"""examples/serve_cpp: an ETAModel exported, decomposed to ATen and compiled by AOTInductor is served by a
+C++ program linked against libtorch only, run with no Python reachable; its logits and retrieved positions
+equal eager's."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "serve_cpp"
+
+#: Inductor uses a deprecated torch.jit API internally and run_decompositions deep-copies a deprecated pytree
+#: class (torch 2.13); not ours to fix.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning"),
+    pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("c++") is None, reason="needs cmake and c++"),
+]
+
+
+def _example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("serve_cpp_export_model", EXAMPLE / "export_model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _exact(model: torch.nn.Module) -> None:
+    """Round the item embeddings and the planes to multiples of 1/8: every projection is then exact, so its sign
+    (a signature bit) cannot depend on the summation order of the kernel or of the compiled matmul."""
+    with torch.no_grad():
+        for t in (model.items.weight, model.long.retriever.planes):
+            t.copy_((t * 8).round().clamp(-32, 32) / 8)
+
+
+def _build_runner(build: Path) -> Path:
+    prefix = torch.utils.cmake_prefix_path
+    for cmd in (["cmake", "-S", str(EXAMPLE), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+                 f"-DCMAKE_PREFIX_PATH={prefix}"],
+                ["cmake", "--build", str(build)]):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+    return build / "eta_runner"
+
+
+def test_cpp_runner_equals_eager(tmp_path: Path) -> None:
+    example = _example()
+    model = example.build_model()
+    _exact(model)
+    args = example.request(model.items.num_embeddings - 1, batch=16, length=120)
+    args[0][0, :-5] = 0  # a history shorter than k: -1 fill
+    path = example.package(model, args, tmp_path / "model.pt2")
+    for name, t in zip(example.INPUTS, args):
+        example.write_bin(tmp_path / f"{name}.bin", t)
+    runner = _build_runner(tmp_path / "build")
+    ldd = subprocess.run(["ldd", str(runner)], capture_output=True, text=True, check=False).stdout
+    linked = [line.split()[0] for line in ldd.splitlines() if line.strip()]
+    assert "libtorch_cpu.so" in linked and not [name for name in linked if "python" in name]
+    env = {"PATH": os.defpath}  # no PYTHONPATH, PYTHONHOME, LD_LIBRARY_PATH nor virtual environment
+    done = subprocess.run([str(runner), str(path), str(tmp_path), "3"], capture_output=True, text=True, env=env,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "request:" in done.stdout
+    with torch.no_grad():
+        logits, positions = example.Scoring(model)(*args)
+    got_positions = example.read_bin(tmp_path / "cpp_positions.bin", torch.int64)
+    assert torch.equal(got_positions, positions)
+    assert (positions >= 0).any() and (positions == -1).any()  # rows retrieve, and some are shorter than k
+    torch.testing.assert_close(example.read_bin(tmp_path / "cpp_logits.bin", torch.float32), logits,
+                               rtol=1e-4, atol=1e-6)
