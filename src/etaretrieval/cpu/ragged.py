@@ -19,8 +19,11 @@ short ones is thus shared by every thread instead of holding one.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import numpy.typing as npt
+from numba import types
+from numba.extending import intrinsic, overload
 
 from .. import config
 from .._jit import jit, kernel_input
@@ -42,6 +45,42 @@ ROW_COST = 32
 #: Bits of a merge key that hold the position (rows are shorter than ``2**40``).
 _POS_BITS = 40
 _POS_MASK = (1 << _POS_BITS) - 1
+
+
+def _row_of(values: np.ndarray, start: int, n: int) -> np.ndarray:
+    """``values[start : start + n]`` of C-contiguous 1-D ``values`` as a ``(1, n)`` view."""
+    return values[None, start : start + n]
+
+
+def _rows_of(values: np.ndarray, start: int, n: int) -> np.ndarray:
+    """Rows ``start .. start + n - 1`` of C-contiguous 2-D ``values`` (a view)."""
+    return values[start : start + n]
+
+
+@intrinsic
+def _element_address(typingctx, values, index):
+    """A pointer to flat element ``index`` of a C-contiguous array."""
+    if not (isinstance(values, types.Array) and values.layout == "C"):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, value=args[0]).data
+        return builder.gep(data, [args[1]])
+
+    return types.CPointer(values.dtype)(values, types.intp), codegen
+
+
+# In compiled code the views are made from a pointer: they carry no reference count, whose atomic updates
+# (a view passed to another function keeps them) would cost each row more than its views' other work.
+@overload(_row_of, inline="always")
+def _row_of_jit(values, start, n):
+    return lambda values, start, n: numba.carray(_element_address(values, start), (1, n))
+
+
+@overload(_rows_of, inline="always")
+def _rows_of_jit(values, start, n):
+    return lambda values, start, n: numba.carray(_element_address(values, start * values.shape[1]),
+                                                 (n, values.shape[1]))
 
 
 @jit()
@@ -76,8 +115,8 @@ def _piece_distances(query, src, ids, end, mask, use_mask, pad, use_pad, cached,
 
 @jit()
 def ragged_topk(
-    query, keys, ids, table, lookup, k, starts, piece_row, piece_lo, piece_hi, piece_slot, mask, use_mask,
-    pad, use_pad, cached, first, last, idx, dist, part_idx, part_dist, bad,
+    query, keys, ids, table, lookup, k, starts, lens, whole, piece_row, piece_lo, piece_hi, piece_slot, mask,
+    use_mask, pad, use_pad, cached, first, last, idx, dist, part_idx, part_dist, bad,
 ):
     """Top-``k`` of pieces ``first..last-1`` (serial; :func:`etaretrieval._threads.parallel_rows` spreads ranges).
 
@@ -86,7 +125,8 @@ def ragged_topk(
     - ``query``: ``(B, W)`` uint64 signatures;
     - ``keys``: ``(T, W)`` flat uint64 signatures (read unless ``lookup``);
     - ``ids``, ``table``: ``(T,)`` flat ids into ``(N, W)`` uint64 (read with ``lookup``);
-    - ``starts``: ``(B,)`` int64 first flat index of each row;
+    - ``starts``, ``lens``: ``(B,)`` int64 first flat index and length of each row;
+    - ``whole``: piece ``p`` is row ``p``, whole (the ``piece_*`` arrays are not read);
     - ``piece_row``, ``piece_lo``, ``piece_hi``: piece ``p`` is positions
       ``piece_lo[p]..piece_hi[p]-1`` of row ``piece_row[p]``;
     - ``piece_slot``: ``-1`` for a whole row (its result goes to ``idx`` /
@@ -106,26 +146,24 @@ def ragged_topk(
     invalid = 64 * words + 1
     longest = 0
     for p in range(first, last):
-        longest = max(longest, piece_hi[p] - piece_lo[p])
+        longest = max(longest, lens[p] if whole else piece_hi[p] - piece_lo[p])
     scratch, work = _workspace(longest, words)
     kp = part_idx.shape[1]
     guess = -1
     first_bad = -1
     for p in range(first, last):
-        b = piece_row[p]
-        lo = piece_lo[p]
-        end = piece_hi[p] - lo
+        b = p if whole else piece_row[p]
+        lo = 0 if whole else piece_lo[p]
+        end = lens[b] if whole else piece_hi[p] - lo
         s = starts[b] + lo
-        q = query[b : b + 1]
-        i0 = s if lookup else 0  # ``(1, end)`` views (empty for an argument not read; no reshape: it costs a call)
-        i2 = ids[None, i0 : i0 + (end if lookup else 0)]
-        m0 = s if use_mask else 0
-        m2 = mask[None, m0 : m0 + (end if use_mask else 0)]
+        q = _rows_of(query, b, 1)
+        i2 = _row_of(ids, s if lookup else 0, end if lookup else 0)  # (empty views of what is not read)
+        m2 = _row_of(mask, s if use_mask else 0, end if use_mask else 0)
         if lookup:
             out_of_range, nvalid = _piece_distances(q, table, i2, end, m2, use_mask, pad, use_pad, cached, True,
                                                     scratch, words)
         else:
-            out_of_range, nvalid = _piece_distances(q, keys[s : s + end], i2, end, m2, use_mask, pad, False, False,
+            out_of_range, nvalid = _piece_distances(q, _rows_of(keys, s, end), i2, end, m2, use_mask, pad, False, False,
                                                     False, scratch, words)
         if out_of_range:
             bad[p] = _first_bad(i2, 0, end, m2, use_mask, pad, use_pad, table.shape[0])
@@ -134,7 +172,7 @@ def ragged_topk(
                 continue
             scratch[:end] = invalid  # empty table and no valid position: an empty result
         scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
-        slot = piece_slot[p]
+        slot = -1 if whole else piece_slot[p]
         if slot < 0:
             guess = _select(scratch, end, nvalid, k, invalid - 1, work, idx[b], dist[b], guess)
         else:
@@ -257,34 +295,47 @@ def plan(lens: npt.NDArray[np.int64], k: int, tasks: int) -> tuple[Plan, int]:
 _NO_SIGNATURES = kernel_input(np.zeros((0, 1), dtype=np.uint64))
 _NO_IDS = kernel_input(np.zeros(0, dtype=np.int64))
 _NO_MASK = kernel_input(np.zeros(0, dtype=np.bool_))
+_NO_PIECES = np.zeros(0, dtype=np.int64)
+_NO_PART_IDX = np.zeros((0, 0), dtype=np.int64)
+_NO_PART_DIST = np.zeros((0, 0), dtype=np.int32)
 
 
 def _run(q: np.ndarray, keys: np.ndarray, ids: np.ndarray, table: np.ndarray, lookup: bool, k: int,
          starts: np.ndarray, lens: np.ndarray, mask: np.ndarray | None, pad: int | None
          ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
-    """Plan, run the pieces over the threads, merge the cut rows, raise the first bad id."""
+    """Run the rows in the calling thread (small calls), or plan pieces and run them over the threads.
+
+    Then merge the cut rows and raise the first bad id.
+    """
     batch, words = q.shape
     idx, dist = results(batch, k)
     if not batch:
         return idx, dist
-    pieces, positions = plan(lens, k, thread_count() * config.TASKS_PER_THREAD)
+    m = _NO_MASK if mask is None else kernel_input(mask, contiguous=True)
+    q = kernel_input(q, contiguous=True)
+    flags = (m, mask is not None, 0 if pad is None else pad, pad is not None, table.nbytes <= CACHED_TABLE_BYTES)
+    positions = int(starts[-1] + lens[-1] - starts[0])  # the rows lie back to back
+    threads = thread_count()
+    if positions * words // max(1, config.SERIAL_WORK) <= 1 or threads <= 1:  # one thread (as parallel_rows
+        # would decide): whole rows, no plan
+        bad = np.empty(batch, dtype=np.int64)
+        first = ragged_topk(q, keys, ids, table, lookup, k, starts, lens, True, _NO_PIECES, _NO_PIECES, _NO_PIECES,
+                            _NO_PIECES, *flags, 0, batch, idx, dist, _NO_PART_IDX, _NO_PART_DIST, bad)
+        if first >= 0:
+            raise ids_error(first, int(bad[first]), ids[starts[first] + bad[first]], table.shape[0])
+        return idx, dist
+    pieces, _ = plan(lens, k, threads * config.TASKS_PER_THREAD)
     part_idx = np.empty((pieces.lo.shape[0] - batch + pieces.cut_rows.shape[0], pieces.part_width), dtype=np.int64)
     part_dist = np.empty(part_idx.shape, dtype=np.int32)
     bad = np.empty(pieces.row.shape[0], dtype=np.int64)  # written only for pieces with a bad id
-    m = _NO_MASK if mask is None else kernel_input(mask, contiguous=True)
-    q = kernel_input(q, contiguous=True)
-    cached = table.nbytes <= CACHED_TABLE_BYTES
     groups = pieces.groups
-    args = (starts, pieces.row, pieces.lo, pieces.hi, pieces.slot, m, mask is not None, 0 if pad is None else pad,
-            pad is not None, cached)
 
     def run(lo: int, hi: int) -> int:
         """The first piece of groups ``lo..hi-1`` with a bad id, or -1."""
-        return int(ragged_topk(q, keys, ids, table, lookup, k, *args, groups[lo], groups[hi], idx, dist,
-                               part_idx, part_dist, bad))
+        return int(ragged_topk(q, keys, ids, table, lookup, k, starts, lens, False, pieces.row, pieces.lo, pieces.hi,
+                               pieces.slot, *flags, groups[lo], groups[hi], idx, dist, part_idx, part_dist, bad))
 
-    first_bad = [p for p in parallel_rows(run, groups.shape[0] - 1, positions * words)
-                 if p >= 0]
+    first_bad = [p for p in parallel_rows(run, groups.shape[0] - 1, positions * words) if p >= 0]
     if first_bad:
         p = min(first_bad)
         row, pos = int(pieces.row[p]), int(pieces.lo[p] + bad[p])
