@@ -372,3 +372,108 @@ def test_lookup_first_bad_position_whatever_the_threads(num_threads_and_tasks, t
     lengths[2] = 1
     with num_threads_and_tasks(*threads), pytest.raises(IndexError, match=r"ids\[17, 8\]"):
         er.topk_hamming_lookup(query, ids, table, 3, lengths=lengths)
+
+
+# --------------------------------------------------------------------------- fast path, fixed variants
+
+
+def general_path(case: LookupCase) -> tuple[np.ndarray, np.ndarray]:
+    """The general CPU path of ``case``, without the fast path's guard."""
+    from etaretrieval._validate import lookup_call
+
+    return topk.run(lookup_call(case.query, case.ids, case.table, case.k, case.lengths, case.mask,
+                                case.padding_id, "right"))
+
+
+@given(case=lookup_cases(dtypes=[np.int64, np.int32], shared=False, kinds=st.just("none"), poison=False),
+       pool=st.booleans())
+def test_fast_path_equals_the_general_path_and_the_reference(case: LookupCase, pool: bool) -> None:
+    """The fast path's counting sort gives the general kernels' results bit for bit, ties and -1 tails included."""
+    if pool:  # few distinct signatures: many ties
+        case.table = case.table[np.arange(case.table.shape[0]) % 2]
+    case.padding_id = None  # and the padding ids sprinkled (some outside the table) become row 0
+    case.ids = np.where((case.ids < 0) | (case.ids >= case.table.shape[0]), 0, case.ids).astype(case.ids.dtype)
+    fast = topk.lookup_fast(case.query, case.ids, case.table, case.k)
+    assert fast is not None
+    general = general_path(case)
+    for got, want in zip(fast, general):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    check_result(case, *fast)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32])
+def test_fast_path_declines_bad_ids_and_the_error_is_the_general_one(dtype: type) -> None:
+    table = np.arange(10, dtype=np.uint64)[:, None]
+    ids = np.array([[1, 2, 3], [4, 10, -1]], dtype=dtype)
+    assert topk.lookup_fast(table[:2], ids, table, 2) is None
+    with pytest.raises(IndexError, match=re.escape("ids[1, 1] = 10 is outside the table's rows [0, 10)")):
+        er.topk_hamming_lookup(table[:2], ids, table, 2)
+
+
+@pytest.mark.parametrize("call", [
+    lambda t, i: (t[:1], i[:, :3], t, 1.0),  # k not an int: check_k names it
+    lambda t, i: (t[:1], i[:1], t[:, :0], 1),  # W = 0 table
+    lambda t, i: (t[:2], i[:1], t, 1),  # ids rows != query rows
+    lambda t, i: (t[:1], i[:1], t, -1),  # k < 0
+    lambda t, i: (t[:1].astype(np.int64), i[:1], t, 1),  # int64 signatures
+])
+def test_fast_path_declines_and_the_general_path_raises(call) -> None:  # noqa: ANN001
+    table = np.arange(10, dtype=np.uint64)[:, None]
+    ids = np.arange(8).reshape(2, 4)
+    args = call(table, ids)
+    assert topk.lookup_fast(*args) is None
+    with pytest.raises((ValueError, TypeError)):
+        er.topk_hamming_lookup(*args)
+
+
+def test_fast_path_takes_the_common_call_and_read_only_arrays() -> None:
+    table = np.arange(1000, dtype=np.uint64)[:, None]
+    ids = np.arange(100)[None] * 7
+    assert topk.lookup_fast(table[:1], ids, table, 16) is not None
+    frozen = [a.copy() for a in (table[:1], ids, table)]
+    for a in frozen:
+        a.flags.writeable = False
+    assert topk.lookup_fast(*frozen, 16) is not None
+
+
+@pytest.mark.skipif(topk.PURE_PYTHON, reason="NUMBA_DISABLE_JIT=1 compiles nothing")
+def test_unseen_layouts_and_dtypes_compile_no_new_variant() -> None:
+    """Issue 21: a Fortran-order table, a read-only query, uint16 ids... reuse the variants of the common call."""
+    rng = np.random.default_rng(0)
+    table = ref.random_signatures(rng, (50, 2), bits=128)
+    query = table[:3].copy()
+    ids = rng.integers(0, 50, (3, 20))
+    lengths = np.array([20, 5, 0])
+    mask = rng.random((3, 20)) < 0.5
+    keys = table[ids]
+    warm = [
+        lambda: er.topk_hamming_lookup(query, ids, table, 4),
+        lambda: er.topk_hamming_lookup(query, ids.astype(np.int32), table, 4),
+        lambda: er.topk_hamming_lookup(query, ids, table, 4, lengths=lengths),
+        lambda: er.topk_hamming_lookup(query, ids, table, 4, mask=mask),
+        lambda: er.topk_hamming(query, keys, 4),
+        lambda: er.topk_hamming(query, keys, 4, mask=mask),
+    ]
+    for call in warm:
+        call()
+    kernels = [topk.topk_lookup, topk.topk_keys, topk._distance_pass, topk.small_entry(np.dtype(np.int64)),
+               topk.small_entry(np.dtype(np.int32))]
+    before = [len(k.signatures) for k in kernels]
+    frozen = query.copy()
+    frozen.flags.writeable = False
+    fortran = np.asfortranarray(table)
+    unusual = [
+        lambda: er.topk_hamming_lookup(frozen, ids.astype(np.uint16), fortran, 4),
+        lambda: er.topk_hamming_lookup(frozen, ids.astype(np.uint16), fortran, 4, lengths=lengths),
+        lambda: er.topk_hamming_lookup(query, ids[:, ::2], table, 4, lengths=lengths // 2),
+        lambda: er.topk_hamming_lookup(query, ids.astype(np.int8), table, 4, mask=mask[0]),
+        lambda: er.topk_hamming_lookup(query, ids[0], table, 4, mask=mask),
+        lambda: er.topk_hamming_lookup(frozen, np.asfortranarray(ids), table, 4),
+        lambda: er.topk_hamming(frozen, np.asfortranarray(keys), 4),
+        lambda: er.topk_hamming(query, keys[:, ::2], 4, mask=mask[0, ::2]),
+        lambda: er.topk_hamming(query, keys, 4, lengths=lengths, padding_side="left"),
+    ]
+    for call in unusual:
+        call()
+    assert [len(k.signatures) for k in kernels] == before

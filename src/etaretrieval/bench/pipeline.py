@@ -54,9 +54,8 @@ __all__ = ["PipelineConfig", "percentiles", "busy_cores", "run_pipeline", "forma
 #: Seconds between the arrivals of paced single calls.
 PACE = 0.001
 
-#: Requests per concurrent-callers measurement, in units of ``requests``: 200 of 100 us took so little
-#: time (20 ms) that starting the threads and the first GIL handoffs set the rate (4 callers / 1: 1.03-1.82x
-#: in four runs; with 10 times as many 1.86-2.00x).
+#: Requests per concurrent-callers measurement, in units of ``requests``: long enough that starting the
+#: threads and the first GIL handoffs do not set the rate.
 CONCURRENT_REQUESTS = 10
 
 #: Title of the last section: p99 under load over the idle p50 of the same calls (first

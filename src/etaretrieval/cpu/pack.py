@@ -9,8 +9,7 @@ The kernel is deliberately serial: it runs between two BLAS calls on a block
 that is still in cache, so it costs a few percent of the matrix product that
 made the block. A parallel kernel here (one Numba parallel region per block)
 makes Numba's worker threads and the BLAS library's spinning threads fight
-over the cores: on two cores it made :func:`etaretrieval.pack_signatures`
-10 to 70 times slower than the bare product.
+over the cores (the performance guide has the measurement).
 """
 
 from __future__ import annotations

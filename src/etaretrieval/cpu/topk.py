@@ -21,8 +21,7 @@ Each row takes four steps, no comparison sort among them and none with a
    positions, gives a distance ``v`` with, very likely, at least ``k``
    positions at or below it. Rows shorter than :data:`SAMPLE_MIN_LENGTH`
    count every block: the exact bound, searched from the previous row's
-   ``k``-th distance (two counts when it is the same, as is common: 8-12 %
-   off a serving lookup of 1,024 targets over one sequence of 1,024).
+   ``k``-th distance (two counts when it is the same, as is common).
 3. *candidates*: one scan, :data:`LANES` positions per vector compare
    (whose mask bits are visited one per hit), collects every position at
    distance ``<= v``. If there are fewer than ``k`` (an unlucky sample), the
@@ -55,7 +54,8 @@ from .._threads import parallel_rows
 from .._validate import MAX_WORDS, TopkCall, host_lengths, ids_error, results
 
 __all__ = ["run", "lookup_fast", "small_entry", "topk_keys", "topk_lookup", "CHUNK", "LANES", "SAMPLE_STRIDE",
-           "SAMPLE_MIN_LENGTH", "WIDE", "CACHED_TABLE_BYTES", "SMALL_RESULTS", "DONE", "NOT_SMALL", "BAD_ID"]
+           "SAMPLE_MIN_LENGTH", "WIDE", "CACHED_TABLE_BYTES", "SMALL_WORK", "SMALL_RESULTS", "DONE", "NOT_SMALL",
+           "BAD_ID"]
 
 #: Positions per stack buffer of the distance step.
 CHUNK = 1024
@@ -69,15 +69,14 @@ SAMPLE_MIN_LENGTH = 4096
 #: Masked pre-gathered keys of at least this many words are read along each
 #: row (contiguous vector loads) rather than one pass per word (unmasked keys
 #: are, from four words, in the distance pass's first pass). Tables above
-#: :data:`CACHED_TABLE_BYTES` take one gather pass per word whatever ``W``:
-#: at 8 and 16 words (1M rows) that is 1.4-1.7 times faster than reading
-#: along each row.
+#: :data:`CACHED_TABLE_BYTES` take one gather pass per word whatever ``W``
+#: (faster than reading along each row; see the performance guide).
 WIDE = 8
 
 #: Tables of at most this many bytes are read one position at a time, every
 #: word at once: they stay in cache, and one pass beats several. Larger
-#: tables take one gather pass per word (more cache misses in flight). The
-#: crossover measured on a 32 MiB L3 (AMD EPYC) lies between 5 and 13 MiB.
+#: tables take one gather pass per word (more cache misses in flight); the
+#: performance guide has the measured crossover.
 CACHED_TABLE_BYTES = 8 << 20
 
 #: Positions per test of the candidate scan (one bit each in a uint64 mask).
@@ -234,8 +233,7 @@ def _word_major_pass(query, keys_t, b, end, mask, use_mask, scratch, words):
     """Distances of row ``b`` to word-major keys ``keys_t`` (``(W, L)``, shared by every row) into ``scratch[:end]``.
 
     One pass per word over contiguous memory: whole vectors of positions,
-    without the gathers or the per-position sums of :func:`_distance_pass`
-    (against ``(L, W)`` keys: 1.9x faster at 4 words, 3.7x at 8, 1.6x at 1).
+    without the gathers or the per-position sums of :func:`_distance_pass`.
     Returns the number of valid positions.
     """
     dist = _stack_buffer(np.uint16)
@@ -391,7 +389,8 @@ def _select(scratch, end, nvalid, k, top, work, idx_row, dist_row, guess):
             n = _candidates(scratch, end, v, cand)
         # A counting sort of the candidates by distance, newest first within
         # a distance: no branch depends on the data.
-        count[: v + 1] = 0
+        for d in range(v + 1):  # loops rather than slice assignments here: they compile in a fraction of the time
+            count[d] = 0
         for i in range(n):
             d = scratch[cand[i]]
             cand_dist[i] = d
@@ -431,7 +430,8 @@ def _workspace(length, words):
 def _rank_row(scratch, end, nvalid, k, words, work, idx_row, dist_row, guess):
     """Mark the slots from ``end`` to the next multiple of :data:`LANES` invalid, then :func:`_select` the row."""
     invalid = 64 * words + 1
-    scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
+    for pos in range(end, (end + LANES - 1) // LANES * LANES):
+        scratch[pos] = invalid
     return _select(scratch, end, nvalid, k, invalid - 1, work, idx_row, dist_row, guess)
 
 
@@ -523,15 +523,20 @@ def topk_lookup(
             if bad[b - base] >= 0:
                 first_bad = b if first_bad < 0 else first_bad
                 continue
-            scratch[:end] = 64 * words + 1  # empty table and no valid position: an empty result
+            for pos in range(end):  # empty table and no valid position: an empty result
+                scratch[pos] = 64 * words + 1
         guess = _rank_row(scratch, end, nvalid, k, words, work, idx[b - base], dist[b - base], guess)
     return first_bad
 
 
-#: Codes of :func:`lookup_small`: the call was done, or the general path must run (and raise, if the call is bad).
+#: Codes of :func:`_lookup_small`: the call was done, or the general path must run (and raise, if the call is bad).
 DONE, NOT_SMALL, BAD_ID = 0, 1, 2
 
-#: :func:`lookup_small` handles calls of at most this many result slots (``B x k``).
+#: :func:`lookup_fast` takes calls of at most this much work (``B x L x W``); larger ones run faster
+#: in the general kernels (their selection reads each row once, with vector compares).
+SMALL_WORK = 1 << 15
+
+#: :func:`lookup_fast` handles calls of at most this many result slots (``B x k``).
 SMALL_RESULTS = 1 << 22
 
 
@@ -543,28 +548,68 @@ def _lookup_small(query, ids, table, k):
     Checks the shapes, ``k`` and the ids and allocates the results; any
     failure returns a code other than :data:`DONE` (with empty arrays) and
     the caller runs the general path, which raises the error of the bad
-    argument. Every row runs the same distance-pass variant (words and
-    ``cached`` tested at run time): one entry to compile.
+    argument.
+
+    One self-contained function, so that a fresh cache compiles it in a
+    fraction of the general kernels' time (a jitted call chain is optimised
+    again at every level). Per row: the distances (one branch-free pass:
+    an id outside the table reads the last row and is reported after the
+    row), then a counting sort over ``0..64 W``: ``first[d]`` becomes the
+    number of positions nearer than ``d``, and the positions, newest first,
+    take the slots ``first[d], first[d] + 1, ...``; those below ``k`` are
+    the results, in the order of the general path.
     """
     batch, words = query.shape
     nrows = table.shape[0]
     length = ids.shape[1]
-    if (ids.shape[0] != batch or table.shape[1] != words or not 1 <= words <= MAX_WORDS or nrows == 0
-            or not 0 <= k <= SMALL_RESULTS // max(batch, 1)):
-        return NOT_SMALL, np.empty((0, 0), dtype=np.int64), np.empty((0, 0), dtype=np.int32)
-    idx = np.empty((batch, k), dtype=np.int64)
-    dist = np.empty((batch, k), dtype=np.int32)
-    no_mask = np.empty((0, 0), dtype=np.bool_)
-    cached = nrows * words * 8 <= CACHED_TABLE_BYTES
-    scratch, work = _workspace(length, words)
-    guess = -1
+    fits = (ids.shape[0] == batch and table.shape[1] == words and 1 <= words <= MAX_WORDS and nrows > 0
+            and 0 <= k <= SMALL_RESULTS // max(batch, 1))
+    idx = np.empty((batch, k) if fits else (0, 0), dtype=np.int64)
+    dist = np.empty((batch, k) if fits else (0, 0), dtype=np.int32)
+    if not fits:
+        return NOT_SMALL, idx, dist
+    distances = np.empty(length, dtype=np.int32)
+    first = np.empty(64 * words + 1, dtype=np.int64)
+    last = np.uint64(nrows - 1)
+    take = min(k, length)
     for b in range(batch):
-        out_of_range, nvalid = _distance_pass(query, table, ids, b, length, no_mask, pad=0, scratch=scratch,
-                                              words=words, use_mask=False, use_pad=False, lookup=True,
-                                              cached=cached)
-        if out_of_range:
-            return BAD_ID, idx[:0, :0], dist[:0, :0]
-        guess = _rank_row(scratch, length, nvalid, k, words, work, idx[b], dist[b], guess)
+        largest = np.uint64(0)  # the largest id, as unsigned (a negative one is huge)
+        if words == 1:  # one gather per position: a loop the compiler vectorises
+            word = query[b, 0]
+            for pos in range(length):
+                item = np.uint64(ids[b, pos])
+                largest = max(largest, item)
+                distances[pos] = popcount(word ^ table[min(item, last), 0])
+        else:
+            for pos in range(length):
+                item = np.uint64(ids[b, pos])
+                largest = max(largest, item)
+                item = min(item, last)
+                d = 0
+                for w in range(words):
+                    d += popcount(query[b, w] ^ table[item, w])
+                distances[pos] = d
+        if largest > last:
+            return BAD_ID, idx, dist
+        for d in range(64 * words + 1):
+            first[d] = 0
+        for pos in range(length):
+            first[distances[pos]] += 1
+        nearer = 0
+        for d in range(64 * words + 1):
+            here = first[d]
+            first[d] = nearer
+            nearer += here
+        for pos in range(length - 1, -1, -1):
+            d = distances[pos]
+            slot = first[d]
+            first[d] = slot + 1
+            if slot < take:
+                idx[b, slot] = pos
+                dist[b, slot] = d
+        for slot in range(take, k):
+            idx[b, slot] = -1
+            dist[b, slot] = -1
     return DONE, idx, dist
 
 
@@ -595,16 +640,16 @@ def lookup_fast(query: Any, ids: Any, table: Any, k: Any) -> tuple[np.ndarray, n
     """``(idx, dist)`` of a small common lookup through :func:`small_entry`, or ``None``: use the general path.
 
     The guard: NumPy arrays, uint64 signatures and int64/int32 ids, all
-    C-contiguous and 2-D, a Python int ``k`` and work small enough for the
-    calling thread (below ``2 x SERIAL_WORK``, as :func:`parallel_rows`
-    decides); the entry checks the rest.
+    C-contiguous and 2-D, a Python int ``k`` and work of at most
+    :data:`SMALL_WORK` that :func:`parallel_rows` would run in the calling
+    thread (below ``2 x SERIAL_WORK``); the entry checks the rest.
     """
     if not (type(query) is np.ndarray and type(ids) is np.ndarray and type(table) is np.ndarray
             and type(k) is int and query.dtype == _UINT64 and table.dtype == _UINT64
             and (ids.dtype == _FAST_IDS[0] or ids.dtype == _FAST_IDS[1])
             and query.ndim == 2 and ids.ndim == 2 and table.ndim == 2
             and query.flags.c_contiguous and ids.flags.c_contiguous and table.flags.c_contiguous
-            and ids.size * query.shape[1] < 2 * config.SERIAL_WORK):
+            and ids.size * query.shape[1] <= min(SMALL_WORK, 2 * config.SERIAL_WORK - 1)):
         return None
     code, idx, dist = small_entry(ids.dtype)(query, ids, table, k)
     return (idx, dist) if code == DONE else None

@@ -4,13 +4,15 @@ Each op is defined with :class:`torch.library.Library` (schema inferred from
 the Python signature, no mutated arguments; opaque to ``torch.compile``) with
 a fake kernel that checks shapes, dtypes and devices and allocates the
 outputs. Unlike :func:`torch.library.custom_op`, whose Python autograd wrapper
-cost about 30 us per call and imported ``torch._dynamo`` (2 s) on the first
-call of a process, the kernel is registered with the dispatcher directly; the
-outputs are integer tensors, so no autograd formula is needed. The default
-kernel runs the Numba CPU kernels on
-zero-copy numpy views of the tensors (any strides; int64 signature tensors are
-reinterpreted as uint64, never converted) and raises a clear error on other
-devices. The CUDA kernels (:mod:`._cuda`) are added with
+costs every call and imports ``torch._dynamo`` on the first call of a process,
+the kernel is registered with the dispatcher directly; the outputs are integer
+tensors, so no autograd formula is needed. The default kernel checks the
+tensors (torch's dtypes in the messages), builds the
+:class:`~etaretrieval._validate.TopkCall` of zero-copy numpy views (any
+strides; int64 signature tensors are reinterpreted as uint64, never
+converted) and hands it to the CPU driver, whose errors are the NumPy API's;
+the common lookup takes the driver's fast path first. Other devices get a
+clear error. The CUDA kernels (:mod:`._cuda`) are added with
 ``torch.library.register_kernel("etaretrieval::<op>", "cuda", fn)`` and call
 the same ``check_*`` functions first, so every device rejects the same inputs
 with the same messages.
