@@ -133,3 +133,16 @@ def test_pick_k_reads_the_validation_auc() -> None:
     assert pick_k(rows, tolerance=0.011) == {"ETA 64 bits + time": 16}
     assert pick_k([row(FULL, 0, float("nan"))]) == {}
     assert k_values([16, 4], [0.5, 0.01], 100.0) == [1, 4, 16, 50]
+
+
+def test_block_timing_rows(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from etaretrieval.study.cli import main
+
+    out = tmp_path / "blocks"
+    assert main(["--block-timing", "--k", "4", "--long-len", "50", "--long-batch", "2", "--threads", "1",
+                 "--out", str(out)]) == 0
+    table = (out / "blocks.md").read_text(encoding="utf-8")
+    lines = [line for line in table.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert len(lines) == 6 and lines[0].startswith("| full attention + time | ") and "1.0x" in lines[0]
+    assert "of which: retrieval" in table and "attention-space hash" in table and "TWIN + time (k = 4)" in table

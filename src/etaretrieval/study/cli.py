@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import __version__, threads
 from ..datasets import SequenceSamples, build_samples, make_sequence_ctr, read_log
+from .blocktime import block_table, time_blocks
 from .frontier import BLOCKS as FRONTIER_BLOCKS
 from .frontier import frontier_variants, k_values, load_runs, median_history, save_runs, write_report
 from .report import long_table, markdown_table, plot, summarize, to_rst
@@ -80,6 +81,13 @@ def parser() -> argparse.ArgumentParser:
                    help=f"comma-separated frontier blocks among {','.join(FRONTIER_BLOCKS)} (default all)")
     f.add_argument("--val-users", type=float, help="share of the training users held out for validation "
                    "(default 0.1 with --frontier, 0 otherwise)")
+    p.add_argument("--block-timing", action="store_true",
+                   help="only time one long-term block at a time at L = --long-len (B = --long-batch, k = --k): "
+                   "forward + backward and inference of full attention, ETA (and its retrieval and attention "
+                   "halves), TWIN; writes blocks.md to --out")
+    f.add_argument("--merge", action="append", default=[], metavar="DIR",
+                   help="also take the runs saved in DIR/frontier.json by a frontier run of the same settings "
+                   "(e.g. other blocks run in parallel; repeatable)")
     return p
 
 
@@ -142,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = _config(args)
     import torch
 
-    run = _frontier if args.frontier else _run
+    run = _frontier if args.frontier else _block_timing if args.block_timing else _run
     if args.threads is None:
         return run(args, cfg)
     # --threads bounds torch's pool and the library's threads for this run only: main() called
@@ -254,6 +262,12 @@ def _frontier(args: argparse.Namespace, cfg: StudyConfig) -> int:
         raise SystemExit(f"--blocks: {exc}") from None
     saved = out / "frontier.json"
     results = load_runs(saved, cfg, data_line)
+    for other in args.merge:
+        if not (Path(other) / "frontier.json").exists():
+            raise SystemExit(f"--merge {other}: no frontier.json there")
+        have = {(r.variant, r.seed) for r in results}
+        results += [r for r in load_runs(Path(other) / "frontier.json", cfg, data_line)
+                    if (r.variant, r.seed) not in have]
     done = {(r.variant, r.seed) for r in results}
     todo = [(v, seed) for v in rows for seed in cfg.seeds if (v.name, seed) not in done]
     _log(f"frontier: k in {ks} (median test history {median_len:.0f}), {len(rows)} rows x {len(cfg.seeds)} seeds, "
@@ -292,4 +306,21 @@ def _frontier(args: argparse.Namespace, cfg: StudyConfig) -> int:
                         f"{data.n_users} users, L <= {cfg.max_len}, {len(cfg.seeds)} seed(s)")
     print(text)
     _log(f"wrote frontier.md, frontier_table.rst, frontier.png and frontier.json to {out}")
+    return 0
+
+
+def _block_timing(args: argparse.Namespace, cfg: StudyConfig) -> int:
+    """Time one block at a time at a long history (no training); write blocks.md."""
+    import torch
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _log(f"block timing at L = {cfg.long_len}, B = {cfg.long_batch}, k = {cfg.k}, {cfg.long_repeat} rounds")
+    rows = time_blocks(cfg.long_len, cfg.long_batch, cfg.k, cfg, repeat=cfg.long_repeat)
+    text = [f"# One long-term block at L = {cfg.long_len:,}, B = {cfg.long_batch}, k = {cfg.k}, d = {cfg.dim}",
+            "", f"- medians of {cfg.long_repeat} rounds, rows interleaved; untrained blocks over random ids of a "
+            f"100,000-row embedding; torch {torch.__version__} with {torch.get_num_threads()} threads, "
+            f"{platform.processor() or platform.machine()}", "", block_table(rows)]
+    (out / "blocks.md").write_text("\n".join(text) + "\n", encoding="utf-8")
+    print("\n".join(text))
     return 0
