@@ -63,6 +63,7 @@ asv-smoke: install-test
 study-smoke: install-test
 	@echo; echo "== [5/6] python -m etaretrieval.study --quick: every row of the study once, small (about 1-2 min) =="
 	$(VPY) -m etaretrieval.study --quick --out study_out/quick
+	$(VPY) -m etaretrieval.study --quick --frontier --out study_out/quick_frontier
 
 # What a reviewer checks first: ruff (the rule set in pyproject.toml) and mypy over src/ as a
 # ratchet (errors and "# type: ignore" comments may only go down: .ci/typecheck_ceiling)
