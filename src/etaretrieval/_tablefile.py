@@ -103,6 +103,9 @@ class TableFileError(ValueError):
         super().__init__(f"the SignatureTable at {self.path!r} {problem}")
 
 
+TableFileError.__module__ = "etaretrieval"  # its public home: tracebacks and docs say etaretrieval.TableFileError
+
+
 class _Replaced(Exception):
     """The table directory was replaced (by a save) while it was being read: read it again."""
 
