@@ -27,6 +27,7 @@ from ._validate import (
     check_table_shape,
     is_integer_dtype,
 )
+from .cpu.ragged import split_offsets
 from .cpu.ragged import topk_hamming as host_topk
 from .cpu.ragged import topk_hamming_lookup as host_lookup
 
@@ -73,11 +74,10 @@ def as_offsets(offsets: Any, batch: int, total: int, values: str) -> tuple[np.nd
             f"offsets must have shape {_shape((batch + 1,))} (one more than the {batch} rows of query), "
             f"got shape {_shape(o.shape)}"
         )
-    o64 = o if o.dtype == np.int64 else o.astype(np.int64)  # (uint64 above 2**63 turns negative: refused below)
-    lens = np.diff(o64)
-    if o64[0] < 0 or o64[-1] > total or (lens.size and lens.min() < 0):
+    ok, starts, lens = split_offsets(o, total)
+    if not ok:
         raise offsets_error(o, total, values)
-    return o64[:-1], lens
+    return starts, lens
 
 
 def offsets_error(offsets: np.ndarray, total: int, values: str) -> ValueError:

@@ -31,7 +31,8 @@ from .._threads import parallel_rows, thread_count
 from .._validate import ids_error, results
 from .topk import CACHED_TABLE_BYTES, LANES, _distance_pass, _first_bad, _select, _workspace
 
-__all__ = ["MIN_PIECE", "ROW_COST", "plan", "ragged_topk", "merge_pieces", "topk_hamming", "topk_hamming_lookup"]
+__all__ = ["MIN_PIECE", "ROW_COST", "split_offsets", "plan", "ragged_topk", "merge_pieces", "topk_hamming",
+           "topk_hamming_lookup"]
 
 #: Rows are cut into pieces only when longer than this many positions (each
 #: piece costs a partial top-K list and its merge).
@@ -209,6 +210,25 @@ def merge_pieces(rows, slot_first, slot_count, part_idx, part_dist, k, idx, dist
         for j in range(take, k):
             idx[b, j] = -1
             dist[b, j] = -1
+
+
+@jit()
+def split_offsets(offsets, total):
+    """``(ok, starts, lens)`` of integer ``(B + 1,)`` ``offsets``: int64 ``(B,)`` starts and lengths, in one pass.
+
+    ``ok`` is false when an offset is negative, above ``total`` or below the
+    one before it (``starts`` and ``lens`` are then not to be used).
+    """
+    batch = offsets.shape[0] - 1
+    starts = np.empty(batch, dtype=np.int64)
+    lens = np.empty(batch, dtype=np.int64)
+    ok = offsets[0] >= 0 and offsets[batch] <= total
+    for b in range(batch):
+        lo, hi = offsets[b], offsets[b + 1]
+        ok &= lo <= hi
+        starts[b] = np.int64(lo)
+        lens[b] = np.int64(hi) - np.int64(lo)
+    return ok, starts, lens
 
 
 class Plan:
