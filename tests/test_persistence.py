@@ -384,6 +384,19 @@ def test_a_killed_save_leaves_the_old_table(tmp_path: Path) -> None:
     np.testing.assert_array_equal(er.SignatureTable.load(path, verify=True).signatures, table.signatures)
 
 
+def test_save_without_an_atomic_exchange(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where renameat2(RENAME_EXCHANGE) is unavailable, the old table is renamed aside, then removed."""
+    from etaretrieval import _tablefile
+
+    monkeypatch.setattr(_tablefile, "_exchange", lambda a, b: False)
+    _, path = _saved(tmp_path)
+    opened = er.SignatureTable.load(path)
+    _, _, second = _table(n=20, seed=1)
+    second.save(path)
+    np.testing.assert_array_equal(er.SignatureTable.load(path, verify=True).signatures, second.signatures)
+    assert opened.verify() is True and sorted(p.name for p in tmp_path.iterdir()) == ["t"]
+
+
 def test_readers_never_see_a_half_written_table(tmp_path: Path) -> None:
     """While one thread saves two tables in turn, another loads and verifies: always one whole table or the other."""
     import threading

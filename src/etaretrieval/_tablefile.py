@@ -227,8 +227,8 @@ def write_table(target: Path, signatures: np.ndarray, planes: np.ndarray, fields
         elif _exchange(staging, target):  # staging now holds the old table
             shutil.rmtree(staging, ignore_errors=True)
         else:  # two renames: for a moment there is no table at target
-            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.replace(target, aside)
+            aside = staging.with_suffix(".old")
+            os.rename(target, aside)
             os.rename(staging, target)
             shutil.rmtree(aside, ignore_errors=True)
         _sync_dir(target.parent)
@@ -240,26 +240,22 @@ def write_table(target: Path, signatures: np.ndarray, planes: np.ndarray, fields
 # --------------------------------------------------------------------------- reading
 
 
-def _fail(where: Path, problem: str) -> TableFileError:
-    return TableFileError(where, problem)
-
-
 def _field(where: Path, meta: dict[str, Any], key: str, kind: type, what: str = "table.json") -> Any:
     if key not in meta:
-        raise _fail(where, f"is incomplete: {what} has no {key!r}; save the table again")
+        raise TableFileError(where, f"is incomplete: {what} has no {key!r}; save the table again")
     value = meta[key]
     if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-        raise _fail(where, f"is damaged: {what} {key!r} must be a non-negative integer, got {value!r}")
+        raise TableFileError(where, f"is damaged: {what} {key!r} must be a non-negative integer, got {value!r}")
     if kind is not int and not isinstance(value, kind):
-        raise _fail(where, f"is damaged: {what} {key!r} must be a {kind.__name__}, got {value!r}")
+        raise TableFileError(where, f"is damaged: {what} {key!r} must be a {kind.__name__}, got {value!r}")
     return value
 
 
 def _hex(where: Path, value: Any, what: str) -> str:
     if value is None:
-        raise _fail(where, f"is incomplete: {what} is missing; save the table again")
+        raise TableFileError(where, f"is incomplete: {what} is missing; save the table again")
     if not isinstance(value, str) or len(value) != 64 or not set(value) <= _HEX:
-        raise _fail(where, f"is damaged: {what} must be a 64-digit hex digest, got {value!r}")
+        raise TableFileError(where, f"is damaged: {what} must be a 64-digit hex digest, got {value!r}")
     return value
 
 
@@ -278,13 +274,13 @@ def _check_meta(where: Path, meta: dict[str, Any]) -> Layout | None:
     """The signatures' layout a description records (None for version 1, which records none)."""
     version = meta.get("version")
     if type(version) is not int:  # not a bool either (True == 1)
-        raise _fail(where, f"is damaged: table.json 'version' must be an integer, got {version!r}")
+        raise TableFileError(where, f"is damaged: table.json 'version' must be an integer, got {version!r}")
     if version == VERSION:
         _hex(where, meta.get("meta_sha256"), "table.json 'meta_sha256'")
         if _meta_digest(meta) != meta["meta_sha256"]:
-            raise _fail(where, "is damaged: table.json does not match its digest ('meta_sha256')")
+            raise TableFileError(where, "is damaged: table.json does not match its digest ('meta_sha256')")
     elif version != 1:
-        raise _fail(
+        raise TableFileError(
             where,
             f"has format version {version}; this etaretrieval reads versions 1..{VERSION}"
             + (": upgrade etaretrieval to read it" if version > VERSION else ""),
@@ -294,26 +290,28 @@ def _check_meta(where: Path, meta: dict[str, Any]) -> Layout | None:
     bits = _field(where, meta, "bits", int)
     dim = _field(where, meta, "dim", int)
     if not 1 <= bits <= MAX_BITS or words != -(-bits // 64) or dim < 1:
-        raise _fail(where, f"is damaged: table.json has bits {bits}, words {words}, dim {dim}")
+        raise TableFileError(where, f"is damaged: table.json has bits {bits}, words {words}, dim {dim}")
     if _field(where, meta, "embedding_shape", list) != [rows, dim]:
-        raise _fail(where, f"is damaged: table.json 'embedding_shape' is not [rows, dim] = [{rows}, {dim}]")
+        raise TableFileError(where, f"is damaged: table.json 'embedding_shape' is not [rows, dim] = [{rows}, {dim}]")
     _hex(where, meta.get("planes_sha256"), "table.json 'planes_sha256'")
     if version == 1:
         return None
     what = "table.json 'signatures'"
     sig = _field(where, meta, "signatures", dict)
     if sig.get("dtype") != "<u8" or sig.get("shape") != [rows, words]:
-        raise _fail(where, f"is damaged: {what} does not describe ({rows}, {words}) <u8 signatures")
+        raise TableFileError(where, f"is damaged: {what} does not describe ({rows}, {words}) <u8 signatures")
     data = _field(where, sig, "data_bytes", int, what)
     offset = _field(where, sig, "header_bytes", int, what)
     _hex(where, sig.get("header_sha256"), f"{what} 'header_sha256'")
     check = _field(where, sig, "checksum", dict, what)
     if check.get("algorithm") != ALGORITHM:
-        raise _fail(where, f"uses checksum algorithm {check.get('algorithm')!r}; this etaretrieval reads {ALGORITHM!r}")
+        raise TableFileError(
+            where, f"uses checksum algorithm {check.get('algorithm')!r}; this etaretrieval reads {ALGORITHM!r}"
+        )
     block = _field(where, check, "block_bytes", int, "table.json 'checksum'")
     blocks = _field(where, check, "blocks", list, "table.json 'checksum'")
     if data != rows * words * 8 or block < 1 or len(blocks) != -(-data // block):
-        raise _fail(where, f"is damaged: {what} has inconsistent sizes")
+        raise TableFileError(where, f"is damaged: {what} has inconsistent sizes")
     return Layout(rows, words, offset, block, [_hex(where, b, "a block digest") for b in blocks])
 
 
@@ -328,7 +326,8 @@ def _npy_fields(where: Path, name: str, f: BinaryIO) -> tuple[tuple[int, ...], b
         else:
             raise ValueError(f"unsupported .npy version {version}")
     except Exception as exc:  # NumPy parses the header with tokenize and ast: a damaged one fails in many ways
-        raise _fail(where, f"is damaged: {name} has no readable .npy header ({type(exc).__name__}: {exc})") from None
+        problem = f"is damaged: {name} has no readable .npy header ({type(exc).__name__}: {exc})"
+        raise TableFileError(where, problem) from None
     return tuple(shape), bool(fortran), np.dtype(dtype), f.tell()
 
 
@@ -337,15 +336,15 @@ def _directory(where: Path) -> Iterator[int | None]:
     """A descriptor of the table directory (None where ``dir_fd`` is unsupported); its errors named."""
     if not (hasattr(os, "O_DIRECTORY") and os.open in os.supports_dir_fd):
         if not where.is_dir():
-            raise _fail(where, "does not exist" if not where.exists() else "is a file, not a table directory")
+            raise TableFileError(where, "does not exist" if not where.exists() else "is a file, not a table directory")
         yield None
         return
     try:
         fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
-        raise _fail(where, "does not exist: no such directory") from None
+        raise TableFileError(where, "does not exist: no such directory") from None
     except NotADirectoryError:
-        raise _fail(
+        raise TableFileError(
             where, "is a file, not a table directory: pass the directory SignatureTable.save wrote"
         ) from None
     try:
@@ -364,9 +363,9 @@ def _open(where: Path, directory: int | None, name: str) -> BinaryIO:
             raise _Replaced from None
         problem = "holds no saved SignatureTable (no table.json); write one with SignatureTable.save" \
             if name == META else f"is incomplete: {name} is missing"
-        raise _fail(where, problem) from None
+        raise TableFileError(where, problem) from None
     except IsADirectoryError:
-        raise _fail(where, f"is damaged: {name} is a directory") from None
+        raise TableFileError(where, f"is damaged: {name} is a directory") from None
 
 
 def _replaced(where: Path, directory: int) -> bool:
@@ -381,15 +380,15 @@ def _read_meta(where: Path, directory: int | None) -> dict[str, Any]:
     with _open(where, directory, META) as f:
         text = f.read(MAX_META_BYTES + 1)
     if len(text) > MAX_META_BYTES:
-        raise _fail(where, f"is damaged: table.json is larger than {MAX_META_BYTES} bytes")
+        raise TableFileError(where, f"is damaged: table.json is larger than {MAX_META_BYTES} bytes")
     try:
         meta = json.loads(text.decode("utf-8"))
     except UnicodeDecodeError:
-        raise _fail(where, "is damaged: table.json is not UTF-8 text") from None
+        raise TableFileError(where, "is damaged: table.json is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
-        raise _fail(where, f"is damaged: table.json is not valid JSON ({exc})") from None
+        raise TableFileError(where, f"is damaged: table.json is not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise _fail(where, "is not a SignatureTable: table.json does not describe one")
+        raise TableFileError(where, "is not a SignatureTable: table.json does not describe one")
     return meta
 
 
@@ -398,14 +397,14 @@ def _read_planes(where: Path, directory: int | None, meta: dict[str, Any]) -> np
         shape, fortran, dtype, offset = _npy_fields(where, PLANES, f)
         want = (meta["dim"], meta["bits"])
         if dtype != np.dtype("<f4") or shape != want or fortran:
-            raise _fail(where, f"is damaged: planes.npy holds {dtype} {shape}, table.json says <f4 {want}")
+            raise TableFileError(where, f"is damaged: planes.npy holds {dtype} {shape}, table.json says <f4 {want}")
         size, expected = os.fstat(f.fileno()).st_size, offset + 4 * want[0] * want[1]
         if size != expected:
-            raise _fail(where, f"is damaged: planes.npy has {size} bytes, its header says {expected}")
+            raise TableFileError(where, f"is damaged: planes.npy has {size} bytes, its header says {expected}")
         planes = np.empty(want, dtype="<f4")
         _read_exact(f.fileno(), planes.reshape(-1).data.cast("B"), offset)
     if fingerprint(planes) != meta["planes_sha256"]:
-        raise _fail(where, "is damaged: planes.npy does not match its fingerprint in table.json")
+        raise TableFileError(where, "is damaged: planes.npy does not match its fingerprint in table.json")
     return planes
 
 
@@ -417,20 +416,20 @@ def _signatures_layout(where: Path, f: BinaryIO, layout: Layout | None, meta: di
         want = layout.offset + rows * words * 8
         if size != want:
             what = "truncated" if size < want else "longer than table.json says"
-            raise _fail(where, f"is damaged: signatures.npy is {what} ({size} bytes; table.json says {want})")
+            raise TableFileError(where, f"is damaged: signatures.npy is {what} ({size} bytes; table.json says {want})")
         if _digest(f.read(layout.offset)) != meta["signatures"]["header_sha256"]:
-            raise _fail(where, "is damaged: the .npy header of signatures.npy does not match its digest")
+            raise TableFileError(where, "is damaged: the .npy header of signatures.npy does not match its digest")
         f.seek(0)
     shape, fortran, dtype, offset = _npy_fields(where, SIGNATURES, f)
     if dtype != np.dtype("<u8") or shape != (rows, words) or fortran:
-        raise _fail(
+        raise TableFileError(
             where, f"is damaged: signatures.npy holds {dtype} {shape} (Fortran order {fortran}), "
             f"table.json says <u8 ({rows}, {words})"
         )
     want = offset + rows * words * 8
     if size != want:
         what = "truncated" if size < want else "longer than its header says"
-        raise _fail(where, f"is damaged: signatures.npy is {what} ({size} bytes; its header says {want})")
+        raise TableFileError(where, f"is damaged: signatures.npy is {what} ({size} bytes; its header says {want})")
     return layout if layout is not None else Layout(rows, words, offset)
 
 
@@ -492,14 +491,14 @@ class Verification:
                 row_bytes = lay.words * 8
                 first = bad[0] * lay.block
                 last = min(first + lay.block, lay.rows * row_bytes) - 1
-                self.error = _fail(
+                self.error = TableFileError(
                     self.where,
                     f"is damaged: signatures.npy does not match its checksums in {len(bad)} of "
                     f"{len(lay.digests)} blocks (first: block {bad[0]}, rows {first // row_bytes}.."
                     f"{last // row_bytes}); copy the table again or save it again",
                 )
         except OSError as exc:
-            self.error = _fail(self.where, f"could not be verified: reading signatures.npy failed ({exc})")
+            self.error = TableFileError(self.where, f"could not be verified: reading signatures.npy failed ({exc})")
         finally:
             if log and self.error is not None:  # nobody may be waiting: say it where a server's operator looks
                 logging.getLogger("etaretrieval").error("%s", self.error)
@@ -561,7 +560,7 @@ def open_table(where: Path, *, mmap: bool, writeable: bool, verify: bool | str) 
             return _open_table(where, mmap=mmap, writeable=writeable, verify=verify)
         except _Replaced:
             continue
-    raise _fail(where, "was replaced by another save three times while it was read; open it again")
+    raise TableFileError(where, "was replaced by another save three times while it was read; open it again")
 
 
 def _open_table(where: Path, *, mmap: bool, writeable: bool, verify: bool | str) -> TableFile:
@@ -569,7 +568,7 @@ def _open_table(where: Path, *, mmap: bool, writeable: bool, verify: bool | str)
         meta = _read_meta(where, directory)
         layout = _check_meta(where, meta)
         if verify and layout is None:
-            raise _fail(
+            raise TableFileError(
                 where, "has format version 1, which carries no checksums, so it cannot be verified: "
                 "load it without verify and save it again (SignatureTable.load(path).save(path))"
             )
@@ -593,7 +592,7 @@ def _open_table(where: Path, *, mmap: bool, writeable: bool, verify: bool | str)
             else:
                 _read_exact(f.fileno(), into, layout.offset)
     except EOFError:
-        raise _fail(where, "is damaged: signatures.npy became shorter while it was read") from None
+        raise TableFileError(where, "is damaged: signatures.npy became shorter while it was read") from None
     finally:
         f.close()
     if check is not None and verify is True and not check.done.is_set():
