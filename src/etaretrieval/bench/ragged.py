@@ -8,7 +8,7 @@ the longest, only each prefix scanned) and the padded lookup without
 ``padding_id``). Two batches: *uniform* lengths (``0..400``) and *skewed*
 lengths (log-normal, median 200, one row of 10,000). A third part measures
 the peak memory, in a fresh process each, of a batch with one row of
-``10^5`` behaviours and rows of 100, ragged and padded, at two batch sizes.
+``10^5`` behaviours and rows of 100, ragged and padded, at B = 256 and 1,024.
 """
 
 from __future__ import annotations
@@ -108,33 +108,39 @@ def time_batch(batch: RaggedBatch, repeat: int) -> dict[str, float]:
 
 _MEMORY = """
 import resource, sys, numpy as np
-from etaretrieval.bench.ragged import pad, ragged_batch
-from etaretrieval import topk_hamming_lookup
+from etaretrieval.bench.ragged import pad
+from etaretrieval import config, threads, topk_hamming_lookup
+from etaretrieval.cpu import ragged
 from etaretrieval.ragged import topk_hamming_lookup_ragged
 mode, batch = sys.argv[1], int(sys.argv[2])
-lengths = np.full(batch, 100); lengths[batch // 2] = 100_000
-b = ragged_batch(lengths, rows=1_000, k=32)
-if mode == "padded":  # compile (or load) every kernel the call needs before measuring
-    topk_hamming_lookup(b.query[:1], b.ids[None, :3], b.table, 2, lengths=[3])
-else:
-    from etaretrieval.cpu import ragged
-    ragged.MIN_PIECE, old = 1, ragged.MIN_PIECE  # a cut row: the merge kernel too
-    topk_hamming_lookup_ragged(b.query[:1], b.ids[:3], b.table, 2, [0, 3])
-    ragged.MIN_PIECE = old
+rng = np.random.default_rng(0)
+table = rng.integers(0, 2**64, size=(1_000, 1), dtype=np.uint64)
+query = rng.integers(0, 2**64, size=(batch, 1), dtype=np.uint64)
+topk_hamming_lookup(query[:2], np.array([[1, 2, 3], [3, 2, 1]]), table, 2, lengths=[3, 1])
+old = ragged.MIN_PIECE, config.SERIAL_WORK  # compile (or load) every kernel before measuring, a cut row too
+ragged.MIN_PIECE, config.SERIAL_WORK = 1, 0
+with threads(2):
+    topk_hamming_lookup_ragged(query[:2], np.array([1, 2, 3, 3]), table, 2, [0, 3, 4])
+ragged.MIN_PIECE, config.SERIAL_WORK = old
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+lengths = np.full(batch, 100)
+lengths[batch // 2] = 100_000
+offsets = np.concatenate([[0], np.cumsum(lengths)])
+ids = rng.integers(0, 1_000, size=int(offsets[-1]))
 if mode == "padded":
-    topk_hamming_lookup(b.query, pad(b.ids, b.offsets), b.table, b.k, lengths=np.diff(b.offsets))
+    topk_hamming_lookup(query, pad(ids, offsets), table, 32, lengths=lengths)
 else:
-    topk_hamming_lookup_ragged(b.query, b.ids, b.table, b.k, b.offsets)
+    topk_hamming_lookup_ragged(query, ids, table, 32, offsets)
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 """
 
 
 def peak_memory(mode: str, batch: int) -> int:
-    """Bytes the peak RSS grows by in a fresh process for one call on rows of 100 plus one of ``10^5``.
+    """Bytes the peak RSS grows by in a fresh process: the ids of rows of 100 plus one of ``10^5``, and one call.
 
-    ``mode`` ``"ragged"``: the ragged call on flat ids; ``"padded"``: padding
-    the rows (as a caller must) and the padded call with ``lengths``.
+    ``mode`` ``"ragged"``: the flat ids and the ragged call; ``"padded"``: the
+    flat ids padded (as a caller must) and the padded call with ``lengths``.
+    A 1,000-row table, 64 bits, ``k = 32``.
     """
     out = subprocess.run([sys.executable, "-c", _MEMORY, mode, str(batch)], capture_output=True, text=True,
                          check=True)
@@ -168,8 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {name:<20} {seconds * 1e3:9.3f} ms  {seconds / base:6.2f}x the ragged time")
         figures[kind] = t
     if args.memory:
-        print("\npeak memory over the call (fresh process; rows of 100 plus one of 10^5; padding included):")
-        for b in (256, 512):
+        print("\npeak memory of the ids and one call (fresh process; rows of 100 plus one of 10^5):")
+        for b in (256, 1024):
             ragged, padded = peak_memory("ragged", b), peak_memory("padded", b)
             print(f"  B = {b}: ragged {ragged / 2**20:8.1f} MiB   padded {padded / 2**20:8.1f} MiB")
             figures[f"memory_{b}"] = {"ragged": ragged, "padded": padded}
