@@ -42,8 +42,9 @@ def _check_cache_impl(weight: torch.Tensor, stamp: torch.Tensor, hashed: torch.T
     if hashed.shape != planes.shape or not torch.equal(planes.detach().to(hashed.device), hashed):
         raise ValueError(
             "cache holds signatures hashed with other planes than this module's (built with another "
-            "hasher or seed, or the module's planes were loaded or changed since): build it with this "
-            "module, or call cache.refresh()"
+            "hasher or seed, or the module's planes were loaded or changed since, as an attention-space "
+            "block's do whenever its key projection is updated): build it with this module, or call "
+            "cache.refresh() (cache.attach(optimizer) does after every step)"
         )
     now, then = _version(weight), int(stamp)
     if now != then:
