@@ -76,14 +76,14 @@ def frontier_variants(ks: Sequence[int], blocks: Sequence[str] = BLOCKS, bits: i
     rows = []
     if "full" in blocks:
         rows.append(Variant(FULL, lambda s, seed: TargetAttention(s.dim, s.heads, time=TimeEncoding(s.dim))))
-    for k in ks:
-        if "eta" in blocks:
-            rows.append(Variant(f"ETA {bits} bits + time, k = {k}", _eta(bits, k, "embedding"), bits, k=k))
-        if "eta-attn" in blocks:
-            rows.append(Variant(f"ETA {bits} bits, attention-space hash + time, k = {k}",
-                                _eta(bits, k, "attention"), bits, k=k))
-        if "twin" in blocks:
-            rows.append(Variant(f"TWIN + time, k = {k}", _twin(k), k=k))
+    # block-major: the cheap ETA rows of every k come before the TWIN rows (each costs about full attention)
+    if "eta" in blocks:
+        rows += [Variant(f"ETA {bits} bits + time, k = {k}", _eta(bits, k, "embedding"), bits, k=k) for k in ks]
+    if "eta-attn" in blocks:
+        rows += [Variant(f"ETA {bits} bits, attention-space hash + time, k = {k}", _eta(bits, k, "attention"), bits,
+                         k=k) for k in ks]
+    if "twin" in blocks:
+        rows += [Variant(f"TWIN + time, k = {k}", _twin(k), k=k) for k in ks]
     return rows
 
 
