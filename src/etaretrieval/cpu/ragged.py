@@ -29,7 +29,7 @@ from .. import config
 from .._jit import jit, kernel_input
 from .._threads import parallel_rows, thread_count
 from .._validate import ids_error, results
-from .topk import CACHED_TABLE_BYTES, LANES, _distance_pass, _first_bad, _select, _workspace
+from .topk import CACHED_TABLE_BYTES, _distance_pass, _first_bad, _rank_row, _workspace
 
 __all__ = ["MIN_PIECE", "ROW_COST", "split_offsets", "plan", "ragged_topk", "merge_pieces", "topk_hamming",
            "topk_hamming_lookup"]
@@ -144,7 +144,6 @@ def ragged_topk(
     Returns the first piece of the range with a bad id, or ``-1``.
     """
     words = query.shape[1]
-    invalid = 64 * words + 1
     longest = 0
     for p in range(first, last):
         longest = max(longest, lens[p] if whole else piece_hi[p] - piece_lo[p])
@@ -171,13 +170,12 @@ def ragged_topk(
             if bad[p] >= 0:
                 first_bad = p if first_bad < 0 else first_bad
                 continue
-            scratch[:end] = invalid  # empty table and no valid position: an empty result
-        scratch[end : (end + LANES - 1) // LANES * LANES] = invalid
+            scratch[:end] = 64 * words + 1  # empty table and no valid position: an empty result
         slot = -1 if whole else piece_slot[p]
         if slot < 0:
-            guess = _select(scratch, end, nvalid, k, invalid - 1, work, idx[b], dist[b], guess)
+            guess = _rank_row(scratch, end, nvalid, k, words, work, idx[b], dist[b], guess)
         else:
-            guess = _select(scratch, end, nvalid, kp, invalid - 1, work, part_idx[slot], part_dist[slot], guess)
+            guess = _rank_row(scratch, end, nvalid, kp, words, work, part_idx[slot], part_dist[slot], guess)
             for j in range(min(kp, nvalid)):
                 part_idx[slot, j] += lo
     return first_bad
@@ -317,15 +315,17 @@ _NO_IDS = kernel_input(np.zeros(0, dtype=np.int64))
 _NO_MASK = kernel_input(np.zeros(0, dtype=np.bool_))
 _NO_PIECES = np.zeros(0, dtype=np.int64)
 _NO_PART_IDX = np.zeros((0, 0), dtype=np.int64)
+_KERNEL_IDS = (np.dtype(np.int32), np.dtype(np.int64))
 _NO_PART_DIST = np.zeros((0, 0), dtype=np.int32)
 
 
 def _run(q: np.ndarray, keys: np.ndarray, ids: np.ndarray, table: np.ndarray, lookup: bool, k: int,
-         starts: np.ndarray, lens: np.ndarray, mask: np.ndarray | None, pad: int | None
+         starts: np.ndarray, lens: np.ndarray, mask: np.ndarray | None, pad: int | None, named: np.ndarray = _NO_IDS
          ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
     """Run the rows in the calling thread (small calls), or plan pieces and run them over the threads.
 
-    Then merge the cut rows and raise the first bad id.
+    Then merge the cut rows and raise the first bad id, its value read from
+    ``named`` (the caller's ids).
     """
     batch, words = q.shape
     idx, dist = results(batch, k)
@@ -342,7 +342,7 @@ def _run(q: np.ndarray, keys: np.ndarray, ids: np.ndarray, table: np.ndarray, lo
         first = ragged_topk(q, keys, ids, table, lookup, k, starts, lens, True, _NO_PIECES, _NO_PIECES, _NO_PIECES,
                             _NO_PIECES, *flags, 0, batch, idx, dist, _NO_PART_IDX, _NO_PART_DIST, bad)
         if first >= 0:
-            raise ids_error(first, int(bad[first]), ids[starts[first] + bad[first]], table.shape[0])
+            raise ids_error(first, int(bad[first]), named[starts[first] + bad[first]], table.shape[0])
         return idx, dist
     pieces, _ = plan(lens, k, threads * config.TASKS_PER_THREAD)
     part_idx = np.empty((pieces.lo.shape[0] - batch + pieces.cut_rows.shape[0], pieces.part_width), dtype=np.int64)
@@ -359,7 +359,7 @@ def _run(q: np.ndarray, keys: np.ndarray, ids: np.ndarray, table: np.ndarray, lo
     if first_bad:
         p = min(first_bad)
         row, pos = int(pieces.row[p]), int(pieces.lo[p] + bad[p])
-        raise ids_error(row, pos, ids[starts[row] + pos], table.shape[0])
+        raise ids_error(row, pos, named[starts[row] + pos], table.shape[0])
     if pieces.cut_rows.shape[0]:
         merge_pieces(pieces.cut_rows, pieces.slot_first, pieces.slot_count, part_idx, part_dist, k, idx, dist)
     return idx, dist
@@ -388,6 +388,7 @@ def topk_hamming_lookup(
     :func:`topk_hamming`. Raises the :class:`IndexError` of the first valid
     position holding an id outside the table, named ``ids[row, position]``.
     """
-    ids = kernel_input(ids, contiguous=True)
-    table = kernel_input(table)
-    return _run(q, _NO_SIGNATURES, ids, table, True, k, starts, lens, mask, pad)
+    i = ids if ids.dtype in _KERNEL_IDS else ids.astype(np.int64)  # the same values (uint64 above 2**63 turn
+    # negative: outside the table too); pad, as int64 bits, compares alike. Two id dtypes: two kernel variants.
+    return _run(q, _NO_SIGNATURES, kernel_input(i, contiguous=True), kernel_input(table, contiguous=True), True, k,
+                starts, lens, mask, pad, named=ids)
