@@ -202,6 +202,7 @@ def test_damaged_blocks_are_named_by_their_rows(tmp_path: Path, monkeypatch: pyt
     from etaretrieval import _tablefile
 
     monkeypatch.setattr(_tablefile, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(_tablefile, "READ_BYTES", 24)  # each block read in pieces of 24, 24 and 16 bytes
     table, path = _saved(tmp_path)
     assert json.loads((path / "table.json").read_text())["signatures"]["checksum"]["block_bytes"] == 64
     with er.threads(threads):

@@ -74,6 +74,8 @@ META, SIGNATURES, PLANES = "table.json", "signatures.npy", "planes.npy"
 #: Bytes of data per checksum block: 16 MiB, doubled until a table has at most :data:`MAX_BLOCKS` blocks.
 BLOCK_BYTES = 1 << 24
 MAX_BLOCKS = 1024
+#: Bytes read (and hashed) at a time by a verifying thread, whatever the block size.
+READ_BYTES = 1 << 24
 #: Largest ``table.json`` read (a description of :data:`MAX_BLOCKS` blocks is about 70 kB).
 MAX_META_BYTES = 1 << 22
 _HEX = frozenset("0123456789abcdef")
@@ -461,20 +463,25 @@ class Verification:
         self._lock = threading.Lock()
 
     def _check_block(self, i: int, into: memoryview | None, scratch: threading.local) -> bool:
+        """Whether block ``i`` matches its digest, read in pieces of at most :data:`READ_BYTES` (bounded memory)."""
         lay = self.layout
-        a = i * lay.block
-        n = min(lay.block, lay.rows * lay.words * 8 - a)
-        if into is not None:
-            buf = into[a : a + n]
-        else:
-            if getattr(scratch, "buf", None) is None:
-                scratch.buf = memoryview(bytearray(lay.block))
-            buf = scratch.buf[:n]
-        try:
-            _read_exact(self.fd, buf, lay.offset + a)
-        except EOFError:
-            return False
-        return bool(_digest(buf) == lay.digests[i])
+        start = i * lay.block
+        stop = min(start + lay.block, lay.rows * lay.words * 8)
+        digest = hashlib.new(ALGORITHM)
+        for a in range(start, stop, READ_BYTES):
+            n = min(READ_BYTES, stop - a)
+            if into is not None:
+                buf = into[a : a + n]
+            else:
+                if getattr(scratch, "buf", None) is None:
+                    scratch.buf = memoryview(bytearray(READ_BYTES))
+                buf = scratch.buf[:n]
+            try:
+                _read_exact(self.fd, buf, lay.offset + a)
+            except EOFError:  # the file became shorter since it was opened
+                return False
+            digest.update(buf)
+        return bool(digest.hexdigest() == lay.digests[i])
 
     def run(self, into: memoryview | None = None, *, log: bool = False) -> None:
         """Check every block (in threads); record the outcome; raise :class:`TableFileError` on a mismatch.
