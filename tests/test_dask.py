@@ -159,6 +159,9 @@ def test_retrieve_arrow_bad_columns(table: tuple[Path, np.ndarray]) -> None:
         edask.retrieve_arrow(pa.table({"history": [[1]], "target": [1], "error": ["x"]}), sig, K)
     with pytest.raises(ValueError, match="k must be >= 0"):
         edask.retrieve_arrow(pa.table({"history": [[1]], "target": [1]}), sig, -1)
+    twice = pa.Table.from_arrays([pa.array([[1]]), pa.array([[2]]), pa.array([1])], ["history", "history", "target"])
+    with pytest.raises(ValueError, match="history_col = 'history' names 2 columns of batch"):
+        edask.retrieve_arrow(twice, sig, K)
     with pytest.raises(TypeError, match="batch must be a pyarrow.Table or pyarrow.RecordBatch, got dict"):
         edask.retrieve_arrow({"history": [[1]], "target": [1]}, sig, K)  # type: ignore[arg-type]
 

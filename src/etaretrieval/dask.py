@@ -73,6 +73,8 @@ def _check_schema(schema: pa.Schema, history_col: Any, target_col: Any, source: 
             raise TypeError(f"{arg} must be a str (a column name), got {type(name).__name__} {name!r}")
         if name not in schema.names:
             raise ValueError(f"{arg} = {name!r} is not a column of {source} (columns: {', '.join(schema.names)})")
+        if schema.names.count(name) > 1:
+            raise ValueError(f"{arg} = {name!r} names {schema.names.count(name)} columns of {source}; rename them")
     hist = schema.field(history_col).type
     if not (pa.types.is_list(hist) or pa.types.is_large_list(hist)) or not pa.types.is_integer(hist.value_type):
         raise DTypeError(f"history_col = {history_col!r} must name a list of integer item ids, got type {hist}")
