@@ -416,6 +416,7 @@ def test_fast_path_declines_bad_ids_and_the_error_is_the_general_one(dtype: type
     lambda t, i: (t[:1], i[:1], t[:, :0], 1),  # W = 0 table
     lambda t, i: (t[:2], i[:1], t, 1),  # ids rows != query rows
     lambda t, i: (t[:1], i[:1], t, -1),  # k < 0
+    lambda t, i: (t[:0], i[:0], t, 2**70),  # k beyond int64, and beyond MAX_K
     lambda t, i: (t[:1].astype(np.int64), i[:1], t, 1),  # int64 signatures
 ])
 def test_fast_path_declines_and_the_general_path_raises(call) -> None:  # noqa: ANN001

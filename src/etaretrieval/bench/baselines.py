@@ -21,11 +21,29 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = [
+    "numpy_oneliner",
     "numpy_topk_lookup",
     "torch_inner_product",
     "torch_eta_port",
     "faiss_knn_lookup",
 ]
+
+
+def numpy_oneliner(query: np.ndarray, ids: np.ndarray, table: np.ndarray, k: int) -> np.ndarray:
+    """What a user writes first: ``np.bitwise_count(table[ids] ^ q).sum(-1)``, then ``np.argpartition``.
+
+    The ``k`` nearest positions of each row, unordered and with ties broken
+    anyhow (less than the library returns): the baseline of a single small
+    call. ``ids`` ``(B, L)`` with ``k < L``.
+
+    Examples
+    --------
+    >>> table = np.array([[0], [1], [3]], dtype=np.uint64)
+    >>> sorted(numpy_oneliner(table[:1], np.array([[2, 1, 0]]), table, 1)[0].tolist())
+    [2]
+    """
+    dist = np.bitwise_count(table[ids] ^ query[:, None, :]).sum(-1)
+    return np.argpartition(dist, k, axis=-1)[:, :k]
 
 
 def numpy_topk_lookup(

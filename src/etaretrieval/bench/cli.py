@@ -15,7 +15,7 @@ import numpy as np
 from .. import __version__, threads
 from . import sweep
 from .coldstart import run_coldstart
-from .pipeline import PipelineConfig, format_pipeline, run_pipeline
+from .pipeline import PipelineConfig, format_pipeline, run_pipeline, run_small_call
 from .runner import CONFIGS, Config, Timing, format_table, make_data, run_config, run_pack, set_threads
 
 __all__ = ["main", "parser"]
@@ -62,6 +62,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", action="store_true",
                    help="only the loops users run: serving requests, a training step, single-call latency; "
                         "idle and with every core busy")
+    p.add_argument("--small-call", action="store_true",
+                   help="only the small call (B=1, L=100, 64 bits, k=16) against the NumPy one-liner, idle")
     p.add_argument("--no-load", dest="load", action="store_false",
                    help="--pipeline without the busy background processes")
     p.add_argument("--requests", type=int, default=PipelineConfig.requests,
@@ -113,6 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = parser().parse_args(argv)
     cores = int(numba.config.NUMBA_NUM_THREADS)
+    if args.small_call:
+        print(_environment(1), flush=True)
+        cfg = PipelineConfig(requests=args.requests)
+        rows = run_small_call(cfg, np.random.default_rng(args.seed))
+        print(format_pipeline(cfg, {"small call against NumPy (idle)": rows}), flush=True)
+        return 0
     if args.pipeline:
         if args.threads is not None:
             set_threads(args.threads)

@@ -22,6 +22,11 @@ every core:
   the scheduler gives the core away for a time slice (milliseconds) every
   few milliseconds of its running: the p99 of calls longer than about 1 %
   of that period measures the time slice, for any library;
+* *small call against NumPy*: one small lookup (:data:`SMALL_CALL`: one
+  target, 100 behaviours, 64 bits, ``k = 16``) by :func:`topk_hamming_lookup`,
+  the torch op and the NumPy one-liner a user writes first
+  (``np.bitwise_count(table[ids] ^ q).sum(-1)`` and ``np.argpartition``),
+  called in turn round by round (:func:`interleaved`), and their ratios;
 * *concurrent callers*: requests per second of ``B = 64`` lookups
   (:data:`CONCURRENT_REQUESTS` times ``requests`` in all) issued by
   1 and by 4 Python threads, each request on one thread
@@ -47,9 +52,10 @@ from typing import Any
 import numpy as np
 
 from .. import SignatureTable, SimHasher, threads, topk_hamming_lookup
+from .baselines import numpy_oneliner
 
-__all__ = ["PipelineConfig", "percentiles", "busy_cores", "run_pipeline", "format_pipeline", "PACE", "LOAD_RATIOS",
-           "CONCURRENT_REQUESTS"]
+__all__ = ["PipelineConfig", "percentiles", "interleaved", "busy_cores", "run_pipeline", "run_small_call",
+           "format_pipeline", "PACE", "LOAD_RATIOS", "CONCURRENT_REQUESTS", "SMALL_CALL"]
 
 #: Seconds between the arrivals of paced single calls.
 PACE = 0.001
@@ -57,6 +63,9 @@ PACE = 0.001
 #: Requests per concurrent-callers measurement, in units of ``requests``: long enough that starting the
 #: threads and the first GIL handoffs do not set the rate.
 CONCURRENT_REQUESTS = 10
+
+#: ``(B, L, k)`` of the small call timed against the NumPy one-liner (64 bits, ``N = rows``).
+SMALL_CALL = (1, 100, 16)
 
 #: Title of the last section: p99 under load over the idle p50 of the same calls (first
 #: column) and of the same call back to back (second column).
@@ -110,6 +119,35 @@ def percentiles(call: Callable[[], Any], n: int, pace: float = 0.0) -> tuple[flo
         call()
         samples[i] = time.perf_counter() - start
     return float(np.percentile(samples, 50)), float(np.percentile(samples, 99)), samples
+
+
+def interleaved(calls: dict[str, Callable[[], Any]], n: int) -> dict[str, np.ndarray]:
+    """Seconds of each call over ``n`` rounds that call every one once, in turn (after one untimed round).
+
+    A noisy neighbour or a frequency change then slows every call alike, so
+    ratios of their percentiles hold within the run. Each round calls them
+    in a new random order: a call pays for the caches that the call before
+    it left behind, so every call follows every other alike.
+
+    Examples
+    --------
+    >>> samples = interleaved({"a": lambda: None, "b": lambda: sum(range(100))}, 5)
+    >>> sorted(samples), samples["a"].shape
+    (['a', 'b'], (5,))
+    """
+    for call in calls.values():
+        call()
+    samples = {name: np.empty(n) for name in calls}
+    order = list(calls.items())
+    shuffles = np.random.default_rng(0)
+    clock = time.perf_counter
+    for i in range(n):
+        for j in shuffles.permutation(len(order)):
+            name, call = order[j]
+            start = clock()
+            call()
+            samples[name][i] = clock() - start
+    return samples
 
 
 @contextlib.contextmanager
@@ -171,15 +209,8 @@ def _loop_and_parts(name: str, loop: Callable[[], Any], parts: dict[str, Callabl
     ratios of the loop's p50 and p99 to the sums of the parts'.
     """
     calls = {**{f"  {label} (alone)": part for label, part in parts.items()}, name: loop}
-    samples: dict[str, list[float]] = {label: [] for label in calls}
-    for call in calls.values():
-        call()
     _progress(f"{name}: its {len(parts)} parts alone and the whole loop, interleaved, {n} rounds")
-    for _ in range(n):
-        for label, call in calls.items():
-            start = time.perf_counter()
-            call()
-            samples[label].append(time.perf_counter() - start)
+    samples = interleaved(calls, n)
     stats = {label: (float(np.percentile(t, 50)), float(np.percentile(t, 99))) for label, t in samples.items()}
     rows = [(label, *stats[label]) for label in calls if label != name]
     total50, total99 = sum(r[1] for r in rows), sum(r[2] for r in rows)
@@ -262,6 +293,39 @@ def _single_calls(cfg: PipelineConfig, rng: np.random.Generator) -> list[tuple[s
     return rows
 
 
+def run_small_call(cfg: PipelineConfig, rng: np.random.Generator, rounds: int | None = None
+                   ) -> list[tuple[str, float, float]]:
+    """Rows ``(label, p50, p99)`` of the :data:`SMALL_CALL` by each method, interleaved, then the ratios to NumPy.
+
+    ``rounds`` defaults to ten times ``cfg.requests``.
+    """
+    batch, length, k = SMALL_CALL
+    table = rng.integers(0, 2**63, size=(cfg.rows, 1), dtype=np.uint64)
+    query = table[:batch].copy()
+    ids = rng.integers(0, cfg.rows, (batch, length))
+    numpy_name = "NumPy one-liner"
+    calls: dict[str, Callable[[], Any]] = {
+        numpy_name: functools.partial(numpy_oneliner, query, ids, table, k),
+        "topk_hamming_lookup": functools.partial(topk_hamming_lookup, query, ids, table, k),
+    }
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        import etaretrieval.torch  # noqa: F401
+
+        tq, ti, tt = (torch.from_numpy(a.view(np.int64) if a.dtype == np.uint64 else a) for a in (query, ids, table))
+        calls["torch op"] = functools.partial(torch.ops.etaretrieval.topk_hamming_lookup, tq, ti, tt, k)
+    count = rounds or 10 * cfg.requests
+    _progress(f"small call: B={batch}, L={length}, k={k}, {count} rounds of {len(calls)} methods in turn")
+    stats = {name: (float(np.median(s)), float(np.percentile(s, 99))) for name, s in interleaved(calls, count).items()}
+    what = f"B={batch} L={length} k={k}"
+    rows = [(f"{name} {what}", p50, p99) for name, (p50, p99) in stats.items()]
+    base = stats[numpy_name]
+    rows += [(f"  ratio {name} / {numpy_name}", p50 / base[0], p99 / base[1])
+             for name, (p50, p99) in stats.items() if name != numpy_name]
+    return rows
+
+
 def _load_ratios(idle: list[tuple[str, float, float]],
                  loaded: list[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
     """Per loaded single-call row: ``(label, p99 loaded / idle p50 of the same calls, ... / idle back-to-back p50)``.
@@ -327,6 +391,7 @@ def run_pipeline(cfg: PipelineConfig, *, load: bool = True, seed: int = 0) -> di
                 results[f"training step ({mode})"] = _training(cfg)
             results[f"single-call latency ({mode})"] = _single_calls(cfg, rng)
             results[f"concurrent callers ({mode})"] = _concurrent(cfg, rng)
+            results[f"small call against NumPy ({mode})"] = run_small_call(cfg, rng)
     if load:
         results[LOAD_RATIOS] = _load_ratios(
             results["single-call latency (idle)"], results[f"single-call latency ({modes[1][0]})"])
@@ -356,6 +421,7 @@ def format_pipeline(cfg: PipelineConfig, results: dict[str, list[tuple[str, floa
                 lines.append(f"  {label:<52}{p50:>10.0f}")
             elif "ratio" in label:
                 lines.append(f"  {label:<52}{p50:>9.2f}x" + (f"{p99:>10.2f}x" if p99 else ""))
-            else:
-                lines.append(f"  {label:<52}{p50 * 1e3:>10.3f}{p99 * 1e3:>11.3f}")
+            else:  # a fourth decimal (0.1 microseconds) for single small calls
+                digits = 3 if p50 >= 1e-4 else 4
+                lines.append(f"  {label:<52}{p50 * 1e3:>10.{digits}f}{p99 * 1e3:>11.{digits}f}")
     return "\n".join(lines)

@@ -640,15 +640,17 @@ def lookup_fast(query: Any, ids: Any, table: Any, k: Any) -> tuple[np.ndarray, n
     """``(idx, dist)`` of a small common lookup through :func:`small_entry`, or ``None``: use the general path.
 
     The guard: NumPy arrays, uint64 signatures and int64/int32 ids, all
-    C-contiguous and 2-D, a Python int ``k`` and work of at most
+    C-contiguous and 2-D, a Python int ``k`` in ``0..SMALL_RESULTS`` (a
+    larger one may not fit the entry's int64) and work of at most
     :data:`SMALL_WORK` that :func:`parallel_rows` would run in the calling
     thread (below ``2 x SERIAL_WORK``); the entry checks the rest.
     """
     if not (type(query) is np.ndarray and type(ids) is np.ndarray and type(table) is np.ndarray
-            and type(k) is int and query.dtype == _UINT64 and table.dtype == _UINT64
+            and query.dtype == _UINT64 and table.dtype == _UINT64
             and (ids.dtype == _FAST_IDS[0] or ids.dtype == _FAST_IDS[1])
             and query.ndim == 2 and ids.ndim == 2 and table.ndim == 2
             and query.flags.c_contiguous and ids.flags.c_contiguous and table.flags.c_contiguous
+            and type(k) is int and 0 <= k <= SMALL_RESULTS
             and ids.size * query.shape[1] <= min(SMALL_WORK, 2 * config.SERIAL_WORK - 1)):
         return None
     code, idx, dist = small_entry(ids.dtype)(query, ids, table, k)

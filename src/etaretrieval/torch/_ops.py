@@ -495,9 +495,8 @@ def topk_hamming_lookup(
     (tensor([[4, 0]]), tensor([[0, 0]], dtype=torch.int32))
     """
     if (lengths is None and mask is None and padding_id is None and padding_side == "right"
-            and query.dtype is torch.int64 and table.dtype is torch.int64
-            and (ids.dtype is torch.int64 or ids.dtype is torch.int32)
-            and query.is_cpu and ids.is_cpu and table.is_cpu):
+            and query.dtype is torch.int64 and table.dtype is torch.int64 and query.is_cpu and ids.is_cpu
+            and table.is_cpu):  # the NumPy API's fast path on the tensors' views (its guard checks the rest)
         fast = cpu_topk.lookup_fast(_uint64(query), ids.numpy(), _uint64(table), k)
         if fast is not None:
             return torch.from_numpy(fast[0]), torch.from_numpy(fast[1])
