@@ -307,7 +307,9 @@ def plan(lens: npt.NDArray[np.int64], k: int, tasks: int) -> tuple[Plan, int]:
     the number of positions.
     """
     pieces, groups, cuts, longest, positions = _plan(lens, MIN_PIECE, max(tasks, 1), ROW_COST)
-    return Plan(*pieces, groups, *cuts, min(k, int(longest))), int(positions)
+    row, lo, hi, slot = pieces
+    cut_rows, slot_first, slot_count = cuts
+    return Plan(row, lo, hi, slot, groups, cut_rows, slot_first, slot_count, min(k, int(longest))), int(positions)
 
 
 _NO_SIGNATURES = kernel_input(np.zeros((0, 1), dtype=np.uint64))

@@ -236,7 +236,7 @@ def _run(q: DeviceArray, keys: DeviceArray | None, ids: DeviceArray | None, tabl
         if first != NO_KEY:
             row = int(np.searchsorted(starts + lens, first, side="right"))
             i = _backend.as_numba(ids)
-            raise ids_error(row, first - int(starts[row]), _backend.element(i, (first,)), table.shape[0])
+            raise ids_error(row, first - int(starts[row]), _backend.element(i, (first,)), tt.shape[0])
     return idx_user, dist_user
 
 
