@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from etaretrieval import SignatureTable, SimHasher, threads, topk_hamming_lookup
-from etaretrieval.bench.pipeline import PipelineConfig
+from etaretrieval.bench.baselines import numpy_oneliner
+from etaretrieval.bench.pipeline import SMALL_CALL, PipelineConfig
 
 ROWS, LENGTH, K = 100_000, 1024, 48
 
@@ -45,6 +46,44 @@ class SingleCall:
             raise NotImplementedError("torch is not installed")
         with threads(nthreads) if nthreads else contextlib.nullcontext():
             self.op(*self.targs, K)
+
+
+class SmallCall:
+    """The small call of ``python -m etaretrieval.bench --small-call`` (B=1, L=100, 64 bits, k=16) by each method.
+
+    The library's fast path, the torch op on the same data, and the NumPy
+    one-liner a user writes first (its ratio to the others is the figure).
+    """
+
+    def setup(self) -> None:
+        batch, length, self.k = SMALL_CALL
+        rng = np.random.default_rng(0)
+        self.table = rng.integers(0, 2**63, size=(ROWS, 1), dtype=np.uint64)
+        self.query = self.table[:batch].copy()
+        self.ids = rng.integers(0, ROWS, size=(batch, length))
+        topk_hamming_lookup(self.query, self.ids, self.table, self.k)
+        self.op: Any = None
+        try:
+            import torch
+
+            import etaretrieval.torch  # noqa: F401
+        except ImportError:
+            return
+        self.op = torch.ops.etaretrieval.topk_hamming_lookup
+        self.targs = [torch.from_numpy(a.view(np.int64) if a.dtype == np.uint64 else a)
+                      for a in (self.query, self.ids, self.table)]
+        self.op(*self.targs, self.k)
+
+    def time_topk_hamming_lookup(self) -> None:
+        topk_hamming_lookup(self.query, self.ids, self.table, self.k)
+
+    def time_torch_op(self) -> None:
+        if self.op is None:
+            raise NotImplementedError("torch is not installed")
+        self.op(*self.targs, self.k)
+
+    def time_numpy_oneliner(self) -> None:
+        numpy_oneliner(self.query, self.ids, self.table, self.k)
 
 
 class ServingRequest:
