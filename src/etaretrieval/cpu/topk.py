@@ -389,8 +389,7 @@ def _select(scratch, end, nvalid, k, top, work, idx_row, dist_row, guess):
             n = _candidates(scratch, end, v, cand)
         # A counting sort of the candidates by distance, newest first within
         # a distance: no branch depends on the data.
-        for d in range(v + 1):  # loops rather than slice assignments here: they compile in a fraction of the time
-            count[d] = 0
+        count[: v + 1] = 0
         for i in range(n):
             d = scratch[cand[i]]
             cand_dist[i] = d
@@ -427,15 +426,6 @@ def _workspace(length, words):
 
 
 @jit()
-def _rank_row(scratch, end, nvalid, k, words, work, idx_row, dist_row, guess):
-    """Mark the slots from ``end`` to the next multiple of :data:`LANES` invalid, then :func:`_select` the row."""
-    invalid = 64 * words + 1
-    for pos in range(end, (end + LANES - 1) // LANES * LANES):
-        scratch[pos] = invalid
-    return _select(scratch, end, nvalid, k, invalid - 1, work, idx_row, dist_row, guess)
-
-
-@jit()
 def topk_keys(query, keys, keys_t, shared, k, lengths, mask, use_mask, lo, hi, base, idx, dist):
     """Top-``k`` of the keys of each row ``lo..hi-1`` for ``query[b]``; serial.
 
@@ -449,6 +439,7 @@ def topk_keys(query, keys, keys_t, shared, k, lengths, mask, use_mask, lo, hi, b
     """
     words = query.shape[1]
     length = keys_t.shape[1] if shared else keys.shape[1]
+    invalid = 64 * words + 1
     scratch, work = _workspace(length, words)
     guess = -1
     for b in range(lo, hi):
@@ -469,7 +460,8 @@ def topk_keys(query, keys, keys_t, shared, k, lengths, mask, use_mask, lo, hi, b
         else:
             _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, pad=0, scratch=scratch, words=words,
                                        use_mask=False, use_pad=False, lookup=False, cached=False)
-        guess = _rank_row(scratch, end, nvalid, k, words, work, idx[b - base], dist[b - base], guess)
+        scratch[end : (end + LANES - 1) // LANES * LANES] = invalid  # the last block's tail
+        guess = _select(scratch, end, nvalid, k, invalid - 1, work, idx[b - base], dist[b - base], guess)
 
 
 @jit()
@@ -490,6 +482,7 @@ def topk_lookup(
     rows.
     """
     nrows, words = table.shape
+    invalid = 64 * words + 1
     scratch, work = _workspace(ids.shape[1], words)
     guess = -1
     first_bad = -1
@@ -523,9 +516,9 @@ def topk_lookup(
             if bad[b - base] >= 0:
                 first_bad = b if first_bad < 0 else first_bad
                 continue
-            for pos in range(end):  # empty table and no valid position: an empty result
-                scratch[pos] = 64 * words + 1
-        guess = _rank_row(scratch, end, nvalid, k, words, work, idx[b - base], dist[b - base], guess)
+            scratch[:end] = invalid  # empty table and no valid position: an empty result
+        scratch[end : (end + LANES - 1) // LANES * LANES] = invalid  # the last block's tail
+        guess = _select(scratch, end, nvalid, k, invalid - 1, work, idx[b - base], dist[b - base], guess)
     return first_bad
 
 
