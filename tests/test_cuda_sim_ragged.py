@@ -20,6 +20,7 @@ import pytest
 import reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_cuda_sim import dev, host
 from test_ragged import ID_DTYPES, RaggedCase, ragged_cases
 
 from etaretrieval.ragged import topk_hamming_lookup_ragged, topk_hamming_ragged
@@ -41,17 +42,6 @@ def tiny(threads: int, tile: int, merge: int) -> Iterator[None]:
         yield
     finally:
         config.TOPK_THREADS, cuda_ragged.TILE, cuda_ragged.MERGE_THREADS = old
-
-
-def dev(a: Any) -> Any:
-    from numba import cuda
-
-    return None if a is None else cuda.to_device(np.ascontiguousarray(a))
-
-
-def host(a: Any) -> np.ndarray:
-    assert getattr(a, "__cuda_ndarray__", False) is True, f"not a device array: {type(a)}"
-    return np.asarray(a.copy_to_host())
 
 
 def same(got: tuple[Any, Any], want: tuple[np.ndarray, np.ndarray]) -> None:

@@ -29,7 +29,7 @@ from .. import config
 from .._jit import jit, kernel_input
 from .._threads import parallel_rows, thread_count
 from .._validate import ids_error, results
-from .topk import CACHED_TABLE_BYTES, _distance_pass, _first_bad, _rank_row, _workspace
+from .topk import CACHED_TABLE_BYTES, LANES, _distance_pass, _first_bad, _select, _workspace
 
 __all__ = ["MIN_PIECE", "ROW_COST", "split_offsets", "plan", "ragged_topk", "merge_pieces", "topk_hamming",
            "topk_hamming_lookup"]
@@ -144,6 +144,7 @@ def ragged_topk(
     Returns the first piece of the range with a bad id, or ``-1``.
     """
     words = query.shape[1]
+    invalid = 64 * words + 1
     longest = 0
     for p in range(first, last):
         longest = max(longest, lens[p] if whole else piece_hi[p] - piece_lo[p])
@@ -170,12 +171,13 @@ def ragged_topk(
             if bad[p] >= 0:
                 first_bad = p if first_bad < 0 else first_bad
                 continue
-            scratch[:end] = 64 * words + 1  # empty table and no valid position: an empty result
+            scratch[:end] = invalid  # empty table and no valid position: an empty result
+        scratch[end : (end + LANES - 1) // LANES * LANES] = invalid  # the last block's tail
         slot = -1 if whole else piece_slot[p]
         if slot < 0:
-            guess = _rank_row(scratch, end, nvalid, k, words, work, idx[b], dist[b], guess)
+            guess = _select(scratch, end, nvalid, k, invalid - 1, work, idx[b], dist[b], guess)
         else:
-            guess = _rank_row(scratch, end, nvalid, kp, words, work, part_idx[slot], part_dist[slot], guess)
+            guess = _select(scratch, end, nvalid, kp, invalid - 1, work, part_idx[slot], part_dist[slot], guess)
             for j in range(min(kp, nvalid)):
                 part_idx[slot, j] += lo
     return first_bad
