@@ -109,6 +109,7 @@ def test_quick_frontier_runs_every_block_and_resumes(tmp_path: Path) -> None:
     table = (out / "frontier.md").read_text(encoding="utf-8")
     assert "| full attention + time | all | 1 |" in table and "| TWIN + time | 4 |" in table
     assert "attention-space hash" in table and (out / "frontier.png").stat().st_size > 0
+    assert "times: paired, median of 2 interleaved rounds" in table  # --quick: 2 timing rounds
     assert ".. list-table::" in (out / "frontier_table.rst").read_text(encoding="utf-8")
     before = (out / "frontier.json").read_text(encoding="utf-8")
     assert main(args) == 0  # every run is saved: nothing reruns, the same results

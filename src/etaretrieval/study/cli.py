@@ -18,7 +18,16 @@ from .. import __version__, threads
 from ..datasets import SequenceSamples, build_samples, make_sequence_ctr, read_log
 from .blocktime import block_table, time_blocks
 from .frontier import BLOCKS as FRONTIER_BLOCKS
-from .frontier import frontier_variants, k_values, load_runs, median_history, save_runs, write_report
+from .frontier import (
+    frontier_variants,
+    k_values,
+    load_runs,
+    median_history,
+    save_runs,
+    time_rows,
+    with_timings,
+    write_report,
+)
 from .report import long_table, markdown_table, plot, summarize, to_rst
 from .runner import RunResult, StudyConfig, run_variant, time_long_sequences
 from .variants import variants
@@ -85,6 +94,9 @@ def parser() -> argparse.ArgumentParser:
                    help="only time one long-term block at a time at L = --long-len (B = --long-batch, k = --k): "
                    "forward + backward and inference of full attention, ETA (and its retrieval and attention "
                    "halves), TWIN; writes blocks.md to --out")
+    f.add_argument("--timing-rounds", type=int, help="with --frontier: time every row in this many interleaved "
+                   "rounds (one training step and one inference batch per row and round) and report those times "
+                   "instead of the training runs' (default 10; 2 with --quick; 0: the training runs' medians)")
     f.add_argument("--merge", action="append", default=[], metavar="DIR",
                    help="also take the runs saved in DIR/frontier.json by a frontier run of the same settings "
                    "(e.g. other blocks run in parallel; repeatable)")
@@ -285,6 +297,13 @@ def _frontier(args: argparse.Namespace, cfg: StudyConfig) -> int:
              f"{result.infer_ms:.1f} ms/batch, consistency {result.consistency:.3f}, {result.seconds:.1f} s")
     names = {v.name for v in rows}
     summary = summarize([r for r in results if r.variant in names])
+    rounds = args.timing_rounds if args.timing_rounds is not None else 2 if args.quick else 10
+    if rounds > 0:
+        _log(f"paired timing of {len(rows)} rows, {rounds} interleaved rounds")
+        summary = with_timings(summary, time_rows(rows, data, cfg, rounds))
+    timing_line = (f"- times: paired, median of {rounds} interleaved rounds (every row one training step on the same "
+                   "batch, then one inference batch, per round; one model per row, seed 0)" if rounds > 0 else
+                   "- times: medians of the training runs (steps) and the test batches, median over seeds")
     header = [
         "# etaretrieval study: the k / cost / quality frontier of the long-term block (all with time)",
         "",
@@ -295,7 +314,8 @@ def _frontier(args: argparse.Namespace, cfg: StudyConfig) -> int:
         + (f" (at most {cfg.max_steps} steps)" if cfg.max_steps else "")
         + f" over the training users less {cfg.val_users:.0%} held out for validation"
         + (f"; test on a fixed random {cfg.test_samples} test samples" if cfg.test_samples else "")
-        + f"; seeds {list(cfg.seeds)}; mean ± std over seeds (times: medians)",
+        + f"; seeds {list(cfg.seeds)}; AUC: mean ± std over seeds",
+        timing_line,
         f"- machine: {platform.processor() or platform.machine()}, torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads, etaretrieval {__version__}; this invocation "
         f"{(time.perf_counter() - start) / 60:.1f} min",

@@ -13,18 +13,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
+from ..datasets import SequenceSamples
 from ..torch import ETAAttention, TargetAttention, TimeEncoding, TWINAttention
 from .report import Summary, to_rst
-from .runner import RunResult, StudyConfig
+from .runner import RunResult, StudyConfig, build_model, to_tensors
 from .variants import BlockSizes, Variant
 
-__all__ = ["BLOCKS", "frontier_variants", "pick_k", "frontier_table", "frontier_plot", "load_runs", "save_runs"]
+__all__ = ["BLOCKS", "frontier_variants", "pick_k", "frontier_table", "frontier_plot", "load_runs", "save_runs",
+           "time_rows", "with_timings"]
 
 #: The block families of the frontier, by the name ``--blocks`` takes.
 BLOCKS = ("eta", "eta-attn", "twin", "full")
@@ -217,3 +221,48 @@ def k_values(ks: Sequence[int], fractions: Sequence[float], median_len: float) -
 def median_history(lengths: np.ndarray, max_len: int) -> float:
     """Median number of behaviours a test sample's model sees (histories cut to ``max_len``)."""
     return float(np.median(np.minimum(lengths, max_len)))
+
+
+def time_rows(variants: Sequence[Variant], data: SequenceSamples, cfg: StudyConfig,
+              rounds: int) -> dict[str, tuple[float, float]]:
+    """Paired timing: ``{name: (train ms/step, inference ms/batch)}``, medians of ``rounds`` interleaved rounds.
+
+    Each row's model (seed 0) takes one training step (forward, backward,
+    Adam step) on the same training batch and one inference call on the same
+    test batch per round, the rows one after the other in every round: a
+    change of load on a shared machine touches every row alike, unlike the
+    times of training runs made one after another. The first round warms up.
+    """
+    train_rows, test_rows = np.flatnonzero(data.train), np.flatnonzero(~data.train)
+    rng = np.random.default_rng(cfg.data_seed)
+    x_train, y_train = to_tensors(data.batch(np.sort(rng.choice(train_rows, cfg.batch_size, replace=False)),
+                                             cfg.max_len))
+    x_test, _ = to_tensors(data.batch(np.sort(rng.choice(test_rows, cfg.batch_size, replace=False)), cfg.max_len))
+    models = {v.name: build_model(v, data, cfg, 0) for v in variants}
+    optimizers = {name: torch.optim.Adam(m.parameters(), lr=cfg.lr) for name, m in models.items()}
+    loss_fn = nn.BCEWithLogitsLoss()
+    train: dict[str, list[float]] = {name: [] for name in models}
+    infer: dict[str, list[float]] = {name: [] for name in models}
+    for step in range(rounds + 1):
+        for name, model in models.items():
+            model.train()
+            t0 = time.perf_counter()
+            loss = loss_fn(model(**x_train), y_train)
+            optimizers[name].zero_grad()
+            loss.backward()
+            optimizers[name].step()
+            t1 = time.perf_counter()
+            model.eval()
+            with torch.no_grad():
+                model(**x_test)
+            t2 = time.perf_counter()
+            if step:
+                train[name].append(1e3 * (t1 - t0))
+                infer[name].append(1e3 * (t2 - t1))
+    return {name: (float(np.median(train[name])), float(np.median(infer[name]))) for name in models}
+
+
+def with_timings(rows: Sequence[Summary], timings: dict[str, tuple[float, float]]) -> list[Summary]:
+    """``rows`` with the time columns of :func:`time_rows` where it timed the row."""
+    return [dataclasses.replace(r, train_ms=timings[r.variant][0], infer_ms=timings[r.variant][1])
+            if r.variant in timings else r for r in rows]
