@@ -5,8 +5,10 @@ data: the ragged lookup (:func:`etaretrieval.ragged.topk_hamming_lookup_ragged`
 on flat ids and offsets), the padded lookup with ``lengths`` (rows padded to
 the longest, only each prefix scanned) and the padded lookup without
 ``lengths`` (every ``B x L_max`` position scanned, the padding skipped by
-``padding_id``). Two batches: *uniform* lengths (``0..400``) and *skewed*
-lengths (log-normal, median 200, one row of 10,000). A third part measures
+``padding_id``). Three batches: *uniform* lengths (``0..400``), *skewed*
+lengths (log-normal, median 200, one row of 10,000) and *long*: rows of 700
+and one of ``10^5`` (int32 ids), whose long row is cut into pieces that the
+threads share (``--threads`` sets how many). A last part measures
 the peak memory, in a fresh process each, of a batch with one row of
 ``10^5`` behaviours and rows of 100, ragged and padded, at B = 256 and 1,024.
 """
@@ -66,30 +68,38 @@ def pad(ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 
 def lengths_for(kind: str, batch: int, rng: np.random.Generator) -> np.ndarray:
-    """Row lengths: ``uniform`` (``0..400``), ``skewed`` (log-normal, median 200, sigma 1, one row of 10,000)."""
+    """Row lengths: ``uniform`` (``0..400``), ``skewed`` (log-normal, median 200, sigma 1, one row of 10,000),
+    ``long`` (rows of 700 and one of 100,000 in the middle: enough work for the library's threads)."""
     if kind == "uniform":
         return rng.integers(0, 401, size=batch)
     if kind == "skewed":
         lens = np.minimum(np.round(rng.lognormal(np.log(200), 1.0, size=batch)), 10_000).astype(np.int64)
         lens[rng.integers(batch)] = 10_000
         return lens
-    raise ValueError(f"kind must be 'uniform' or 'skewed', got {kind!r}")
+    if kind == "long":
+        lens = np.full(batch, 700)
+        lens[batch // 2] = 100_000
+        return lens
+    raise ValueError(f"kind must be 'uniform', 'skewed' or 'long', got {kind!r}")
 
 
-def ragged_batch(lengths: np.ndarray, rows: int = 1_000_000, bits: int = 64, k: int = 32, seed: int = 0
-                 ) -> RaggedBatch:
-    """Random signatures, a table of ``rows`` rows and ragged ids of the given row ``lengths``."""
+def ragged_batch(lengths: np.ndarray, rows: int = 1_000_000, bits: int = 64, k: int = 32, seed: int = 0,
+                 dtype: type = np.int64) -> RaggedBatch:
+    """Random signatures, a table of ``rows`` rows and ragged ids (of ``dtype``) of the given row ``lengths``."""
     rng = np.random.default_rng(seed)
     words = (bits + 63) // 64
     table = rng.integers(0, 2**64, size=(rows, words), dtype=np.uint64, endpoint=False)
     query = rng.integers(0, 2**64, size=(lengths.size, words), dtype=np.uint64, endpoint=False)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    ids = rng.integers(0, rows, size=int(offsets[-1]), dtype=np.int64)
+    ids = rng.integers(0, rows, size=int(offsets[-1])).astype(dtype)
     return RaggedBatch(query, ids, offsets, table, k)
 
 
-def time_batch(batch: RaggedBatch, repeat: int) -> dict[str, float]:
-    """Median seconds per call of each way, in ``repeat`` interleaved rounds (after a checked warm-up call each)."""
+def time_batch(batch: RaggedBatch, repeat: int) -> dict[str, tuple[float, float]]:
+    """``(median, best)`` seconds per call of each way, in ``repeat`` interleaved rounds (after a checked call each).
+
+    The best of the rounds is the steadier figure on a busy machine.
+    """
     ways: dict[str, Callable[[], Any]] = {
         "ragged": batch.ragged, "padded + lengths": batch.with_lengths, "padded, no lengths": batch.without_lengths,
     }
@@ -103,11 +113,11 @@ def time_batch(batch: RaggedBatch, repeat: int) -> dict[str, float]:
             start = time.perf_counter()
             way()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
 
 
 _MEMORY = """
-import resource, sys, numpy as np
+import sys, numpy as np
 from etaretrieval.bench.ragged import pad
 from etaretrieval import config, threads, topk_hamming_lookup
 from etaretrieval.cpu import ragged
@@ -122,7 +132,17 @@ ragged.MIN_PIECE, config.SERIAL_WORK = 1, 0
 with threads(2):
     topk_hamming_lookup_ragged(query[:2], np.array([1, 2, 3, 3]), table, 2, [0, 3, 4])
 ragged.MIN_PIECE, config.SERIAL_WORK = old
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+
+before = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:  # the peak (VmHWM) starts again from the current RSS
+    f.write("5")
 lengths = np.full(batch, 100)
 lengths[batch // 2] = 100_000
 offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -131,12 +151,15 @@ if mode == "padded":
     topk_hamming_lookup(query, pad(ids, offsets), table, 32, lengths=lengths)
 else:
     topk_hamming_lookup_ragged(query, ids, table, 32, offsets)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+print(status("VmHWM") - before)
 """
 
 
 def peak_memory(mode: str, batch: int) -> int:
     """Bytes the peak RSS grows by in a fresh process: the ids of rows of 100 plus one of ``10^5``, and one call.
+
+    Linux only: the peak is reset (``/proc/self/clear_refs``) after the
+    kernels are loaded, and read from ``/proc/self/status``.
 
     ``mode`` ``"ragged"``: the flat ids and the ragged call; ``"padded"``: the
     flat ids padded (as a caller must) and the padded call with ``lengths``.
@@ -161,17 +184,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     figures: dict[str, Any] = {}
     rng = np.random.default_rng(0)
-    for kind in ("uniform", "skewed"):
-        batch = ragged_batch(lengths_for(kind, args.batch, rng), args.rows, args.bits, args.k)
+    for kind in ("uniform", "skewed", "long"):
+        batch = ragged_batch(lengths_for(kind, args.batch, rng), args.rows, args.bits, args.k,
+                             dtype=np.int32 if kind == "long" else np.int64)
         with threads(args.threads) if args.threads else contextlib.nullcontext():
             t = time_batch(batch, args.repeat)
         lens = batch.lengths
         print(f"\n{kind}: B = {lens.size}, behaviours {int(lens.sum()):,} (median {int(np.median(lens))}, "
               f"longest {int(lens.max()):,}; padded {lens.size * int(lens.max()):,}), N = {args.rows:,}, "
               f"{args.bits} bits, k = {args.k}")
-        base = t["ragged"]
-        for name, seconds in t.items():
-            print(f"  {name:<20} {seconds * 1e3:9.3f} ms  {seconds / base:6.2f}x the ragged time")
+        median, best = t["ragged"]
+        print(f"  {'':<20} {'median':>9}      {'x ragged':>8}  {'best':>9}      {'x ragged':>8}")
+        for name, (m, b) in t.items():
+            print(f"  {name:<20} {m * 1e3:9.3f} ms  {m / median:8.2f}  {b * 1e3:9.3f} ms  {b / best:8.2f}")
         figures[kind] = t
     if args.memory:
         print("\npeak memory of the ids and one call (fresh process; rows of 100 plus one of 10^5):")
