@@ -96,7 +96,7 @@ def ragged_batch(lengths: np.ndarray, rows: int = 1_000_000, bits: int = 64, k: 
 
 
 def time_batch(batch: RaggedBatch, repeat: int) -> dict[str, tuple[float, float]]:
-    """``(median, best)`` seconds per call of each way, in ``repeat`` interleaved rounds (after a checked call each).
+    """``(median, best)`` seconds per call of each way, in ``repeat`` rotating rounds (after a checked call each).
 
     The best of the rounds is the steadier figure on a busy machine.
     """
@@ -108,10 +108,11 @@ def time_batch(batch: RaggedBatch, repeat: int) -> dict[str, tuple[float, float]
         if not (np.array_equal(idx, first[0][0]) and np.array_equal(dist, first[0][1])):
             raise AssertionError("ragged and padded results differ")
     times: dict[str, list[float]] = {name: [] for name in ways}
-    for _ in range(repeat):
-        for name, way in ways.items():
+    names = list(ways)
+    for r in range(repeat):  # each round starts with the next way: none always follows the cache-flushing one
+        for name in names[r % len(names):] + names[: r % len(names)]:
             start = time.perf_counter()
-            way()
+            ways[name]()
             times[name].append(time.perf_counter() - start)
     return {name: (statistics.median(t), min(t)) for name, t in times.items()}
 
