@@ -114,13 +114,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="candidates per request")
     parser.add_argument("--length", type=int, default=256, help="history length")
     parser.add_argument("--repeat", type=int, default=0, help="time this many eager requests")
+    parser.add_argument("--torch-threads", type=int, default=0, help="torch's threads (default: torch's choice)")
+    parser.add_argument("--no-package", action="store_true", help="reuse OUT/model.pt2 (only write and time)")
     opts = parser.parse_args()
+    if opts.torch_threads:
+        torch.set_num_threads(opts.torch_threads)
     opts.out.mkdir(parents=True, exist_ok=True)
     model = build_model()
     args = request(model.items.num_embeddings - 1, opts.batch, opts.length)
-    start = time.perf_counter()
-    path = package(model, args, opts.out / "model.pt2")
-    print(f"packaged {path} in {time.perf_counter() - start:.0f} s")
+    if not opts.no_package:
+        start = time.perf_counter()
+        path = package(model, args, opts.out / "model.pt2")
+        print(f"packaged {path} in {time.perf_counter() - start:.0f} s")
     with torch.no_grad():
         logits, positions = Scoring(model)(*args)
     for name, t in zip(INPUTS, args):

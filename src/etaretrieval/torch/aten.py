@@ -152,7 +152,7 @@ def _validity(
 ) -> Optional[torch.Tensor]:
     """``(B, L)`` or shared ``(1, L)`` bool valid positions, or ``None`` (all valid)."""
     if mask is not None:
-        m = _ops.bool_mask(mask)
+        m = mask if mask.dtype == torch.bool else mask != 0
         return m.unsqueeze(0) if m.dim() == 1 else m
     if lengths is None:
         return None
@@ -162,7 +162,9 @@ def _validity(
     return pos >= length - n if padding_side == "left" else pos < n
 
 
-def _select(dist: torch.Tensor, valid: Optional[torch.Tensor], k: int, max_dist: int) -> tuple[torch.Tensor, ...]:
+def _select(
+    dist: torch.Tensor, valid: Optional[torch.Tensor], k: int, max_dist: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` of ``(B, L)`` distances: positions by (distance ascending, position descending), ``-1`` fill.
 
     One int64 key per position, ``dist * L + (L - 1 - pos)``, is distinct in
@@ -242,9 +244,10 @@ def topk_hamming_lookup(
     i = ids.to(torch.int64)  # uint64 ids past 2**63 become negative: outside the table either way
     i = i.unsqueeze(0) if i.dim() == 1 else i
     valid = _validity(lengths, mask, ids.shape[-1], query.device, padding_side)
-    if padding_id is not None:
-        pad = as_padding(padding_id, np.dtype(_NUMPY_INTS[ids.dtype]))
-        valid = (i != pad) if valid is None else valid & (i != pad)
+    pad = as_padding(padding_id, np.dtype(_NUMPY_INTS[ids.dtype]))  # its int64 bit pattern, or None
+    if pad is not None:
+        not_pad = torch.ne(i, pad)
+        valid = not_pad if valid is None else valid & not_pad
     inside = (i >= 0) & (i < nrows)
     _assert((inside if valid is None else inside | ~valid).all(),
             f"ids: a valid position holds an id outside the table's rows [0, {nrows})")
