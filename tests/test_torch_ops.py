@@ -316,3 +316,28 @@ def test_hamming_topk_function() -> None:
     hit.scatter_(1, safe, index >= 0)
     assert torch.equal(seq.grad.abs().sum(-1) > 0, hit)
     assert target.grad is None
+
+
+@pytest.mark.parametrize("ids_dtype", [torch.int64, torch.int32, torch.int16])
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_lookup_fast_path_and_its_fallbacks_equal_numpy_api(ids_dtype: torch.dtype, layout: str) -> None:
+    """The op's fast path (contiguous int64/int32 tensors) and the general path give the NumPy API's results."""
+    from etaretrieval.cpu import topk
+
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randint(-(2**62), 2**62, (50, 2), generator=gen)
+    table[::3] = table[0]  # ties
+    ids = torch.randint(0, 50, (3, 40), generator=gen).to(ids_dtype)
+    if layout == "strided":
+        ids = ids[:, ::2]
+    query = table[:3].clone()
+    fast = topk.lookup_fast(query.numpy().view(np.uint64), ids.numpy(), table.numpy().view(np.uint64), 5)
+    assert (fast is not None) == (layout == "contiguous" and ids_dtype != torch.int16)
+    idx, dist = torch.ops.etaretrieval.topk_hamming_lookup(query, ids, table, 5)
+    want = er.topk_hamming_lookup(query.numpy().view(np.uint64), ids.numpy(), table.numpy().view(np.uint64), 5)
+    np.testing.assert_array_equal(idx.numpy(), want[0])
+    np.testing.assert_array_equal(dist.numpy(), want[1])
+    bad = ids.clone()
+    bad[2, 3] = 50
+    with pytest.raises(IndexError, match=r"ids\[2, 3\] = 50 is outside the table's rows \[0, 50\)"):
+        torch.ops.etaretrieval.topk_hamming_lookup(query, bad, table, 5)
