@@ -290,3 +290,12 @@ def test_docstring_examples_agree_with_the_padded_api() -> None:
     got = topk_hamming_lookup_ragged(query, np.array([2, 0, 1, 0, 2, 1]), table, 2, offsets=[0, 3, 6], padding_id=0)
     want = er.topk_hamming_lookup(query, np.array([[2, 0, 1], [0, 2, 1]]), table, 2, padding_id=0)
     check(got, want, 2, 2)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint16, np.uint64, np.int8])
+def test_offsets_of_any_integer_dtype(dtype: type) -> None:
+    table = np.arange(6, dtype=np.uint64)[:, None]
+    ids = np.array([5, 1, 2, 3, 4, 0, 2], dtype=np.int64)
+    query = np.array([[3], [0]], dtype=np.uint64)
+    want = ref.topk_hamming_lookup_ragged(query, ids, table, 3, [1, 4, 7])
+    check(topk_hamming_lookup_ragged(query, ids, table, 3, np.array([1, 4, 7], dtype=dtype)), want, 2, 3)
