@@ -17,7 +17,8 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 SPHINX := $(VPY) -m sphinx -W --keep-going
 # The tests that exercise the CPU kernels (run again with NUMBA_DISABLE_JIT=1)
 PUREPYTHON_TESTS := tests/test_topk.py tests/test_lookup.py tests/test_hamming.py tests/test_simhash.py \
-	tests/test_sdim.py tests/test_table.py tests/test_threads.py tests/test_validation.py tests/test_inputs.py
+	tests/test_sdim.py tests/test_table.py tests/test_threads.py tests/test_validation.py tests/test_inputs.py \
+	tests/test_ragged.py
 
 .PHONY: demo test install install-test lint test-cpu test-cudasim docs asv-smoke study-smoke test-purepython bench gpu-check
 
@@ -42,7 +43,7 @@ test-cpu: install-test
 # The CUDA kernels under numba-cuda's simulator, in their own process
 test-cudasim: install-test
 	@echo; echo "== [2/6] CUDA kernels under numba-cuda's simulator, in their own process (about 3 min) =="
-	NUMBA_ENABLE_CUDASIM=1 $(VPY) -m pytest tests/test_cuda_sim.py tests/test_cuda_sim_sdim.py tests/test_persistence.py -m cudasim -p no:cacheprovider --durations=5
+	NUMBA_ENABLE_CUDASIM=1 $(VPY) -m pytest tests/test_cuda_sim.py tests/test_cuda_sim_sdim.py tests/test_cuda_sim_ragged.py tests/test_persistence.py -m cudasim -p no:cacheprovider --durations=5
 
 # The documentation site (gallery examples executed) and its doctests, offline, warnings as errors
 docs: install-test
