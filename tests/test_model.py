@@ -251,3 +251,12 @@ def test_half_and_double_keep_the_hyperplanes_and_boundaries(data) -> None:  # t
         assert out.dtype == dtype and bool(out.isfinite().all())
     cache = SignatureCache(torch.nn.Embedding(10, DIM), ETARetriever(DIM, 64, 4)).half()
     assert cache.planes.dtype == torch.float32
+
+
+def test_attention_space_model_exports() -> None:
+    model = ETAModel(100, DIM, hash_space="attention").eval()
+    with torch.no_grad():
+        model.long.attention.key.bias.add_(0.5)  # type: ignore[union-attr]
+    history, target = torch.randint(1, 101, (4, 300)), torch.randint(1, 101, (4,))
+    program = torch.export.export(model, (history, target))
+    assert torch.equal(program.module()(history, target), model(history, target))

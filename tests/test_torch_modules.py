@@ -524,3 +524,10 @@ def test_side_planes_errors() -> None:
         retriever(target, emb(ids), key_planes=torch.zeros(DIM + 2, BITS))
     with pytest.raises(TypeError, match="query_planes must be a float32/float64 torch.Tensor"):
         retriever(target, emb(ids), query_planes=torch.zeros(DIM, BITS, dtype=torch.int64))
+
+
+def test_attention_space_compiles_fullgraph() -> None:
+    emb, ids, mask, target = batch(10)
+    block = attention_block(10)
+    compiled = torch.compile(block, backend="eager", fullgraph=True)
+    assert torch.equal(compiled(target, emb(ids), mask), block(target, emb(ids), mask))
