@@ -299,3 +299,50 @@ def test_offsets_of_any_integer_dtype(dtype: type) -> None:
     query = np.array([[3], [0]], dtype=np.uint64)
     want = ref.topk_hamming_lookup_ragged(query, ids, table, 3, [1, 4, 7])
     check(topk_hamming_lookup_ragged(query, ids, table, 3, np.array([1, 4, 7], dtype=dtype)), want, 2, 3)
+
+
+@given(lens=st.lists(st.integers(0, 30), min_size=0, max_size=5), lead=st.integers(0, 3), tail=st.integers(0, 3),
+       tau=st.sampled_from([1, 2, 3, 5, 8]), words=st.integers(1, 3), d=st.integers(1, 5), masked=st.booleans(),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**32 - 1))
+def test_sdim_ragged_equals_padded_and_reference(
+    lens: list[int], lead: int, tail: int, tau: int, words: int, d: int, masked: bool, dtype: type, seed: int
+) -> None:
+    """Group sums and pooled vectors of ragged rows: the padded functions' with lengths (or a mask), bit for bit."""
+    from etaretrieval.ragged import sdim_group_sums_ragged, sdim_pool_ragged
+
+    rng = np.random.default_rng(seed)
+    bits = 64 * words - (64 * words) % tau
+    batch = len(lens)
+    offsets = lead + np.concatenate([[0], np.cumsum(lens, dtype=np.int64)])
+    total = int(offsets[-1]) + tail
+    # few distinct signatures, so that codes match often
+    keys = ref.random_signatures(rng, (total, words), style="pool", bits=bits)
+    values = rng.standard_normal((total, d)).astype(dtype)
+    query = keys[rng.integers(0, max(total, 1), size=batch)] if total else np.zeros((batch, words), np.uint64)
+    mask = rng.random(total) < 0.7 if masked else None
+    case = RaggedCase(query, keys, np.zeros(total, np.int64), keys, offsets, 0, mask)
+    pk, lengths, pmask = case.padded(keys, np.uint64(0))
+    pv = case.padded(values, 0)[0]
+    kw = {"mask": pmask} if masked else {"lengths": lengths}
+    with tiny_pieces(1):  # (rows of SDIM are never cut: the setting must not matter)
+        sums = sdim_group_sums_ragged(query, keys, values, tau, offsets, bits=bits, mask=mask)
+        pooled = sdim_pool_ragged(query, keys, values, tau, offsets, bits=bits, mask=mask)
+    assert sums.dtype == dtype and sums.shape == (batch, bits // tau, d)
+    np.testing.assert_array_equal(sums, er.sdim_group_sums(query, pk, pv, tau, bits=bits, **kw))
+    np.testing.assert_array_equal(pooled, er.sdim_pool(query, pk, pv, tau, bits=bits, **kw))
+    np.testing.assert_array_equal(pooled, ref.sdim_pool(query, pk, pv, tau, bits, **kw))
+
+
+def test_sdim_ragged_refuses_bad_input() -> None:
+    from etaretrieval.ragged import sdim_pool_ragged
+
+    keys = np.zeros((4, 1), np.uint64)
+    q = np.zeros((2, 1), np.uint64)
+    with pytest.raises(ValueError, match=re.escape("values must have shape (4, d)")):
+        sdim_pool_ragged(q, keys, np.zeros((3, 2)), 1, [0, 2, 4])
+    with pytest.raises(TypeError, match="values must have dtype float32 or float64"):
+        sdim_pool_ragged(q, keys, np.zeros((4, 2), np.int64), 1, [0, 2, 4])
+    with pytest.raises(ValueError, match="offsets must be non-decreasing"):
+        sdim_pool_ragged(q, keys, np.zeros((4, 2)), 1, [0, 3, 2])
+    with pytest.raises(ValueError, match="tau must divide bits"):
+        sdim_pool_ragged(q, keys, np.zeros((4, 2)), 3, [0, 2, 4])

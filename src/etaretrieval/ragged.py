@@ -27,11 +27,14 @@ from ._validate import (
     check_table_shape,
     is_integer_dtype,
 )
+from .cpu import ragged_sdim as host_sdim
 from .cpu.ragged import split_offsets
 from .cpu.ragged import topk_hamming as host_topk
 from .cpu.ragged import topk_hamming_lookup as host_lookup
+from .sdim import check_groups, check_tau
 
-__all__ = ["topk_hamming_ragged", "topk_hamming_lookup_ragged", "as_offsets", "offsets_error", "check_offsets_alone"]
+__all__ = ["topk_hamming_ragged", "topk_hamming_lookup_ragged", "sdim_group_sums_ragged", "sdim_pool_ragged",
+           "as_offsets", "offsets_error", "check_offsets_alone"]
 
 
 def check_offsets_alone(lengths: Any = None, padding_side: str | None = None) -> None:
@@ -243,3 +246,108 @@ def topk_hamming_lookup_ragged(
 
         return device_lookup(q, i, t, k, starts, lens, m, pad)
     return host_lookup(q, i, t, k, starts, lens, m, pad)
+
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _sdim_inputs(query: Any, keys: Any, values: Any, tau: Any, bits: Any, offsets: Any, mask: Any
+                 ) -> tuple[Any, Any, Any, int, int, np.ndarray, np.ndarray, Any]:
+    """Checked ``(query, keys, values, tau, groups, starts, lens, mask)`` of a ragged SDIM call."""
+    q = as_signatures("query", query, (2,), "(B, W)")
+    kk = as_signatures("keys", keys, (2,), "(T, W): the flat keys of every row")
+    batch, words = q.shape
+    check_keys_shape(kk.shape, batch, words)
+    v = as_array(values, "values")
+    if v.dtype not in _FLOATS:
+        raise DTypeError(f"values must have dtype float32 or float64, got dtype {v.dtype}")
+    if v.ndim != 2 or v.shape[0] != kk.shape[0]:
+        raise ValueError(f"values must have shape ({kk.shape[0]}, d), one row per key, got shape {_shape(v.shape)}")
+    tau = check_tau(tau)
+    groups = check_groups(words, tau, bits)
+    starts, lens = as_offsets(offsets, batch, kk.shape[0], "keys")
+    return q, kk, v, tau, groups, starts, lens, _flat_mask(mask, kk.shape[0])
+
+
+def sdim_group_sums_ragged(
+    query: Any, keys: Any, values: Any, tau: int, offsets: Any, *, bits: int | None = None, mask: Any = None
+) -> npt.NDArray[np.floating]:
+    """The SDIM group sums over ragged rows: :func:`etaretrieval.sdim_group_sums` of rows given by offsets.
+
+    Parameters
+    ----------
+    query : array_like
+        ``(B, W)`` uint64 target signatures.
+    keys : array_like
+        ``(T, W)`` uint64 behaviour signatures of every row, back to back.
+    values : array_like
+        ``(T, d)`` float32/float64, one row per key.
+    tau : int
+        Bits per group, ``1..16``; must divide ``bits``.
+    offsets : array_like
+        ``(B + 1,)`` row offsets into ``keys`` and ``values``, as in
+        :func:`topk_hamming_ragged`.
+    bits : int, optional
+        Signature length (default ``64 W``); ``G = bits / tau`` groups.
+    mask : array_like, optional
+        ``(T,)`` bool: valid positions.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(B, G, d)`` of the dtype of ``values``, equal bit for bit to the
+        padded function's on the rows padded with ``lengths``. Host arrays only.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from etaretrieval.ragged import sdim_group_sums_ragged
+    >>> keys = np.array([[0b01], [0b11], [0b00]], dtype=np.uint64)
+    >>> values = np.array([[1.0], [2.0], [4.0]])
+    >>> query = np.array([[0b01], [0b00]], dtype=np.uint64)
+    >>> sdim_group_sums_ragged(query, keys, values, 1, [0, 2, 3], bits=2)[:, :, 0]
+    array([[3., 1.],
+           [4., 4.]])
+    """
+    _host_only(query=query, keys=keys, values=values, offsets=offsets, mask=mask)
+    q, kk, v, tau, groups, starts, lens, m = _sdim_inputs(query, keys, values, tau, bits, offsets, mask)
+    return host_sdim.sdim_group_sums(q, kk, v, tau, groups, starts, lens, m)
+
+
+def sdim_pool_ragged(
+    query: Any, keys: Any, values: Any, tau: int, offsets: Any, *, bits: int | None = None, mask: Any = None
+) -> npt.NDArray[np.floating]:
+    """SDIM user-interest vectors over ragged rows: :func:`etaretrieval.sdim_pool` of rows given by offsets.
+
+    Parameters
+    ----------
+    query, keys, values, tau, offsets, bits, mask
+        As in :func:`sdim_group_sums_ragged`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(B, d)`` of the dtype of ``values``, equal bit for bit to the padded
+        function's on the rows padded with ``lengths``. Host arrays only.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from etaretrieval.ragged import sdim_pool_ragged
+    >>> keys = np.array([[0b01], [0b11], [0b10]], dtype=np.uint64)
+    >>> values = np.array([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0]])
+    >>> sdim_pool_ragged(np.array([[0b01]], dtype=np.uint64), keys, values, 1, [0, 3], bits=2)
+    array([[0.5236068, 0.8472136]])
+    """
+    _host_only(query=query, keys=keys, values=values, offsets=offsets, mask=mask)
+    q, kk, v, tau, groups, starts, lens, m = _sdim_inputs(query, keys, values, tau, bits, offsets, mask)
+    return host_sdim.sdim_pool(q, kk, v, tau, groups, starts, lens, m)
+
+
+def _host_only(**arrays: Any) -> None:
+    """Refuse device arrays: the ragged SDIM functions run on the host."""
+    if placement(**arrays):
+        raise ValueError(
+            "the ragged SDIM functions take host (NumPy) arrays; for device arrays pass padded rows with lengths "
+            "to etaretrieval.sdim_group_sums / sdim_pool"
+        )

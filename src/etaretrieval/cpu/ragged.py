@@ -31,8 +31,8 @@ from .._threads import parallel_rows, thread_count
 from .._validate import ids_error, results
 from .topk import CACHED_TABLE_BYTES, LANES, _distance_pass, _first_bad, _select, _workspace
 
-__all__ = ["MIN_PIECE", "ROW_COST", "split_offsets", "plan", "ragged_topk", "merge_pieces", "topk_hamming",
-           "topk_hamming_lookup"]
+__all__ = ["MIN_PIECE", "ROW_COST", "row_of", "rows_of", "block_of", "split_offsets", "plan", "ragged_topk",
+           "merge_pieces", "topk_hamming", "topk_hamming_lookup"]
 
 #: Rows are cut into pieces only when longer than this many positions (each
 #: piece costs a partial top-K list and its merge).
@@ -48,14 +48,19 @@ _POS_BITS = 40
 _POS_MASK = (1 << _POS_BITS) - 1
 
 
-def _row_of(values: np.ndarray, start: int, n: int) -> np.ndarray:
+def row_of(values: np.ndarray, start: int, n: int) -> np.ndarray:
     """``values[start : start + n]`` of C-contiguous 1-D ``values`` as a ``(1, n)`` view."""
     return values[None, start : start + n]
 
 
-def _rows_of(values: np.ndarray, start: int, n: int) -> np.ndarray:
+def rows_of(values: np.ndarray, start: int, n: int) -> np.ndarray:
     """Rows ``start .. start + n - 1`` of C-contiguous 2-D ``values`` (a view)."""
     return values[start : start + n]
+
+
+def block_of(values: np.ndarray, start: int, n: int) -> np.ndarray:
+    """Rows ``start .. start + n - 1`` of C-contiguous 2-D ``values`` as a ``(1, n, x)`` view."""
+    return values[None, start : start + n]
 
 
 @intrinsic
@@ -73,12 +78,18 @@ def _element_address(typingctx, values, index):
 
 # In compiled code the views are made from a pointer: they carry no reference count, whose atomic updates
 # (a view passed to another function keeps them) would cost each row more than its views' other work.
-@overload(_row_of, inline="always")
+@overload(row_of, inline="always")
 def _row_of_jit(values, start, n):
     return lambda values, start, n: numba.carray(_element_address(values, start), (1, n))
 
 
-@overload(_rows_of, inline="always")
+@overload(block_of, inline="always")
+def _block_of_jit(values, start, n):
+    return lambda values, start, n: numba.carray(_element_address(values, start * values.shape[1]),
+                                                 (1, n, values.shape[1]))
+
+
+@overload(rows_of, inline="always")
 def _rows_of_jit(values, start, n):
     return lambda values, start, n: numba.carray(_element_address(values, start * values.shape[1]),
                                                  (n, values.shape[1]))
@@ -157,15 +168,15 @@ def ragged_topk(
         lo = 0 if whole else piece_lo[p]
         end = lens[b] if whole else piece_hi[p] - lo
         s = starts[b] + lo
-        q = _rows_of(query, b, 1)
-        i2 = _row_of(ids, s if lookup else 0, end if lookup else 0)  # (empty views of what is not read)
-        m2 = _row_of(mask, s if use_mask else 0, end if use_mask else 0)
+        q = rows_of(query, b, 1)
+        i2 = row_of(ids, s if lookup else 0, end if lookup else 0)  # (empty views of what is not read)
+        m2 = row_of(mask, s if use_mask else 0, end if use_mask else 0)
         if lookup:
             out_of_range, nvalid = _piece_distances(q, table, i2, end, m2, use_mask, pad, use_pad, cached, True,
                                                     scratch, words)
         else:
-            out_of_range, nvalid = _piece_distances(q, _rows_of(keys, s, end), i2, end, m2, use_mask, pad, False, False,
-                                                    False, scratch, words)
+            out_of_range, nvalid = _piece_distances(q, rows_of(keys, s, end), i2, end, m2, use_mask, pad, False,
+                                                    False, False, scratch, words)
         if out_of_range:
             bad[p] = _first_bad(i2, 0, end, m2, use_mask, pad, use_pad, table.shape[0])
             if bad[p] >= 0:
