@@ -539,8 +539,8 @@ def _lookup_small(query, ids, table, k):
     ``query`` ``(B, W)`` and ``table`` ``(N, W)`` uint64 and ``ids`` ``(B, L)``
     int64 or int32, all C-contiguous; no mask, lengths nor padding id.
     Checks the shapes, ``k`` and the ids and allocates the results; any
-    failure returns a code other than :data:`DONE` (with empty arrays) and
-    the caller runs the general path, which raises the error of the bad
+    failure returns a code other than :data:`DONE` (with arrays to ignore)
+    and the caller runs the general path, which raises the error of the bad
     argument.
 
     One self-contained function, so that a fresh cache compiles it in a
