@@ -24,7 +24,9 @@ rng = np.random.default_rng(5)
 table = rng.integers(0, 2**63, size=(1000, 2), dtype=np.int64).view(np.uint64)
 ids = rng.integers(0, 1000, size=(64, 3000)).astype(np.int32)
 er.topk_hamming_lookup(table[:64], ids, table, 16, lengths=rng.integers(0, 3001, size=64))  # threaded
-er.topk_hamming_lookup(table[:2], ids[:2, :50], table, 5)  # in the calling thread
+er.topk_hamming_lookup(table[:64], ids, table, 16)  # threaded, no lengths
+er.topk_hamming_lookup(table[:8], ids[:8, :2500], table, 16)  # past the small-call fast path, one thread
+er.topk_hamming_lookup(table[:2], ids[:2, :50], table, 5)  # the fast path
 er.topk_hamming_lookup(table[:2], ids[0, :50], table, 5, lengths=np.array([3, 50]), padding_side="left")
 print(*_compiles())
 """

@@ -9,8 +9,9 @@ that cost out of the first request::
 
     NUMBA_CACHE_DIR=/opt/numba-cache python -m etaretrieval.warmup --ids int32 --lengths --torch
 
-The warm-up calls the public functions (and the torch ops) on tiny inputs,
-each variant in the calling thread and split over two threads, so
+The warm-up calls the public functions (and the torch ops) on small inputs
+(a tiny call and one past the size thresholds of the call path), each
+variant in the calling thread and split over two threads, so
 it compiles exactly what real calls of those kinds use, whatever the kernels'
 signatures. One progress line per variant says what was compiled and how long
 it took. Results are discarded; nothing else is changed.
@@ -48,7 +49,10 @@ ID_DTYPES = ("int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "u
 FLOAT_DTYPES = ("float32", "float64")
 _TORCH_ID_DTYPES = ("int64", "int32", "int16", "int8", "uint8")  # the integer dtypes torch tensors carry
 
-_B, _L, _N, _K, _D = 3, 9, 20, 4, 4  # batch, sequence length, table rows, k, embedding width: tiny
+_N, _K, _D = 20, 4, 4  # table rows, k, embedding width
+#: ``(B, L)`` of the calls: a tiny one, and one above the size thresholds of the call path (the small-call fast
+#: path takes ``B x L x W`` up to ``1 << 15``), so that both paths are compiled.
+_SIZES = ((3, 9), (8, 4500))
 
 
 @dataclass(frozen=True)
@@ -76,16 +80,18 @@ def _step(label: str, *calls: Callable[[], object]) -> Step:
     return Step(label, calls)
 
 
-def _validity(lengths: bool, mask: bool, padding: bool) -> list[tuple[str, dict[str, Any]]]:
+def _validity(size: tuple[int, int], lengths: bool, mask: bool, padding: bool) -> list[tuple[str, dict[str, Any]]]:
     """``(label, keyword arguments)`` of the valid-position variants asked for (always the plain call)."""
     rng = np.random.default_rng(0)
+    batch, length = size
     found: list[tuple[str, dict[str, Any]]] = [("", {})]
     if lengths:
-        found.append(("lengths", {"lengths": np.array([0, 4, _L])}))
-        found.append(("lengths, left padding", {"lengths": np.array([0, 4, _L]), "padding_side": "left"}))
+        prefix = np.linspace(0, length, batch).astype(np.int64)  # empty to full rows
+        found.append(("lengths", {"lengths": prefix}))
+        found.append(("lengths, left padding", {"lengths": prefix, "padding_side": "left"}))
     if mask:
-        found.append(("(B, L) mask", {"mask": rng.random((_B, _L)) < 0.7}))
-        found.append(("(L,) mask", {"mask": rng.random(_L) < 0.7}))
+        found.append(("(B, L) mask", {"mask": rng.random(size) < 0.7}))
+        found.append(("(L,) mask", {"mask": rng.random(length) < 0.7}))
     if padding:
         found.append(("padding id", {"padding_id": 0}))
     return found
@@ -134,7 +140,7 @@ def _sdim_steps(float_dtypes: Sequence[str], validity: list[tuple[str, dict[str,
     rng = np.random.default_rng(2)
     found = [_step("sdim_codes", partial(sdim_codes, keys, 4))]
     for dtype in float_dtypes:
-        values = rng.standard_normal((_B, _L, _D)).astype(dtype)
+        values = rng.standard_normal((*keys.shape[:2], _D)).astype(dtype)
         for label, kw in validity:
             if "padding_id" in kw or "padding_side" in kw:
                 continue
@@ -150,12 +156,13 @@ def _sdim_steps(float_dtypes: Sequence[str], validity: list[tuple[str, dict[str,
 
 
 def _numpy_steps(ops: Sequence[str], id_dtypes: Sequence[str], float_dtypes: Sequence[str],
-                 validity: list[tuple[str, dict[str, Any]]], strided: bool) -> list[Step]:
+                 validity: list[tuple[str, dict[str, Any]]], strided: bool, size: tuple[int, int]) -> list[Step]:
     rng = np.random.default_rng(0)
+    batch = size[0]
     found: list[Step] = []
     for words in (1, 4):  # calls with one and with several signature words run every branch of the kernels
         table = rng.integers(0, 2**63, size=(_N, words), dtype=np.int64).view(np.uint64)
-        query, ids = table[:_B].copy(), rng.integers(1, _N, size=(_B, _L))
+        query, ids = table[:batch].copy(), rng.integers(1, _N, size=size)
         these: list[Step] = []
         for shared in (False, True):
             if ("lookup-shared" if shared else "lookup") in ops:
@@ -167,17 +174,17 @@ def _numpy_steps(ops: Sequence[str], id_dtypes: Sequence[str], float_dtypes: Seq
         found += [Step(_join(step.label, f"{64 * words} bits"), step.calls) for step in these]
     planes = hyperplanes(8, 128, seed=0)
     for dtype in float_dtypes if "pack" in ops else ():
-        x = rng.standard_normal((_B, _L, 8)).astype(dtype)
+        x = rng.standard_normal((*size, 8)).astype(dtype)
         found.append(_step(f"pack_signatures: {dtype} embeddings", partial(pack_signatures, x, planes),
                            partial(pack_signatures, x[0], planes, check_finite=False)))
     if "sdim" in ops:
         signatures = pack_signatures(rng.standard_normal((_N, 8)).astype(np.float32), planes)
-        found += _sdim_steps(float_dtypes, validity, signatures[:_B], signatures[ids])
+        found += _sdim_steps(float_dtypes, validity, signatures[:batch], signatures[ids])
     return found
 
 
 def _torch_steps(ops: Sequence[str], id_dtypes: Sequence[str], float_dtypes: Sequence[str],
-                 validity: list[tuple[str, dict[str, Any]]]) -> list[Step]:
+                 validity: list[tuple[str, dict[str, Any]]], size: tuple[int, int]) -> list[Step]:
     import torch
 
     import etaretrieval.torch  # noqa: F401  (registers torch.ops.etaretrieval)
@@ -187,8 +194,8 @@ def _torch_steps(ops: Sequence[str], id_dtypes: Sequence[str], float_dtypes: Seq
     valid = [(label, {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()})
              for label, kw in validity]
     table = torch.from_numpy(rng.integers(0, 2**62, size=(_N, 2), dtype=np.int64))
-    ids = rng.integers(1, _N, size=(_B, _L))
-    query, keys = table[:_B].clone(), table[torch.from_numpy(ids)]
+    ids = rng.integers(1, _N, size=size)
+    query, keys = table[:size[0]].clone(), table[torch.from_numpy(ids)]
     found: list[Step] = []
     if "lookup" in ops or "lookup-shared" in ops:
         for dtype in [d for d in id_dtypes if d in _TORCH_ID_DTYPES]:
@@ -200,10 +207,10 @@ def _torch_steps(ops: Sequence[str], id_dtypes: Sequence[str], float_dtypes: Seq
                   for label, kw in valid if "padding_id" not in kw]
     planes = torch.from_numpy(hyperplanes(8, 128, seed=0))
     for dtype in float_dtypes if "pack" in ops else ():
-        x = torch.from_numpy(rng.standard_normal((_B, _L, 8)).astype(dtype))
+        x = torch.from_numpy(rng.standard_normal((*size, 8)).astype(dtype))
         found.append(_step(f"torch pack_signatures: {dtype} embeddings", partial(op.pack_signatures, x, planes)))
     for dtype in float_dtypes if "sdim" in ops else ():
-        values = torch.from_numpy(rng.standard_normal((_B, _L, _D)).astype(dtype))
+        values = torch.from_numpy(rng.standard_normal((*size, _D)).astype(dtype))
 
         def sdim(v: torch.Tensor = values) -> None:
             grad = v.clone().requires_grad_(True)
@@ -245,11 +252,15 @@ def steps(ops: Iterable[str] = ("lookup",), id_dtypes: Iterable[str] = ("int64",
         unknown = sorted(set(given) - set(known))
         if unknown:
             raise ValueError(f"unknown {name} {', '.join(unknown)}; expected some of {', '.join(known)}")
-    validity = _validity(lengths, mask, padding)
-    found = _numpy_steps(ops, id_dtypes, float_dtypes, validity, strided)
-    if torch:
-        found += _torch_steps(ops, id_dtypes, float_dtypes, validity)
-    return found
+    per_size = []
+    for size in _SIZES:
+        validity = _validity(size, lengths, mask, padding)
+        found = _numpy_steps(ops, id_dtypes, float_dtypes, validity, strided, size)
+        if torch:
+            found += _torch_steps(ops, id_dtypes, float_dtypes, validity, size)
+        per_size.append(found)
+    return [Step(variants[0].label, tuple(call for step in variants for call in step.calls))
+            for variants in zip(*per_size)]
 
 
 def _compiles() -> tuple[int, int]:
