@@ -104,3 +104,35 @@ def test_empty_batch_and_rows() -> None:
         idx, dist = topk_hamming_lookup_ragged(dev(table[:2]), dev(np.array([1, 2])), dev(table), 3,
                                                dev(np.array([1, 1, 1])))
         assert (host(idx) == -1).all() and (host(dist) == -1).all()
+
+
+@settings(max_examples=6, deadline=None, derandomize=True, database=None)  # two kernels per example: slow here
+@given(lens=st.lists(st.integers(0, 8), min_size=0, max_size=3), lead=st.integers(0, 2),
+       tau=st.sampled_from([1, 3, 8]), words=st.integers(1, 2), d=st.integers(1, 3), masked=st.booleans(),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**32 - 1))
+def test_sdim_equals_cpu(lens: list[int], lead: int, tau: int, words: int, d: int, masked: bool, dtype: type,
+                         seed: int) -> None:
+    from etaretrieval.cuda import sdim as cuda_sdim
+    from etaretrieval.ragged import sdim_group_sums_ragged, sdim_pool_ragged
+
+    rng = np.random.default_rng(seed)
+    bits = 64 * words - (64 * words) % tau
+    offsets = lead + np.concatenate([[0], np.cumsum(lens, dtype=np.int64)])
+    total = int(offsets[-1]) + 1
+    keys = ref.random_signatures(rng, (total, words), style="pool", bits=bits)
+    values = rng.standard_normal((total, d)).astype(dtype)
+    query = keys[rng.integers(0, total, size=len(lens))]
+    mask = rng.random(total) < 0.7 if masked else None
+    args = (tau, offsets)
+    want_sums = sdim_group_sums_ragged(query, keys, values, *args, bits=bits, mask=mask)
+    want_pool = sdim_pool_ragged(query, keys, values, *args, bits=bits, mask=mask)
+    old = cuda_sdim.THREADS
+    cuda_sdim.THREADS = 4
+    try:
+        got_sums = sdim_group_sums_ragged(dev(query), dev(keys), dev(values), tau, dev(offsets), bits=bits,
+                                          mask=dev(mask))
+        got_pool = sdim_pool_ragged(dev(query), dev(keys), dev(values), tau, dev(offsets), bits=bits, mask=dev(mask))
+    finally:
+        cuda_sdim.THREADS = old
+    np.testing.assert_array_equal(host(got_sums), want_sums)
+    np.testing.assert_array_equal(host(got_pool), want_pool)

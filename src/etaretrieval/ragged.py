@@ -296,7 +296,8 @@ def sdim_group_sums_ragged(
     -------
     numpy.ndarray
         ``(B, G, d)`` of the dtype of ``values``, equal bit for bit to the
-        padded function's on the rows padded with ``lengths``. Host arrays only.
+        padded function's on the rows padded with ``lengths``. For device
+        arrays, a device array of the same library, equal to the CPU's.
 
     Examples
     --------
@@ -309,8 +310,12 @@ def sdim_group_sums_ragged(
     array([[3., 1.],
            [4., 4.]])
     """
-    _host_only(query=query, keys=keys, values=values, offsets=offsets, mask=mask)
+    device = placement(query=query, keys=keys, values=values, offsets=offsets, mask=mask)
     q, kk, v, tau, groups, starts, lens, m = _sdim_inputs(query, keys, values, tau, bits, offsets, mask)
+    if device:
+        from .cuda.ragged import sdim_group_sums as device_sums
+
+        return device_sums(q, kk, v, tau, groups, starts, lens, m)
     return host_sdim.sdim_group_sums(q, kk, v, tau, groups, starts, lens, m)
 
 
@@ -328,7 +333,8 @@ def sdim_pool_ragged(
     -------
     numpy.ndarray
         ``(B, d)`` of the dtype of ``values``, equal bit for bit to the padded
-        function's on the rows padded with ``lengths``. Host arrays only.
+        function's on the rows padded with ``lengths``. For device arrays, a
+        device array of the same library, equal to the CPU's.
 
     Examples
     --------
@@ -339,15 +345,11 @@ def sdim_pool_ragged(
     >>> sdim_pool_ragged(np.array([[0b01]], dtype=np.uint64), keys, values, 1, [0, 3], bits=2)
     array([[0.5236068, 0.8472136]])
     """
-    _host_only(query=query, keys=keys, values=values, offsets=offsets, mask=mask)
+    device = placement(query=query, keys=keys, values=values, offsets=offsets, mask=mask)
     q, kk, v, tau, groups, starts, lens, m = _sdim_inputs(query, keys, values, tau, bits, offsets, mask)
+    if device:
+        from .cuda.ragged import sdim_pool as device_pool
+
+        return device_pool(q, kk, v, tau, groups, starts, lens, m)
     return host_sdim.sdim_pool(q, kk, v, tau, groups, starts, lens, m)
 
-
-def _host_only(**arrays: Any) -> None:
-    """Refuse device arrays: the ragged SDIM functions run on the host."""
-    if placement(**arrays):
-        raise ValueError(
-            "the ragged SDIM functions take host (NumPy) arrays; for device arrays pass padded rows with lengths "
-            "to etaretrieval.sdim_group_sums / sdim_pool"
-        )

@@ -38,7 +38,8 @@ from .._device import DeviceArray
 from .._validate import MAX_WORDS, ids_error
 from . import _backend, config
 
-__all__ = ["TILE", "POS_BITS", "NO_KEY", "MERGE_THREADS", "topk_hamming", "topk_hamming_lookup"]
+__all__ = ["TILE", "POS_BITS", "NO_KEY", "MERGE_THREADS", "topk_hamming", "topk_hamming_lookup", "sdim_group_sums",
+           "sdim_pool"]
 
 #: ``numba.cuda`` once a kernel is built (a module global: the simulator swaps it while kernels run).
 cuda: Any = None
@@ -180,6 +181,103 @@ def _kernels(threads: int, tile: int) -> tuple[Any, Any]:
                 dist[b, s] = -1
 
     return tile_kernel, merge_kernel
+
+
+@functools.lru_cache(maxsize=None)
+def _sdim_kernel(threads: int) -> Any:
+    """The ragged SDIM group-sums kernel for blocks of ``threads`` threads."""
+    global cuda
+    cuda = _backend.cuda()
+    from numba import float64, int32, int64, uint64
+
+    T = threads
+
+    @cuda.jit(device=True)
+    def code(sig, r, start, tau):
+        """The code at bits ``[start, start + tau)`` of ``sig[r]`` (``(R, W)`` uint64)."""
+        word = start >> 6
+        off = start & 63
+        c = sig[r, word] >> uint64(off)
+        if off + tau > 64:
+            c |= sig[r, word + 1] << uint64(64 - off)
+        return int64(c & uint64((1 << tau) - 1))
+
+    @cuda.jit
+    def sums_kernel(query, keys, values, tau, starts, lens, mask, use_mask, out):
+        """``out[b, g, :]`` = the group sums of row ``b`` (flat ``keys`` / ``values`` / ``mask`` from ``starts[b]``).
+
+        Block ``b * G + g``; as :mod:`etaretrieval.cuda.sdim`'s sums: the block
+        flags ``T`` positions at a time, then thread ``t`` adds component
+        ``t`` (``t + T``, ...) of the flagged positions in increasing order
+        into its float64 accumulator.
+        """
+        flags = cuda.shared.array(T, int32)
+        groups = out.shape[1]
+        d = out.shape[2]
+        b = cuda.blockIdx.x // groups
+        g = cuda.blockIdx.x % groups
+        tid = cuda.threadIdx.x
+        s = starts[b]
+        end = lens[b]
+        start = g * tau
+        target = code(query, b, start, tau)
+        for i0 in range(0, d, T):
+            i = i0 + tid
+            acc = float64(0.0)
+            for p0 in range(0, end, T):
+                p = p0 + tid
+                f = 0
+                if p < end and (not use_mask or mask[s + p]) and code(keys, s + p, start, tau) == target:
+                    f = 1
+                flags[tid] = f
+                cuda.syncthreads()
+                if i < d:
+                    for j in range(min(T, end - p0)):
+                        if flags[j] != 0:
+                            acc += float64(values[s + p0 + j, i])
+                cuda.syncthreads()
+            if i < d:
+                out[b, g, i] = acc
+
+    return sums_kernel
+
+
+def _sdim_sums(q: DeviceArray, keys: DeviceArray, values: DeviceArray, tau: int, groups: int, starts: np.ndarray,
+               lens: np.ndarray, mask: DeviceArray | None, stream: Any) -> tuple[Any, Any]:
+    """``(user, numba view)`` of the ``(B, G, d)`` group sums, launched on ``stream``."""
+    from .sdim import THREADS
+
+    batch = q.shape[0]
+    user, out = _backend.empty(q, (batch, groups, values.shape[1]), values.dtype, stream)
+    if batch:
+        c = _backend.cuda()
+        d_starts, d_lens = (c.to_device(np.ascontiguousarray(a), stream=stream) for a in (starts, lens))
+        m = _backend.placeholder(q, (1,), np.bool_, stream) if mask is None else _backend.as_numba(mask)
+        _backend.configure(_sdim_kernel(THREADS), batch * groups, THREADS, stream)(
+            _backend.as_numba(q, np.uint64), _backend.as_numba(keys, np.uint64), _backend.as_numba(values),
+            np.int64(tau), d_starts, d_lens, m, mask is not None, out,
+        )
+    return user, out
+
+
+def sdim_group_sums(q: DeviceArray, keys: DeviceArray, values: DeviceArray, tau: int, groups: int,
+                    starts: np.ndarray, lens: np.ndarray, mask: DeviceArray | None) -> Any:
+    """Device path of :func:`etaretrieval.ragged.sdim_group_sums_ragged` (inputs validated)."""
+    with _backend.device_scope(q):
+        return _sdim_sums(q, keys, values, tau, groups, starts, lens, mask, _backend.launch_stream(q))[0]
+
+
+def sdim_pool(q: DeviceArray, keys: DeviceArray, values: DeviceArray, tau: int, groups: int,
+              starts: np.ndarray, lens: np.ndarray, mask: DeviceArray | None) -> Any:
+    """Device path of :func:`etaretrieval.ragged.sdim_pool_ragged`: the group sums, then the padded path's finish."""
+    from .sdim import _from_rows
+
+    with _backend.device_scope(q):
+        stream = _backend.launch_stream(q)
+        _, sums = _sdim_sums(q, keys, values, tau, groups, starts, lens, mask, stream)
+        user, out = _backend.empty(q, (q.shape[0], values.shape[1]), values.dtype, stream)
+        _from_rows(stream, q, q, tau, sums, None, out)
+    return user
 
 
 def _tiles(starts: np.ndarray, lens: np.ndarray, tile: int) -> tuple[np.ndarray, ...]:
