@@ -108,8 +108,12 @@ def test_retrieve_arrow_equals_numpy_api_row_by_row(table: tuple[Path, np.ndarra
     rows = pq.read_table(dataset / "b.parquet")
     whole = edask.retrieve_arrow(rows, sig, K)
     check_rows(whole, sig, K)
-    monkeypatch.setattr(edask, "MAX_CELLS", 50)  # many small blocks of rows: the same answer
+    chunked = pa.Table.from_batches(rows.to_batches(max_chunksize=7))  # chunks: sliced list arrays
+    assert chunked.column("history").num_chunks > 1 and chunked.column("history").chunk(1).offset > 0
+    assert edask.retrieve_arrow(chunked, sig, K).equals(whole)
+    monkeypatch.setattr(edask, "MAX_ENTRIES", 13)  # many kernel calls on slices of each chunk: the same answer
     assert edask.retrieve_arrow(rows, sig, K).equals(whole)
+    assert edask.retrieve_arrow(chunked, sig, K).equals(whole)
     errors = whole.column("error").to_pylist()
     assert errors[3] == f"history[2] = {N} is outside the table rows [0, {N})"
     assert errors[5] == f"history[0] = -1 is outside the table rows [0, {N})"
@@ -139,6 +143,45 @@ def test_retrieve_arrow_property(lengths: list[int], k: int, seed: int, large: b
     out = edask.retrieve_arrow(rows.slice(0), sig, k)
     assert out.num_rows == len(lengths) and out.column("error").null_count == len(lengths)
     check_rows(out, sig, k)
+
+
+@settings(deadline=None, max_examples=25)
+@given(
+    lengths=st.lists(st.integers(0, 12), min_size=1, max_size=10),
+    k=st.integers(0, 14),
+    seed=st.integers(0, 2**32 - 1),
+    large=st.booleans(),
+    start=st.integers(0, 4),
+    chunk=st.integers(1, 4),
+)
+def test_retrieve_arrow_reads_offsets_and_values_in_place(lengths: list[int], k: int, seed: int, large: bool,
+                                                          start: int, chunk: int) -> None:
+    """Sliced list arrays (offsets from above 0), chunked columns, large_list offsets, null rows whose offsets
+    span values, and bad ids in some rows: every row as the padded NumPy API answers it, the result lists
+    offsets + values (no padding) and chunked as the history column."""
+    rng = np.random.default_rng(seed)
+    sig = rng.integers(0, 2**64, size=(10, 1), dtype=np.uint64) & np.uint64(0b1111)  # many ties
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    values = rng.integers(0, 10, size=int(offsets[-1]))
+    values[rng.random(values.size) < 0.05] = 10  # an id past the table, now and then
+    null = rng.random(len(lengths)) < 0.2  # null rows keep their (non-empty) spans of values
+    offset_type = pa.int64() if large else pa.int32()
+    array_type = pa.LargeListArray if large else pa.ListArray
+    history = array_type.from_arrays(pa.array(offsets, type=offset_type), pa.array(values, type=pa.int16()),
+                                     mask=pa.array(null))
+    target = pa.array(rng.integers(0, 10, size=len(lengths)), type=pa.int64())
+    rows = pa.table({"history": history, "target": target}).slice(min(start, len(lengths) - 1))
+    rows = pa.Table.from_batches(rows.to_batches(max_chunksize=chunk), schema=rows.schema)
+    out = edask.retrieve_arrow(rows, sig, k)
+    assert out.num_rows == rows.num_rows and out.column("topk_pos").num_chunks == rows.column("history").num_chunks
+    check_rows(out, sig, k)
+    for i, row in enumerate(out.to_pylist()):
+        if row["history"] is None:
+            assert row["error"] == "history is null"
+        elif 10 in row["history"]:
+            assert row["error"] == f"history[{row['history'].index(10)}] = 10 is outside the table rows [0, 10)"
+        else:
+            assert row["error"] is None and len(row["topk_pos"]) == min(k, len(row["history"])), i
 
 
 def test_retrieve_arrow_bad_columns(table: tuple[Path, np.ndarray]) -> None:

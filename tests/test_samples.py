@@ -87,3 +87,68 @@ def test_item_categories_is_the_map_when_there_is_one(seed: int, consistent: boo
         assert (table[ids] == cats).all() and (np.delete(table, ids) == 0).all()
     assert dataclasses.replace(data, categories=None).item_categories() is None
     assert dataclasses.replace(data, n_categories=0).item_categories() is None
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 6), st.integers(0, 12), st.integers(0, 10),
+       st.one_of(st.none(), st.integers(1, 9)), st.sampled_from(["left", "right"]), st.booleans())
+def test_ragged_batch_holds_the_rows_back_to_back(seed, n_users, per_user, samples, max_len, side, categories):
+    """Each row is the sample's visible behaviours (the last max_len of them), unpadded; padded, the ragged
+    batch equals the padded batch of the same rows."""
+    data = _store(np.random.default_rng(seed), n_users, per_user, samples)
+    if not categories:
+        data = dataclasses.replace(data, categories=None, target_category=None)
+    rows = np.random.default_rng(seed).permutation(samples)
+    ragged = data.ragged_batch(rows, max_len)
+    assert ragged.offsets.dtype == np.int64 and ragged.offsets.shape == (samples + 1,) and ragged.offsets[0] == 0
+    assert ragged.history.shape == ragged.times.shape == (int(ragged.offsets[-1]),)
+    for b, s in enumerate(rows):
+        seen = np.arange(data.offsets[data.user[s]], data.end[s])[-max_len if max_len else None:]
+        cut = slice(ragged.offsets[b], ragged.offsets[b + 1])
+        assert ragged.lengths[b] == seen.size
+        for name, values in (("history", data.items), ("times", data.times), ("categories", data.categories)):
+            got = getattr(ragged, name)
+            if values is None:
+                assert got is None
+            else:
+                np.testing.assert_array_equal(got[cut], values[seen])
+    width = max_len or max(1, int(data.history_lengths().max()) if samples else 1)
+    padded, want = ragged.padded(max_len, padding_side=side), data.batch(rows, width, padding_side=side)
+    for field in dataclasses.fields(want):
+        got, expected = getattr(padded, field.name), getattr(want, field.name)
+        if isinstance(expected, np.ndarray):
+            np.testing.assert_array_equal(got, expected, err_msg=field.name)
+        else:
+            assert got == expected, field.name
+    if max_len is None or max_len >= 2:  # a narrower block keeps each row's last behaviours
+        shorter = ragged.padded(2, padding_side=side)
+        np.testing.assert_array_equal(shorter.history, data.batch(rows, 2, padding_side=side).history)
+
+
+def test_ragged_batch_retrieves_as_the_padded_batch():
+    """The batch form the offsets= functions take: the same top-K as the padded batch with lengths."""
+    import etaretrieval as er
+    from etaretrieval.ragged import topk_hamming_lookup_ragged
+
+    data = _store(np.random.default_rng(3), 6, 40, 30)
+    table = np.random.default_rng(4).integers(0, 2**64, size=(50, 1), dtype=np.uint64)
+    rows = np.arange(30)
+    ragged, padded = data.ragged_batch(rows), data.batch(rows, 40, padding_side="right")
+    query = table[ragged.target]
+    got = topk_hamming_lookup_ragged(query, ragged.history, table, 5, ragged.offsets)
+    want = er.topk_hamming_lookup(query, padded.history, table, 5, lengths=padded.lengths)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_ragged_batch_validation():
+    data = _store(np.random.default_rng(0), 3, 5, 4)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="max_len must be >= 1"):
+            data.ragged_batch([0], bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"rows must have shape \(B,\)"):
+        data.ragged_batch([[0]])
+    with pytest.raises(ValueError, match="padding_side must be"):
+        data.ragged_batch([0]).padded(padding_side="middle")  # type: ignore[arg-type]
+    empty = data.ragged_batch([])
+    assert empty.offsets.tolist() == [0] and empty.history.size == 0 and empty.padded().history.shape == (0, 1)

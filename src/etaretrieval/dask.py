@@ -28,6 +28,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,8 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 
 from ._device import DeviceArray
 from ._validate import DTypeError, as_signatures, check_k
+from .ragged import topk_hamming_lookup_ragged
 from .table import SignatureTable
-from .topk import topk_hamming_lookup
 
 __all__ = ["OfflineSummary", "retrieve_arrow", "retrieve_parquet"]
 
@@ -57,8 +58,9 @@ OUTPUT_COLUMNS = ("topk_ids", "topk_pos", "topk_dist", "error")
 _DONE = "_done"  # marker folder (pyarrow and dask skip names starting with "_" and ".")
 _JOB = "_job.json"
 
-#: Padded ids built per lookup call, at most (rows x longest history), in elements.
-MAX_CELLS = 1 << 24
+#: Retrieved entries per kernel call at most (rows x min(k, longest history)): each call's result lists
+#: stay within Arrow's int32 list offsets.
+MAX_ENTRIES = (1 << 31) - 1
 
 
 def _column(batch: pa.Table, name: str) -> pa.Array:
@@ -103,15 +105,92 @@ def _values(a: pa.Array) -> tuple[np.ndarray | None, np.ndarray]:
     return a.is_null().to_numpy(zero_copy_only=False), pc.fill_null(a, 0).to_numpy()
 
 
-def _first_per_row(rows: np.ndarray, *values: np.ndarray) -> tuple[np.ndarray, ...]:
-    """For sorted-by-appearance ``rows``, each distinct row with the values of its first entry."""
-    first_rows, first = np.unique(rows, return_index=True)
-    return (first_rows, *(v[first] for v in values))
+class _Rows:
+    """The retrieval of one run of list rows (a chunk of the history column, or a slice of one).
 
+    ``ids`` are the list's whole flat values (zero-copy when none is null) and
+    ``offsets`` its ``(B + 1,)`` offsets, ``offsets[0]`` above 0 for a sliced
+    array; ``failed`` marks the rows that get an ``error`` message (in ``messages``).
+    """
 
-def _lists(values: np.ndarray, offsets: np.ndarray, null: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
-    """A list array of the flat ``values`` cut at ``offsets``, null where ``null``."""
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=arrow_type), mask=pa.array(null))
+    def __init__(self, hist: pa.Array, targets: np.ndarray, target_null: np.ndarray | None, n_items: int) -> None:
+        self.hist, self.n_rows = hist, len(hist)
+        self.offsets = hist.offsets.to_numpy()  # int32 (list) or int64 (large_list), no copy
+        self.id_null, self.ids = _values(hist.values)
+        self.targets, self.n_items = targets, n_items
+        bad_target = (targets < 0) | (targets >= n_items)
+        self.target_null = target_null
+        if target_null is not None:
+            bad_target |= target_null
+        self.bad_target = bad_target
+        self.hist_null = hist.is_null().to_numpy(zero_copy_only=False) if hist.null_count else None
+        self.failed = bad_target if self.hist_null is None else bad_target | self.hist_null
+        self.messages: np.ndarray | None = None  # filled for the failed rows only
+
+    def find_bad_ids(self, history_col: str) -> None:
+        """Fail each row holding a null id or one outside the table, with a message naming its first."""
+        lo, hi = int(self.offsets[0]), int(self.offsets[-1])
+        span = self.ids[lo:hi]
+        out = (span < 0) | (span >= self.n_items)
+        if self.id_null is not None:
+            out |= self.id_null[lo:hi]
+        bad = np.flatnonzero(out) + lo
+        rows = np.searchsorted(self.offsets, bad, side="right") - 1  # the row holding each bad id
+        rows, first = np.unique(rows, return_index=True)  # one message per row: its first bad id
+        messages = np.full(self.n_rows, None, dtype=object)
+        for row, at in zip(rows.tolist(), bad[first].tolist()):
+            null = self.id_null is not None and self.id_null[at]
+            what = "null" if null else f"{self.ids[at]} is outside the table rows [0, {self.n_items})"
+            messages[row] = f"{history_col}[{at - int(self.offsets[row])}] = {what}"
+        self.messages = messages
+        self.failed = self.failed.copy()
+        self.failed[rows] = True
+
+    def name_failures(self, history_col: str, target_col: str) -> None:
+        """The message of each failed row: a bad id, overridden by a bad target, overridden by a null history."""
+        if self.messages is None:
+            self.messages = np.full(self.n_rows, None, dtype=object)
+        messages = self.messages
+        for row in np.flatnonzero(self.bad_target).tolist():
+            messages[row] = (
+                f"{target_col} is null" if self.target_null is not None and self.target_null[row]
+                else f"{target_col} = {self.targets[row]} is outside the table rows [0, {self.n_items})"
+            )
+        if self.hist_null is not None:
+            messages[self.hist_null] = f"{history_col} is null"
+
+    def lookup(self, signatures: np.ndarray, k: int, history_col: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(B, k)`` positions and distances of :func:`~etaretrieval.ragged.topk_hamming_lookup_ragged`.
+
+        Rows are checked only when the call finds a bad id (or a row has
+        already failed): their positions are then masked out.
+        """
+        query_rows = np.where(self.failed, 0, self.targets).astype(np.int64)
+        query = signatures[query_rows]
+        if not self.failed.any() and self.id_null is None:
+            try:
+                return topk_hamming_lookup_ragged(query, self.ids, signatures, k, self.offsets)
+            except IndexError:  # a row holds an id outside the table: find them all
+                pass
+        self.find_bad_ids(history_col)
+        lo, hi = int(self.offsets[0]), int(self.offsets[-1])
+        mask = np.zeros(self.ids.shape[0], dtype=bool)
+        mask[lo:hi] = np.repeat(~self.failed, np.diff(self.offsets))
+        return topk_hamming_lookup_ragged(query, self.ids, signatures, k, self.offsets, mask=mask)
+
+    def results(self, idx: np.ndarray, dist: np.ndarray) -> tuple[pa.Array, pa.Array, pa.Array]:
+        """The ``topk_ids``, ``topk_pos`` and ``topk_dist`` list arrays: the retrieved entries, flat, and offsets."""
+        served = idx >= 0
+        counts = served.sum(axis=1)
+        offsets = np.zeros(self.n_rows + 1, dtype=np.int32)
+        np.cumsum(counts, out=offsets[1:])
+        pos = idx[served]
+        found = self.ids[np.repeat(self.offsets[:-1].astype(np.int64), counts) + pos].astype(np.int64, copy=False)
+        offsets_array = pa.array(offsets)
+        mask = pa.array(self.failed) if self.failed.any() else None
+        ids_list, pos_list, dist_list = (pa.ListArray.from_arrays(offsets_array, pa.array(values), mask=mask)
+                                         for values in (found, pos, dist[served]))
+        return ids_list, pos_list, dist_list
 
 
 def retrieve_arrow(
@@ -124,15 +203,17 @@ def retrieve_arrow(
 ) -> pa.Table:
     """Top-``k`` retrieval for every row of an Arrow table (what each Dask task runs on its rows).
 
-    Vectorised over the rows: the histories are read through the list
-    offsets, padded per block of rows to the longest history of the block
-    and passed with their lengths to :func:`etaretrieval.topk_hamming_lookup`.
+    The history column is read in place: each chunk's flat values and
+    offsets go to :func:`etaretrieval.ragged.topk_hamming_lookup_ragged`
+    (a sliced array's offsets start above 0; a ``large_list``'s are int64),
+    and the result lists are made from the retrieved entries and their
+    offsets, without padding or a Python loop over the rows.
 
     Parameters
     ----------
     batch : pyarrow.Table or pyarrow.RecordBatch
-        Rows with a list-of-integers ``history_col`` (oldest first) and an
-        integer ``target_col``.
+        Rows with a list-of-integers ``history_col`` (``list`` or
+        ``large_list``, oldest first) and an integer ``target_col``.
     signatures : SignatureTable or array_like
         A :class:`~etaretrieval.SignatureTable` (e.g.
         ``SignatureTable.load(path)``) or its ``(N, W)`` uint64 signatures.
@@ -149,9 +230,11 @@ def retrieve_arrow(
         The input columns, then ``topk_ids`` (list<int64>, the retrieved item
         ids), ``topk_pos`` (list<int64>, their positions in the history),
         ``topk_dist`` (list<int32>, Hamming distances), nearest first, at
-        most ``k`` each; and ``error`` (string, null when the row was
-        served). A row with a null history or target, or an id outside
-        ``[0, N)``, gets null lists and an ``error`` message.
+        most ``k`` each, chunked as the history column; and ``error``
+        (string, null when the row was served). An empty history is served
+        (empty lists). A row with a null history, a null or out-of-range
+        target, or a null id or one outside ``[0, N)`` in its history, gets
+        null lists and an ``error`` message.
 
     Raises
     ------
@@ -166,10 +249,10 @@ def retrieve_arrow(
     >>> import numpy as np, pyarrow as pa, etaretrieval as er
     >>> from etaretrieval.dask import retrieve_arrow
     >>> sig = np.array([[0b00], [0b01], [0b11]], dtype=np.uint64)
-    >>> rows = pa.table({"history": [[2, 0, 1], [1, 7]], "target": [2, 1]})
+    >>> rows = pa.table({"history": [[2, 0, 1], [1, 7], []], "target": [2, 1, 0]})
     >>> out = retrieve_arrow(rows, sig, k=2)
     >>> out.column("topk_ids").to_pylist(), out.column("topk_pos").to_pylist()
-    ([[2, 1], None], [[0, 2], None])
+    ([[2, 1], None, []], [[0, 2], None, []])
     >>> out.column("error").to_pylist()[1]
     'history[1] = 7 is outside the table rows [0, 3)'
     """
@@ -179,78 +262,36 @@ def retrieve_arrow(
     k = check_k(k)
     table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
     _check_schema(table.schema, history_col, target_col, "batch")
-    n_rows, n_items = table.num_rows, signatures.shape[0]
-    hist, target = _column(table, history_col), _column(table, target_col)
-
-    lengths = pc.fill_null(pc.list_value_length(hist), 0).to_numpy().astype(np.int64)
-    starts = np.zeros(n_rows, dtype=np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    flat = pc.list_flatten(hist)  # the ids of every row, in order (null histories give none)
-    parent = pc.list_parent_indices(hist).to_numpy()
-    flat_null, ids = _values(flat)
-    out_of_range = (ids < 0) | (ids >= n_items)
-    if flat_null is not None:
-        out_of_range |= flat_null
-    target_null, targets = _values(target)
-    if target_null is None:
-        target_null = np.zeros(n_rows, dtype=bool)
-
-    messages = np.full(n_rows, None, dtype=object)  # filled for the failed rows only
-    failed = np.zeros(n_rows, dtype=bool)
-    bad = np.flatnonzero(out_of_range)
-    if bad.size:  # one message per row: its first bad id
-        rows, where = _first_per_row(parent[bad], bad)
-        failed[rows] = True
-        for row, at in zip(rows.tolist(), where.tolist()):
-            null = flat_null is not None and flat_null[at]
-            what = "null" if null else f"{ids[at]} is outside the table rows [0, {n_items})"
-            messages[row] = f"{history_col}[{at - int(starts[row])}] = {what}"
-    bad_target = target_null | (targets < 0) | (targets >= n_items)
-    failed |= bad_target
-    for row in np.flatnonzero(bad_target).tolist():
-        messages[row] = (
-            f"{target_col} is null" if target_null[row]
-            else f"{target_col} = {targets[row]} is outside the table rows [0, {n_items})"
-        )
-    if hist.null_count:
-        hist_null = hist.is_null().to_numpy(zero_copy_only=False)
-        failed |= hist_null
-        messages[hist_null] = f"{history_col} is null"
-
-    served = np.where(failed, 0, lengths)
-    query_rows = np.where(failed, 0, targets).astype(np.int64)
-    counts = np.zeros(n_rows, dtype=np.int64)
-    found, positions, distances = [], [], []  # the retrieved entries of each block of rows, flat
-    longest = int(lengths.max()) if n_rows else 0
-    block = max(1, MAX_CELLS // max(1, longest))
-    for a in range(0, n_rows, block) if n_items else ():  # an empty table: every row failed above
-        b = min(a + block, n_rows)
-        n = lengths[a:b]  # the ids of rows a..b-1 are one run of the flat ids: copy it into the padded rows
-        width = int(n.max())
-        padded = np.zeros((b - a, width), dtype=np.int64)
-        first = int(starts[a])
-        run = ids[first : first + int(n.sum())]
-        padded.reshape(-1)[np.arange(run.size) + np.repeat(np.arange(b - a) * width - (starts[a:b] - first), n)] = run
-        # a row holds at most `width` entries: asking for more would only add -1 slots
-        i, d = topk_hamming_lookup(signatures[query_rows[a:b]], padded, signatures, min(k, width),
-                                   lengths=served[a:b])
-        keep = i >= 0
-        counts[a:b] = keep.sum(axis=1)
-        found.append(padded[np.nonzero(keep)[0], i[keep]])
-        positions.append(i[keep])
-        distances.append(d[keep])
-    offsets = np.zeros(n_rows + 1, dtype=np.int32)
-    np.cumsum(counts, out=offsets[1:])
-    return (
-        table.append_column("topk_ids", _lists(_flat(found, np.int64), offsets, failed, pa.int64()))
-        .append_column("topk_pos", _lists(_flat(positions, np.int64), offsets, failed, pa.int64()))
-        .append_column("topk_dist", _lists(_flat(distances, np.int32), offsets, failed, pa.int32()))
-        .append_column("error", pa.array(messages, type=pa.string()))
-    )
-
-
-def _flat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+    n_items = signatures.shape[0]
+    target_null, targets = _values(_column(table, target_col))
+    hist = table.column(history_col)
+    chunks: dict[str, list[pa.Array]] = {name: [] for name in OUTPUT_COLUMNS}
+    first = 0
+    for chunk in hist.chunks:
+        longest = int(pc.max(pc.list_value_length(chunk)).as_py() or 0)
+        step = max(1, MAX_ENTRIES // max(1, min(k, longest)))  # rows per kernel call (int32 result offsets)
+        for a in range(0, len(chunk), step):
+            piece = chunk.slice(a, step)
+            b = first + a + len(piece)
+            rows = _Rows(piece, targets[first + a : b], None if target_null is None else target_null[first + a : b],
+                         n_items)
+            if n_items:  # an empty table: every row failed on its target
+                idx, dist = rows.lookup(signatures, min(k, longest), history_col)
+            else:
+                idx, dist = np.zeros((len(piece), 0), np.int64), np.zeros((len(piece), 0), np.int32)
+            for name, lists in zip(OUTPUT_COLUMNS, rows.results(idx, dist)):
+                chunks[name].append(lists)
+            if rows.failed.any():
+                rows.name_failures(history_col, target_col)
+                chunks["error"].append(pa.array(rows.messages, type=pa.string()))
+            else:
+                chunks["error"].append(pa.nulls(len(piece), pa.string()))
+        first += len(chunk)
+    types = {"topk_ids": pa.list_(pa.int64()), "topk_pos": pa.list_(pa.int64()),
+             "topk_dist": pa.list_(pa.int32()), "error": pa.string()}
+    for name in OUTPUT_COLUMNS:
+        table = table.append_column(name, pa.chunked_array(chunks[name], type=types[name]))
+    return table
 
 
 # --------------------------------------------------------------------------- per worker process
@@ -459,6 +500,50 @@ def _job_table(table: Any, verify: bool) -> tuple[Any, str | None, dict[str, Any
     return signatures, None, {"table_rows": signatures.shape[0], "table_sha256": _content_sha256(signatures)}
 
 
+def _run_here(todo: list[_Part], out_dir: Path, source: Any, digest: str | None, k: int, history_col: str,
+              target_col: str, batch_rows: int) -> Iterator[dict[str, Any]]:
+    """Run the parts one after the other in this process (one worker: no cluster to start)."""
+    signatures = _load_signatures(source, digest) if isinstance(source, str) and todo else source
+    for part in todo:
+        yield _run_part(part, str(out_dir.resolve()), signatures, digest, k, history_col, target_col, batch_rows)
+
+
+def _run_on_cluster(todo: list[_Part], out_dir: Path, source: Any, digest: str | None, k: int, history_col: str,
+                    target_col: str, batch_rows: int, client: distributed.Client | None, scheduler: str | None,
+                    workers: int | None, processes: bool) -> Iterator[dict[str, Any]]:
+    """Run the parts as tasks of ``client``'s cluster, the one at ``scheduler``, or a local one started for them."""
+    if not todo:
+        return
+    own = None
+    if client is None:
+        if scheduler is not None:
+            client = own = distributed.Client(scheduler)
+        else:
+            n = workers or min(os.cpu_count() or 1, 8)
+            cluster = distributed.LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=":0"
+            )
+            client = own = distributed.Client(cluster)
+    try:
+        if not isinstance(source, str):  # the signatures themselves: one copy to each worker
+            source = client.scatter(source, broadcast=True)
+        futures = [
+            client.submit(
+                _run_part, part, str(out_dir.resolve()), source, digest, k,
+                history_col, target_col, batch_rows, key=f"etaretrieval-{part.name}-{uuid.uuid4().hex}",
+            )
+            for part in todo
+        ]
+        for future in distributed.as_completed(futures):
+            yield future.result()
+    finally:
+        if own is not None:
+            cluster_of_own = own.cluster
+            own.close()
+            if cluster_of_own is not None:
+                cluster_of_own.close()
+
+
 def retrieve_parquet(
     input: str | os.PathLike[str],
     table: str | os.PathLike[str] | SignatureTable | np.ndarray,
@@ -580,41 +665,18 @@ def retrieve_parquet(
     errors = sum(m["errors"] for m in done if m is not None)
     if progress and len(todo) < len(parts):
         print(f"etaretrieval.offline: {len(parts) - len(todo)} of {len(parts)} parts already done", file=sys.stderr)
-    if todo:
-        own = None
-        if client is None:
-            if scheduler is not None:
-                client = own = distributed.Client(scheduler)
-            else:
-                n = workers or min(os.cpu_count() or 1, 8)
-                cluster = distributed.LocalCluster(
-                    n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=":0"
-                )
-                client = own = distributed.Client(cluster)
-        try:
-            if not isinstance(source, str):  # the signatures themselves: one copy to each worker
-                source = client.scatter(source, broadcast=True)
-            futures = [
-                client.submit(
-                    _run_part, part, str(out_dir.resolve()), source, digest, k,
-                    history_col, target_col, batch_rows, key=f"etaretrieval-{part.name}-{uuid.uuid4().hex}",
-                )
-                for part in todo
-            ]
-            for count, future in enumerate(distributed.as_completed(futures), 1):
-                result = future.result()
-                rows += result["rows"]
-                errors += result["errors"]
-                if progress:
-                    print(
-                        f"etaretrieval.offline: {result['name']} done ({result['rows']} rows, "
-                        f"{result['errors']} errors) [{count}/{len(todo)}, {time.perf_counter() - start:.1f} s]",
-                        file=sys.stderr,
-                    )
-        finally:
-            if own is not None:
-                cluster_of_own = own.cluster
-                own.close()
-                if cluster_of_own is not None:
-                    cluster_of_own.close()
+    if client is None and scheduler is None and (workers or min(os.cpu_count() or 1, 8)) == 1:
+        results = _run_here(todo, out_dir, source, digest, k, history_col, target_col, batch_rows)
+    else:
+        results = _run_on_cluster(todo, out_dir, source, digest, k, history_col, target_col, batch_rows,
+                                  client, scheduler, workers, processes)
+    for count, result in enumerate(results, 1):
+        rows += result["rows"]
+        errors += result["errors"]
+        if progress:
+            print(
+                f"etaretrieval.offline: {result['name']} done ({result['rows']} rows, "
+                f"{result['errors']} errors) [{count}/{len(todo)}, {time.perf_counter() - start:.1f} s]",
+                file=sys.stderr,
+            )
     return OfflineSummary(len(parts), len(parts) - len(todo), rows, errors, time.perf_counter() - start)

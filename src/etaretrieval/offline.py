@@ -9,9 +9,10 @@ The command line of :func:`etaretrieval.dask.retrieve_parquet`::
 (its signatures are checked against their checksums before the job starts,
 unless ``--no-verify``) or a ``.npy`` file of ``(N, W)`` uint64 signatures.
 Without ``--scheduler`` a local cluster of ``--workers`` processes runs the
-job. Re-running the same command skips the parts that are done. The exit
-status is 0 when every row was written (rows with an ``error`` message
-included), 1 on a failure, 2 on bad arguments or a missing ``dask`` extra.
+job (``--workers 1``: the command itself, no cluster). Re-running the same
+command skips the parts that are done. The exit status is 0 when every row
+was written (rows with an ``error`` message included), 1 on a failure, 2 on
+bad arguments or a missing ``dask`` extra.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--k", required=True, type=int, help="items retrieved per row")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running dask scheduler (default: a local cluster)")
-    where.add_argument("--workers", type=int, help="processes of the local cluster (default: the CPUs, up to 8)")
+    where.add_argument("--workers", type=int, help="processes of the local cluster (default: the CPUs, up to 8; "
+                       "1: no cluster, the parts run in this process)")
     p.add_argument("--history-col", default="history", help="list<int64> column of item ids, oldest first")
     p.add_argument("--target-col", default="target", help="int64 column: the item whose table row is the query")
     p.add_argument("--batch-rows", type=int, default=65536, help="rows retrieved at a time within a part")

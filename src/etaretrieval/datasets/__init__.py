@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .build import build_samples
 from .logs import LOG_FORMATS, InteractionLog, read_log
-from .samples import SequenceBatch, SequenceSamples
+from .samples import RaggedSequenceBatch, SequenceBatch, SequenceSamples
 from .synthetic import LAPSED, LONG_TERM, OTHER, SHORT_TERM, LongBehaviorData, make_long_behavior_ctr, make_sequence_ctr
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "build_samples",
     "SequenceSamples",
     "SequenceBatch",
+    "RaggedSequenceBatch",
     "LongBehaviorData",
     "make_long_behavior_ctr",
     "make_sequence_ctr",

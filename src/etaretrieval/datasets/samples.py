@@ -1,11 +1,14 @@
-"""Long-sequence CTR samples over time-ordered user histories, and padded batches of them.
+"""Long-sequence CTR samples over time-ordered user histories, and padded or ragged batches of them.
 
 The behaviours of all users are stored once, flat and grouped by user (CSR:
 ``offsets[u]:offsets[u + 1]``), oldest first; a sample is a (user, target,
 time, label) with ``end``, the flat index just past the last behaviour it may
 see. A batch gathers the last ``max_len`` visible behaviours of each sample
 into padded ``(B, max_len)`` arrays with one vectorised fancy index: memory
-stays ``O(behaviours + samples)`` whatever the history length.
+stays ``O(behaviours + samples)`` whatever the history length. A ragged batch
+gathers them back to back with ``(B + 1,)`` offsets instead (the layout of the
+``offsets=`` retrieval functions, Arrow lists and ``torch.nested`` jagged
+tensors): no ``(B, L_max)`` block, no padding.
 
 Item id ``0`` is padding; real items are ``1..n_items`` (categories
 ``1..n_categories``, ``0`` for padding).
@@ -19,7 +22,7 @@ from typing import Literal, Optional
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["SequenceSamples", "SequenceBatch"]
+__all__ = ["SequenceSamples", "SequenceBatch", "RaggedSequenceBatch"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,98 @@ class SequenceBatch:
     target_category: Optional[npt.NDArray[np.int64]]
     label: npt.NDArray[np.float32]
     padding_side: str
+
+
+def _check_max_len(max_len: object) -> None:
+    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
+        raise ValueError(f"max_len must be >= 1 (an integer), got {max_len!r}")
+
+
+def _window(
+    first: np.ndarray, end: np.ndarray, max_len: int, padding_side: str
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+    """``(flat, mask, lengths)`` of the padded rows holding the last ``max_len`` of flat ``first[b]:end[b]``.
+
+    ``flat`` ``(B, max_len)`` indexes the flat values (0 at padding), ``mask`` marks the real positions.
+    """
+    _check_max_len(max_len)
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    start = np.maximum(first, end - max_len)
+    lengths = end - start
+    col = np.arange(max_len)
+    if padding_side == "left":
+        flat = end[:, None] - max_len + col
+        mask = flat >= start[:, None]
+    else:
+        flat = start[:, None] + col
+        mask = col < lengths[:, None]
+    return np.where(mask, flat, 0), mask, lengths
+
+
+def _gather_padded(values: np.ndarray, flat: np.ndarray, mask: np.ndarray) -> npt.NDArray[np.int64]:
+    """``values[flat]`` with 0 where not ``mask``."""
+    return np.where(mask, values[flat] if values.size else 0, 0)
+
+
+@dataclass(frozen=True)
+class RaggedSequenceBatch:
+    """``B`` samples with their history behaviours back to back: flat values and ``(B + 1,)`` offsets.
+
+    Row ``b``'s behaviours, oldest to newest, are ``history[offsets[b]:offsets[b + 1]]``
+    (and the same slices of ``times`` and ``categories``); nothing is padded.
+
+    Attributes
+    ----------
+    history : numpy.ndarray
+        ``(T,)`` int64 item ids of every row, back to back (``T = offsets[-1]``).
+    times : numpy.ndarray
+        ``(T,)`` int64 behaviour timestamps.
+    categories : numpy.ndarray or None
+        ``(T,)`` int64 behaviour categories.
+    offsets : numpy.ndarray
+        ``(B + 1,)`` int64, from 0, non-decreasing: the ``offsets`` argument
+        of :func:`etaretrieval.topk_hamming_lookup` and the other ragged functions.
+    target, target_time : numpy.ndarray
+        ``(B,)`` int64 target item ids and request times.
+    target_category : numpy.ndarray or None
+        ``(B,)`` int64 target categories.
+    label : numpy.ndarray
+        ``(B,)`` float32 clicks (0 or 1).
+    """
+
+    history: npt.NDArray[np.int64]
+    times: npt.NDArray[np.int64]
+    categories: Optional[npt.NDArray[np.int64]]
+    offsets: npt.NDArray[np.int64]
+    target: npt.NDArray[np.int64]
+    target_time: npt.NDArray[np.int64]
+    target_category: Optional[npt.NDArray[np.int64]]
+    label: npt.NDArray[np.float32]
+
+    @property
+    def lengths(self) -> npt.NDArray[np.int64]:
+        """``(B,)`` int64 number of behaviours of each row."""
+        return np.diff(self.offsets)
+
+    def padded(self, max_len: Optional[int] = None, *,
+               padding_side: Literal["left", "right"] = "left") -> SequenceBatch:
+        """The same rows as a :class:`SequenceBatch` of width ``max_len`` (default: the longest row, at least 1).
+
+        Rows longer than ``max_len`` keep their last ``max_len`` behaviours, as
+        :meth:`SequenceSamples.batch` keeps them: ``samples.ragged_batch(rows).padded(L)``
+        equals ``samples.batch(rows, L)``.
+        """
+        lengths = self.lengths
+        width = max(1, int(lengths.max()) if lengths.size else 1) if max_len is None else max_len
+        flat, mask, kept = _window(self.offsets[:-1], self.offsets[1:], width, padding_side)
+        return SequenceBatch(
+            history=_gather_padded(self.history, flat, mask), times=_gather_padded(self.times, flat, mask),
+            categories=None if self.categories is None else _gather_padded(self.categories, flat, mask),
+            mask=mask, lengths=kept, target=self.target,
+            target_time=self.target_time, target_category=self.target_category, label=self.label,
+            padding_side=padding_side,
+        )
 
 
 def _check_1d(name: str, a: np.ndarray, size: int, what: str) -> None:
@@ -211,30 +306,13 @@ class SequenceSamples:
         -------
         SequenceBatch
         """
-        if max_len < 1:
-            raise ValueError(f"max_len must be >= 1, got {max_len}")
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         rows = np.asarray(rows, dtype=np.int64)
         end = self.end[rows]
-        start = np.maximum(self.offsets[self.user[rows]], end - max_len)
-        lengths = end - start
-        col = np.arange(max_len)
-        if padding_side == "left":
-            flat = end[:, None] - max_len + col
-            mask = flat >= start[:, None]
-        else:
-            flat = start[:, None] + col
-            mask = col < lengths[:, None]
-        flat = np.where(mask, flat, 0)
-
-        def gather(values: Optional[np.ndarray]) -> Optional[np.ndarray]:
-            return None if values is None else np.where(mask, values[flat] if values.size else 0, 0)
-
+        flat, mask, lengths = _window(self.offsets[self.user[rows]], end, max_len, padding_side)
         return SequenceBatch(
-            history=gather(self.items),  # type: ignore[arg-type]
-            times=gather(self.times),  # type: ignore[arg-type]
-            categories=gather(self.categories),
+            history=_gather_padded(self.items, flat, mask),
+            times=_gather_padded(self.times, flat, mask),
+            categories=None if self.categories is None else _gather_padded(self.categories, flat, mask),
             mask=mask,
             lengths=lengths,
             target=self.target[rows],
@@ -242,4 +320,60 @@ class SequenceSamples:
             target_category=None if self.target_category is None else self.target_category[rows],
             label=self.label[rows],
             padding_side=padding_side,
+        )
+
+    def ragged_batch(self, rows: npt.ArrayLike, max_len: Optional[int] = None) -> RaggedSequenceBatch:
+        """The samples ``rows`` with their visible behaviours back to back (values + offsets), unpadded.
+
+        Parameters
+        ----------
+        rows : array_like
+            ``(B,)`` sample indices.
+        max_len : int, optional
+            Keep at most the last ``max_len`` behaviours of each row (``>= 1``);
+            default: every visible behaviour.
+
+        Returns
+        -------
+        RaggedSequenceBatch
+            ``T`` behaviours in all, the sum of the rows' lengths: memory grows
+            with the behaviours, not with ``B x`` the longest row.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from etaretrieval.datasets import SequenceSamples
+        >>> data = SequenceSamples(
+        ...     items=np.array([3, 1, 2, 5]), times=np.array([10, 20, 30, 15]), categories=None,
+        ...     offsets=np.array([0, 3, 4]), user=np.array([0, 1]), target=np.array([4, 2]),
+        ...     target_time=np.array([40, 16]), target_category=None, end=np.array([3, 4]),
+        ...     label=np.array([1, 0], dtype=np.float32), train=np.array([True, False]), n_items=5, n_categories=0)
+        >>> batch = data.ragged_batch([0, 1])
+        >>> batch.history.tolist(), batch.offsets.tolist()
+        ([3, 1, 2, 5], [0, 3, 4])
+        >>> data.ragged_batch([0, 1], max_len=2).history.tolist()
+        [1, 2, 5]
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 1:
+            raise ValueError(f"rows must have shape (B,), got shape {rows.shape}")
+        end = self.end[rows]
+        start = self.offsets[self.user[rows]]
+        if max_len is not None:
+            _check_max_len(max_len)
+            start = np.maximum(start, end - max_len)
+        lengths = end - start
+        offsets = np.zeros(rows.shape[0] + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        # flat index of output entry t of row b: start[b] + (t - offsets[b])
+        flat = np.repeat(start - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
+        return RaggedSequenceBatch(
+            history=self.items[flat],
+            times=self.times[flat],
+            categories=None if self.categories is None else self.categories[flat],
+            offsets=offsets,
+            target=self.target[rows],
+            target_time=self.target_time[rows],
+            target_category=None if self.target_category is None else self.target_category[rows],
+            label=self.label[rows],
         )
