@@ -91,7 +91,7 @@ def ragged_batch(lengths: np.ndarray, rows: int = 1_000_000, bits: int = 64, k: 
     table = rng.integers(0, 2**64, size=(rows, words), dtype=np.uint64, endpoint=False)
     query = rng.integers(0, 2**64, size=(lengths.size, words), dtype=np.uint64, endpoint=False)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    ids = rng.integers(0, rows, size=int(offsets[-1])).astype(dtype)
+    ids: np.ndarray = rng.integers(0, rows, size=int(offsets[-1])).astype(dtype)
     return RaggedBatch(query, ids, offsets, table, k)
 
 
