@@ -3,7 +3,8 @@
 For each standard configuration of ``python -m etaretrieval.bench`` (``paper``:
 1,024 targets against one shared sequence of L = 1,024, 256 bits, k = 48;
 ``long``: 256 rows of L = 10,000 from a 1,000,000-row table, 64 bits, k = 64)
-it times, interleaved, on the same random signatures:
+it times, interleaved (in a new random order each round), on the same
+random signatures:
 
 - ``torch.ops.etaretrieval.topk_hamming_lookup`` (the Numba kernel);
 - the ATen form (:func:`etaretrieval.torch.aten.topk_hamming_lookup`)
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from etaretrieval.bench.pipeline import interleaved
 from etaretrieval.bench.runner import CONFIGS
 from etaretrieval.bench.sweep import random_inputs
 from etaretrieval.torch import aten
@@ -57,19 +59,6 @@ def aoti(k: int, args: tuple[torch.Tensor, ...], where: Path) -> Callable[..., o
     return torch._inductor.aoti_load_package(path)
 
 
-def interleaved(calls: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    """Median seconds of each call, the calls taking turns (so load changes hit all alike)."""
-    for call in calls.values():
-        call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeat):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
-
-
 def run(name: str, repeat: int, compile_too: bool, where: Path) -> None:
     """Time configuration ``name`` and print the medians and their ratios to the kernel."""
     args, k = tensors(name)
@@ -86,7 +75,7 @@ def run(name: str, repeat: int, compile_too: bool, where: Path) -> None:
     for label, call in calls.items():
         got = call()
         assert all(torch.equal(g, w) for g, w in zip(got, want)), f"{label} differs from the kernel"
-    medians = interleaved(calls, repeat)
+    medians = {label: float(np.median(seconds)) for label, seconds in interleaved(calls, repeat).items()}
     base = medians["numba kernel"]
     print(f"{name}: B={args[0].shape[0]} L={args[1].shape[-1]} bits={64 * args[2].shape[1]} k={k} "
           f"(package built in {built:.0f} s)")
