@@ -334,6 +334,29 @@ def test_any_cluster_by_scheduler_address(table: tuple[Path, np.ndarray], datase
         edask.retrieve_parquet(dataset, table[0], tmp_path / "out", K, scheduler=address, client=cluster)
 
 
+def test_one_worker_runs_in_this_process(table: tuple[Path, np.ndarray], dataset: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """workers=1 starts no cluster: the parts run here, with the same output as on a cluster."""
+    import distributed
+
+    def no_cluster(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cluster was started")
+
+    monkeypatch.setattr(distributed, "LocalCluster", no_cluster)
+    path, sig = table
+    summary = edask.retrieve_parquet(dataset, path, tmp_path / "out", K, workers=1, progress=False, batch_rows=16)
+    assert (summary.partitions, summary.skipped, summary.rows, summary.errors) == (4, 0, 190, 6)
+    for i, name in enumerate(["a", "b", "c", "d"]):
+        got = pq.read_table(tmp_path / "out" / f"part-{i:05d}-0000.parquet")
+        assert got.select(pq.read_table(dataset / f"{name}.parquet").column_names).num_rows == got.num_rows
+        check_rows(got, sig, K)
+    again = edask.retrieve_parquet(dataset, sig, tmp_path / "out2", K, workers=1, progress=False)
+    assert pq.read_table(tmp_path / "out2").equals(pq.read_table(tmp_path / "out"))
+    with pytest.raises(AssertionError, match="a cluster was started"):
+        edask.retrieve_parquet(dataset, path, tmp_path / "out3", K, workers=2, progress=False)
+    assert again.rows == 190
+
+
 def test_parquet_errors(table: tuple[Path, np.ndarray], dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="neither a Parquet file nor a directory"):
         edask.retrieve_parquet(tmp_path / "missing", table[0], tmp_path / "out", K)

@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--longest", type=int, default=500, help="history lengths are uniform in 0..longest")
     p.add_argument("--items", type=int, default=1_000_000, help="rows of the signature table")
     p.add_argument("--k", type=int, default=32)
-    p.add_argument("--repeat", type=int, default=5, help="timed rounds (in process) and runs of the command")
+    p.add_argument("--repeat", type=int, default=7, help="timed rounds (in process) and runs of the command")
     p.add_argument("--no-cli", dest="cli", action="store_false", help="skip the command line")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
