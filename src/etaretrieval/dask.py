@@ -114,7 +114,7 @@ class _Rows:
     """
 
     def __init__(self, hist: pa.Array, targets: np.ndarray, target_null: np.ndarray | None, n_items: int) -> None:
-        self.hist, self.n_rows = hist, len(hist)
+        self.n_rows = len(hist)
         self.offsets = hist.offsets.to_numpy()  # int32 (list) or int64 (large_list), no copy
         self.id_null, self.ids = _values(hist.values)
         self.targets, self.n_items = targets, n_items
