@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 
 import etaretrieval as er
 from etaretrieval.cpu import ragged as cpu_ragged
-from etaretrieval.ragged import check_offsets_alone, topk_hamming_lookup_ragged, topk_hamming_ragged
+from etaretrieval.ragged import (
+    check_offsets_alone,
+    sdim_group_sums_ragged,
+    sdim_pool_ragged,
+    topk_hamming_lookup_ragged,
+    topk_hamming_ragged,
+)
 
 BITS = st.one_of(st.integers(1, 300), st.sampled_from([64, 65, 128, 256, 1024]))
 STYLE = st.sampled_from(["random", "pool", "sparse"])
@@ -308,8 +314,6 @@ def test_sdim_ragged_equals_padded_and_reference(
     lens: list[int], lead: int, tail: int, tau: int, words: int, d: int, masked: bool, dtype: type, seed: int
 ) -> None:
     """Group sums and pooled vectors of ragged rows: the padded functions' with lengths (or a mask), bit for bit."""
-    from etaretrieval.ragged import sdim_group_sums_ragged, sdim_pool_ragged
-
     rng = np.random.default_rng(seed)
     bits = 64 * words - (64 * words) % tau
     batch = len(lens)
@@ -334,7 +338,6 @@ def test_sdim_ragged_equals_padded_and_reference(
 
 
 def test_sdim_ragged_refuses_bad_input() -> None:
-    from etaretrieval.ragged import sdim_pool_ragged
 
     keys = np.zeros((4, 1), np.uint64)
     q = np.zeros((2, 1), np.uint64)
@@ -346,3 +349,40 @@ def test_sdim_ragged_refuses_bad_input() -> None:
         sdim_pool_ragged(q, keys, np.zeros((4, 2)), 1, [0, 3, 2])
     with pytest.raises(ValueError, match="tau must divide bits"):
         sdim_pool_ragged(q, keys, np.zeros((4, 2)), 3, [0, 2, 4])
+
+
+@given(case=ragged_cases(dtypes=[np.int32, np.int64, np.uint16]))
+def test_public_functions_take_offsets(case: RaggedCase) -> None:
+    """``offsets=`` of the padded API's functions runs the ragged forms: the same results."""
+    batch = case.query.shape[0]
+    got = er.topk_hamming_lookup(case.query, case.ids, case.table, case.k, offsets=case.offsets, mask=case.mask,
+                                 padding_id=case.padding_id)
+    check(got, case.lookup(), batch, case.k)
+    check(er.topk_hamming(case.query, case.keys, case.k, offsets=case.offsets, mask=case.mask), case.topk(),
+          batch, case.k)
+
+
+def test_public_functions_refuse_offsets_with_lengths_or_left_padding() -> None:
+    table = np.arange(5, dtype=np.uint64)[:, None]
+    q = np.zeros((2, 1), dtype=np.uint64)
+    ids = np.zeros(3, np.int64)
+    with pytest.raises(ValueError, match="pass either offsets .* or lengths"):
+        er.topk_hamming_lookup(q, ids, table, 1, offsets=[0, 1, 2], lengths=[1, 1])
+    with pytest.raises(ValueError, match="padding_side applies to padded rows"):
+        er.topk_hamming(q, table[:3], 1, offsets=[0, 1, 2], padding_side="left")
+    with pytest.raises(ValueError, match="pass either offsets .* or lengths"):
+        er.sdim_pool(q, table[:3], np.ones((3, 2)), 1, offsets=[0, 1, 2], lengths=[1, 1])
+    with pytest.raises(ValueError, match="offsets"):
+        er.topk_hamming_lookup(q, ids, table, 1, offsets=[0, 2, 1])
+
+
+def test_public_sdim_takes_offsets() -> None:
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 2**63, size=(9, 1), dtype=np.uint64)
+    values = rng.standard_normal((9, 4))
+    q = rng.integers(0, 2**63, size=(3, 1), dtype=np.uint64)
+    offsets = np.array([1, 4, 4, 8])
+    np.testing.assert_array_equal(er.sdim_pool(q, keys, values, 4, offsets=offsets),
+                                  sdim_pool_ragged(q, keys, values, 4, offsets))
+    np.testing.assert_array_equal(er.sdim_group_sums(q, keys, values, 4, offsets=offsets),
+                                  sdim_group_sums_ragged(q, keys, values, 4, offsets))

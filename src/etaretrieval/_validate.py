@@ -518,3 +518,27 @@ def as_padding(padding_id: Any, dtype: np.dtype) -> int | None:
             f"({info.min}..{info.max}), got {value}"
         )
     return int(np.array(value, dtype=dtype).astype(np.int64))
+
+
+#: Largest SDIM group width (bits per code): a group's bucket table has ``2**tau`` rows.
+MAX_TAU = 16
+
+
+def check_tau(tau: Any) -> int:
+    """``tau`` as a Python int in ``1..MAX_TAU``."""
+    tau = _as_int("tau", tau)
+    if not 1 <= tau <= MAX_TAU:
+        raise ValueError(f"tau must be in 1..{MAX_TAU}, got {tau}")
+    return tau
+
+
+def check_groups(words: int, tau: int, bits: Any) -> int:
+    """The number of groups ``G = bits / tau`` of ``words``-word signatures; ``bits`` defaults to ``64 words``."""
+    bits = 64 * words if bits is None else _as_int("bits", bits)
+    if not 64 * (words - 1) < bits <= 64 * words:
+        raise ValueError(
+            f"bits must be in {64 * (words - 1) + 1}..{64 * words} for signatures of W = {words} words, got {bits}"
+        )
+    if bits % tau:
+        raise ValueError(f"tau must divide bits: tau = {tau} does not divide bits = {bits}")
+    return bits // tau

@@ -22,16 +22,17 @@ from ._validate import (
     as_array,
     as_padding,
     as_signatures,
+    check_groups,
     check_k,
     check_keys_shape,
     check_table_shape,
+    check_tau,
     is_integer_dtype,
 )
 from .cpu import ragged_sdim as host_sdim
 from .cpu.ragged import split_offsets
 from .cpu.ragged import topk_hamming as host_topk
 from .cpu.ragged import topk_hamming_lookup as host_lookup
-from .sdim import check_groups, check_tau
 
 __all__ = ["topk_hamming_ragged", "topk_hamming_lookup_ragged", "sdim_group_sums_ragged", "sdim_pool_ragged",
            "as_offsets", "offsets_error", "check_offsets_alone"]

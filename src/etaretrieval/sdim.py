@@ -27,39 +27,29 @@ import numpy as np
 import numpy.typing as npt
 
 from ._device import DeviceArray, placement
-from ._validate import DTypeError, _as_int, _shape, as_array, as_signatures, check_keys_shape, validity
+from ._validate import (
+    MAX_TAU,
+    DTypeError,
+    _shape,
+    as_array,
+    as_signatures,
+    check_groups,
+    check_keys_shape,
+    check_tau,
+    validity,
+)
 from .cpu import sdim as host
+from .ragged import check_offsets_alone, sdim_group_sums_ragged, sdim_pool_ragged
 
 __all__ = ["sdim_codes", "sdim_group_sums", "sdim_pool", "sdim_buckets", "sdim_from_buckets", "MAX_TAU",
            "MAX_BUCKET_ELEMENTS"]
 
 #: Largest group width ``tau`` (codes of up to 16 bits).
-MAX_TAU = 16
 
 #: Largest bucket summary per user, ``G * 2**tau * d`` values (256 MiB in float32).
 MAX_BUCKET_ELEMENTS = 1 << 26
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def check_tau(tau: Any) -> int:
-    """``tau`` as a Python int in ``1..MAX_TAU``."""
-    tau = _as_int("tau", tau)
-    if not 1 <= tau <= MAX_TAU:
-        raise ValueError(f"tau must be in 1..{MAX_TAU}, got {tau}")
-    return tau
-
-
-def check_groups(words: int, tau: int, bits: Any) -> int:
-    """The number of groups ``G = bits / tau`` of ``words``-word signatures; ``bits`` defaults to ``64 words``."""
-    bits = 64 * words if bits is None else _as_int("bits", bits)
-    if not 64 * (words - 1) < bits <= 64 * words:
-        raise ValueError(
-            f"bits must be in {64 * (words - 1) + 1}..{64 * words} for signatures of W = {words} words, got {bits}"
-        )
-    if bits % tau:
-        raise ValueError(f"tau must divide bits: tau = {tau} does not divide bits = {bits}")
-    return bits // tau
 
 
 def check_values(values: Any, batch: int, length: int) -> Any:
@@ -135,6 +125,7 @@ def sdim_group_sums(
     bits: int | None = None,
     lengths: Any = None,
     mask: Any = None,
+    offsets: Any = None,
 ) -> npt.NDArray[np.floating]:
     """The per-group sums ``S`` of SDIM, before normalisation.
 
@@ -146,7 +137,7 @@ def sdim_group_sums(
 
     Parameters
     ----------
-    query, keys, values, tau, bits, lengths, mask
+    query, keys, values, tau, bits, lengths, mask, offsets
         As in :func:`sdim_pool`.
 
     Returns
@@ -162,6 +153,9 @@ def sdim_group_sums(
     >>> er.sdim_group_sums(np.array([[0b01]], dtype=np.uint64), keys, values, 1, bits=2)[0, :, 0]
     array([3., 5.])
     """
+    if offsets is not None:
+        check_offsets_alone(lengths)
+        return sdim_group_sums_ragged(query, keys, values, tau, offsets, bits=bits, mask=mask)
     device = placement(query=query, keys=keys, values=values, lengths=lengths, mask=mask)
     q, kk, v, tau, groups = _pool_inputs(query, keys, values, tau, bits)
     batch, length = q.shape[0], kk.shape[-2]
@@ -183,6 +177,7 @@ def sdim_pool(
     bits: int | None = None,
     lengths: Any = None,
     mask: Any = None,
+    offsets: Any = None,
 ) -> npt.NDArray[np.floating]:
     """SDIM user-interest vectors: per group, matching behaviours summed and L2-normalised, groups averaged.
 
@@ -206,6 +201,10 @@ def sdim_pool(
         ``(B,)`` integers in ``0..L``: only the prefix ``[0, lengths[b])`` is valid.
     mask : array_like, optional
         ``(B, L)`` or ``(L,)`` bool valid positions. Not together with ``lengths``.
+    offsets : array_like, optional
+        Ragged rows: ``(B + 1,)`` offsets into flat ``(T, W)`` keys and
+        ``(T, d)`` values, as in :func:`topk_hamming` (see
+        :func:`sdim_pool_ragged`); ``mask`` may then be flat ``(T,)``.
 
     Returns
     -------
@@ -230,6 +229,9 @@ def sdim_pool(
     >>> er.sdim_pool(query, keys, values, 1, bits=2)          # group 0: rows 0, 1; group 1: row 0
     array([[0.5236068, 0.8472136]])
     """
+    if offsets is not None:
+        check_offsets_alone(lengths)
+        return sdim_pool_ragged(query, keys, values, tau, offsets, bits=bits, mask=mask)
     device = placement(query=query, keys=keys, values=values, lengths=lengths, mask=mask)
     q, kk, v, tau, groups = _pool_inputs(query, keys, values, tau, bits)
     batch, length = q.shape[0], kk.shape[-2]

@@ -10,11 +10,19 @@ import numpy.typing as npt
 from ._device import placement
 from ._validate import TopkCall, lookup_call, topk_call
 from .cpu import topk as cpu_topk
+from .ragged import check_offsets_alone, topk_hamming_lookup_ragged, topk_hamming_ragged
 
 __all__ = ["topk_hamming", "topk_hamming_lookup"]
 
 def topk_hamming(
-    query: Any, keys: Any, k: int, *, lengths: Any = None, mask: Any = None, padding_side: str = "right"
+    query: Any,
+    keys: Any,
+    k: int,
+    *,
+    lengths: Any = None,
+    mask: Any = None,
+    padding_side: str = "right",
+    offsets: Any = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
     """The ``k`` keys nearest to each query in Hamming distance.
 
@@ -40,6 +48,12 @@ def topk_hamming(
         valid positions (``"right"``) or before them (``"left"``: front-padded
         sequences, newest behaviour at ``L - 1``). Positions stay indices
         into the given axis either way.
+    offsets : array_like, optional
+        Ragged rows: ``(B + 1,)`` int32/int64 non-decreasing offsets into flat
+        ``(T, W)`` keys, row ``b`` being ``keys[offsets[b]:offsets[b + 1]]``
+        (Arrow semantics: ``offsets[0]`` may be above 0). Positions then count
+        from each row's start; ``mask`` may be flat ``(T,)``; not together with
+        ``lengths`` or ``padding_side``. See :func:`topk_hamming_ragged`.
 
     Returns
     -------
@@ -74,6 +88,9 @@ def topk_hamming(
     >>> er.topk_hamming(query, keys, k=3, lengths=[2], padding_side="left")
     (array([[ 3,  2, -1]]), array([[ 0,  1, -1]], dtype=int32))
     """
+    if offsets is not None:
+        check_offsets_alone(lengths, padding_side)
+        return topk_hamming_ragged(query, keys, k, offsets, mask=mask)
     device = placement(query=query, keys=keys, lengths=lengths, mask=mask)
     return _run(topk_call(query, keys, k, lengths, mask, padding_side), device)
 
@@ -97,6 +114,7 @@ def topk_hamming_lookup(
     mask: Any = None,
     padding_id: int | None = None,
     padding_side: str = "right",
+    offsets: Any = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
     """Fused serving path: item ids -> signature-table rows -> Hamming -> top-K.
 
@@ -121,6 +139,10 @@ def topk_hamming_lookup(
         Positions holding this id are not valid (and never looked up).
     padding_side : {"right", "left"}, default "right"
         Side of the padding of rows given by ``lengths``, as in :func:`topk_hamming`.
+    offsets : array_like, optional
+        Ragged rows: ``(B + 1,)`` offsets into flat ``(T,)`` ids, as in
+        :func:`topk_hamming` (see :func:`topk_hamming_lookup_ragged`); an
+        invalid id is named by its row and its position in the row.
 
     Returns
     -------
@@ -158,6 +180,9 @@ def topk_hamming_lookup(
     >>> er.topk_hamming_lookup(query, ids, table, k=2, padding_id=0)
     (array([[4, 0]]), array([[0, 0]], dtype=int32))
     """
+    if offsets is not None:
+        check_offsets_alone(lengths, padding_side)
+        return topk_hamming_lookup_ragged(query, ids, table, k, offsets, mask=mask, padding_id=padding_id)
     if lengths is None and mask is None and padding_id is None and padding_side == "right":
         fast = cpu_topk.lookup_fast(query, ids, table, k)
         if fast is not None:
