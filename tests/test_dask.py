@@ -184,6 +184,32 @@ def test_retrieve_arrow_reads_offsets_and_values_in_place(lengths: list[int], k:
             assert row["error"] is None and len(row["topk_pos"]) == min(k, len(row["history"])), i
 
 
+def test_retrieve_arrow_hands_the_lists_buffers_to_the_kernel(table: tuple[Path, np.ndarray],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ids and offsets the ragged lookup gets are the Arrow buffers themselves (no copy, no padding),
+    one call per chunk, a sliced chunk's offsets starting above 0."""
+    _, sig = table
+    ids = np.arange(40, dtype=np.int64) % N
+    history = pa.LargeListArray.from_arrays(pa.array(np.arange(0, 41, 4)), pa.array(ids))
+    rows = pa.table({"history": history, "target": pa.array(np.arange(10))})
+    rows = pa.Table.from_batches(rows.slice(1).to_batches(max_chunksize=5))  # chunks of rows 1-5 and 6-9
+    calls = []
+    real = edask.topk_hamming_lookup_ragged
+
+    def spy(query, values, signatures, k, offsets, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append((values, offsets))
+        return real(query, values, signatures, k, offsets, **kwargs)
+
+    monkeypatch.setattr(edask, "topk_hamming_lookup_ragged", spy)
+    out = edask.retrieve_arrow(rows, sig, K)
+    assert [o.tolist() for _, o in calls] == [[4, 8, 12, 16, 20, 24], [24, 28, 32, 36, 40]]
+    for values, offsets in calls:
+        assert values.dtype == np.int64 and offsets.dtype == np.int64
+        assert np.shares_memory(values, history.values.to_numpy())  # the values buffer, in place
+    check_rows(out, sig, K)
+    assert out.column("topk_ids").num_chunks == 2
+
+
 def test_retrieve_arrow_bad_columns(table: tuple[Path, np.ndarray]) -> None:
     """Issue 21.3: each error names the argument (history_col, target_col, batch, k), never a bare KeyError."""
     _, sig = table
