@@ -349,8 +349,9 @@ class TWINAttention(RetrievalAttention):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(index, valid)``, both ``(B, k)``: the positions :meth:`forward` attends over, best first.
 
-        Unlike :meth:`select` (scores of the given ``seq`` as it is), the
-        scores include the time embeddings, as in :meth:`forward`.
+        Unlike :meth:`~etaretrieval.torch.RetrievalAttention.select` (scores of
+        the given ``seq`` as it is), the scores include the time embeddings, as
+        in :meth:`forward`.
         """
         return self.select(target, self._with_time(target, seq, mask, seq_time, target_time), mask)
 
