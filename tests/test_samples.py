@@ -152,3 +152,19 @@ def test_ragged_batch_validation():
         data.ragged_batch([0]).padded(padding_side="middle")  # type: ignore[arg-type]
     empty = data.ragged_batch([])
     assert empty.offsets.tolist() == [0] and empty.history.size == 0 and empty.padded().history.shape == (0, 1)
+
+
+def test_ragged_batch_of_generated_samples_holds_only_the_behaviours():
+    """On make_sequence_ctr's long, uneven histories the ragged batch holds sum(lengths) entries where the
+    padded batch holds B x L_max."""
+    from etaretrieval.datasets import make_sequence_ctr
+
+    data = make_sequence_ctr(n_users=20, max_len=300, seed=1)
+    rows = np.arange(min(64, data.n_samples))
+    lengths = data.history_lengths()[rows]
+    ragged = data.ragged_batch(rows)
+    assert ragged.history.size == lengths.sum() < rows.size * lengths.max()
+    np.testing.assert_array_equal(ragged.lengths, lengths)
+    padded = data.batch(rows, int(lengths.max()))
+    np.testing.assert_array_equal(ragged.padded().history, padded.history)
+    np.testing.assert_array_equal(ragged.padded().categories, padded.categories)
