@@ -230,8 +230,9 @@ def retrieve_arrow(
         The input columns, then ``topk_ids`` (list<int64>, the retrieved item
         ids), ``topk_pos`` (list<int64>, their positions in the history),
         ``topk_dist`` (list<int32>, Hamming distances), nearest first, at
-        most ``k`` each, chunked as the history column; and ``error``
-        (string, null when the row was served). An empty history is served
+        most ``k`` each, one chunk per chunk of the history column (a
+        chunk whose results would pass 2**31 - 1 entries is split); and
+        ``error`` (string, null when the row was served). An empty history is served
         (empty lists). A row with a null history, a null or out-of-range
         target, or a null id or one outside ``[0, N)`` in its history, gets
         null lists and an ``error`` message.
