@@ -226,7 +226,10 @@ def test_no_kernel_on_other_devices_is_a_clear_error() -> None:
         _ops._require_cpu("topk_hamming", x)
 
 
-@pytest.mark.parametrize("name", ["pack_signatures", "topk_hamming", "topk_hamming_lookup"])
+@pytest.mark.parametrize(
+    "name",
+    ["pack_signatures", "topk_hamming", "topk_hamming_lookup", "topk_hamming_ragged", "topk_hamming_lookup_ragged"],
+)
 def test_cuda_kernels_are_registered(name: str) -> None:
     """Importing the plugin gives every op a CUDA kernel (run by the gpu-marked tests on a GPU)."""
     qualname = f"etaretrieval::{name}"

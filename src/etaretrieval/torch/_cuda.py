@@ -12,11 +12,12 @@ launch.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import numpy as np
 import torch
 
+from .._device import DeviceArray, describe
 from .._validate import NonFiniteError, as_padding, results_error
 from . import _ops
 
@@ -99,14 +100,61 @@ def _lookup_cuda(
     return idx, dist
 
 
+def _device(t: torch.Tensor) -> DeviceArray:
+    """The description of a CUDA tensor for :mod:`etaretrieval.cuda` (no copy)."""
+    return cast(DeviceArray, describe(t.detach()))
+
+
+def _ragged(
+    query: torch.Tensor, offsets: torch.Tensor, batch: int, total: int, values: str, mask: Optional[torch.Tensor]
+) -> tuple[DeviceArray, np.ndarray, np.ndarray, Optional[DeviceArray]]:
+    """``(query, starts, lens, mask)`` for :mod:`etaretrieval.cuda.ragged`: offsets checked on the host.
+
+    The ``B + 1`` offsets are read back (the launch plan cuts rows into tiles
+    on the host); the tensors are described, not copied.
+    """
+    from ..ragged import as_offsets
+
+    starts, lens = as_offsets(offsets.detach(), batch, total, values)
+    m = _ops.bool_mask(mask)
+    return _device(query), starts, lens, None if m is None else _device(m)
+
+
+def _topk_ragged_cuda(
+    query: torch.Tensor, keys: torch.Tensor, k: int, offsets: torch.Tensor, mask: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..cuda import ragged
+
+    batch = _ops.check_topk_ragged(query, keys, k, offsets, mask)
+    with torch.cuda.device(query.device):  # launched on torch's current stream (cuda._backend.launch_stream)
+        q, starts, lens, m = _ragged(query, offsets, batch, keys.shape[0], "keys", mask)
+        return cast(tuple[torch.Tensor, torch.Tensor], ragged.topk_hamming(q, _device(keys), k, starts, lens, m))
+
+
+def _lookup_ragged_cuda(
+    query: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, k: int, offsets: torch.Tensor,
+    mask: Optional[torch.Tensor] = None, padding_id: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..cuda import ragged
+
+    batch = _ops.check_lookup_ragged(query, ids, table, k, offsets, mask)
+    pad = as_padding(padding_id, np.dtype(str(ids.dtype).removeprefix("torch.")))
+    with torch.cuda.device(query.device):
+        q, starts, lens, m = _ragged(query, offsets, batch, ids.shape[0], "ids", mask)
+        out = ragged.topk_hamming_lookup(q, _device(ids), _device(table), k, starts, lens, m, pad)
+    return cast(tuple[torch.Tensor, torch.Tensor], out)
+
+
 _KERNELS = {
     "pack_signatures": _pack_cuda,
     "topk_hamming": _topk_cuda,
     "topk_hamming_lookup": _lookup_cuda,
+    "topk_hamming_ragged": _topk_ragged_cuda,
+    "topk_hamming_lookup_ragged": _lookup_ragged_cuda,
 }
 
 
 def register() -> None:
-    """Register the CUDA kernels of the three operators (registering again replaces them)."""
+    """Register the CUDA kernels of the operators (registering again replaces them)."""
     for name, fn in _KERNELS.items():
         torch.library.register_kernel(f"etaretrieval::{name}", "cuda", fn)

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import numpy as np
 import torch
 
-from .. import config
+from .. import config, ragged
 from .._validate import (
     MAX_WORDS,
     DTypeError,
@@ -56,9 +56,13 @@ __all__ = [
     "pack_signatures",
     "topk_hamming",
     "topk_hamming_lookup",
+    "topk_hamming_ragged",
+    "topk_hamming_lookup_ragged",
     "check_pack",
     "check_topk",
     "check_lookup",
+    "check_topk_ragged",
+    "check_lookup_ragged",
     "is_integer",
     "bool_mask",
     "as_float32",
@@ -383,7 +387,7 @@ def _topk_fake(
 
 
 @_define("topk_hamming", _topk_fake)
-def topk_hamming(
+def _topk_padded(
     query: torch.Tensor,
     keys: torch.Tensor,
     k: int,
@@ -391,39 +395,7 @@ def topk_hamming(
     mask: Optional[torch.Tensor] = None,
     padding_side: str = "right",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` keys nearest to each query (see :func:`etaretrieval.topk_hamming`).
-
-    Parameters
-    ----------
-    query : torch.Tensor
-        ``(B, W)`` int64 signatures.
-    keys : torch.Tensor
-        ``(B, L, W)`` int64 signatures, or ``(L, W)`` shared by every row.
-    k : int
-        Positions to return per row, ``>= 0``.
-    lengths : torch.Tensor, optional
-        ``(B,)`` integers in ``0..L``: only the prefix of each row is valid
-        (the last ``lengths[b]`` positions with ``padding_side="left"``).
-    mask : torch.Tensor, optional
-        ``(B, L)`` or ``(L,)`` valid positions: bool, or any real numeric
-        dtype (an attention mask: non-zero = valid). Not together with ``lengths``.
-    padding_side : str, default "right"
-        ``"left"`` for front-padded rows given by ``lengths``.
-
-    Returns
-    -------
-    idx : torch.Tensor
-        ``(B, k)`` int64 positions, ordered by (distance ascending, position
-        descending); ``-1`` past the valid positions of a row.
-    dist : torch.Tensor
-        ``(B, k)`` int32 Hamming distances; ``-1`` where ``idx`` is.
-
-    Examples
-    --------
-    >>> import torch, etaretrieval.torch
-    >>> keys = torch.tensor([[0b0001], [0b0111], [0b0010], [0b0000]])
-    >>> torch.ops.etaretrieval.topk_hamming(torch.tensor([[0]]), keys, 3)
-    (tensor([[3, 2, 0]]), tensor([[0, 1, 1]], dtype=torch.int32))
+    """``etaretrieval::topk_hamming``: padded rows (see :func:`topk_hamming`).
     """
     check_topk(query, keys, k, lengths, mask, padding_side)
     _require_cpu("topk_hamming", query)
@@ -447,7 +419,7 @@ def _lookup_fake(
 
 
 @_define("topk_hamming_lookup", _lookup_fake)
-def topk_hamming_lookup(
+def _lookup_padded(
     query: torch.Tensor,
     ids: torch.Tensor,
     table: torch.Tensor,
@@ -457,42 +429,7 @@ def topk_hamming_lookup(
     padding_id: Optional[int] = None,
     padding_side: str = "right",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused ids -> signature table -> top-``k`` (see :func:`etaretrieval.topk_hamming_lookup`).
-
-    Parameters
-    ----------
-    query : torch.Tensor
-        ``(B, W)`` int64 signatures.
-    ids : torch.Tensor
-        ``(B, L)`` or shared ``(L,)`` item ids of any integer dtype.
-    table : torch.Tensor
-        ``(N, W)`` int64 signature table (e.g. :attr:`SignatureCache.signatures`).
-    k : int
-        Positions to return per row, ``>= 0``.
-    lengths, mask : torch.Tensor, optional
-        Valid positions, as in ``topk_hamming``.
-    padding_id : int, optional
-        Positions holding this id are not valid.
-    padding_side : str, default "right"
-        ``"left"`` for front-padded rows given by ``lengths``.
-
-    Returns
-    -------
-    idx, dist : torch.Tensor
-        As in ``topk_hamming``.
-
-    Raises
-    ------
-    IndexError
-        A valid position holds an id outside ``[0, N)``.
-
-    Examples
-    --------
-    >>> import torch, etaretrieval.torch
-    >>> table = torch.tensor([[0b00], [0b01], [0b11]])
-    >>> ids = torch.tensor([[2, 0, 1, 0, 2]])
-    >>> torch.ops.etaretrieval.topk_hamming_lookup(torch.tensor([[0b11]]), ids, table, 2, padding_id=0)
-    (tensor([[4, 0]]), tensor([[0, 0]], dtype=torch.int32))
+    """``etaretrieval::topk_hamming_lookup``: padded rows (see :func:`topk_hamming_lookup`).
     """
     if (lengths is None and mask is None and padding_id is None and padding_side == "right"
             and query.dtype is torch.int64 and table.dtype is torch.int64 and query.is_cpu and ids.is_cpu
@@ -506,3 +443,301 @@ def topk_hamming_lookup(
     call = TopkCall(_uint64(query), None, i, _uint64(table), k, _numpy(lengths), _numpy(bool_mask(mask)),
                     as_padding(padding_id, i.dtype), padding_side == "left")
     return _results(*cpu_topk.run(call))
+
+
+def _check_ragged(
+    offsets: torch.Tensor, mask: Optional[torch.Tensor], batch: int, total: int, device: torch.device
+) -> None:
+    """Check ``offsets`` ``(batch + 1,)`` and a flat ``(total,)`` ``mask`` (their values: in the kernels)."""
+    _on("offsets", offsets, device)
+    if not is_integer(offsets.dtype):
+        raise DTypeError(f"offsets must have an integer dtype (int32 or int64), got {offsets.dtype}")
+    if tuple(offsets.shape) != (batch + 1,):
+        raise ValueError(
+            f"offsets must have shape {_shape((batch + 1,))} (one more than the {batch} rows of query), "
+            f"got shape {_shape(tuple(offsets.shape))}"
+        )
+    if mask is not None:
+        _on("mask", mask, device)
+        if mask.dtype.is_complex:
+            raise DTypeError(
+                f"mask must have dtype torch.bool or a real numeric dtype (non-zero = valid), got {mask.dtype}"
+            )
+        if tuple(mask.shape) != (total,):
+            raise ValueError(
+                f"mask must have shape {_shape((total,))} (one entry per flat value, like the values offsets "
+                f"index), got shape {_shape(tuple(mask.shape))}"
+            )
+
+
+def check_topk_ragged(
+    query: torch.Tensor, keys: torch.Tensor, k: int, offsets: torch.Tensor, mask: Optional[torch.Tensor]
+) -> int:
+    """Check the inputs of ``topk_hamming_ragged``; return the batch size ``B``."""
+    q = _signatures("query", query, (2,), "(B, W)", None)
+    kk = _signatures("keys", keys, (2,), "(T, W): the flat keys of every row", q.device)
+    batch, words = q.shape
+    check_keys_shape(tuple(kk.shape), batch, words)
+    _check_k(k)
+    _check_ragged(offsets, mask, batch, kk.shape[0], q.device)
+    return batch
+
+
+def check_lookup_ragged(
+    query: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, k: int, offsets: torch.Tensor,
+    mask: Optional[torch.Tensor],
+) -> int:
+    """Check the inputs of ``topk_hamming_lookup_ragged``; return the batch size ``B``."""
+    q = _signatures("query", query, (2,), "(B, W)", None)
+    t = _signatures("table", table, (2,), "(N, W)", q.device)
+    i = _on("ids", ids, q.device)
+    batch, words = q.shape
+    check_table_shape(tuple(t.shape), words)
+    if not is_integer(i.dtype):
+        raise DTypeError(f"ids must have an integer dtype, got {i.dtype}")
+    if i.dim() != 1:
+        raise ValueError(f"ids must have shape (T,): the flat ids of every row, got shape {_shape(tuple(i.shape))}")
+    _check_k(k)
+    _check_ragged(offsets, mask, batch, i.shape[0], q.device)
+    return batch
+
+
+def _ragged_outputs(query: torch.Tensor, offsets: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty ``(B, k)`` results, ``B = offsets.numel() - 1`` (the fake kernels' outputs)."""
+    batch = offsets.shape[0] - 1
+    return query.new_empty((batch, k)), query.new_empty((batch, k), dtype=torch.int32)
+
+
+def _topk_ragged_fake(
+    query: torch.Tensor, keys: torch.Tensor, k: int, offsets: torch.Tensor, mask: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    check_topk_ragged(query, keys, k, offsets, mask)
+    return _ragged_outputs(query, offsets, k)
+
+
+@_define("topk_hamming_ragged", _topk_ragged_fake)
+def topk_hamming_ragged(
+    query: torch.Tensor, keys: torch.Tensor, k: int, offsets: torch.Tensor, mask: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``etaretrieval::topk_hamming_ragged``: ragged rows of flat keys (see :func:`topk_hamming`).
+
+    Examples
+    --------
+    >>> import torch, etaretrieval.torch
+    >>> keys = torch.tensor([[0b01], [0b00], [0b11], [0b10], [0b11]])
+    >>> torch.ops.etaretrieval.topk_hamming_ragged(torch.tensor([[0b00], [0b11]]), keys, 2, torch.tensor([0, 2, 5]))
+    (tensor([[1, 0],
+            [2, 0]]), tensor([[0, 1],
+            [0, 0]], dtype=torch.int32))
+    """
+    check_topk_ragged(query, keys, k, offsets, mask)
+    _require_cpu("topk_hamming_ragged", query)
+    return _results(*ragged.topk_hamming_ragged(_uint64(query), _uint64(keys), k, _array(offsets),
+                                                mask=_numpy(bool_mask(mask))))
+
+
+def _lookup_ragged_fake(
+    query: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, k: int, offsets: torch.Tensor,
+    mask: Optional[torch.Tensor] = None, padding_id: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    check_lookup_ragged(query, ids, table, k, offsets, mask)
+    return _ragged_outputs(query, offsets, k)
+
+
+@_define("topk_hamming_lookup_ragged", _lookup_ragged_fake)
+def topk_hamming_lookup_ragged(
+    query: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, k: int, offsets: torch.Tensor,
+    mask: Optional[torch.Tensor] = None, padding_id: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``etaretrieval::topk_hamming_lookup_ragged``: ragged rows of flat ids (see :func:`topk_hamming_lookup`).
+
+    Examples
+    --------
+    >>> import torch, etaretrieval.torch
+    >>> table = torch.tensor([[0b00], [0b01], [0b11]])
+    >>> ids, offsets = torch.tensor([2, 0, 1, 0, 2, 1]), torch.tensor([0, 3, 6])
+    >>> torch.ops.etaretrieval.topk_hamming_lookup_ragged(torch.tensor([[0b11], [0b00]]), ids, table, 2, offsets,
+    ...                                                   padding_id=0)
+    (tensor([[0, 2],
+            [2, 1]]), tensor([[0, 1],
+            [1, 2]], dtype=torch.int32))
+    """
+    check_lookup_ragged(query, ids, table, k, offsets, mask)
+    _require_cpu("topk_hamming_lookup_ragged", query)
+    return _results(*ragged.topk_hamming_lookup_ragged(
+        _uint64(query), _array(ids), _uint64(table), k, _array(offsets), mask=_numpy(bool_mask(mask)),
+        padding_id=padding_id,
+    ))
+
+
+def jagged(name: str, t: torch.Tensor, offsets: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(values, offsets)`` of a ``torch.nested`` jagged tensor ``t`` (``name`` in messages), else ``(t, offsets)``.
+
+    The values and offsets are the tensor's own (no copy, no padded block).
+    A jagged tensor carries its offsets, so ``offsets`` must be left out; one
+    with holes (``lengths()`` set, e.g. from :func:`torch.nested.narrow`) has
+    rows that offsets alone do not describe and is refused.
+    """
+    if not t.is_nested:
+        return t, offsets
+    if t.layout != torch.jagged:
+        raise ValueError(f"{name} is a nested tensor of layout {t.layout}: only torch.jagged nested tensors are taken")
+    if offsets is not None:
+        raise ValueError(f"{name} is a jagged nested tensor, which carries its own offsets: leave offsets out")
+    nested: Any = t  # torch's stubs type nested tensors as plain tensors
+    if nested.lengths() is not None:
+        raise ValueError(
+            f"{name} is a jagged nested tensor with holes (lengths() set, e.g. from torch.nested.narrow): "
+            "pass a contiguous one (.contiguous()) or its values and offsets"
+        )
+    return nested.values(), nested.offsets()
+
+
+def _pair(out: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(idx, dist)`` an op returns, typed."""
+    return cast(tuple[torch.Tensor, torch.Tensor], out)
+
+
+def _flat(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A flat mask, or the values of a jagged one (aligned with the flat values)."""
+    return mask.values() if mask is not None and mask.is_nested else mask
+
+
+def topk_hamming(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    k: int,
+    lengths: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+    padding_side: str = "right",
+    *,
+    offsets: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` keys nearest to each query (see :func:`etaretrieval.topk_hamming`).
+
+    Padded rows run ``torch.ops.etaretrieval.topk_hamming``; ragged rows
+    (``offsets``, or ``keys`` a jagged nested tensor) run
+    ``torch.ops.etaretrieval.topk_hamming_ragged``.
+
+    Parameters
+    ----------
+    query : torch.Tensor
+        ``(B, W)`` int64 signatures.
+    keys : torch.Tensor
+        ``(B, L, W)`` int64 signatures, or ``(L, W)`` shared by every row;
+        with ``offsets``, the flat ``(T, W)`` keys of every row; or a
+        ``torch.nested`` jagged tensor ``(B, j, W)`` (its ``values()`` and
+        ``offsets()`` are read in place, no ``(B, L_max)`` block is built).
+    k : int
+        Positions to return per row, ``>= 0``.
+    lengths : torch.Tensor, optional
+        ``(B,)`` integers in ``0..L``: only the prefix of each row is valid
+        (the last ``lengths[b]`` positions with ``padding_side="left"``).
+    mask : torch.Tensor, optional
+        ``(B, L)`` or ``(L,)`` valid positions: bool, or any real numeric
+        dtype (an attention mask: non-zero = valid). Not together with ``lengths``.
+        Ragged rows: flat ``(T,)`` (or a jagged tensor with the keys' offsets).
+    padding_side : str, default "right"
+        ``"left"`` for front-padded rows given by ``lengths``.
+    offsets : torch.Tensor, optional
+        Ragged rows: ``(B + 1,)`` int32/int64 non-decreasing offsets into
+        the flat keys, row ``b`` being ``keys[offsets[b]:offsets[b + 1]]``
+        (Arrow semantics: ``offsets[0]`` may be above 0; TorchRec's
+        ``JaggedTensor.offsets()``). Positions then count from each row's
+        start. Not together with ``lengths`` or ``padding_side="left"``.
+
+    Returns
+    -------
+    idx : torch.Tensor
+        ``(B, k)`` int64 positions, ordered by (distance ascending, position
+        descending); ``-1`` past the valid positions of a row.
+    dist : torch.Tensor
+        ``(B, k)`` int32 Hamming distances; ``-1`` where ``idx`` is.
+
+    Examples
+    --------
+    >>> import torch, etaretrieval.torch
+    >>> keys = torch.tensor([[0b0001], [0b0111], [0b0010], [0b0000]])
+    >>> torch.ops.etaretrieval.topk_hamming(torch.tensor([[0]]), keys, 3)
+    (tensor([[3, 2, 0]]), tensor([[0, 1, 1]], dtype=torch.int32))
+    >>> flat, offsets = torch.tensor([[0b01], [0b00], [0b11], [0b10], [0b11]]), torch.tensor([0, 2, 5])
+    >>> etaretrieval.torch.topk_hamming(torch.tensor([[0b00], [0b11]]), flat, 2, offsets=offsets)
+    (tensor([[1, 0],
+            [2, 0]]), tensor([[0, 1],
+            [0, 0]], dtype=torch.int32))
+    """
+    keys, offsets = jagged("keys", keys, offsets)
+    if offsets is None:
+        return _pair(_topk_padded(query, keys, k, lengths, mask, padding_side))
+    ragged.check_offsets_alone(lengths, padding_side)
+    return _pair(topk_hamming_ragged(query, keys, k, offsets, _flat(mask)))
+
+
+def topk_hamming_lookup(
+    query: torch.Tensor,
+    ids: torch.Tensor,
+    table: torch.Tensor,
+    k: int,
+    lengths: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+    padding_id: Optional[int] = None,
+    padding_side: str = "right",
+    *,
+    offsets: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused ids -> signature table -> top-``k`` (see :func:`etaretrieval.topk_hamming_lookup`).
+
+    Padded rows run ``torch.ops.etaretrieval.topk_hamming_lookup``; ragged
+    rows (``offsets``, or ``ids`` a jagged nested tensor) run
+    ``torch.ops.etaretrieval.topk_hamming_lookup_ragged``.
+
+    Parameters
+    ----------
+    query : torch.Tensor
+        ``(B, W)`` int64 signatures.
+    ids : torch.Tensor
+        ``(B, L)`` or shared ``(L,)`` item ids of any integer dtype; with
+        ``offsets``, the flat ``(T,)`` ids of every row; or a ``torch.nested``
+        jagged tensor ``(B, j)`` of ids (read through ``values()`` and ``offsets()``).
+    table : torch.Tensor
+        ``(N, W)`` int64 signature table (e.g. :attr:`SignatureCache.signatures`).
+    k : int
+        Positions to return per row, ``>= 0``.
+    lengths, mask : torch.Tensor, optional
+        Valid positions, as in ``topk_hamming``.
+    padding_id : int, optional
+        Positions holding this id are not valid.
+    padding_side : str, default "right"
+        ``"left"`` for front-padded rows given by ``lengths``.
+    offsets : torch.Tensor, optional
+        Ragged rows: ``(B + 1,)`` offsets into the flat ids, as in ``topk_hamming``.
+
+    Returns
+    -------
+    idx, dist : torch.Tensor
+        As in ``topk_hamming``.
+
+    Raises
+    ------
+    IndexError
+        A valid position holds an id outside ``[0, N)`` (named by row and
+        position within the row).
+
+    Examples
+    --------
+    >>> import torch, etaretrieval.torch
+    >>> table = torch.tensor([[0b00], [0b01], [0b11]])
+    >>> ids = torch.tensor([[2, 0, 1, 0, 2]])
+    >>> torch.ops.etaretrieval.topk_hamming_lookup(torch.tensor([[0b11]]), ids, table, 2, padding_id=0)
+    (tensor([[4, 0]]), tensor([[0, 0]], dtype=torch.int32))
+    >>> nested = torch.nested.nested_tensor_from_jagged(torch.tensor([2, 0, 1, 0, 2]), torch.tensor([0, 2, 5]))
+    >>> etaretrieval.torch.topk_hamming_lookup(torch.tensor([[0b11], [0b00]]), nested, table, 2, padding_id=0)
+    (tensor([[ 0, -1],
+            [ 0,  2]]), tensor([[ 0, -1],
+            [ 1,  2]], dtype=torch.int32))
+    """
+    ids, offsets = jagged("ids", ids, offsets)
+    if offsets is None:
+        return _pair(_lookup_padded(query, ids, table, k, lengths, mask, padding_id, padding_side))
+    ragged.check_offsets_alone(lengths, padding_side)
+    return _pair(topk_hamming_lookup_ragged(query, ids, table, k, offsets, _flat(mask), padding_id))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import torch
 
@@ -39,6 +39,14 @@ class HammingTopK(torch.autograd.Function):
     with non-zero = valid); NaN or inf embeddings at invalid positions are
     ignored.
 
+    Ragged histories: ``HammingTopK.apply(target, seq, planes, k, mask,
+    offsets)`` with ``seq`` the flat ``(T, d)`` embeddings of every row,
+    ``offsets`` their ``(B + 1,)`` row offsets and ``mask`` ``None`` or flat
+    ``(T,)``; or ``seq`` a ``torch.nested`` jagged tensor ``(B, j, d)`` (its
+    values and offsets are used in place, ``offsets`` left out). Positions
+    then count from each row's start, e.g. for
+    ``values[offsets[:-1, None] + index.clamp(min=0)]``.
+
     Selecting items is a discrete step with no gradient; the gradient reaches
     the retrieved embeddings through the gather that follows, e.g.
     ``seq.gather(1, index.clamp(min=0)[..., None].expand(-1, -1, d))``.
@@ -53,15 +61,26 @@ class HammingTopK(torch.autograd.Function):
     >>> index, dist = HammingTopK.apply(seq[:, 3], seq, planes, 4, None)
     >>> index[:, 0].tolist(), dist[:, 0].tolist(), index.requires_grad
     ([3, 3], [0, 0], False)
+    >>> flat, offsets = seq.detach().reshape(20, 8), torch.tensor([0, 10, 20])
+    >>> torch.equal(HammingTopK.apply(seq[:, 3], flat, planes, 4, None, offsets)[0], index)
+    True
     """
 
     @staticmethod
     def forward(
-        target: torch.Tensor, seq: torch.Tensor, planes: torch.Tensor, k: int, mask: Optional[torch.Tensor]
+        target: torch.Tensor, seq: torch.Tensor, planes: torch.Tensor, k: int, mask: Optional[torch.Tensor],
+        offsets: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        query = _ops.pack_signatures(target, planes)
-        keys = _ops.pack_signatures(seq, planes, True, _used(seq, mask))
-        return _ops.topk_hamming(query, keys, k, None, mask)
+        seq, offsets = _ops.jagged("seq", seq, offsets)
+        if mask is not None and mask.is_nested:
+            mask = mask.values()
+        if offsets is not None and seq.dim() != 2:
+            raise ValueError(
+                f"seq must have shape (T, d) with offsets (the flat embeddings of every row), got {tuple(seq.shape)}"
+            )
+        query = cast(torch.Tensor, _ops.pack_signatures(target, planes))
+        keys = cast(torch.Tensor, _ops.pack_signatures(seq, planes, True, _used(seq, mask)))
+        return _ops.topk_hamming(query, keys, k, None, mask, offsets=offsets)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -70,4 +89,4 @@ class HammingTopK(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, *grads: Any) -> tuple[None, ...]:
         # Part of the Function protocol only: both outputs are non-differentiable.
-        return None, None, None, None, None
+        return None, None, None, None, None, None
