@@ -251,3 +251,52 @@ def _i64(*shape: int) -> torch.Tensor:
 def test_clear_errors(call: object, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         call()  # type: ignore[operator]
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=ragged_cases())
+def test_aten_forms_equal_the_ragged_ops(case: dict) -> None:
+    from etaretrieval.torch import aten
+
+    t = tensors(case)
+    args = (t["query"], t["keys"], case["k"], t["offsets"], t["mask"])
+    for g, w in zip(aten.topk_hamming_ragged(*args), ops.topk_hamming_ragged(*args)):
+        assert torch.equal(g, w) and g.dtype == w.dtype
+    args = (t["query"], t["ids"], t["table"], case["k"], t["offsets"], t["mask"], case["padding_id"])
+    for g, w in zip(aten.topk_hamming_lookup_ragged(*args), ops.topk_hamming_lookup_ragged(*args)):
+        assert torch.equal(g, w) and g.dtype == w.dtype
+
+
+def test_aten_forms_assert_bad_offsets_and_ids() -> None:
+    from etaretrieval.torch import aten
+
+    query, keys = _i64(2, 1), _i64(5, 1)
+    for offsets in ([0, 3, 2], [-1, 3, 4], [0, 3, 6]):
+        with pytest.raises(RuntimeError, match="offsets must be non-decreasing"):
+            aten.topk_hamming_ragged(query, keys, 2, torch.tensor(offsets))
+    ids = torch.tensor([0, 0, 0, 0, 7, 9])  # 9: a value of no row, never checked
+    with pytest.raises(RuntimeError, match=r"outside the table's rows \[0, 3\)"):
+        aten.topk_hamming_lookup_ragged(query, ids, _i64(3, 1), 2, torch.tensor([0, 3, 5]))
+    idx, _ = aten.topk_hamming_lookup_ragged(query, ids, _i64(3, 1), 2, torch.tensor([0, 3, 4]))
+    assert idx.tolist() == [[2, 1], [0, -1]]
+
+
+class _RaggedLookup(torch.nn.Module):
+    def forward(self, query: torch.Tensor, ids: torch.Tensor, table: torch.Tensor,
+                offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return et.topk_hamming_lookup(query, ids, table, 4, padding_id=0, offsets=offsets)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_exported_ragged_call_decomposes_to_aten() -> None:
+    rng = np.random.default_rng(5)
+    table = t64(rng.integers(0, 2**64, (20, 1), np.uint64))
+    query = t64(rng.integers(0, 2**64, (3, 1), np.uint64))
+    ids, offsets = torch.from_numpy(rng.integers(0, 20, size=30)), torch.tensor([0, 12, 12, 30])
+    program = torch.export.export(_RaggedLookup(), (query, ids, table, offsets)).run_decompositions(
+        et.decompositions())
+    assert "etaretrieval" not in str(program.graph)
+    ids2, offsets2 = torch.from_numpy(rng.integers(0, 20, size=30)), torch.tensor([2, 9, 20, 25])
+    for args in ((query, ids, table, offsets), (query, ids2, table, offsets2)):
+        for g, w in zip(program.module()(*args), _RaggedLookup()(*args)):
+            assert torch.equal(g, w)

@@ -44,6 +44,8 @@ __all__ = [
     "pack_signatures",
     "topk_hamming",
     "topk_hamming_lookup",
+    "topk_hamming_ragged",
+    "topk_hamming_lookup_ragged",
     "sdim_codes",
     "sdim_group_sums",
     "sdim_group_sums_backward",
@@ -258,6 +260,117 @@ def topk_hamming_lookup(
     return _select(dist.expand(query.shape[0], -1), valid, k, 64 * words)
 
 
+def _rows(offsets: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(o, seg, pos)`` of ragged rows over ``total`` flat values: int64 offsets, each value's row and position.
+
+    ``seg`` is ``B`` for the values of no row (before ``offsets[0]`` or past
+    ``offsets[-1]``); ``pos`` counts from the row's start. Offsets that are
+    negative, decreasing or past ``total`` fail an assertion.
+    """
+    o = offsets.to(torch.int64)
+    _assert((o[0] >= 0) & (o[1:] >= o[:-1]).all() & (o[-1] <= total),
+            f"offsets must be non-decreasing, from >= 0 to at most the {total} flat values")
+    flat = torch.arange(total, device=offsets.device)
+    batch = o.shape[0] - 1
+    seg = torch.where(flat >= o[0], torch.searchsorted(o[1:], flat, right=True), batch)
+    return o, seg, flat - o[seg]
+
+
+def _ragged_select(
+    dist: torch.Tensor, valid: torch.Tensor, o: torch.Tensor, seg: torch.Tensor, pos: torch.Tensor, k: int,
+    max_dist: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` of each ragged row of ``(T,)`` distances, in :func:`_select`'s order and fill.
+
+    One sort of the flat values by (row, distance, position descending), as
+    a stable sort by the key of :func:`_select` and then by row; row ``b``
+    starts at ``offsets[b] - offsets[0]`` in it, and its first ``k`` entries
+    that are valid are the result. No ``(B, L_max)`` block is built.
+    """
+    total = dist.shape[0]
+    span = total + 1  # positions are < total; >= 1, so an empty batch divides by nothing
+    invalid = (max_dist + 1) * span
+    key = torch.where(valid, dist.to(torch.int64) * span + (span - 1 - pos), invalid)
+    order = key.sort(stable=True).indices
+    order = order[seg[order].sort(stable=True).indices]
+    ranked = torch.cat([key[order], key.new_full((1,), invalid)])  # the end: a sentinel past every row
+    count = torch.cat([valid.new_zeros(1, dtype=torch.int64), valid.to(torch.int64).cumsum(0)])
+    found = torch.arange(k, device=dist.device) < (count[o[1:]] - count[o[:-1]]).unsqueeze(1)
+    best = ranked[((o[:-1] - o[0]).unsqueeze(1) + torch.arange(k, device=dist.device)).clamp(max=total)]
+    idx = torch.where(found, span - 1 - best % span, -1)
+    return idx, torch.where(found, best // span, -1).to(torch.int32)
+
+
+def topk_hamming_ragged(
+    query: torch.Tensor, keys: torch.Tensor, k: int, offsets: torch.Tensor, mask: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ATen form of ``torch.ops.etaretrieval.topk_hamming_ragged`` (same arguments and results).
+
+    Each flat key is compared with its row's query and the flat values are
+    sorted once by (row, distance, position descending).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch import aten
+    >>> keys = torch.tensor([[0b01], [0b00], [0b11], [0b10], [0b11]])
+    >>> aten.topk_hamming_ragged(torch.tensor([[0b00], [0b11]]), keys, 2, torch.tensor([0, 2, 5]))
+    (tensor([[1, 0],
+            [2, 0]]), tensor([[0, 1],
+            [0, 0]], dtype=torch.int32))
+    """
+    _ops.check_topk_ragged(query, keys, k, offsets, mask)
+    o, seg, pos = _rows(offsets, keys.shape[0])
+    queries = torch.cat([query, query.new_zeros((1, query.shape[1]))])  # row B: values of no row
+    valid = seg < query.shape[0]
+    if mask is not None:
+        valid = valid & (mask if mask.dtype == torch.bool else mask != 0)
+    return _ragged_select(hamming(queries[seg], keys), valid, o, seg, pos, k, 64 * query.shape[1])
+
+
+def topk_hamming_lookup_ragged(
+    query: torch.Tensor,
+    ids: torch.Tensor,
+    table: torch.Tensor,
+    k: int,
+    offsets: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+    padding_id: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ATen form of ``torch.ops.etaretrieval.topk_hamming_lookup_ragged`` (same arguments and results).
+
+    A valid position of a row holding an id outside ``[0, N)`` fails an
+    assertion (the kernel raises ``IndexError``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch import aten
+    >>> table = torch.tensor([[0b00], [0b01], [0b11]])
+    >>> ids, offsets = torch.tensor([2, 0, 1, 0, 2, 1]), torch.tensor([0, 3, 6])
+    >>> aten.topk_hamming_lookup_ragged(torch.tensor([[0b11], [0b00]]), ids, table, 2, offsets, padding_id=0)
+    (tensor([[0, 2],
+            [2, 1]]), tensor([[0, 1],
+            [1, 2]], dtype=torch.int32))
+    """
+    _ops.check_lookup_ragged(query, ids, table, k, offsets, mask)
+    nrows, words = table.shape
+    o, seg, pos = _rows(offsets, ids.shape[0])
+    i = ids.to(torch.int64)
+    valid = seg < query.shape[0]
+    if mask is not None:
+        valid = valid & (mask if mask.dtype == torch.bool else mask != 0)
+    pad = as_padding(padding_id, np.dtype(_NUMPY_INTS[ids.dtype]))
+    if pad is not None:
+        valid = valid & torch.ne(i, pad)
+    inside = (i >= 0) & (i < nrows)
+    _assert((inside | ~valid).all(), f"ids: a valid position holds an id outside the table's rows [0, {nrows})")
+    rows = table if nrows else table.new_zeros((1, words))
+    queries = torch.cat([query, query.new_zeros((1, words))])
+    dist = hamming(queries[seg], rows[torch.where(inside, i, 0)])
+    return _ragged_select(dist, valid & inside, o, seg, pos, k, 64 * words)
+
+
 def sdim_codes(signatures: torch.Tensor, tau: int, groups: int) -> torch.Tensor:
     """``(..., G)`` int64 group codes: code ``g`` holds bits ``[g tau, (g + 1) tau)``, bit ``g tau`` lowest.
 
@@ -415,6 +528,8 @@ def decompositions() -> dict[torch._ops.OpOverload, Callable[..., object]]:
         ops.pack_signatures.default: pack_signatures,
         ops.topk_hamming.default: topk_hamming,
         ops.topk_hamming_lookup.default: topk_hamming_lookup,
+        ops.topk_hamming_ragged.default: topk_hamming_ragged,
+        ops.topk_hamming_lookup_ragged.default: topk_hamming_lookup_ragged,
         ops.sdim_group_sums.default: sdim_group_sums,
         ops.sdim_group_sums_backward.default: sdim_group_sums_backward,
         ops.sdim_buckets.default: sdim_buckets,
