@@ -1,8 +1,11 @@
 """PyTorch plugin: ETA retrieval as custom ops and modules.
 
 Importing this package registers the custom operators
-``torch.ops.etaretrieval.pack_signatures``, ``.topk_hamming`` and
-``.topk_hamming_lookup`` (int64 tensors carry the uint64 signature words, since
+``torch.ops.etaretrieval.pack_signatures``, ``.topk_hamming``,
+``.topk_hamming_lookup`` and their ragged forms ``.topk_hamming_ragged`` and
+``.topk_hamming_lookup_ragged`` (flat values + offsets, which
+:func:`topk_hamming` and :func:`topk_hamming_lookup` run for ``offsets=`` or a
+``torch.nested`` jagged tensor; int64 tensors carry the uint64 signature words, since
 torch has no uint64 arithmetic; fake kernels make them usable under
 ``torch.compile(fullgraph=True)``; CPU kernels run the Numba kernels, CUDA
 kernels the numba-cuda ones on torch's current stream), and provides the retrieval step as an
