@@ -526,8 +526,15 @@ def test_side_planes_errors() -> None:
         retriever(target, emb(ids), query_planes=torch.zeros(DIM, BITS, dtype=torch.int64))
 
 
+@pytest.mark.filterwarnings(TORCH_INTERNAL_WARNING)
 def test_attention_space_compiles_fullgraph() -> None:
     emb, ids, mask, target = batch(10)
+    seq = emb(ids).detach()  # a leaf: dynamo reads .grad of its inputs
     block = attention_block(10)
-    compiled = torch.compile(block, backend="eager", fullgraph=True)
-    assert torch.equal(compiled(target, emb(ids), mask), block(target, emb(ids), mask))
+    cache = SignatureCache(emb, block)
+
+    def both(target: torch.Tensor, seq: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return block(target, seq, mask) + block(target, mask=mask, seq_ids=ids, cache=cache)
+
+    compiled = torch.compile(both, backend="eager", fullgraph=True)
+    assert torch.equal(compiled(target, seq, ids, mask), both(target, seq, ids, mask))
