@@ -110,8 +110,7 @@ def floor_lookup(query: np.ndarray, ids: np.ndarray, table: np.ndarray) -> npt.N
     """Sum of the Hamming distances of each row's looked-up signatures to its query.
 
     Rows are spread over the library's threads exactly as the top-K kernels
-    spread them, a late helper's task taken over alike (:func:`etaretrieval.threads`
-    bounds both).
+    spread them (:func:`etaretrieval.threads` bounds both).
 
     Parameters
     ----------
