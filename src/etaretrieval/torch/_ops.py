@@ -48,6 +48,7 @@ from .._validate import (
     check_x_shape,
     valid_nonfinite_error,
 )
+from ..cpu import ragged as cpu_ragged
 from ..cpu import topk as cpu_topk
 from ..cpu.pack import pack_projection, raise_nonfinite
 from ..cpu.pack import pack_signatures as host_pack
@@ -530,10 +531,11 @@ def topk_hamming_ragged(
             [2, 0]]), tensor([[0, 1],
             [0, 0]], dtype=torch.int32))
     """
-    check_topk_ragged(query, keys, k, offsets, mask)
+    batch = check_topk_ragged(query, keys, k, offsets, mask)
     _require_cpu("topk_hamming_ragged", query)
-    return _results(*ragged.topk_hamming_ragged(_uint64(query), _uint64(keys), k, _array(offsets),
-                                                mask=_numpy(bool_mask(mask))))
+    starts, lens = ragged.as_offsets(_array(offsets), batch, keys.shape[0], "keys")
+    return _results(*cpu_ragged.topk_hamming(_uint64(query), _uint64(keys), k, starts, lens,
+                                             _numpy(bool_mask(mask))))
 
 
 def _lookup_ragged_fake(
@@ -562,12 +564,12 @@ def topk_hamming_lookup_ragged(
             [2, 1]]), tensor([[0, 1],
             [1, 2]], dtype=torch.int32))
     """
-    check_lookup_ragged(query, ids, table, k, offsets, mask)
+    batch = check_lookup_ragged(query, ids, table, k, offsets, mask)
     _require_cpu("topk_hamming_lookup_ragged", query)
-    return _results(*ragged.topk_hamming_lookup_ragged(
-        _uint64(query), _array(ids), _uint64(table), k, _array(offsets), mask=_numpy(bool_mask(mask)),
-        padding_id=padding_id,
-    ))
+    i = _array(ids)
+    starts, lens = ragged.as_offsets(_array(offsets), batch, i.shape[0], "ids")
+    return _results(*cpu_ragged.topk_hamming_lookup(_uint64(query), i, _uint64(table), k, starts, lens,
+                                                    _numpy(bool_mask(mask)), as_padding(padding_id, i.dtype)))
 
 
 def jagged(name: str, t: torch.Tensor, offsets: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
