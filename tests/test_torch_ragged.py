@@ -300,3 +300,40 @@ def test_exported_ragged_call_decomposes_to_aten() -> None:
     for args in ((query, ids, table, offsets), (query, ids2, table, offsets2)):
         for g, w in zip(program.module()(*args), _RaggedLookup()(*args)):
             assert torch.equal(g, w)
+
+
+def _cuda_torch() -> None:
+    import os
+
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0") or not torch.cuda.is_available():
+        pytest.skip("needs torch with a CUDA GPU (torch CUDA tensors do not exist under the simulator)")
+
+
+@pytest.mark.gpu
+@pytest.mark.filterwarnings("ignore:Grid size")
+def test_cuda_ragged_ops_equal_the_cpu_ones_on_a_side_stream() -> None:
+    _cuda_torch()
+    rng = np.random.default_rng(7)
+    lens = np.concatenate([rng.integers(0, 40, size=30), [3000]])  # one long row among short ones
+    offsets = torch.from_numpy(np.concatenate([[5], 5 + np.cumsum(lens)]).astype(np.int32))
+    total = int(offsets[-1]) + 2
+    query = t64(rng.integers(0, 16, (31, 2), np.uint64))
+    keys = t64(rng.integers(0, 16, (total, 2), np.uint64))
+    ids, table = torch.from_numpy(rng.integers(0, 50, size=total)), t64(rng.integers(0, 16, (50, 2), np.uint64))
+    mask = torch.from_numpy(rng.random(total) < 0.8)
+    want = (et.topk_hamming(query, keys, 20, mask=mask, offsets=offsets),
+            et.topk_hamming_lookup(query, ids, table, 20, padding_id=0, offsets=offsets))
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        c = [t.cuda() for t in (query, keys, ids, table, offsets, mask)]
+        got = (et.topk_hamming(c[0], c[1], 20, mask=c[5], offsets=c[4]),
+               et.topk_hamming_lookup(c[0], c[2], c[3], 20, padding_id=0, offsets=c[4]))
+    stream.synchronize()
+    for g, w in zip(got, want):
+        assert g[0].is_cuda and torch.equal(g[0].cpu(), w[0]) and torch.equal(g[1].cpu(), w[1])
+    row = int(np.flatnonzero(lens >= 2)[0])
+    bad = ids.clone()
+    bad[int(offsets[row]) + 1] = 99
+    for args in ((query, bad, table, offsets), (c[0], bad.cuda(), c[3], c[4])):
+        with pytest.raises(IndexError, match=rf"ids\[{row}, 1\] = 99"):
+            et.topk_hamming_lookup(args[0], args[1], args[2], 20, offsets=args[3])

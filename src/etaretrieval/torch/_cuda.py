@@ -110,12 +110,13 @@ def _ragged(
 ) -> tuple[DeviceArray, np.ndarray, np.ndarray, Optional[DeviceArray]]:
     """``(query, starts, lens, mask)`` for :mod:`etaretrieval.cuda.ragged`: offsets checked on the host.
 
-    The ``B + 1`` offsets are read back (the launch plan cuts rows into tiles
-    on the host); the tensors are described, not copied.
+    The ``B + 1`` offsets are read back by torch, in order on the current
+    stream (the launch plan cuts rows into tiles on the host); the other
+    tensors are described, not copied.
     """
     from ..ragged import as_offsets
 
-    starts, lens = as_offsets(offsets.detach(), batch, total, values)
+    starts, lens = as_offsets(offsets.detach().cpu().numpy(), batch, total, values)
     m = _ops.bool_mask(mask)
     return _device(query), starts, lens, None if m is None else _device(m)
 
