@@ -396,8 +396,7 @@ def _topk_padded(
     mask: Optional[torch.Tensor] = None,
     padding_side: str = "right",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``etaretrieval::topk_hamming``: padded rows (see :func:`topk_hamming`).
-    """
+    """``etaretrieval::topk_hamming``: padded rows (see :func:`topk_hamming`)."""
     check_topk(query, keys, k, lengths, mask, padding_side)
     _require_cpu("topk_hamming", query)
     call = TopkCall(_uint64(query), _uint64(keys), None, None, k, _numpy(lengths), _numpy(bool_mask(mask)), None,
@@ -430,8 +429,7 @@ def _lookup_padded(
     padding_id: Optional[int] = None,
     padding_side: str = "right",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``etaretrieval::topk_hamming_lookup``: padded rows (see :func:`topk_hamming_lookup`).
-    """
+    """``etaretrieval::topk_hamming_lookup``: padded rows (see :func:`topk_hamming_lookup`)."""
     if (lengths is None and mask is None and padding_id is None and padding_side == "right"
             and query.dtype is torch.int64 and table.dtype is torch.int64 and query.is_cpu and ids.is_cpu
             and table.is_cpu):  # the NumPy API's fast path on the tensors' views (its guard checks the rest)
