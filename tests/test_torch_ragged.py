@@ -180,6 +180,20 @@ def test_compiled_fullgraph_ragged_equals_eager() -> None:
         assert torch.equal(got, want)
 
 
+def test_compiled_fullgraph_over_a_jagged_tensor() -> None:
+    """A torch.nested jagged input traces through values()/offsets() into the ragged op (symbolic T)."""
+    def retrieve(query: torch.Tensor, ids: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return et.topk_hamming_lookup(query, ids, table, 5, padding_id=0)
+
+    gen = torch.Generator().manual_seed(1)
+    table, query = torch.randint(0, 2**40, (50, 1), generator=gen), torch.randint(0, 2**40, (3, 1), generator=gen)
+    compiled = torch.compile(retrieve, fullgraph=True, backend="aot_eager")
+    for offsets in ([0, 10, 12, 30], [0, 0, 7, 9]):
+        ids = _jagged(torch.randint(0, 50, (offsets[-1],), generator=gen), torch.tensor(offsets))
+        for got, want in zip(compiled(query, ids, table), retrieve(query, ids, table)):
+            assert torch.equal(got, want)
+
+
 def test_inputs_are_not_modified() -> None:
     rng = np.random.default_rng(0)
     query, keys = t64(rng.integers(0, 8, (2, 1), np.uint64)), t64(rng.integers(0, 8, (9, 1), np.uint64))
