@@ -157,7 +157,7 @@ def test_pipeline_runs_every_measurement_and_formats() -> None:
                          requests=10)
     results = run_pipeline(cfg, load=False)
     titles = ["serving loop (idle)", *(["training step (idle)"] if HAS_TORCH else []), "single-call latency (idle)",
-              "concurrent callers (idle)"]
+              "concurrent callers (idle)", "small call against NumPy (idle)"]
     assert list(results) == titles
     for title, rows in results.items():
         for label, p50, p99 in rows:
