@@ -11,13 +11,24 @@ another shape (an axis added, dropped, emptied or lengthened), another layout
 names an argument, or return exactly what the reference
 computes from the same values; the arguments are never modified.
 
+Top-K calls come in three forms: padded rows (``lengths`` / ``mask``), ragged
+rows (flat values and ``offsets=``, the offsets also spoilt: decreasing,
+negative, past the end, float, of another length) and the small common lookup
+that takes :func:`etaretrieval.cpu.topk.lookup_fast` (uint64, C-contiguous,
+2-D, no validity arguments), so the fast path and its fallbacks (a bad id, a
+spoilt layout) are drawn often.
+
 Bounded for CI: small shapes, and the dtypes and layouts that produce a result
 are few, so the number of compiled kernel variants stays small.
+``FUZZ_EXAMPLES`` (default 150) sets the examples per test; ``FUZZ_COUNTS``
+names a file each call appends its outcome to (``answered`` or the exception
+class), for a campaign's totals.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -30,8 +41,9 @@ from hypothesis import strategies as st
 
 import etaretrieval as er
 
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FUZZ = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 
 #: dtypes an array argument is cast to; the integer ones are all accepted for ids and lengths.
@@ -73,7 +85,7 @@ def spoil_array(draw: Callable[..., Any], a: np.ndarray, name: str) -> Any:
         return draw(st.sampled_from(SCALARS))
     # values: out of range where there is a range
     out = a.copy()
-    if out.size and name in ("ids", "lengths"):
+    if out.size and name in ("ids", "lengths", "offsets"):
         flat = out.reshape(-1)
         flat[draw(st.integers(0, flat.size - 1))] = draw(st.sampled_from([-1, 50, 127])) if out.dtype.kind == "i" \
             else draw(st.sampled_from([50, 255]))
@@ -85,6 +97,30 @@ def spoil_array(draw: Callable[..., Any], a: np.ndarray, name: str) -> Any:
 SPOILT_K = [-1, 2.5, True, None, "3", np.int64(2), np.uint64(3), 2**61, 2**70, 40]
 SPOILT_PAD = [-1, 2**64, 1.5, True, 0, np.int8(3), "0", 300]
 SPOILT_SIDE = ["left", "LEFT", None, 1]
+
+
+def spoil_offsets(draw: Callable[..., Any], o: np.ndarray, total: int) -> Any:
+    """``(B + 1,)`` offsets into ``total`` values spoilt: decreasing, negative, past the end, float, another length."""
+    how = draw(st.sampled_from(["decreasing", "negative", "past", "float", "shorter", "longer", "2-d", "array"]))
+    out = o.astype(np.int64) if how in ("negative", "past") else o.copy()
+    if how == "decreasing" and o.size >= 2:
+        i = draw(st.integers(1, o.size - 1))
+        out[i] = out[i - 1] - draw(st.integers(1, 3))
+    elif how == "negative":
+        out[draw(st.integers(0, o.size - 1))] = -draw(st.integers(1, 2**40))
+    elif how == "past":
+        out[draw(st.integers(0, o.size - 1))] = total + draw(st.sampled_from([1, 7, 2**31, 2**62]))
+    elif how == "float":
+        return out.astype(draw(st.sampled_from([np.float64, np.float32])))
+    elif how == "shorter":
+        return out[:-1]
+    elif how == "longer":
+        return np.append(out, out[-1])
+    elif how == "2-d":
+        return out[None]
+    elif how == "array":
+        return spoil_array(draw, out, "offsets")
+    return out
 
 
 def spoil(draw: Callable[..., Any], args: dict[str, Any], names: list[str]) -> list[str]:
@@ -99,6 +135,9 @@ def spoil(draw: Callable[..., Any], args: dict[str, Any], names: list[str]) -> l
             args[name] = draw(st.sampled_from(SPOILT_SIDE))
         elif name == "check_finite":
             args[name] = draw(st.sampled_from([False, True]))
+        elif name == "offsets" and value is not None:
+            total = (args["ids"] if "ids" in args else args["keys"]).shape[0]
+            args[name] = spoil_offsets(draw, value, total)
         elif value is None:  # an optional array: give one, maybe a wrong one
             args[name] = draw(st.sampled_from([[1, 2], np.ones((2, 2)), 3]))
         else:
@@ -121,6 +160,15 @@ def unchanged(args: dict[str, Any], before: dict[str, Any]) -> None:
             assert v == before[name], name
 
 
+def count(kind: str) -> None:
+    """Record one call's outcome: a hypothesis event, and a line in the ``FUZZ_COUNTS`` file if set."""
+    event(kind)
+    path = os.environ.get("FUZZ_COUNTS")
+    if path:
+        with open(path, "a") as f:
+            f.write(kind + "\n")
+
+
 def outcome(call: Callable[[], Any], spoilt: list[str], names: list[str]) -> Any:
     """The call's result, or ``None`` after a clean error naming an argument.
 
@@ -130,11 +178,15 @@ def outcome(call: Callable[[], Any], spoilt: list[str], names: list[str]) -> Any
     try:
         result = call()
     except (ValueError, TypeError, IndexError) as err:
-        event(f"raised {type(err).__name__}")
         message = str(err)
-        assert any(re.search(rf"\b{re.escape(n)}\b", message) for n in names), (spoilt, message)
+        clean = any(re.search(rf"\b{re.escape(n)}\b", message) for n in names)
+        count(f"raised {type(err).__name__}" if clean else "unclean: names no argument")
+        assert clean, (spoilt, message)
         return None
-    event("answered")
+    except Exception as err:
+        count(f"unclean: {type(err).__name__}")
+        raise
+    count("answered")
     return result
 
 
@@ -149,23 +201,44 @@ def native(value: Any) -> Any:
 # --------------------------------------------------------------------------- top-K
 
 
+def ragged_offsets(rng: np.random.Generator, batch: int, length: int) -> tuple[np.ndarray, int]:
+    """``(B + 1,)`` offsets of rows of ``0..length`` values, starting anywhere in ``0..2``, and the flat total.
+
+    The total runs up to 2 values past ``offsets[-1]`` (Arrow semantics: values no row holds).
+    """
+    sizes = rng.integers(0, length + 1, size=batch)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]) + rng.integers(0, 3)
+    dtype = np.int32 if rng.random() < 0.5 else np.int64
+    return offsets.astype(dtype), int(offsets[-1] + rng.integers(0, 3))
+
+
 @st.composite
 def topk_call(draw: Callable[..., Any], lookup: bool) -> tuple[dict[str, Any], list[str]]:
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    form = draw(st.sampled_from(["padded", "ragged", "fast"] if lookup else ["padded", "ragged"]))
     batch, length, words, nrows = draw(st.integers(0, 3)), draw(st.integers(0, 5)), draw(st.sampled_from([1, 2])), 4
-    shared = draw(st.booleans())
+    shared = form == "padded" and draw(st.booleans())
     args: dict[str, Any] = {"query": ref.random_signatures(rng, (batch, words), style="pool")}
     args["k"] = draw(st.integers(0, 7))
-    if lookup:
-        args["ids"] = rng.integers(0, nrows, size=(length,) if shared else (batch, length))
-        args["table"] = ref.random_signatures(rng, (nrows, words), style="pool")
-        args["padding_id"] = draw(st.sampled_from([None, 1]))
+    if form == "ragged":
+        args["offsets"], total = ragged_offsets(rng, batch, length)
+        shape: tuple[int, ...] = (total,)
     else:
-        args["keys"] = ref.random_signatures(rng, (length, words) if shared else (batch, length, words), style="pool")
-    validity = draw(st.sampled_from(["none", "lengths", "mask"]))
+        shape = (length,) if shared else (batch, length)
+    if lookup:
+        ids_dtype = draw(st.sampled_from([np.int64, np.int32])) if form == "fast" else np.int64
+        args["ids"] = rng.integers(0, nrows, size=shape).astype(ids_dtype)
+        args["table"] = ref.random_signatures(rng, (nrows, words), style="pool")
+        args["padding_id"] = None if form == "fast" else draw(st.sampled_from([None, 1]))
+    else:
+        args["keys"] = ref.random_signatures(rng, shape + (words,), style="pool")
+    validity = "none" if form == "fast" else draw(st.sampled_from(["none", "mask"] if form == "ragged"
+                                                                   else ["none", "lengths", "mask"]))
     args["lengths"] = rng.integers(0, length + 1, size=batch) if validity == "lengths" else None
-    args["mask"] = rng.random((batch, length)) < 0.6 if validity == "mask" else None
-    args["padding_side"] = draw(st.sampled_from(["right", "left"]))
+    args["mask"] = (rng.random(shape) < 0.6 if form == "ragged" else rng.random((batch, length)) < 0.6) \
+        if validity == "mask" else None
+    args["padding_side"] = draw(st.sampled_from(["right", "left"])) if form == "padded" else "right"
+    event(f"form {form}")
     spoilt = spoil(draw, args, list(args))
     return args, spoilt
 
@@ -175,18 +248,26 @@ def reference_topk(args: dict[str, Any], lookup: bool) -> tuple[np.ndarray, np.n
     k = int(args["k"])
     lengths, mask = native(args["lengths"]), native(args["mask"])
     other = native(args["ids"] if lookup else args["keys"])
+    padding_id = None if not lookup or args["padding_id"] is None else int(args["padding_id"])
+    if "offsets" in args:  # ragged rows take neither lengths nor a padding side
+        assert lengths is None and args["padding_side"] == "right", "ragged call answered with lengths/padding_side"
+        offsets = native(args["offsets"])
+        if lookup:
+            return ref.topk_hamming_lookup_ragged(query, other, native(args["table"]), k, offsets, mask=mask,
+                                                  padding_id=padding_id)
+        return ref.topk_hamming_ragged(query, other, k, offsets, mask=mask)
     length = other.shape[-1] if lookup else other.shape[-2]
     if lengths is not None and args["padding_side"] == "left":
         mask = np.arange(length) >= length - lengths.astype(np.int64)[:, None]
         lengths = None
     if lookup:
         return ref.topk_hamming_lookup(query, other, native(args["table"]), k, lengths=lengths, mask=mask,
-                                       padding_id=None if args["padding_id"] is None else int(args["padding_id"]))
+                                       padding_id=padding_id)
     return ref.topk_hamming(query, other, k, lengths=lengths, mask=mask)
 
 
-TOPK_NAMES = ["query", "keys", "k", "lengths", "mask", "padding_side"]
-LOOKUP_NAMES = ["query", "ids", "table", "k", "lengths", "mask", "padding_id", "padding_side"]
+TOPK_NAMES = ["query", "keys", "k", "lengths", "mask", "padding_side", "offsets"]
+LOOKUP_NAMES = ["query", "ids", "table", "k", "lengths", "mask", "padding_id", "padding_side", "offsets"]
 
 
 @pytest.mark.parametrize("lookup", [False, True], ids=["topk_hamming", "topk_hamming_lookup"])
@@ -196,6 +277,8 @@ def test_fuzz_topk(lookup: bool, data: st.DataObject) -> None:
     args, spoilt = data.draw(topk_call(lookup))
     before = snapshot(args)
     kw = {"lengths": args["lengths"], "mask": args["mask"], "padding_side": args["padding_side"]}
+    if "offsets" in args:
+        kw["offsets"] = args["offsets"]
     if lookup:
         got = outcome(lambda: er.topk_hamming_lookup(args["query"], args["ids"], args["table"], args["k"],
                                                      padding_id=args["padding_id"], **kw), spoilt, LOOKUP_NAMES)

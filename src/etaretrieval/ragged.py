@@ -38,7 +38,7 @@ __all__ = ["topk_hamming_ragged", "topk_hamming_lookup_ragged", "sdim_group_sums
            "as_offsets", "offsets_error", "check_offsets_alone"]
 
 
-def check_offsets_alone(lengths: Any = None, padding_side: str | None = None) -> None:
+def check_offsets_alone(lengths: Any = None, padding_side: Any = "right") -> None:
     """Refuse ``lengths`` or a ``padding_side`` other than ``"right"`` given together with ``offsets``.
 
     ``offsets`` gives each row's extent in the flat values; ``lengths`` and
@@ -50,7 +50,7 @@ def check_offsets_alone(lengths: Any = None, padding_side: str | None = None) ->
             "pass either offsets (ragged rows: flat values and their (B + 1,) offsets) or lengths (padded rows), "
             "not both"
         )
-    if padding_side is not None and padding_side != "right":
+    if not (isinstance(padding_side, str) and padding_side == "right"):
         raise ValueError(
             f"padding_side applies to padded rows; with offsets (ragged rows, no padding) it must be left out, "
             f"got padding_side={padding_side!r}"
