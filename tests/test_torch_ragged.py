@@ -351,3 +351,82 @@ def test_cuda_ragged_ops_equal_the_cpu_ones_on_a_side_stream() -> None:
     for args in ((query, bad, table, offsets), (c[0], bad.cuda(), c[3], c[4])):
         with pytest.raises(IndexError, match=rf"ids\[{row}, 1\] = 99"):
             et.topk_hamming_lookup(args[0], args[1], args[2], 20, offsets=args[3])
+
+
+@st.composite
+def sdim_cases(draw: st.DrawFn) -> dict:
+    """A ragged case with integer-valued (T, d) values: every sum is exact, so orders of addition agree."""
+    case = draw(ragged_cases())
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    words = case["query"].shape[1]
+    tau = draw(st.sampled_from([1, 2, 4]))
+    bits = 64 * words - draw(st.sampled_from([0, 4]))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    values = rng.integers(-8, 9, size=(case["keys"].shape[0], draw(st.integers(1, 3)))).astype(dtype)
+    return dict(case, values=values, tau=tau, bits=bits)
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=sdim_cases())
+def test_sdim_ragged_equals_numpy_ragged_padded_and_aten(case: dict) -> None:
+    from etaretrieval.torch import aten
+
+    t = tensors(case)
+    values = t["values"].clone().requires_grad_(True)
+    args = (t["query"], t["keys"], values, case["tau"], case["bits"], t["offsets"], t["mask"])
+    sums = ops.sdim_group_sums_ragged(*args)
+    want = er.sdim_group_sums(case["query"], case["keys"], case["values"], case["tau"], bits=case["bits"],
+                              mask=case["mask"], offsets=case["offsets"])
+    assert torch.equal(sums.detach(), torch.from_numpy(want))
+    keys, lens = padded(case["keys"], case["offsets"])
+    pvals = torch.from_numpy(padded(case["values"], case["offsets"])[0]).requires_grad_(True)
+    mask = np.arange(keys.shape[1]) < lens[:, None]
+    if case["mask"] is not None:
+        mask &= padded(case["mask"], case["offsets"], False)[0]
+    pmask = torch.from_numpy(mask)
+    psums = ops.sdim_group_sums(t["query"], t64(keys), pvals, case["tau"], case["bits"], None, pmask)
+    assert torch.equal(sums.detach(), psums.detach())
+    assert torch.equal(aten.sdim_group_sums_ragged(*args).detach(), sums.detach())
+    grad = torch.from_numpy(np.random.default_rng(0).integers(-4, 5, size=sums.shape).astype(case["values"].dtype))
+    sums.backward(grad)
+    psums.backward(grad)
+    assert values.grad is not None and pvals.grad is not None
+    o = case["offsets"]
+    flat_pgrad = torch.zeros_like(values.grad)
+    for b in range(len(o) - 1):
+        flat_pgrad[o[b]:o[b + 1]] = pvals.grad[b, : o[b + 1] - o[b]]
+    assert torch.equal(values.grad, flat_pgrad)  # values of no row get zeros
+    back = (t["query"], t["keys"], grad, case["tau"], case["bits"], t["offsets"], t["mask"])
+    assert torch.equal(aten.sdim_group_sums_ragged_backward(*back), values.grad)
+
+
+def test_opcheck_sdim_ragged_schemas() -> None:
+    rng = np.random.default_rng(2)
+    query, keys = t64(rng.integers(0, 2**64, (3, 1), np.uint64)), t64(rng.integers(0, 2**64, (14, 1), np.uint64))
+    values = torch.randn(14, 4, dtype=torch.float64, requires_grad=True)
+    offsets, mask = torch.tensor([1, 5, 5, 13]), torch.from_numpy(rng.random(14) < 0.7)
+    torch.library.opcheck(ops.sdim_group_sums_ragged, (query, keys, values, 4, 64, offsets), {"mask": mask})
+    values32 = torch.randn(14, 4, requires_grad=True)  # a leaf: opcheck reads .grad
+    torch.library.opcheck(ops.sdim_group_sums_ragged, (query, keys, values32, 2, 60, offsets.int()), {})
+    grad = torch.randn(3, 16, 4, dtype=torch.float64)
+    torch.library.opcheck(ops.sdim_group_sums_ragged_backward, (query, keys, grad, 4, 64, offsets), {"mask": mask})
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: ops.sdim_group_sums_ragged(_i64(2, 1), _i64(5, 1), torch.ones(4, 2), 1, 64, torch.tensor([0, 2, 5])),
+         ValueError, r"values must have shape \(5, d\)"),
+        (lambda: ops.sdim_group_sums_ragged(_i64(2, 1), _i64(5, 1), torch.ones(5, 2), 3, 64, torch.tensor([0, 2, 5])),
+         ValueError, "tau must divide bits"),
+        (lambda: ops.sdim_group_sums_ragged(_i64(2, 1), _i64(5, 1), torch.ones(5, 2), 1, 64, torch.tensor([0, 6, 5])),
+         ValueError, "offsets must be non-decreasing"),
+        (lambda: ops.sdim_group_sums_ragged(_i64(2, 1), _i64(5, 1), torch.ones(5, 2), 1, 64, torch.tensor([0, 5])),
+         ValueError, r"offsets must have shape \(3,\)"),
+        (lambda: ops.sdim_group_sums_ragged_backward(_i64(2, 1), _i64(5, 1), torch.ones(2, 64, 1), 1, 64,
+                                                     torch.tensor([0, 2, 7])), ValueError, "offsets must lie within"),
+    ],
+)
+def test_sdim_ragged_errors(call: object, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        call()  # type: ignore[operator]

@@ -64,6 +64,8 @@ __all__ = [
     "check_lookup",
     "check_topk_ragged",
     "check_lookup_ragged",
+    "check_ragged",
+    "ragged_rows",
     "is_integer",
     "bool_mask",
     "as_float32",
@@ -444,7 +446,7 @@ def _lookup_padded(
     return _results(*cpu_topk.run(call))
 
 
-def _check_ragged(
+def check_ragged(
     offsets: torch.Tensor, mask: Optional[torch.Tensor], batch: int, total: int, device: torch.device
 ) -> None:
     """Check ``offsets`` ``(batch + 1,)`` and a flat ``(total,)`` ``mask`` (their values: in the kernels)."""
@@ -469,6 +471,19 @@ def _check_ragged(
             )
 
 
+def ragged_rows(offsets: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(o, seg, pos)`` of ragged rows over ``total`` flat values: int64 offsets, each value's row and position.
+
+    Torch operations on the offsets' device (no read-back). ``seg`` is ``B``
+    for the values of no row (before ``offsets[0]`` or past ``offsets[-1]``);
+    ``pos`` counts from the row's start. The offsets are assumed valid.
+    """
+    o = offsets.to(torch.int64)
+    flat = torch.arange(total, device=offsets.device)
+    seg = torch.where(flat >= o[0], torch.searchsorted(o[1:], flat, right=True), o.shape[0] - 1)
+    return o, seg, flat - o[seg]
+
+
 def check_topk_ragged(
     query: torch.Tensor, keys: torch.Tensor, k: int, offsets: torch.Tensor, mask: Optional[torch.Tensor]
 ) -> int:
@@ -478,7 +493,7 @@ def check_topk_ragged(
     batch, words = q.shape
     check_keys_shape(tuple(kk.shape), batch, words)
     _check_k(k)
-    _check_ragged(offsets, mask, batch, kk.shape[0], q.device)
+    check_ragged(offsets, mask, batch, kk.shape[0], q.device)
     return batch
 
 
@@ -497,7 +512,7 @@ def check_lookup_ragged(
     if i.dim() != 1:
         raise ValueError(f"ids must have shape (T,): the flat ids of every row, got shape {_shape(tuple(i.shape))}")
     _check_k(k)
-    _check_ragged(offsets, mask, batch, i.shape[0], q.device)
+    check_ragged(offsets, mask, batch, i.shape[0], q.device)
     return batch
 
 

@@ -49,6 +49,8 @@ __all__ = [
     "sdim_codes",
     "sdim_group_sums",
     "sdim_group_sums_backward",
+    "sdim_group_sums_ragged",
+    "sdim_group_sums_ragged_backward",
     "sdim_buckets",
     "sdim_from_buckets",
 ]
@@ -261,19 +263,11 @@ def topk_hamming_lookup(
 
 
 def _rows(offsets: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(o, seg, pos)`` of ragged rows over ``total`` flat values: int64 offsets, each value's row and position.
-
-    ``seg`` is ``B`` for the values of no row (before ``offsets[0]`` or past
-    ``offsets[-1]``); ``pos`` counts from the row's start. Offsets that are
-    negative, decreasing or past ``total`` fail an assertion.
-    """
+    """:func:`._ops.ragged_rows`, with offsets that are negative, decreasing or past ``total`` failing an assertion."""
     o = offsets.to(torch.int64)
     _assert((o[0] >= 0) & (o[1:] >= o[:-1]).all() & (o[-1] <= total),
             f"offsets must be non-decreasing, from >= 0 to at most the {total} flat values")
-    flat = torch.arange(total, device=offsets.device)
-    batch = o.shape[0] - 1
-    seg = torch.where(flat >= o[0], torch.searchsorted(o[1:], flat, right=True), batch)
-    return o, seg, flat - o[seg]
+    return _ops.ragged_rows(offsets, total)
 
 
 def _ragged_select(
@@ -444,6 +438,52 @@ def sdim_group_sums_backward(
     return picked.sum(2).to(grad.dtype)
 
 
+def sdim_group_sums_ragged(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    tau: int,
+    bits: int,
+    offsets: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """ATen form of ``torch.ops.etaretrieval.sdim_group_sums_ragged``; differentiable w.r.t. ``values``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch import aten
+    >>> keys, values = torch.tensor([[0b01], [0b11], [0b00]]), torch.tensor([[1.0], [2.0], [4.0]])
+    >>> aten.sdim_group_sums_ragged(torch.tensor([[0b01], [0b00]]), keys, values, 1, 2, torch.tensor([0, 2, 3]))[..., 0]
+    tensor([[3., 1.],
+            [4., 4.]])
+    """
+    batch, groups, d = _sdim_ops.check_sums_ragged(query, keys, values, tau, bits, offsets, mask)
+    _rows(offsets, keys.shape[0])
+    seg, match = _sdim_ops.ragged_matches(query, keys, tau, groups, offsets, mask)
+    picked = torch.where(match.unsqueeze(-1), values.to(torch.float64).unsqueeze(1), 0.0)  # (T, G, d)
+    sums = picked.new_zeros((batch + 1, groups, d)).index_add(0, seg, picked)  # row B: values of no row
+    return sums[:batch].to(values.dtype)
+
+
+def sdim_group_sums_ragged_backward(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    grad: torch.Tensor,
+    tau: int,
+    bits: int,
+    offsets: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """ATen form of ``torch.ops.etaretrieval.sdim_group_sums_ragged_backward``: ``(T, d)`` from ``(B, G, d)``.
+
+    Keys of no row get zeros.
+    """
+    _sdim_ops.check_backward_ragged(query, keys, grad, tau, bits, offsets, mask)
+    _rows(offsets, keys.shape[0])
+    return _sdim_ops.ragged_group_grads(query, keys, grad, tau, offsets, mask)
+
+
 def sdim_buckets(
     keys: torch.Tensor,
     values: torch.Tensor,
@@ -532,6 +572,8 @@ def decompositions() -> dict[torch._ops.OpOverload, Callable[..., object]]:
         ops.topk_hamming_lookup_ragged.default: topk_hamming_lookup_ragged,
         ops.sdim_group_sums.default: sdim_group_sums,
         ops.sdim_group_sums_backward.default: sdim_group_sums_backward,
+        ops.sdim_group_sums_ragged.default: sdim_group_sums_ragged,
+        ops.sdim_group_sums_ragged_backward.default: sdim_group_sums_ragged_backward,
         ops.sdim_buckets.default: sdim_buckets,
         ops.sdim_from_buckets.default: sdim_from_buckets,
     }

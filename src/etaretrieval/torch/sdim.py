@@ -10,6 +10,11 @@ torch's current stream):
   differentiable with respect to ``values``: the gradient of ``values[b, l]``
   is the sum of ``grad_S[b, g]`` over the groups where position ``l`` matches
   (``sdim_group_sums_backward``, another kernel). Codes are not differentiable.
+- ``sdim_group_sums_ragged(query, keys, values, tau, bits, offsets, mask=None)``:
+  the same over ragged rows (flat ``(T, W)`` keys and ``(T, d)`` values, row
+  ``b`` at ``offsets[b]:offsets[b + 1]``, a flat ``(T,)`` mask;
+  :func:`etaretrieval.ragged.sdim_group_sums_ragged`), differentiable with
+  respect to ``values`` (``sdim_group_sums_ragged_backward``: torch operations).
 - ``sdim_buckets(keys, values, tau, bits, lengths=None, mask=None)`` and
   ``sdim_from_buckets(query, buckets)``: the serving form
   (:func:`etaretrieval.sdim_buckets`, :func:`etaretrieval.sdim_from_buckets`),
@@ -22,22 +27,23 @@ float rounding (torch sums the squares in its own order).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import torch
 
-from .. import sdim
+from .. import ragged, sdim
 from .._validate import DTypeError, _shape, check_keys_shape
 from ..simhash import hyperplanes
 from . import _ops
 from ._buffers import FixedDtypeBuffers
-from ._cuda import _bits, _stream
+from ._cuda import _bits, _device, _stream
 from ._ops import _check_validity, _numpy, _on, _require_cpu, _signatures, _uint64
 
 __all__ = ["SDIMAttention", "sdim_group_sums", "sdim_buckets", "sdim_from_buckets", "normalise_mean"]
 
 _FLOATS = (torch.float32, torch.float64)
-_OPS = ("sdim_group_sums", "sdim_group_sums_backward", "sdim_buckets", "sdim_from_buckets")
+_OPS = ("sdim_group_sums", "sdim_group_sums_backward", "sdim_buckets", "sdim_from_buckets", "sdim_group_sums_ragged",
+        "sdim_group_sums_ragged_backward")
 #: Whether this import defines the operators (a reload finds them in the dispatcher and reuses them).
 _FRESH = not all(hasattr(torch.ops.etaretrieval, name) for name in _OPS)
 
@@ -271,6 +277,167 @@ def _backward_sums(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor]
         )
         if ctx.shared:  # (L, d) values shared by every row
             grad_values = grad_values.sum(0)
+    return None, None, grad_values, None, None, None, None
+
+
+def _flat_values(name: str, v: torch.Tensor, total: int, device: torch.device) -> int:
+    """Check flat ``(T, d)`` float values of ragged rows; return ``d``."""
+    _on(name, v, device)
+    if v.dtype not in _FLOATS:
+        raise DTypeError(f"{name} must have dtype torch.float32 or torch.float64, got {v.dtype}")
+    if v.dim() != 2 or v.shape[0] != total:
+        raise ValueError(f"{name} must have shape ({total}, d), one row per key, got shape {_shape(tuple(v.shape))}")
+    return int(v.shape[1])
+
+
+def _ragged_query_keys(query: torch.Tensor, keys: torch.Tensor) -> tuple[int, int, int]:
+    """Check target signatures and flat behaviour signatures; return ``(B, W, T)``."""
+    q = _signatures("query", query, (2,), "(B, W)", None)
+    kk = _signatures("keys", keys, (2,), "(T, W): the flat keys of every row", q.device)
+    batch, words = q.shape
+    check_keys_shape(tuple(kk.shape), batch, words)
+    return batch, words, int(kk.shape[0])
+
+
+def check_sums_ragged(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, tau: int, bits: int, offsets: torch.Tensor,
+    mask: Optional[torch.Tensor],
+) -> tuple[int, int, int]:
+    """Check the inputs of ``sdim_group_sums_ragged``; return ``(B, G, d)``."""
+    batch, words, total = _ragged_query_keys(query, keys)
+    d = _flat_values("values", values, total, query.device)
+    groups = sdim.check_groups(words, sdim.check_tau(tau), bits)
+    _ops.check_ragged(offsets, mask, batch, total, query.device)
+    return batch, groups, d
+
+
+def check_backward_ragged(
+    query: torch.Tensor, keys: torch.Tensor, grad: torch.Tensor, tau: int, bits: int, offsets: torch.Tensor,
+    mask: Optional[torch.Tensor],
+) -> tuple[int, int]:
+    """Check the inputs of ``sdim_group_sums_ragged_backward`` (``grad`` ``(B, G, d)``); return ``(T, d)``."""
+    batch, words, total = _ragged_query_keys(query, keys)
+    groups = sdim.check_groups(words, sdim.check_tau(tau), bits)
+    _on("grad", grad, query.device)
+    if grad.dtype not in _FLOATS:
+        raise DTypeError(f"grad must have dtype torch.float32 or torch.float64, got {grad.dtype}")
+    if grad.dim() != 3 or tuple(grad.shape[:2]) != (batch, groups):
+        raise ValueError(f"grad must have shape ({batch}, {groups}, d), got shape {_shape(tuple(grad.shape))}")
+    _ops.check_ragged(offsets, mask, batch, total, query.device)
+    return total, int(grad.shape[2])
+
+
+def ragged_matches(
+    query: torch.Tensor, keys: torch.Tensor, tau: int, groups: int, offsets: torch.Tensor,
+    mask: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(seg, match)`` of checked ragged inputs: each flat key's row (``B`` for none) and ``(T, G)`` bool.
+
+    ``match[t, g]``: key ``t`` is valid (in a row, ``mask``) and its group-``g``
+    code equals its row's target's, i.e. the ``tau`` bits of group ``g`` of
+    ``keys[t] ^ query[row]`` are all zero. Torch operations only.
+    """
+    _, seg, _ = _ops.ragged_rows(offsets, keys.shape[0])
+    queries = torch.cat([query, query.new_zeros((1, query.shape[1]))])  # row B: keys of no row
+    valid = seg < query.shape[0]
+    m = _ops.bool_mask(mask)
+    if m is not None:
+        valid = valid & m
+    diff = keys ^ queries[seg]
+    bits = ((diff.unsqueeze(-1) >> torch.arange(64, device=keys.device)) & 1).flatten(-2)[:, : groups * tau]
+    return seg, ~bits.reshape(-1, groups, tau).bool().any(-1) & valid.unsqueeze(1)
+
+
+def ragged_group_grads(
+    query: torch.Tensor, keys: torch.Tensor, grad: torch.Tensor, tau: int, offsets: torch.Tensor,
+    mask: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """``(T, d)`` gradient of the ragged group sums w.r.t. ``values``: per key, ``grad`` of its matching groups.
+
+    Summed in float64 (as the padded kernel), zero for keys of no row.
+    """
+    seg, match = ragged_matches(query, keys, tau, grad.shape[1], offsets, mask)
+    rows = torch.cat([grad.to(torch.float64), grad.new_zeros((1, *grad.shape[1:]), dtype=torch.float64)])
+    return torch.where(match.unsqueeze(-1), rows[seg], 0.0).sum(1).to(grad.dtype)
+
+
+def _sums_ragged_fake(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, tau: int, bits: int, offsets: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    return values.new_empty(check_sums_ragged(query, keys, values, tau, bits, offsets, mask))
+
+
+@_define("sdim_group_sums_ragged", _sums_ragged_fake)
+def sdim_group_sums_ragged(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, tau: int, bits: int, offsets: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """SDIM per-group sums over ragged rows, differentiable w.r.t. ``values``.
+
+    The ragged form of ``sdim_group_sums``
+    (:func:`etaretrieval.ragged.sdim_group_sums_ragged`): ``keys`` ``(T, W)``
+    and ``values`` ``(T, d)`` flat, row ``b`` at ``offsets[b]:offsets[b + 1]``,
+    ``mask`` ``None`` or flat ``(T,)``. Returns ``(B, G, d)``, equal bit for
+    bit to ``sdim_group_sums`` on the rows padded with ``lengths``.
+
+    Examples
+    --------
+    >>> import torch, etaretrieval.torch
+    >>> keys = torch.tensor([[0b01], [0b11], [0b00]])
+    >>> values = torch.tensor([[1.0], [2.0], [4.0]], requires_grad=True)
+    >>> query, offsets = torch.tensor([[0b01], [0b00]]), torch.tensor([0, 2, 3])
+    >>> s = torch.ops.etaretrieval.sdim_group_sums_ragged(query, keys, values, 1, 2, offsets)
+    >>> s[:, :, 0]
+    tensor([[3., 1.],
+            [4., 4.]], grad_fn=<SelectBackward0>)
+    >>> s.sum().backward()
+    >>> values.grad.ravel()
+    tensor([2., 1., 2.])
+    """
+    check_sums_ragged(query, keys, values, tau, bits, offsets, mask)
+    _require_cpu("sdim_group_sums_ragged", query)
+    return torch.from_numpy(ragged.sdim_group_sums_ragged(
+        _uint64(query), _uint64(keys), _numpy(values), tau, _numpy(offsets), bits=bits,
+        mask=_numpy(_ops.bool_mask(mask)),
+    ))
+
+
+def _backward_ragged_fake(
+    query: torch.Tensor, keys: torch.Tensor, grad: torch.Tensor, tau: int, bits: int, offsets: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    return grad.new_empty(check_backward_ragged(query, keys, grad, tau, bits, offsets, mask))
+
+
+@_define("sdim_group_sums_ragged_backward", _backward_ragged_fake)
+def sdim_group_sums_ragged_backward(
+    query: torch.Tensor, keys: torch.Tensor, grad: torch.Tensor, tau: int, bits: int, offsets: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Gradient of ``sdim_group_sums_ragged`` w.r.t. ``values``: ``(T, d)`` from ``grad`` ``(B, G, d)``.
+
+    Offsets are checked on the host; the gradient is computed with torch
+    operations on the inputs' device (:func:`ragged_group_grads`, also the ATen form).
+    """
+    total = check_backward_ragged(query, keys, grad, tau, bits, offsets, mask)[0]
+    ragged.as_offsets(offsets.detach().cpu().numpy(), query.shape[0], total, "keys")
+    return ragged_group_grads(query, keys, grad, tau, offsets, mask)
+
+
+def _setup_sums_ragged(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    query, keys, values, tau, bits, offsets, mask = inputs
+    ctx.save_for_backward(query, keys, offsets, mask)
+    ctx.tau, ctx.bits = tau, bits
+
+
+def _backward_sums_ragged(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
+    query, keys, offsets, mask = ctx.saved_tensors
+    grad_values = None
+    if ctx.needs_input_grad[2]:
+        grad_values = torch.ops.etaretrieval.sdim_group_sums_ragged_backward(
+            query, keys, grad, ctx.tau, ctx.bits, offsets, mask
+        )
     return None, None, grad_values, None, None, None, None
 
 
@@ -641,7 +808,23 @@ def _from_buckets_cuda(query: torch.Tensor, buckets: torch.Tensor) -> torch.Tens
     return out
 
 
+def _sums_ragged_cuda(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, tau: int, bits: int, offsets: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    from ..cuda import ragged as device
+
+    batch, groups, _ = check_sums_ragged(query, keys, values, tau, bits, offsets, mask)
+    starts, lens = ragged.as_offsets(offsets.detach().cpu().numpy(), batch, keys.shape[0], "keys")
+    m = _ops.bool_mask(mask)
+    with torch.cuda.device(query.device):  # launched on torch's current stream
+        out = device.sdim_group_sums(_device(query), _device(keys), _device(values), tau, groups, starts, lens,
+                                     None if m is None else _device(m))
+    return cast(torch.Tensor, out)
+
+
 _CUDA_KERNELS = {
+    "sdim_group_sums_ragged": _sums_ragged_cuda,
     "sdim_group_sums": _sums_cuda,
     "sdim_group_sums_backward": _backward_cuda,
     "sdim_buckets": _buckets_cuda,
@@ -650,5 +833,7 @@ _CUDA_KERNELS = {
 
 if _FRESH:
     torch.library.register_autograd("etaretrieval::sdim_group_sums", _backward_sums, setup_context=_setup_sums)
+    torch.library.register_autograd("etaretrieval::sdim_group_sums_ragged", _backward_sums_ragged,
+                                    setup_context=_setup_sums_ragged)
 for _name, _fn in _CUDA_KERNELS.items():  # registering again replaces them (as torch/_cuda.py does)
     torch.library.register_kernel(f"etaretrieval::{_name}", "cuda", _fn)
