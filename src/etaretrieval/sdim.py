@@ -204,7 +204,7 @@ def sdim_pool(
     offsets : array_like, optional
         Ragged rows: ``(B + 1,)`` offsets into flat ``(T, W)`` keys and
         ``(T, d)`` values, as in :func:`topk_hamming` (see
-        :func:`sdim_pool_ragged`); ``mask`` may then be flat ``(T,)``.
+        :func:`~etaretrieval.ragged.sdim_pool_ragged`); ``mask`` may then be flat ``(T,)``.
 
     Returns
     -------

@@ -53,7 +53,7 @@ def topk_hamming(
         ``(T, W)`` keys, row ``b`` being ``keys[offsets[b]:offsets[b + 1]]``
         (Arrow semantics: ``offsets[0]`` may be above 0). Positions then count
         from each row's start; ``mask`` may be flat ``(T,)``; not together with
-        ``lengths`` or ``padding_side``. See :func:`topk_hamming_ragged`.
+        ``lengths`` or ``padding_side``. See :func:`~etaretrieval.ragged.topk_hamming_ragged`.
 
     Returns
     -------
@@ -141,7 +141,7 @@ def topk_hamming_lookup(
         Side of the padding of rows given by ``lengths``, as in :func:`topk_hamming`.
     offsets : array_like, optional
         Ragged rows: ``(B + 1,)`` offsets into flat ``(T,)`` ids, as in
-        :func:`topk_hamming` (see :func:`topk_hamming_lookup_ragged`); an
+        :func:`topk_hamming` (see :func:`~etaretrieval.ragged.topk_hamming_lookup_ragged`); an
         invalid id is named by its row and its position in the row.
 
     Returns
