@@ -99,9 +99,13 @@ SPOILT_PAD = [-1, 2**64, 1.5, True, 0, np.int8(3), "0", 300]
 SPOILT_SIDE = ["left", "LEFT", None, 1]
 
 
-def spoil_offsets(draw: Callable[..., Any], o: np.ndarray, total: int) -> Any:
-    """``(B + 1,)`` offsets into ``total`` values spoilt: decreasing, negative, past the end, float, another length."""
-    how = draw(st.sampled_from(["decreasing", "negative", "past", "float", "shorter", "longer", "2-d", "array"]))
+def spoil_offsets(draw: Callable[..., Any], o: np.ndarray, total: int, generic: bool = True) -> Any:
+    """``(B + 1,)`` offsets into ``total`` values spoilt: decreasing, negative, past the end, float, another length.
+
+    ``generic``: also as any array argument (:func:`spoil_array`).
+    """
+    how = draw(st.sampled_from(["decreasing", "negative", "past", "float", "shorter", "longer", "2-d"]
+                               + (["array"] if generic else [])))
     out = o.astype(np.int64) if how in ("negative", "past") else o.copy()
     if how == "decreasing" and o.size >= 2:
         i = draw(st.integers(1, o.size - 1))
@@ -213,7 +217,8 @@ def ragged_offsets(rng: np.random.Generator, batch: int, length: int) -> tuple[n
 
 
 @st.composite
-def topk_call(draw: Callable[..., Any], lookup: bool) -> tuple[dict[str, Any], list[str]]:
+def topk_call(draw: Callable[..., Any], lookup: bool, spoiling: bool = True) -> tuple[dict[str, Any], list[str]]:
+    """A top-K call's arguments (padded, ragged or fast-path form), up to two spoilt if ``spoiling``."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     form = draw(st.sampled_from(["padded", "ragged", "fast"] if lookup else ["padded", "ragged"]))
     batch, length, words, nrows = draw(st.integers(0, 3)), draw(st.integers(0, 5)), draw(st.sampled_from([1, 2])), 4
@@ -239,8 +244,7 @@ def topk_call(draw: Callable[..., Any], lookup: bool) -> tuple[dict[str, Any], l
         if validity == "mask" else None
     args["padding_side"] = draw(st.sampled_from(["right", "left"])) if form == "padded" else "right"
     event(f"form {form}")
-    spoilt = spoil(draw, args, list(args))
-    return args, spoilt
+    return args, spoil(draw, args, list(args)) if spoiling else []
 
 
 def reference_topk(args: dict[str, Any], lookup: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -296,7 +300,7 @@ def test_fuzz_topk(lookup: bool, data: st.DataObject) -> None:
 
 
 @st.composite
-def pack_call(draw: Callable[..., Any]) -> tuple[dict[str, Any], list[str]]:
+def pack_call(draw: Callable[..., Any], spoiling: bool = True) -> tuple[dict[str, Any], list[str]]:
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     lead = tuple(draw(st.lists(st.integers(0, 3), max_size=2)))
     dim, bits = draw(st.integers(1, 4)), draw(st.sampled_from([1, 64, 70]))
@@ -304,7 +308,7 @@ def pack_call(draw: Callable[..., Any]) -> tuple[dict[str, Any], list[str]]:
     args = {"x": rng.integers(-3, 4, size=lead + (dim,)).astype(xdtype),
             "planes": rng.integers(-2, 3, size=(dim, bits)).astype(draw(st.sampled_from([np.float32, np.float64]))),
             "check_finite": True}
-    return args, spoil(draw, args, list(args))
+    return args, spoil(draw, args, list(args)) if spoiling else []
 
 
 @FUZZ

@@ -17,11 +17,13 @@ rounding of zero). Planes with one row more than the rows hashed are
 
 from __future__ import annotations
 
+import re
 from typing import Optional, cast
 
 import torch
 from torch import nn
 
+from .._validate import NonFiniteError
 from . import _ops
 
 __all__ = ["fold", "hash_rows", "is_affine"]
@@ -49,14 +51,21 @@ def is_affine(planes: torch.Tensor, dim: int) -> bool:
 
 
 def hash_rows(
-    x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True, valid: Optional[torch.Tensor] = None
+    x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True, valid: Optional[torch.Tensor] = None,
+    name: str = "x",
 ) -> torch.Tensor:
     """Signatures ``(..., W)`` of the rows of ``x`` ``(..., d)`` with linear ``(d, bits)`` or affine planes.
 
     Arguments as in :func:`etaretrieval.torch.pack_signatures`; affine planes
     ``(d + 1, bits)`` hash ``[x, 1]`` (a copy of ``x`` one column wider).
+    ``name`` is the caller's argument that ``x`` is, named in a non-finite row's error.
     """
     x = x.detach()
     if is_affine(planes, x.shape[-1]):
         x = torch.cat([x, x.new_ones(*x.shape[:-1], 1)], dim=-1)
-    return cast(torch.Tensor, _ops.pack_signatures(x, planes, check_finite, valid))
+    try:
+        return cast(torch.Tensor, _ops.pack_signatures(x, planes, check_finite, valid))
+    except NonFiniteError as err:
+        if name == "x":
+            raise
+        raise NonFiniteError(re.sub(r"^x\b", name, str(err)), err.where) from None

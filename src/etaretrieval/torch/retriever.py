@@ -216,7 +216,7 @@ class ETARetriever(FixedDtypeBuffers):
         key_planes = self.planes if key_planes is None else self._side_planes("key_planes", key_planes)
         length = self._check(target, seq, mask, seq_ids, items, cache, lengths, padding_side, key_planes)
         mask = None if mask is None else _ops.bool_mask(mask)
-        query = hash_rows(target, query_planes)
+        query = hash_rows(target, query_planes, name="target")
         if seq_ids is None:
             index = self._from_seq(query, cast(torch.Tensor, seq), mask, lengths, padding_side, length, key_planes)
         elif cache is not None:
@@ -254,7 +254,7 @@ class ETARetriever(FixedDtypeBuffers):
         padding_side: str, length: int, planes: torch.Tensor,
     ) -> torch.Tensor:
         """Mode ``seq``: hash every valid position of the sequence, then the plain top-K."""
-        keys = hash_rows(seq, planes, True, self._valid(mask, lengths, padding_side, length))
+        keys = hash_rows(seq, planes, True, self._valid(mask, lengths, padding_side, length), name="seq")
         index, _ = _ops.topk_hamming(query, keys, self.k, lengths, mask, padding_side)
         return index
 
@@ -279,7 +279,7 @@ class ETARetriever(FixedDtypeBuffers):
     ) -> torch.Tensor:
         """Mode ``seq_ids`` + ``items``: hash every item row, checking those a valid position refers to."""
         used = self._used_rows(seq_ids, self._valid(mask, lengths, padding_side, length), items.shape[0])
-        table = hash_rows(items, planes, True, used)
+        table = hash_rows(items, planes, True, used, name="items")
         return self._lookup(query, seq_ids, table, mask, lengths, padding_side)
 
     def _from_seq_ids(
