@@ -40,6 +40,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import etaretrieval as er
+from etaretrieval.cpu.topk import MAX_WORDS
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FUZZ = settings(
@@ -244,7 +245,28 @@ def topk_call(draw: Callable[..., Any], lookup: bool, spoiling: bool = True) -> 
         if validity == "mask" else None
     args["padding_side"] = draw(st.sampled_from(["right", "left"])) if form == "padded" else "right"
     event(f"form {form}")
+    if form == "fast":
+        fast_fallback(draw, rng, args)
     return args, spoil(draw, args, list(args)) if spoiling else []
+
+
+def fast_fallback(draw: Callable[..., Any], rng: np.random.Generator, args: dict[str, Any]) -> None:
+    """Maybe give the fast path's inputs what sends it to the general path: a bad id, a shape it leaves alone."""
+    how = draw(st.sampled_from(["none", "none", "bad id", "ids rows", "table words", "empty table", "wide"]))
+    event(f"fast path: {how}")
+    ids, table = args["ids"], args["table"]
+    if how == "bad id" and ids.size:
+        ids.reshape(-1)[rng.integers(ids.size)] = draw(st.sampled_from([-1, table.shape[0], 2**31 - 1]))
+    elif how == "ids rows":
+        args["ids"] = np.concatenate([ids, ids[:1] if ids.shape[0] else np.zeros((1, ids.shape[1]), ids.dtype)])
+    elif how == "table words":
+        args["table"] = np.concatenate([table, table[:, :1]], axis=1)
+    elif how == "empty table":
+        args["table"] = table[:0]
+    elif how == "wide":  # more words than any signature has: the fast path leaves it, the general one refuses it
+        words = MAX_WORDS + 1
+        args["query"] = ref.random_signatures(rng, (args["query"].shape[0], words), style="pool")
+        args["table"] = ref.random_signatures(rng, (table.shape[0], words), style="pool")
 
 
 def reference_topk(args: dict[str, Any], lookup: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -253,7 +275,7 @@ def reference_topk(args: dict[str, Any], lookup: bool) -> tuple[np.ndarray, np.n
     lengths, mask = native(args["lengths"]), native(args["mask"])
     other = native(args["ids"] if lookup else args["keys"])
     padding_id = None if not lookup or args["padding_id"] is None else int(args["padding_id"])
-    if "offsets" in args:  # ragged rows take neither lengths nor a padding side
+    if args.get("offsets") is not None:  # ragged rows take neither lengths nor a padding side
         assert lengths is None and args["padding_side"] == "right", "ragged call answered with lengths/padding_side"
         offsets = native(args["offsets"])
         if lookup:
