@@ -20,7 +20,8 @@ Bounded for ``make test`` by ``FUZZ_EXAMPLES`` (default 60 examples per test,
 seconds). ``FUZZ_COUNTS`` names a file each call appends its outcome to, for a
 campaign's totals; ``python tests/test_fuzz_torch.py N`` runs a campaign:
 ``tests/test_fuzz.py`` and this file, each in its own subprocess (a crash is a
-negative return code, counted), ``N`` examples per test, and prints the totals.
+negative return code, counted), ``N`` examples per test, and prints the totals
+(``N = 1250``: 10,000 calls); ``make test`` runs it with 20 examples per test.
 """
 
 from __future__ import annotations
@@ -359,6 +360,14 @@ def test_torch_pack_numpy_planes() -> None:
 
 
 # --------------------------------------------------------------------------- a campaign
+
+
+@pytest.mark.skipif("FUZZ_COUNTS" in os.environ, reason="already inside a campaign's subprocess")
+def test_fuzz_suites_in_subprocesses() -> None:
+    """Both suites, a few examples each, in subprocesses: a crash (a signal) fails here, naming the suite."""
+    totals = campaign(min(EXAMPLES, 20))
+    assert not {k for k in totals if k.startswith(("crash", "failed", "unclean"))}, totals
+    assert sum(totals.values()) >= 8 * min(EXAMPLES, 20), totals
 
 
 def campaign(examples: int) -> dict[str, int]:
