@@ -40,7 +40,7 @@ import pytest
 import reference as ref
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_fuzz import count, pack_call, spoil_offsets, topk_call
+from test_fuzz import Spoilers, call_topk, outcome, pack_call, reference_topk, spoil, spoil_offsets, topk_call
 
 torch = pytest.importorskip("torch")
 et = pytest.importorskip("etaretrieval.torch")
@@ -62,7 +62,7 @@ SCALARS = [None, 0, 1.5, "x", True]
 KNOWN = re.compile(r"Expected a value of type '[^']*' for argument '\w+'"
                    r"|'(NoneType|numpy\.ndarray|list|int|float|str|bool)' object has no attribute"
                    r"|^Got unsupported ScalarType BFloat16$")
-STRICT_KINDS = os.environ.get("FUZZ_STRICT_KINDS") == "1"
+KNOWN_NOW = None if os.environ.get("FUZZ_STRICT_KINDS") == "1" else KNOWN
 
 
 def tensor(a: Any) -> Any:
@@ -115,32 +115,17 @@ def spoil_tensor(draw: Callable[..., Any], t: Any, name: str) -> Any:
     return out
 
 
-SPOILT_K = [-1, 2.5, True, None, "3", np.int64(2), 2**61, 2**70, 40, torch.tensor(2)]
-SPOILT_PAD = [-1, 2**64, 1.5, True, 0, 300, "0", torch.tensor(1)]
-SPOILT_SIDE = ["left", "LEFT", None, 1]
+def spoil_offsets_tensor(draw: Callable[..., Any], offsets: Any, total: int) -> Any:
+    """Tensor ``offsets`` spoilt as ``tests/test_fuzz.py`` spoils offsets, or as any tensor."""
+    if draw(st.booleans()):
+        return torch.from_numpy(spoil_offsets(draw, offsets.numpy(), total, generic=False))
+    return spoil_tensor(draw, offsets, "offsets")
 
 
-def spoil(draw: Callable[..., Any], args: dict[str, Any], names: list[str]) -> list[str]:
-    """Spoil up to two of ``names`` in ``args`` (tensors), in place; return the spoilt names."""
-    chosen = draw(st.lists(st.sampled_from(names), max_size=2, unique=True))
-    for name in chosen:
-        value = args[name]
-        if name == "k":
-            args[name] = draw(st.sampled_from(SPOILT_K))
-        elif name == "padding_id":
-            args[name] = draw(st.sampled_from(SPOILT_PAD))
-        elif name == "padding_side":
-            args[name] = draw(st.sampled_from(SPOILT_SIDE))
-        elif name == "check_finite":
-            args[name] = draw(st.sampled_from([False, True]))
-        elif value is None:  # an optional tensor: give one, maybe a wrong one
-            args[name] = draw(st.sampled_from([torch.tensor([1, 2]), torch.ones(2, 2), torch.tensor(3)]))
-        elif name == "offsets" and draw(st.booleans()):
-            total = (args["ids"] if "ids" in args else args["keys"]).shape[0]
-            args[name] = torch.from_numpy(spoil_offsets(draw, value.numpy(), total, generic=False))
-        else:
-            args[name] = spoil_tensor(draw, value, name)
-    return chosen
+TENSORS = Spoilers(array=spoil_tensor, offsets=spoil_offsets_tensor,
+                   optional=(torch.tensor([1, 2]), torch.ones(2, 2), torch.tensor(3)),
+                   k=(-1, 2.5, True, None, "3", np.int64(2), 2**61, 2**70, 40, torch.tensor(2)),
+                   padding_id=(-1, 2**64, 1.5, True, 0, 300, "0", torch.tensor(1)))
 
 
 def snapshot(args: dict[str, Any]) -> dict[str, Any]:
@@ -156,31 +141,6 @@ def unchanged(args: dict[str, Any], before: dict[str, Any]) -> None:
                                        and torch.equal(v.nan_to_num(), old.nan_to_num())), name
 
 
-def outcome(call: Callable[[], Any], spoilt: list[str], names: list[str]) -> Any:
-    """The call's result, or ``None`` after a clean error naming an argument."""
-    try:
-        result = call()
-    except (ValueError, TypeError, IndexError, RuntimeError, AttributeError) as err:
-        message = str(err)
-        known = KNOWN.search(message)
-        if known and not STRICT_KINDS:
-            count(f"known: {type(err).__name__} {known.group(0)[:40]!r}")
-            return None
-        if isinstance(err, (RuntimeError, AttributeError)):
-            count(f"unclean: {type(err).__name__}")
-            raise
-        clean = any(re.search(rf"\b{re.escape(n)}\b", message) for n in names)
-        count(f"raised {type(err).__name__}" if clean else "unclean: names no argument")
-        assert clean, (spoilt, message)
-        return None
-    except Exception as err:
-        count(f"unclean: {type(err).__name__}")
-        raise
-    count("answered")
-    return result
-
-
-
 def host(value: Any, signatures: bool = False) -> Any:
     """A tensor argument as the NumPy reference takes it (int64 words as uint64; a numeric mask as bool)."""
     if isinstance(value, torch.Tensor):
@@ -194,56 +154,22 @@ def host(value: Any, signatures: bool = False) -> Any:
 # --------------------------------------------------------------------------- top-K
 
 
-def reference_topk(args: dict[str, Any], lookup: bool) -> tuple[np.ndarray, np.ndarray]:
-    query = host(args["query"], True)
-    k = int(args["k"])
-    lengths = host(args["lengths"])
-    mask = None if args["mask"] is None else host(args["mask"]) != 0
-    other = host(args["ids"]) if lookup else host(args["keys"], True)
-    padding_id = None if not lookup or args["padding_id"] is None else int(args["padding_id"])
-    if args.get("offsets") is not None:
-        assert lengths is None and args["padding_side"] == "right", "ragged call answered with lengths/padding_side"
-        if lookup:
-            return ref.topk_hamming_lookup_ragged(query, other, host(args["table"], True), k, host(args["offsets"]),
-                                                  mask=mask, padding_id=padding_id)
-        return ref.topk_hamming_ragged(query, other, k, host(args["offsets"]), mask=mask)
-    length = other.shape[-1] if lookup else other.shape[-2]
-    if lengths is not None and args["padding_side"] == "left":
-        mask = np.arange(length) >= length - lengths.astype(np.int64)[:, None]
-        lengths = None
-    if lookup:
-        return ref.topk_hamming_lookup(query, other, host(args["table"], True), k, lengths=lengths, mask=mask,
-                                       padding_id=padding_id)
-    return ref.topk_hamming(query, other, k, lengths=lengths, mask=mask)
-
-
-TOPK_NAMES = ["query", "keys", "k", "lengths", "mask", "padding_side", "offsets"]
-LOOKUP_NAMES = ["query", "ids", "table", "k", "lengths", "mask", "padding_id", "padding_side", "offsets"]
-
-
 @pytest.mark.parametrize("lookup", [False, True], ids=["topk_hamming", "topk_hamming_lookup"])
 @FUZZ
 @given(data=st.data())
 def test_fuzz_torch_topk(lookup: bool, data: st.DataObject) -> None:
     drawn, _ = data.draw(topk_call(lookup, spoiling=False))
     args = {name: tensor(v) for name, v in drawn.items()}
-    spoilt = spoil(data.draw, args, list(args))
+    spoilt = spoil(data.draw, args, list(args), TENSORS)
     before = snapshot(args)
-    kw = {"lengths": args["lengths"], "mask": args["mask"], "padding_side": args["padding_side"]}
-    if "offsets" in args:
-        kw["offsets"] = args["offsets"]
-    if lookup:
-        got = outcome(lambda: et.topk_hamming_lookup(args["query"], args["ids"], args["table"], args["k"],
-                                                     padding_id=args["padding_id"], **kw), spoilt, LOOKUP_NAMES)
-    else:
-        got = outcome(lambda: et.topk_hamming(args["query"], args["keys"], args["k"], **kw), spoilt, TOPK_NAMES)
+    got = call_topk(et, args, lookup, spoilt, KNOWN_NOW)
     unchanged(args, before)
     if got is not None:
         assert got[0].dtype == torch.int64 and got[1].dtype == torch.int32
         if got[0].device.type == "meta":  # meta inputs: the fake kernel's shapes, no values
             assert got[0].shape == got[1].shape == (args["query"].shape[0], int(args["k"]))
             return
-        want = reference_topk(args, lookup)
+        want = reference_topk(args, lookup, lambda v: host(v, True), host)
         np.testing.assert_array_equal(got[0].numpy(), want[0])
         np.testing.assert_array_equal(got[1].numpy(), want[1])
 
@@ -256,10 +182,10 @@ def test_fuzz_torch_topk(lookup: bool, data: st.DataObject) -> None:
 def test_fuzz_torch_pack_signatures(data: st.DataObject) -> None:
     drawn, _ = data.draw(pack_call(spoiling=False))
     args = {name: tensor(v) for name, v in drawn.items()}
-    spoilt = spoil(data.draw, args, list(args))
+    spoilt = spoil(data.draw, args, list(args), TENSORS)
     before = snapshot(args)
     got = outcome(lambda: et.pack_signatures(args["x"], args["planes"], args["check_finite"]),
-                  spoilt, ["x", "planes", "check_finite"])
+                  spoilt, ["x", "planes", "check_finite"], KNOWN_NOW)
     unchanged(args, before)
     if got is not None and got.device.type == "meta":  # meta inputs: the fake kernel's shape, no values
         assert got.dtype == torch.int64 and got.shape == args["x"].shape[:-1] + ((args["planes"].shape[1] + 63) // 64,)
@@ -288,7 +214,7 @@ def retriever_call(draw: Callable[..., Any]) -> tuple[Any, dict[str, Any], list[
     args["lengths"] = torch.from_numpy(rng.integers(0, length + 1, size=batch)) if validity == "lengths" else None
     args["mask"] = torch.from_numpy(rng.random((batch, length)) < 0.6) if validity == "mask" else None
     args["padding_side"] = draw(st.sampled_from(["right", "left"]))
-    return module, args, spoil(draw, args, list(args))
+    return module, args, spoil(draw, args, list(args), TENSORS)
 
 
 @FUZZ
@@ -297,7 +223,7 @@ def test_fuzz_torch_retriever(case: tuple[Any, dict[str, Any], list[str]]) -> No
     module, args, spoilt = case
     before = snapshot(args)
     got = outcome(lambda: module(args["target"], args["seq"], args["mask"], lengths=args["lengths"],
-                                 padding_side=args["padding_side"]), spoilt, list(args))
+                                 padding_side=args["padding_side"]), spoilt, list(args), KNOWN_NOW)
     unchanged(args, before)
     if got is not None:
         planes = module.planes.numpy().astype(np.float64)
