@@ -231,7 +231,8 @@ def test_fuzz_torch_retriever(case: tuple[Any, dict[str, Any], list[str]]) -> No
         lengths, mask = host(args["lengths"]), None if args["mask"] is None else host(args["mask"]) != 0
         if lengths is not None and args["padding_side"] == "left":
             mask, lengths = np.arange(seq.shape[1]) >= seq.shape[1] - lengths.astype(np.int64)[:, None], None
-        idx, _ = ref.topk_hamming(ref.pack(host(args["target"]).astype(np.float64), planes), ref.pack(seq, planes),
+        finite = np.where(np.isfinite(seq).all(-1)[..., None], seq, 0.0)  # a non-finite row is an invalid one
+        idx, _ = ref.topk_hamming(ref.pack(host(args["target"]).astype(np.float64), planes), ref.pack(finite, planes),
                                   module.k, lengths=lengths, mask=mask)
         np.testing.assert_array_equal(got.index.numpy(), idx)
         np.testing.assert_array_equal(got.mask.numpy(), idx >= 0)
