@@ -151,7 +151,8 @@ def spoil(draw: Callable[..., Any], args: dict[str, Any], names: list[str], how:
         elif name == "check_finite":
             args[name] = draw(st.sampled_from([False, True]))
         elif name == "offsets" and value is not None:
-            total = (args["ids"] if "ids" in args else args["keys"]).shape[0]
+            values = np.shape(args["ids"] if "ids" in args else args["keys"])  # maybe spoilt already: any shape
+            total = values[0] if values else 0
             args[name] = how.offsets(draw, value, total)
         elif value is None:  # an optional array: give one, maybe a wrong one
             args[name] = draw(st.sampled_from(how.optional))

@@ -33,6 +33,7 @@ from .._validate import (
     DTypeError,
     NonFiniteError,
     TopkCall,
+    _as_int,
     _shape,
     as_padding,
     check_either,
@@ -433,8 +434,9 @@ def _lookup_padded(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``etaretrieval::topk_hamming_lookup``: padded rows (see :func:`topk_hamming_lookup`)."""
     if (lengths is None and mask is None and padding_id is None and padding_side == "right"
-            and query.dtype is torch.int64 and table.dtype is torch.int64 and query.is_cpu and ids.is_cpu
-            and table.is_cpu):  # the NumPy API's fast path on the tensors' views (its guard checks the rest)
+            and query.dtype is torch.int64 and table.dtype is torch.int64 and ids.dtype in _FAST_IDS
+            and query.is_cpu and ids.is_cpu and table.is_cpu):
+        # the NumPy API's fast path on the tensors' views (its guard checks the rest)
         fast = cpu_topk.lookup_fast(_uint64(query), ids.numpy(), _uint64(table), k)
         if fast is not None:
             return torch.from_numpy(fast[0]), torch.from_numpy(fast[1])
@@ -608,6 +610,29 @@ def jagged(name: str, t: torch.Tensor, offsets: Optional[torch.Tensor]) -> tuple
     return nested.values(), nested.offsets()
 
 
+#: Id dtypes the NumPy fast path takes (others go through the checks first).
+_FAST_IDS = (torch.int64, torch.int32)
+
+
+def _tensors(**args: object) -> None:
+    """Refuse a non-tensor where a tensor (or ``None``, for the optional ones) is expected, naming the argument.
+
+    The front ends read tensor attributes (``is_nested``, ``dtype``) before the
+    dispatcher's own type check would run, and the dispatcher's refusal is a
+    ``RuntimeError``; this one is the :class:`TypeError` every other front end raises.
+    """
+    for name, value in args.items():
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def _required(**args: object) -> None:
+    """Refuse ``None`` for a required tensor argument, naming it."""
+    for name, value in args.items():
+        if value is None:
+            raise TypeError(f"{name} must be a torch.Tensor, got None")
+
+
 def _pair(out: object) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``(idx, dist)`` an op returns, typed."""
     return cast(tuple[torch.Tensor, torch.Tensor], out)
@@ -681,6 +706,10 @@ def topk_hamming(
             [2, 0]]), tensor([[0, 1],
             [0, 0]], dtype=torch.int32))
     """
+    _required(query=query, keys=keys)
+    _tensors(query=query, keys=keys, lengths=lengths, mask=mask, offsets=offsets)
+    k = check_k(k)
+    check_padding_side(padding_side)
     keys, offsets = jagged("keys", keys, offsets)
     if offsets is None:
         return _pair(_topk_padded(query, keys, k, lengths, mask, padding_side))
@@ -751,6 +780,14 @@ def topk_hamming_lookup(
             [ 0,  2]]), tensor([[ 0, -1],
             [ 1,  2]], dtype=torch.int32))
     """
+    _required(query=query, ids=ids, table=table)
+    _tensors(query=query, ids=ids, table=table, lengths=lengths, mask=mask, offsets=offsets)
+    k = check_k(k)
+    check_padding_side(padding_side)
+    if padding_id is not None:
+        padding_id = _as_int("padding_id", padding_id)
+        if not -(2**63) <= padding_id < 2**63:
+            raise ValueError(f"padding_id must be representable in int64, got {padding_id}")
     ids, offsets = jagged("ids", ids, offsets)
     if offsets is None:
         return _pair(_lookup_padded(query, ids, table, k, lengths, mask, padding_id, padding_side))
