@@ -107,6 +107,7 @@ def is_integer(dtype: torch.dtype) -> bool:
 def _signatures(
     name: str, t: torch.Tensor, ndims: tuple[int, ...], what: str, device: torch.device | None
 ) -> torch.Tensor:
+    _required(**{name: t})
     s = _on(name, t, device)
     if s.dtype != torch.int64:
         raise DTypeError(
@@ -155,6 +156,7 @@ def _check_validity(
 
 def check_pack(x: torch.Tensor, planes: torch.Tensor, valid: Optional[torch.Tensor] = None) -> tuple[int, ...]:
     """Check the inputs of ``pack_signatures``; return the output shape ``(..., W)``."""
+    _required(x=x, planes=planes)  # the dispatcher lets None through for a tensor argument
     p = planes
     _on("x", x, p.device)
     if p.dtype not in _FLOATS:
