@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -53,11 +52,6 @@ FUZZ = settings(
 DTYPES = [torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.float32, torch.float64,
           torch.bfloat16, torch.bool, torch.complex64]
 SCALARS = [None, 0, 1.5, "x", True]
-#: Known unclean refusals, counted apart (``known: ...``) so that the bounded run passes; ``FUZZ_STRICT_KINDS=1``
-#: makes them fail, and the ``xfail(strict=True)`` test below pins it until it is fixed: ``pack_signatures`` is
-#: the custom op itself, whose dispatcher refuses a non-tensor argument with a RuntimeError (naming it).
-KNOWN = re.compile(r"Expected a value of type '[^']*' for argument '\w+'")
-KNOWN_NOW = None if os.environ.get("FUZZ_STRICT_KINDS") == "1" else KNOWN
 
 
 def tensor(a: Any) -> Any:
@@ -157,7 +151,7 @@ def test_fuzz_torch_topk(lookup: bool, data: st.DataObject) -> None:
     args = {name: tensor(v) for name, v in drawn.items()}
     spoilt = spoil(data.draw, args, list(args), TENSORS)
     before = snapshot(args)
-    got = call_topk(et, args, lookup, spoilt, KNOWN_NOW)
+    got = call_topk(et, args, lookup, spoilt)
     unchanged(args, before)
     if got is not None:
         assert got[0].dtype == torch.int64 and got[1].dtype == torch.int32
@@ -180,7 +174,7 @@ def test_fuzz_torch_pack_signatures(data: st.DataObject) -> None:
     spoilt = spoil(data.draw, args, list(args), TENSORS)
     before = snapshot(args)
     got = outcome(lambda: et.pack_signatures(args["x"], args["planes"], args["check_finite"]),
-                  spoilt, ["x", "planes", "check_finite"], KNOWN_NOW)
+                  spoilt, ["x", "planes", "check_finite"])
     unchanged(args, before)
     if got is not None and got.device.type == "meta":  # meta inputs: the fake kernel's shape, no values
         assert got.dtype == torch.int64 and got.shape == args["x"].shape[:-1] + ((args["planes"].shape[1] + 63) // 64,)
@@ -218,7 +212,7 @@ def test_fuzz_torch_retriever(case: tuple[Any, dict[str, Any], list[str]]) -> No
     module, args, spoilt = case
     before = snapshot(args)
     got = outcome(lambda: module(args["target"], args["seq"], args["mask"], lengths=args["lengths"],
-                                 padding_side=args["padding_side"]), spoilt, list(args), KNOWN_NOW)
+                                 padding_side=args["padding_side"]), spoilt, list(args))
     unchanged(args, before)
     if got is not None:
         planes = module.planes.numpy().astype(np.float64)
@@ -269,7 +263,6 @@ def test_torch_lookup_bfloat16_ids() -> None:
         et.topk_hamming_lookup(_signatures(1), torch.zeros((1, 2), dtype=torch.bfloat16), _signatures(4), 0)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="torch's dispatcher refuses a non-tensor with RuntimeError")
 def test_torch_pack_numpy_planes() -> None:
     with pytest.raises(TypeError, match=r"\bplanes\b"):
         et.pack_signatures(torch.ones(2, 3), np.ones((3, 8)))

@@ -301,6 +301,22 @@ def _pack_fake(
 
 
 @_define("pack_signatures", _pack_fake)
+def _pack_op(
+    x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True, valid: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """``etaretrieval::pack_signatures`` (see :func:`pack_signatures`)."""
+    check_pack(x, planes, valid)
+    _require_cpu("pack_signatures", x)
+    xs = as_float32(x)
+    try:
+        return _pack_cpu(xs, planes, check_finite)
+    except NonFiniteError:
+        if valid is None:
+            raise
+        check_finite_where(xs, valid)  # the non-finite rows are all invalid ones: hash them anyway
+        return _pack_cpu(xs, planes, False)
+
+
 def pack_signatures(
     x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True, valid: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
@@ -332,16 +348,11 @@ def pack_signatures(
     >>> torch.ops.etaretrieval.pack_signatures(torch.tensor([[2.0], [-1.0], [0.0]]), planes).ravel()
     tensor([1, 2, 0])
     """
-    check_pack(x, planes, valid)
-    _require_cpu("pack_signatures", x)
-    xs = as_float32(x)
-    try:
-        return _pack_cpu(xs, planes, check_finite)
-    except NonFiniteError:
-        if valid is None:
-            raise
-        check_finite_where(xs, valid)  # the non-finite rows are all invalid ones: hash them anyway
-        return _pack_cpu(xs, planes, False)
+    _required(x=x, planes=planes)
+    _tensors(x=x, planes=planes, valid=valid)
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
+    return cast(torch.Tensor, _pack_op(x, planes, check_finite, valid))
 
 
 def _pack_cpu(x: torch.Tensor, planes: torch.Tensor, check_finite: bool) -> torch.Tensor:
