@@ -271,18 +271,19 @@ def _results(idx: np.ndarray, dist: np.ndarray) -> tuple[torch.Tensor, torch.Ten
 def _define(name: str, fake: Callable[..., object]) -> Callable[[Callable[..., object]], Callable[..., object]]:
     """Register ``fn`` as ``etaretrieval::<name>`` with its fake kernel, once per process.
 
-    Importing this module again (``importlib.reload``, a second import path)
-    finds the op already in the dispatcher and returns it instead of failing.
+    Returns a function calling the op's ``default`` overload. Importing this
+    module again (``importlib.reload``, a second import path, the doctests)
+    finds the op already in the dispatcher and wraps the registered one
+    instead of failing: every import gets the same kind of function (never the
+    overload packet, which ``torch.compile`` cannot trace as a plain call).
     """
 
     def register(fn: Callable[..., object]) -> Callable[..., object]:
-        if hasattr(torch.ops.etaretrieval, name):
-            existing: Callable[..., object] = getattr(torch.ops.etaretrieval, name)
-            return existing
-        _LIB.define(name + _infer_schema(fn, mutates_args=()), tags=_TAGS)
-        _LIB.impl(name, fn, "CompositeExplicitAutograd")  # every device (CUDA: its own kernel, see _cuda)
-        _LIB.impl(name, fn, "Meta")  # a meta tensor is a device without a kernel: fn says so, as on other devices
-        torch.library.register_fake(f"etaretrieval::{name}", fake, lib=_LIB)
+        if not hasattr(torch.ops.etaretrieval, name):
+            _LIB.define(name + _infer_schema(fn, mutates_args=()), tags=_TAGS)
+            _LIB.impl(name, fn, "CompositeExplicitAutograd")  # every device (CUDA: its own kernel, see _cuda)
+            _LIB.impl(name, fn, "Meta")  # a meta tensor is a device without a kernel: fn says so, as elsewhere
+            torch.library.register_fake(f"etaretrieval::{name}", fake, lib=_LIB)
         op = getattr(torch.ops.etaretrieval, name).default
 
         @functools.wraps(fn)
