@@ -1,0 +1,341 @@
+"""Segment operations over ragged rows kept as flat values + offsets (``torch.nested`` jagged tensors).
+
+The modules take a history as a jagged nested tensor ``(B, j, ...)`` and work on
+its flat ``values()`` ``(T, ...)`` and ``offsets()`` ``(B + 1,)``: per-value
+scores, a softmax within each row, a weighted sum per row, the newest ``n``
+values of each row. Nothing here builds a ``(B, L_max)`` tensor: every
+operation costs ``O(T)`` (or ``O(B n)`` for :func:`newest`), and all are
+torch operations on the values' device that ``torch.compile`` traces.
+
+Row ``b`` is ``values[offsets[b]:offsets[b + 1]]`` (Arrow semantics:
+``offsets[0]`` may be above 0, values past ``offsets[-1]`` belong to no row).
+:func:`row_index` gives each value its row, ``B`` for a value of no row; the
+segment operations take that index and leave such values out of every row.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .._validate import _shape
+from . import _ops
+
+__all__ = [
+    "is_jagged",
+    "parts",
+    "aligned",
+    "row_index",
+    "newer",
+    "segment_softmax",
+    "segment_sum",
+    "newest",
+    "flat_index",
+    "take",
+]
+
+
+def is_jagged(t: object) -> bool:
+    """Whether ``t`` is a ``torch.nested`` tensor (of any layout: :func:`parts` refuses the strided one)."""
+    return isinstance(t, torch.Tensor) and t.is_nested
+
+
+def parts(name: str, t: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, offsets)`` of a jagged nested tensor ``t``, the argument ``name`` of the caller.
+
+    Parameters
+    ----------
+    name : str
+        The argument ``t`` is, named in the errors.
+    t : torch.Tensor
+        A ``torch.nested`` tensor of layout ``torch.jagged`` without holes.
+
+    Returns
+    -------
+    values : torch.Tensor
+        ``(T, ...)`` the tensor's own flat values (no copy).
+    offsets : torch.Tensor
+        ``(B + 1,)`` its own offsets (no copy).
+
+    Raises
+    ------
+    TypeError
+        ``t`` is not a tensor.
+    ValueError
+        ``t`` is not a jagged nested tensor, or has holes (``lengths()`` set).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch._jagged import parts
+    >>> seq = torch.nested.nested_tensor_from_jagged(torch.arange(5), torch.tensor([0, 2, 5]))
+    >>> values, offsets = parts("seq", seq)
+    >>> values.tolist(), offsets.tolist()
+    ([0, 1, 2, 3, 4], [0, 2, 5])
+    >>> parts("seq", torch.zeros(2, 3))
+    Traceback (most recent call last):
+        ...
+    ValueError: seq must be a torch.nested jagged tensor here, got a dense tensor of shape (2, 3)
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_nested:
+        raise ValueError(f"{name} must be a torch.nested jagged tensor here, got a dense tensor of shape "
+                         f"{_shape(tuple(t.shape))}")
+    values, offsets = _ops.jagged(name, t, None)
+    assert offsets is not None
+    return values, offsets
+
+
+def aligned(name: str, t: object, offsets: torch.Tensor, total: int, of: str) -> torch.Tensor:
+    """The flat values of ``t``, a jagged tensor that must have the rows of the argument ``of``.
+
+    ``t`` (times, categories or a mask beside a jagged history) must carry
+    the same offsets as ``of`` (the same tensor, as when both are made from
+    one offsets tensor, or equal values) and ``total`` values.
+
+    Parameters
+    ----------
+    name : str
+        The argument ``t`` is, named in the errors.
+    t : torch.Tensor
+        A jagged nested tensor.
+    offsets : torch.Tensor
+        ``(B + 1,)`` the offsets of ``of``.
+    total : int
+        ``T``, the number of values of ``of``.
+    of : str
+        The argument whose rows ``t`` must have.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(T, ...)`` the values of ``t``.
+
+    Raises
+    ------
+    ValueError
+        ``t`` is not a jagged tensor, or its offsets or number of values
+        differ from those of ``of``. Under ``torch.compile`` equal offsets
+        held in different tensors are compared on the device, and a
+        mismatch raises a ``RuntimeError`` naming ``name`` when the graph runs.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch._jagged import aligned
+    >>> offsets = torch.tensor([0, 2, 5])
+    >>> times = torch.nested.nested_tensor_from_jagged(torch.arange(5), torch.tensor([0, 3, 5]))
+    >>> aligned("times", times, offsets, 5, "history")
+    Traceback (most recent call last):
+        ...
+    ValueError: times must have the offsets of history ([0, 2, 5]), got [0, 3, 5]
+    """
+    values, own = parts(name, t)
+    if own is not offsets:
+        if own.shape != offsets.shape:
+            raise ValueError(f"{name} must have the {offsets.shape[0] - 1} rows of {of}, got {own.shape[0] - 1}")
+        if own.device != offsets.device:
+            raise ValueError(f"{name} must be on the device of {of} ({offsets.device}), got {own.device}")
+        if torch.compiler.is_compiling():  # a data-dependent check: asserted when the graph runs
+            torch._assert_async((own == offsets).all(), f"{name} must have the offsets of {of}")
+        elif not torch.equal(own, offsets.to(own.dtype)):
+            raise ValueError(f"{name} must have the offsets of {of} ({offsets.tolist()}), got {own.tolist()}")
+    if values.shape[0] != total:
+        raise ValueError(f"{name} must have the {total} values of {of}, got {values.shape[0]}")
+    return values
+
+
+def row_index(offsets: torch.Tensor, total: int) -> torch.Tensor:
+    """``(T,)`` int64 row of each of ``total`` flat values; ``B`` for a value of no row.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch._jagged import row_index
+    >>> row_index(torch.tensor([1, 3, 3, 4]), 6).tolist()
+    [3, 0, 0, 2, 3, 3]
+    """
+    return _ops.ragged_rows(offsets, total)[1]
+
+
+def newer(offsets: torch.Tensor, rows: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``(T,)`` int64: how many valid values of its row follow each value (``0`` for the newest).
+
+    Parameters
+    ----------
+    offsets : torch.Tensor
+        ``(B + 1,)`` row offsets.
+    rows : torch.Tensor
+        ``(T,)`` :func:`row_index` of the values.
+    valid : torch.Tensor, optional
+        ``(T,)`` bool, the values that count (``None``: all).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(T,)`` int64; unspecified for values of no row.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch._jagged import newer, row_index
+    >>> offsets = torch.tensor([0, 3, 5])
+    >>> newer(offsets, row_index(offsets, 5)).tolist()
+    [2, 1, 0, 1, 0]
+    >>> newer(offsets, row_index(offsets, 5), torch.tensor([True, False, True, True, False])).tolist()
+    [1, 1, 0, 0, 0]
+    """
+    o = offsets.to(torch.int64)
+    ends = torch.cat([o[1:], o[-1:]])[rows]  # the row's end; a value of no row reads the last one
+    flat = torch.arange(rows.shape[0], device=rows.device)
+    if valid is None:
+        return (ends - 1 - flat).clamp(min=0)
+    counts = torch.cat([valid.new_zeros(1, dtype=torch.int64), valid.to(torch.int64).cumsum(0)])
+    return counts[ends.clamp(max=rows.shape[0])] - counts[flat + 1]
+
+
+def segment_softmax(
+    scores: torch.Tensor, rows: torch.Tensor, batch: int, valid: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Softmax of ``scores`` ``(T, ...)`` over the values of each row (dimension 0 grouped by ``rows``).
+
+    Parameters
+    ----------
+    scores : torch.Tensor
+        ``(T, ...)`` floating-point scores (e.g. ``(T, heads)``).
+    rows : torch.Tensor
+        ``(T,)`` int64 row of each value, in ``0..batch`` (``batch``: no row).
+    batch : int
+        Number of rows ``B``.
+    valid : torch.Tensor, optional
+        ``(T,)`` bool: only valid values take part (``None``: all).
+
+    Returns
+    -------
+    torch.Tensor
+        The weights, like ``scores``: within each row (and each trailing
+        index) they sum to 1 over the valid values; ``0`` at invalid values,
+        and at every value of a row with no valid value (never NaN).
+        Differentiable w.r.t. ``scores``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch._jagged import segment_softmax
+    >>> w = segment_softmax(torch.tensor([0.0, 0.0, 5.0, 1.0]), torch.tensor([0, 0, 1, 2]), 3,
+    ...                     torch.tensor([True, True, True, False]))
+    >>> w.tolist()
+    [0.5, 0.5, 1.0, 0.0]
+    """
+    shape = (batch + 1, *scores.shape[1:])
+    where = rows.view(-1, *([1] * (scores.dim() - 1))).expand(scores.shape)
+    s = scores if valid is None else scores.masked_fill(_trailing(~valid, scores), float("-inf"))
+    top = s.new_full(shape, float("-inf")).scatter_reduce(0, where, s.detach(), "amax", include_self=False)
+    top = torch.where(torch.isfinite(top), top, 0)  # rows with no valid value: keep exp(-inf) = 0 finite
+    e = torch.exp(s - top[rows])
+    total = e.new_zeros(shape).index_add(0, rows, e)
+    return e / torch.where(total > 0, total, 1)[rows]
+
+
+def segment_sum(x: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """``(B, ...)`` sums of the values ``x`` ``(T, ...)`` of each row; zeros for an empty row.
+
+    Values of no row (``rows == batch``) are left out. Differentiable w.r.t. ``x``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch._jagged import segment_sum
+    >>> segment_sum(torch.tensor([1.0, 2.0, 4.0, 8.0]), torch.tensor([0, 0, 2, 3]), 3).tolist()
+    [3.0, 0.0, 4.0]
+    """
+    return x.new_zeros((batch + 1, *x.shape[1:])).index_add(0, rows, x)[:batch]
+
+
+def newest(offsets: torch.Tensor, n: int, valid: Optional[torch.Tensor] = None,
+           rows: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The newest ``n`` valid values of each row: flat indices ``(B, n)``, oldest first, empty slots first.
+
+    The window of a padded history left-padded to width ``n``.
+
+    Parameters
+    ----------
+    offsets : torch.Tensor
+        ``(B + 1,)`` row offsets.
+    n : int
+        Window width, ``>= 0``.
+    valid : torch.Tensor, optional
+        ``(T,)`` bool, the values that may be taken (``None``: all).
+    rows : torch.Tensor, optional
+        ``(T,)`` :func:`row_index` of the values; needed with ``valid``.
+
+    Returns
+    -------
+    index : torch.Tensor
+        ``(B, n)`` int64 indices into the flat values; ``-1`` in empty slots
+        (a row with fewer than ``n`` valid values), which come first.
+    filled : torch.Tensor
+        ``(B, n)`` bool, ``index >= 0``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch._jagged import newest, row_index
+    >>> offsets = torch.tensor([0, 4, 5, 5])
+    >>> newest(offsets, 2)[0].tolist()
+    [[2, 3], [-1, 4], [-1, -1]]
+    >>> valid = torch.tensor([True, True, False, True, True])
+    >>> newest(offsets, 3, valid, row_index(offsets, 5))[0].tolist()
+    [[0, 1, 3], [-1, -1, 4], [-1, -1, -1]]
+    """
+    o = offsets.to(torch.int64)
+    batch = o.shape[0] - 1
+    if valid is None:
+        index = o[1:].unsqueeze(1) - n + torch.arange(n, device=o.device)
+        filled = index >= o[:-1].unsqueeze(1)
+        return torch.where(filled, index, -1), filled
+    if rows is None:
+        raise ValueError("newest needs rows (the row_index of the values) with valid")
+    rank = newer(offsets, rows, valid)  # 0 for the newest valid value of a row
+    keep = valid & (rank < n) & (rows < batch)
+    slot = torch.where(keep, rows * n + (n - 1) - rank, batch * n)  # the others go to a slot past the end
+    flat = torch.arange(rows.shape[0], device=rows.device)
+    index = flat.new_full((batch * n + 1,), -1).scatter(0, slot, torch.where(keep, flat, -1))
+    index = index[: batch * n].view(batch, n)
+    return index, index >= 0
+
+
+def flat_index(offsets: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """Flat indices ``offsets[b] + position[b, j]`` of ``(B, k)`` positions counted from each row's start; ``-1`` stays.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch._jagged import flat_index
+    >>> flat_index(torch.tensor([2, 5, 9]), torch.tensor([[1, -1], [3, 0]])).tolist()
+    [[3, -1], [8, 5]]
+    """
+    return torch.where(position >= 0, offsets[:-1].to(torch.int64).unsqueeze(1) + position, -1)
+
+
+def take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[index]`` ``(*index.shape, ...)`` with zeros where ``index < 0``; differentiable w.r.t. ``values``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch._jagged import take
+    >>> take(torch.tensor([[1.0], [2.0]]), torch.tensor([[1, -1]])).tolist()
+    [[[2.0], [0.0]]]
+    """
+    if values.shape[0] == 0:  # nothing to read: every slot is empty
+        return values.new_zeros((*index.shape, *values.shape[1:]))
+    got = values[index.clamp(min=0)]
+    return torch.where(_trailing(index >= 0, got), got, 0)
+
+
+def _trailing(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``mask`` with singleton dimensions appended to broadcast against ``like``."""
+    return mask.view(*mask.shape, *([1] * (like.dim() - mask.dim())))
