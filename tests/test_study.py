@@ -147,3 +147,36 @@ def test_block_timing_rows(tmp_path: Path) -> None:
     lines = [line for line in table.splitlines() if line.startswith("| ") and "ms" not in line]
     assert len(lines) == 6 and lines[0].startswith("| full attention + time | ") and "1.0x" in lines[0]
     assert "of which: retrieval" in table and "attention-space hash" in table and "TWIN + time (k = 4)" in table
+
+
+def _small_samples():  # type: ignore[no-untyped-def]
+    from etaretrieval.datasets import make_sequence_ctr
+
+    return make_sequence_ctr(n_users=12, max_len=80, min_len=21, seed=3)
+
+
+def test_to_tensors_of_a_ragged_batch_are_jagged_views() -> None:
+    pytest.importorskip("torch")
+    import torch
+
+    from etaretrieval.study.runner import StudyConfig, load_batch, to_tensors
+
+    data = _small_samples()
+    rows = np.arange(0, data.n_samples, 3)
+    ragged = data.ragged_batch(rows, 60)
+    x, y = to_tensors(ragged)
+    assert "mask" not in x and x["history"].is_nested and x["history"].layout == torch.jagged
+    offsets = x["history"].offsets()
+    for name in ("history", "times", "categories"):
+        values = x[name].values()
+        assert values.data_ptr() == getattr(ragged, name).ctypes.data  # no copy
+        assert x[name].offsets() is offsets  # one ragged dimension for every per-behaviour input
+        assert x[name].shape[0] == rows.size
+    assert offsets.data_ptr() == ragged.offsets.ctypes.data
+    np.testing.assert_array_equal(x["target"].numpy(), data.target[rows])
+    np.testing.assert_array_equal(y.numpy(), data.label[rows])
+    padded, _ = load_batch(data, rows, StudyConfig(max_len=60))
+    assert not padded["history"].is_nested and padded["history"].shape == (rows.size, 60)
+    again, _ = load_batch(data, rows, StudyConfig(max_len=60, ragged=True))
+    np.testing.assert_array_equal(again["history"].values().numpy(), ragged.history)
+    np.testing.assert_array_equal(again["history"].offsets().numpy(), ragged.offsets)

@@ -13,10 +13,12 @@ import numba
 import numpy as np
 
 from .. import __version__, threads
+from ..datasets import LOG_FORMATS
 from . import sweep
 from .coldstart import run_coldstart
 from .pipeline import PipelineConfig, format_pipeline, run_pipeline, run_small_call
 from .runner import CONFIGS, Config, Timing, format_table, make_data, run_config, run_pack, set_threads
+from .trainstep import TrainStepConfig, format_train_step, run_train_step
 
 __all__ = ["main", "parser"]
 
@@ -66,6 +68,13 @@ def parser() -> argparse.ArgumentParser:
                    help="only the small call (B=1, L=100, 64 bits, k=16) against the NumPy one-liner, idle")
     p.add_argument("--no-load", dest="load", action="store_false",
                    help="--pipeline without the busy background processes")
+    p.add_argument("--train-step", action="store_true",
+                   help="only the study's ETAModel training step on padded against ragged batches (ETA + time and "
+                   "full attention + time; --batch: B, default 128; --length: the padded width L, default 736; "
+                   "--repeat: rounds; --threads: torch's threads, default 1)")
+    p.add_argument("--data", metavar="PATH", help="--train-step: an interaction log (default: synthetic data)")
+    p.add_argument("--format", default="auto", choices=("auto", *LOG_FORMATS),
+                   help="--train-step: format of --data (default: auto)")
     p.add_argument("--requests", type=int, default=PipelineConfig.requests,
                    help="--pipeline: requests (single calls) timed per measurement "
                         f"(default: {PipelineConfig.requests})")
@@ -115,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = parser().parse_args(argv)
     cores = int(numba.config.NUMBA_NUM_THREADS)
+    if args.train_step:
+        return _train_step(args)
     if args.small_call:
         print(_environment(1), flush=True)
         cfg = PipelineConfig(requests=args.requests)
@@ -134,6 +145,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(_environment(args.threads), flush=True)
     with threads(args.threads):
         return _tables(args)
+
+
+def _train_step(args: argparse.Namespace) -> int:
+    """The training step of the study's model on padded and ragged batches (``--train-step``)."""
+    n = args.threads or 1
+    set_threads(n)
+    defaults = TrainStepConfig()
+    cfg = TrainStepConfig(data=args.data, format=args.format, max_len=args.length or defaults.max_len,
+                          batch_size=args.batch or defaults.batch_size, rounds=args.repeat, seed=args.seed)
+    print(_environment(n), flush=True)
+    with threads(n):
+        rows, data_line = run_train_step(cfg)
+    print(format_train_step(cfg, rows, data_line, n), flush=True)
+    return 0
 
 
 def _tables(args: argparse.Namespace) -> int:

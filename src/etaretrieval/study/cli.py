@@ -78,6 +78,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--long-batch", type=int, help="histories per batch of the inference timing (default 64)")
     p.add_argument("--threads", type=int,
                    help="torch's and etaretrieval's threads during the run (default: leave as they are)")
+    p.add_argument("--ragged", action=argparse.BooleanOptionalAction, default=None,
+                   help="train and evaluate on ragged batches (torch.nested jagged histories, values + offsets, "
+                   "no padding) or on histories left-padded to --max-len (default: "
+                   f"{'ragged' if StudyConfig.ragged else 'padded'})")
     f = p.add_argument_group("frontier", "--frontier: ETA, TWIN-style retrieval and full attention (all + time) over "
                              "k, with a validation split to pick k on; writes frontier.md/.png/.json to --out (a "
                              "rerun with the same settings and --out runs only the rows and seeds not yet there)")
@@ -108,7 +112,7 @@ def _config(args: argparse.Namespace) -> StudyConfig:
     for arg, name in (("users", "n_users"), ("max_len", "max_len"), ("epochs", "epochs"),
                       ("batch_size", "batch_size"), ("lr", "lr"), ("k", "k"), ("steps", "max_steps"),
                       ("test_samples", "test_samples"), ("long_len", "long_len"),
-                      ("long_batch", "long_batch"), ("val_users", "val_users")):
+                      ("long_batch", "long_batch"), ("val_users", "val_users"), ("ragged", "ragged")):
         if getattr(args, arg) is not None:
             changes[name] = getattr(args, arg)
     if args.frontier and args.val_users is None:
@@ -120,6 +124,11 @@ def _config(args: argparse.Namespace) -> StudyConfig:
             raise SystemExit("--seeds must be >= 1")
         changes["seeds"] = tuple(range(args.seeds))
     return dataclasses.replace(StudyConfig(), **changes)  # type: ignore[arg-type]
+
+
+def _layout(cfg: StudyConfig) -> str:
+    """How the batches hold the histories, for the reports."""
+    return "ragged (torch.nested jagged, no padding)" if cfg.ragged else "left-padded"
 
 
 def _log(message: str) -> None:
@@ -216,7 +225,7 @@ def _run(args: argparse.Namespace, cfg: StudyConfig) -> int:
         f"- data: {data_line}",
         f"- model: `ETAModel`, dim {cfg.dim} (item + category embeddings), short-term block: target attention over "
         f"the last {cfg.recent} behaviours; long-term block: the row; k = {cfg.k}, {cfg.heads} heads, "
-        f"MLP {list(cfg.hidden)}; histories up to L = {cfg.max_len}, left-padded",
+        f"MLP {list(cfg.hidden)}; histories up to L = {cfg.max_len}, {_layout(cfg)}",
         f"- training: Adam lr {cfg.lr}, batch {cfg.batch_size}, {cfg.epochs} epoch(s)"
         + (f" (at most {cfg.max_steps} steps)" if cfg.max_steps else "")
         + (f", evaluated on a fixed random {cfg.test_samples} test samples" if cfg.test_samples else "")
@@ -309,7 +318,8 @@ def _frontier(args: argparse.Namespace, cfg: StudyConfig) -> int:
         "",
         f"- data: {data_line}; median test history {median_len:.0f} behaviours",
         f"- model: `ETAModel`, dim {cfg.dim}, short-term block: target attention over the last {cfg.recent} "
-        f"behaviours; long-term block: the row, {cfg.heads} heads, MLP {list(cfg.hidden)}; ETA {cfg.bits[0]} bits",
+        f"behaviours; long-term block: the row, {cfg.heads} heads, MLP {list(cfg.hidden)}; ETA {cfg.bits[0]} bits; "
+        f"histories up to L = {cfg.max_len}, {_layout(cfg)}",
         f"- training: Adam lr {cfg.lr}, batch {cfg.batch_size}, {cfg.epochs} epoch(s)"
         + (f" (at most {cfg.max_steps} steps)" if cfg.max_steps else "")
         + f" over the training users less {cfg.val_users:.0%} held out for validation"

@@ -24,7 +24,7 @@ from torch import nn
 from ..datasets import SequenceSamples
 from ..torch import ETAAttention, TargetAttention, TimeEncoding, TWINAttention
 from .report import Summary, to_rst
-from .runner import RunResult, StudyConfig, build_model, to_tensors
+from .runner import RunResult, StudyConfig, build_model, load_batch
 from .variants import BlockSizes, Variant
 
 __all__ = ["BLOCKS", "frontier_variants", "pick_k", "frontier_table", "frontier_plot", "load_runs", "save_runs",
@@ -183,7 +183,8 @@ def load_runs(path: Path, cfg: StudyConfig, data_line: str) -> list[RunResult]:
         return []
     saved = json.loads(path.read_text(encoding="utf-8"))
     now = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as lists, as saved
-    if saved["config"] != now or saved["data"] != data_line:
+    made = {"ragged": False, **saved["config"]}  # runs saved before the ragged option were padded
+    if made != now or saved["data"] != data_line:
         raise SystemExit(f"{path} holds runs of another configuration or other data: use another --out")
     return [RunResult(**r) for r in saved["runs"]]
 
@@ -235,9 +236,8 @@ def time_rows(variants: Sequence[Variant], data: SequenceSamples, cfg: StudyConf
     """
     train_rows, test_rows = np.flatnonzero(data.train), np.flatnonzero(~data.train)
     rng = np.random.default_rng(cfg.data_seed)
-    x_train, y_train = to_tensors(data.batch(np.sort(rng.choice(train_rows, cfg.batch_size, replace=False)),
-                                             cfg.max_len))
-    x_test, _ = to_tensors(data.batch(np.sort(rng.choice(test_rows, cfg.batch_size, replace=False)), cfg.max_len))
+    x_train, y_train = load_batch(data, np.sort(rng.choice(train_rows, cfg.batch_size, replace=False)), cfg)
+    x_test, _ = load_batch(data, np.sort(rng.choice(test_rows, cfg.batch_size, replace=False)), cfg)
     models = {v.name: build_model(v, data, cfg, 0) for v in variants}
     optimizers = {name: torch.optim.Adam(m.parameters(), lr=cfg.lr) for name, m in models.items()}
     loss_fn = nn.BCEWithLogitsLoss()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..datasets import SequenceBatch, SequenceSamples
+from ..datasets import RaggedSequenceBatch, SequenceBatch, SequenceSamples
 from ..torch import (
     ETAAttention,
     ETAModel,
@@ -24,7 +24,7 @@ from ..torch import (
 from .metrics import auc, logloss, recall_at_k
 from .variants import BlockSizes, Variant
 
-__all__ = ["StudyConfig", "RunResult", "LongTiming", "to_tensors", "split_validation", "run_variant",
+__all__ = ["StudyConfig", "RunResult", "LongTiming", "to_tensors", "load_batch", "split_validation", "run_variant",
            "time_long_sequences"]
 
 
@@ -52,6 +52,7 @@ class StudyConfig:
     long_repeat: int = 5
     test_samples: int = 0  # 0: every test sample; else a fixed random subset of this size
     val_users: float = 0.0  # share of the training users held out as a validation set (0: none)
+    ragged: bool = False  # batches as torch.nested jagged histories (values + offsets) instead of padded to max_len
 
     @property
     def sizes(self) -> BlockSizes:
@@ -75,19 +76,50 @@ class RunResult:
     k: int = 0
 
 
-def to_tensors(batch: SequenceBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """``(inputs, label)``: the keyword arguments of :meth:`ETAModel.forward` and the ``(B,)`` float labels."""
+def to_tensors(batch: Union[SequenceBatch, RaggedSequenceBatch]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``(inputs, label)``: the keyword arguments of :meth:`ETAModel.forward` and the ``(B,)`` float labels.
+
+    A :class:`SequenceBatch` gives ``(B, L)`` tensors and its ``mask``; a
+    :class:`RaggedSequenceBatch` gives ``history``, ``times`` and
+    ``categories`` as ``torch.nested`` jagged tensors ``(B, j)`` over its
+    arrays (no copy) and one shared offsets tensor, and no ``mask``.
+    """
+    if isinstance(batch, RaggedSequenceBatch):
+        offsets = torch.from_numpy(batch.offsets)  # one tensor: the jagged inputs share their ragged dimension
+        lengths = batch.lengths
+        shortest, longest = (int(lengths.min()), int(lengths.max())) if lengths.size else (None, None)
+
+        def rows(values: np.ndarray) -> torch.Tensor:
+            return torch.nested.nested_tensor_from_jagged(torch.from_numpy(values), offsets,
+                                                          min_seqlen=shortest, max_seqlen=longest)
+    else:
+        def rows(values: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(values)
+
     inputs = {
-        "history": torch.from_numpy(batch.history),
+        "history": rows(batch.history),
         "target": torch.from_numpy(batch.target),
-        "mask": torch.from_numpy(batch.mask),
-        "times": torch.from_numpy(batch.times),
+        "times": rows(batch.times),
         "target_time": torch.from_numpy(batch.target_time),
     }
+    if isinstance(batch, SequenceBatch):
+        inputs["mask"] = torch.from_numpy(batch.mask)
     if batch.categories is not None and batch.target_category is not None:
-        inputs["categories"] = torch.from_numpy(batch.categories)
+        inputs["categories"] = rows(batch.categories)
         inputs["target_category"] = torch.from_numpy(batch.target_category)
     return inputs, torch.from_numpy(batch.label)
+
+
+def load_batch(data: SequenceSamples, rows: np.ndarray,
+               cfg: StudyConfig) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """:func:`to_tensors` of the samples ``rows`` with their last ``cfg.max_len`` behaviours, ragged if ``cfg.ragged``.
+
+    Padded batches are ``cfg.max_len`` wide (left-padded); ragged ones hold
+    the same behaviours back to back.
+    """
+    if cfg.ragged:
+        return to_tensors(data.ragged_batch(rows, cfg.max_len))
+    return to_tensors(data.batch(rows, cfg.max_len))
 
 
 def _chunks(rows: np.ndarray, size: int) -> list[np.ndarray]:
@@ -156,22 +188,25 @@ def _evaluate(
 ) -> tuple[float, float, list[float], list[float], list[float]]:
     """``(auc, logloss, infer_ms, recalls, consistencies)`` of ``model`` on the samples ``rows``.
 
-    ``measure``: also the consistency of a retrieving block, and with ``recall`` its SimHash recall.
+    ``measure``: also the consistency of a retrieving block, and with ``recall`` its SimHash recall (both
+    measured on the padded rows, whatever ``cfg.ragged``: the same numbers for either layout).
     """
     probs, labels, infer_ms, recalls, consistencies = [], [], [], [], []
     retrieves = isinstance(model.long, (ETAAttention, TWINAttention))
     with torch.no_grad():
         for batch_rows in _chunks(rows, cfg.batch_size):
-            inputs, label = to_tensors(data.batch(batch_rows, cfg.max_len))
+            inputs, label = load_batch(data, batch_rows, cfg)
             t0 = time.perf_counter()
             logits = model(**inputs)
             infer_ms.append(1e3 * (time.perf_counter() - t0))
             probs.append(torch.sigmoid(logits).numpy())
             labels.append(label.numpy())
-            if measure and recall:
-                recalls.append(_recall(model, inputs, k))
-            if measure and retrieves:
-                consistencies.append(_consistency(model, inputs, k))
+            if measure and (recall or retrieves):
+                padded = to_tensors(data.batch(batch_rows, cfg.max_len))[0] if cfg.ragged else inputs
+                if recall:
+                    recalls.append(_recall(model, padded, k))
+                if retrieves:
+                    consistencies.append(_consistency(model, padded, k))
     y, p = np.concatenate(labels), np.concatenate(probs)
     return auc(y, p), logloss(y, p), infer_ms, recalls, consistencies
 
@@ -215,7 +250,7 @@ def run_variant(
         if cfg.max_steps:
             batches = batches[: max(0, cfg.max_steps - len(step_ms))]
         for i, rows in enumerate(batches):
-            inputs, label = to_tensors(data.batch(rows, cfg.max_len))
+            inputs, label = load_batch(data, rows, cfg)
             t0 = time.perf_counter()
             loss = loss_fn(model(**inputs), label)
             optimizer.zero_grad()
