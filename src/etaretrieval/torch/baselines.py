@@ -11,6 +11,12 @@ with ``target`` ``(B, d)``, ``seq`` ``(B, L, d)`` oldest to newest, ``mask``
 ``seq_cat`` ``(B, L)`` / ``target_cat`` ``(B,)`` integer categories. A block
 uses what it needs and ignores the rest, so a model can swap one for another.
 
+Ragged histories: ``seq`` may be a ``torch.nested`` jagged tensor ``(B, j, d)``
+(layout ``torch.jagged``); ``mask``, ``seq_time`` and ``seq_cat`` are then
+jagged ``(B, j)`` tensors with the same offsets. The blocks work on the flat values and never build a ``(B, L_max)``
+tensor; their results are those of the padded rows (float rounding aside),
+the selected positions (counted from each row's start) the same.
+
 The retrieval blocks select ``k`` positions by a score (larger first; equal
 scores: the more recent position first), gather them, add the time embedding
 of the selected behaviours if built with ``time``, and run
@@ -20,17 +26,20 @@ differentiable; gradients reach the selected embeddings through the gather.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 from torch import nn
 
-from .._validate import _shape, check_k
+from .._validate import check_k
 from . import _ops
-from ._checks import _bool_mask, _floats, _ints
+from ._checks import _ints
+from ._jagged import is_jagged, parts
+from ._jagged_blocks import History, history
 from .attention import TargetAttention
 from .sdim import SDIMAttention
-from .time import TimeEncoding, gather_positions
+from .time import TimeEncoding
 
 __all__ = [
     "RetrievalAttention",
@@ -45,22 +54,28 @@ __all__ = [
 
 
 def select_top(score: torch.Tensor, mask: Optional[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` valid positions of largest score; equal scores: the larger position (more recent) first.
+    """The ``k`` eligible positions of largest score; equal scores: the larger position (more recent) first.
+
+    A position is eligible where ``mask`` is true and its score is above
+    ``-inf``.
 
     Parameters
     ----------
     score : torch.Tensor
-        ``(B, L)`` scores (any real dtype, no NaN).
+        ``(B, L)`` scores (any real dtype, no NaN), or a ``torch.nested``
+        jagged ``(B, j)`` tensor of them (ragged rows: sorted on the flat
+        values, no ``(B, L_max)`` tensor built).
     mask : torch.Tensor or None
-        ``(B, L)`` bool, true at eligible positions (``None``: all).
+        ``(B, L)`` bool, true at eligible positions (``None``: all); with a
+        jagged ``score``, a jagged ``(B, j)`` bool tensor with its offsets.
     k : int
         Positions to keep, ``>= 0``.
 
     Returns
     -------
     index : torch.Tensor
-        ``(B, k)`` int64 positions, best first; ``-1`` in empty slots (fewer
-        than ``k`` eligible positions).
+        ``(B, k)`` int64 positions (from each row's start), best first; ``-1``
+        in empty slots (fewer than ``k`` eligible positions).
     valid : torch.Tensor
         ``(B, k)`` bool, true where a slot holds a position.
 
@@ -75,15 +90,25 @@ def select_top(score: torch.Tensor, mask: Optional[torch.Tensor], k: int) -> tup
     ([[2, 1, 3]], [[True, True, True]])
     >>> select_top(score, mask, 6)[0].tolist()
     [[2, 1, 3, 0, -1, -1]]
+    >>> rows = torch.nested.nested_tensor_from_jagged(torch.tensor([1.0, 3.0, 3.0, 7.0]), torch.tensor([0, 3, 3, 4]))
+    >>> select_top(rows, None, 2)[0].tolist()
+    [[2, 1], [-1, -1], [0, -1]]
     """
+    if is_jagged(score):
+        values, offsets = parts("score", score)
+        _, rows, positions = _ops.ragged_rows(offsets, values.shape[0])
+        flat = History(values, rows, positions, None, offsets)
+        return _select(values, flat._replace(mask=None if mask is None else _ops.bool_mask(flat.flat("mask", mask))), k)
     batch, length = score.shape
     take = min(k, length)
+    eligible = score > float("-inf")
     if mask is not None:
-        score = score.masked_fill(~mask, float("-inf"))
+        eligible = eligible & mask
     # a stable descending sort of the reversed rows puts equal scores newest first
-    order = torch.sort(score.flip(1), dim=1, descending=True, stable=True).indices[:, :take]
+    order = torch.sort(score.masked_fill(~eligible, float("-inf")).flip(1), dim=1, descending=True,
+                       stable=True).indices[:, :take]
     index = (length - 1) - order
-    valid = index.new_ones(index.shape, dtype=torch.bool) if mask is None else mask.gather(1, index)
+    valid = eligible.gather(1, index)
     index = torch.where(valid, index, -1)
     if take < k:
         index = torch.cat([index, index.new_full((batch, k - take), -1)], dim=1)
@@ -91,24 +116,41 @@ def select_top(score: torch.Tensor, mask: Optional[torch.Tensor], k: int) -> tup
     return index, valid
 
 
-def _check_seq(
-    dim: int, target: torch.Tensor, seq: torch.Tensor, mask: Optional[torch.Tensor]
-) -> Optional[torch.Tensor]:
-    """Check the common arguments; return the mask as bool (numeric masks: non-zero = valid)."""
-    _floats("target", target, 2, f"(B, {dim})")
-    _floats("seq", seq, 3, f"(B, L, {dim})", target.device)
-    if target.shape[1] != dim or seq.shape[0] != target.shape[0] or seq.shape[2] != dim:
-        raise ValueError(
-            f"target and seq must have shapes (B, {dim}) and (B, L, {dim}), "
-            f"got {_shape(tuple(target.shape))} and {_shape(tuple(seq.shape))}"
-        )
-    return None if mask is None else _bool_mask(mask, tuple(seq.shape[:2]), target.device)
+def _select(score: torch.Tensor, seq: History, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`select_top` of per-behaviour scores in the layout of ``seq`` (``seq.mask``: eligible positions).
+
+    Flat values: one stable sort by score (descending, the later flat index
+    first among equals, i.e. the newer position of a row), one stable sort by
+    row, then each value's rank in its row; the first ``k`` of each row land
+    in its ``(B, k)`` slots. Ineligible values sort after every row.
+    """
+    if seq.offsets is None:
+        return select_top(score, seq.mask, k)
+    batch, total = seq.batch, score.shape[0]
+    eligible = score > float("-inf")
+    if seq.mask is not None:
+        eligible = eligible & seq.mask
+    key = torch.where(eligible, seq.rows, batch)
+    order = (total - 1) - torch.sort(score.flip(0), descending=True, stable=True).indices
+    order = order[torch.sort(key[order], stable=True).indices]
+    row = key[order]
+    rank = torch.arange(total, device=score.device) - torch.searchsorted(row, row)  # position among its row's
+    slot = torch.where((row < batch) & (rank < k), row * k + rank, batch * k)  # slot batch * k: dropped
+    index = seq.positions.new_full((batch * k + 1,), -1).scatter(0, slot, seq.positions[order])[:-1]
+    index = index.view(batch, k)
+    return index, index >= 0
 
 
 class RetrievalAttention(nn.Module):
     """Base of the blocks that select ``k`` behaviours by a score, then run target attention over them.
 
     Subclasses define :meth:`score`; selection follows :func:`select_top`.
+    Padded and jagged histories go through the same :meth:`score`, which
+    gets the behaviours as a ``History`` (``etaretrieval.torch._jagged_blocks``):
+    ``seq.items`` the embeddings, ``(B, L, d)`` padded or the flat ``(T, d)``
+    values of a jagged ``seq``; ``seq.rows`` and ``seq.positions`` each
+    behaviour's row and position in it (``(B, L)`` or ``(T,)`` int64); and
+    ``seq.per_row(x)`` a per-row ``(B, ...)`` tensor at each behaviour.
 
     Parameters
     ----------
@@ -126,10 +168,14 @@ class RetrievalAttention(nn.Module):
     >>> import torch
     >>> from etaretrieval.torch import RetrievalAttention
     >>> class Oldest(RetrievalAttention):  # the k oldest behaviours
-    ...     def score(self, target, seq, mask, seq_cat, target_cat):
-    ...         return -torch.arange(seq.shape[1], dtype=torch.float32).expand(seq.shape[0], -1)
-    >>> Oldest(16, k=4, heads=2)(torch.randn(3, 16), torch.randn(3, 10, 16)).shape
+    ...     def score(self, target, seq, seq_cat, target_cat):
+    ...         return -seq.positions.to(torch.float64)
+    >>> block = Oldest(16, k=4, heads=2)
+    >>> block(torch.randn(3, 16), torch.randn(3, 10, 16)).shape
     torch.Size([3, 16])
+    >>> jagged = torch.nested.nested_tensor_from_jagged(torch.randn(12, 16), torch.tensor([0, 2, 2, 12]))
+    >>> block.select(torch.randn(3, 16), jagged)[0].tolist()
+    [[0, 1, -1, -1], [-1, -1, -1, -1], [0, 1, 2, 3]]
     """
 
     def __init__(self, dim: int, k: int, heads: int, *, time: Optional[TimeEncoding] = None) -> None:
@@ -149,14 +195,14 @@ class RetrievalAttention(nn.Module):
         return f"k={self.k}"
 
     def score(
-        self,
-        target: torch.Tensor,
-        seq: torch.Tensor,
-        mask: Optional[torch.Tensor],
-        seq_cat: Optional[torch.Tensor],
-        target_cat: Optional[torch.Tensor],
+        self, target: torch.Tensor, seq: History, seq_cat: Optional[torch.Tensor], target_cat: Optional[torch.Tensor]
     ) -> torch.Tensor:
-        """``(B, L)`` selection scores (larger is kept first); ``-inf`` excludes a position."""
+        """Selection scores per behaviour, ``(B, L)`` or ``(T,)`` (larger is kept first); ``-inf`` excludes one.
+
+        ``target`` ``(B, d)`` and ``seq.items`` are detached; ``seq_cat`` is
+        checked and in the layout of ``seq`` (``None`` if not given),
+        ``target_cat`` as passed.
+        """
         raise NotImplementedError
 
     def select(
@@ -169,11 +215,16 @@ class RetrievalAttention(nn.Module):
         target_cat: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(index, valid)``, both ``(B, k)``: the selected positions (``-1`` in empty slots), best first."""
-        mask = _check_seq(self.dim, target, seq, mask)
+        return self._choose(target, history(self.dim, target, seq, mask), seq_cat, target_cat)
+
+    def _choose(
+        self, target: torch.Tensor, seq: History, seq_cat: Optional[torch.Tensor], target_cat: Optional[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`select` on a checked history."""
         with torch.no_grad():
-            score = self.score(target.detach(), seq.detach(), mask, seq_cat, target_cat)
-            eligible = score > float("-inf")
-            return select_top(score, eligible if mask is None else eligible & mask, self.k)
+            cats = None if seq_cat is None else seq.align("seq_cat", seq_cat)
+            score = self.score(target.detach(), seq._replace(items=seq.items.detach()), cats, target_cat)
+            return _select(score, seq, self.k)
 
     def forward(
         self,
@@ -187,13 +238,13 @@ class RetrievalAttention(nn.Module):
         target_cat: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """User-interest vector ``(B, d)`` (the arguments of every interest block, see the module docs)."""
-        index, valid = self.select(target, seq, mask, seq_cat=seq_cat, target_cat=target_cat)
-        mask = None if mask is None else _ops.bool_mask(mask)
-        keep = valid.unsqueeze(-1).to(seq.dtype)
-        values = gather_positions(seq, index) * keep
+        checked = history(self.dim, target, seq, mask)
+        index, valid = self._choose(target, checked, seq_cat, target_cat)
+        keep = valid.unsqueeze(-1).to(checked.items.dtype)
+        values = checked.gather(checked.items, index) * keep
         if self.time is not None:
-            interval = self.time.intervals(mask, seq_time, target_time, shape=(seq.shape[0], seq.shape[1]))
-            values = values + self.time.embed(gather_positions(interval, index)).to(seq.dtype) * keep
+            interval = checked.gather(checked.intervals(self.time, seq_time, target_time), index)
+            values = values + self.time.embed(interval).to(values.dtype) * keep
         return self.attention.attend(target, values, valid)
 
 
@@ -211,21 +262,16 @@ class RecentWindowAttention(RetrievalAttention):
     """
 
     def score(
-        self,
-        target: torch.Tensor,
-        seq: torch.Tensor,
-        mask: Optional[torch.Tensor],
-        seq_cat: Optional[torch.Tensor],
-        target_cat: Optional[torch.Tensor],
+        self, target: torch.Tensor, seq: History, seq_cat: Optional[torch.Tensor], target_cat: Optional[torch.Tensor]
     ) -> torch.Tensor:
         """Positions: the newest scores highest."""
-        return torch.arange(seq.shape[1], device=seq.device, dtype=torch.float64).expand(seq.shape[0], -1)
+        return seq.positions.to(torch.float64)
 
 
 class CategoryMatchAttention(RetrievalAttention):
     """SIM (hard search): the ``k`` most recent behaviours of the target's category.
 
-    Needs ``seq_cat`` ``(B, L)`` and ``target_cat`` ``(B,)``.
+    Needs ``seq_cat`` ``(B, L)`` (jagged ``(B, j)`` with a jagged ``seq``) and ``target_cat`` ``(B,)``.
 
     Examples
     --------
@@ -238,19 +284,14 @@ class CategoryMatchAttention(RetrievalAttention):
     """
 
     def score(
-        self,
-        target: torch.Tensor,
-        seq: torch.Tensor,
-        mask: Optional[torch.Tensor],
-        seq_cat: Optional[torch.Tensor],
-        target_cat: Optional[torch.Tensor],
+        self, target: torch.Tensor, seq: History, seq_cat: Optional[torch.Tensor], target_cat: Optional[torch.Tensor]
     ) -> torch.Tensor:
         """Positions where the category matches the target's, ``-inf`` elsewhere."""
-        batch, length = seq.shape[:2]
-        seq_cat = _ints("seq_cat", seq_cat, (batch, length), seq.device)
-        target_cat = _ints("target_cat", target_cat, (batch,), seq.device)
-        position = torch.arange(length, device=seq.device, dtype=torch.float64).expand(batch, -1)
-        return position.masked_fill(seq_cat != target_cat.unsqueeze(1), float("-inf"))
+        if seq_cat is None:
+            shape = "(B, L)" if seq.offsets is None else "(B, j), jagged like seq"
+            raise ValueError(f"seq_cat is required here (shape {shape})")
+        target_cat = _ints("target_cat", target_cat, (seq.batch,), target.device)
+        return seq.positions.to(torch.float64).masked_fill(seq_cat != seq.per_row(target_cat), float("-inf"))
 
 
 class InnerProductTopKAttention(RetrievalAttention):
@@ -270,15 +311,10 @@ class InnerProductTopKAttention(RetrievalAttention):
     """
 
     def score(
-        self,
-        target: torch.Tensor,
-        seq: torch.Tensor,
-        mask: Optional[torch.Tensor],
-        seq_cat: Optional[torch.Tensor],
-        target_cat: Optional[torch.Tensor],
+        self, target: torch.Tensor, seq: History, seq_cat: Optional[torch.Tensor], target_cat: Optional[torch.Tensor]
     ) -> torch.Tensor:
         """Inner products ``<target, seq[:, l]>``."""
-        return torch.einsum("bd,bld->bl", target, seq)
+        return (seq.items * seq.per_row(target)).sum(-1)
 
 
 class TWINAttention(RetrievalAttention):
@@ -309,15 +345,15 @@ class TWINAttention(RetrievalAttention):
     """
 
     def score(
-        self,
-        target: torch.Tensor,
-        seq: torch.Tensor,
-        mask: Optional[torch.Tensor],
-        seq_cat: Optional[torch.Tensor],
-        target_cat: Optional[torch.Tensor],
+        self, target: torch.Tensor, seq: History, seq_cat: Optional[torch.Tensor], target_cat: Optional[torch.Tensor]
     ) -> torch.Tensor:
-        """Attention logits summed over heads ``(B, L)`` (``seq`` with the time embeddings already added)."""
-        return self.attention.logits(target, seq).sum(dim=1)
+        """Attention logits summed over heads (``seq`` with the time embeddings already added).
+
+        The sum over heads of ``q_h . k_h`` is ``q . k``: one product over ``d``.
+        """
+        attention = self.attention
+        scale = math.sqrt(attention.query.in_features // attention.heads)
+        return (attention.key(seq.items) * seq.per_row(attention.query(target))).sum(-1) / scale
 
     def forward(
         self,
@@ -332,9 +368,9 @@ class TWINAttention(RetrievalAttention):
     ) -> torch.Tensor:
         """User-interest vector ``(B, d)`` (the arguments of every interest block, see the module docs)."""
         items = self._with_time(target, seq, mask, seq_time, target_time)
-        index, valid = self.select(target, items, mask)
-        return self.attention.attend(target, gather_positions(items, index) * valid.unsqueeze(-1).to(items.dtype),
-                                     valid)
+        index, valid = self._choose(target, items, None, None)
+        values = items.gather(items.items, index) * valid.unsqueeze(-1).to(items.items.dtype)
+        return self.attention.attend(target, values, valid)
 
     def retrieve(
         self,
@@ -353,7 +389,7 @@ class TWINAttention(RetrievalAttention):
         the given ``seq`` as it is), the scores include the time embeddings, as
         in :meth:`forward`.
         """
-        return self.select(target, self._with_time(target, seq, mask, seq_time, target_time), mask)
+        return self._choose(target, self._with_time(target, seq, mask, seq_time, target_time), None, None)
 
     def _with_time(
         self,
@@ -362,12 +398,13 @@ class TWINAttention(RetrievalAttention):
         mask: Optional[torch.Tensor],
         seq_time: Optional[torch.Tensor],
         target_time: Optional[torch.Tensor],
-    ) -> torch.Tensor:
-        """``seq`` plus every behaviour's time embedding (``seq`` itself without ``time``), arguments checked."""
-        checked = _check_seq(self.dim, target, seq, mask)
+    ) -> History:
+        """The checked history, every behaviour with its time embedding added (as it is without ``time``)."""
+        checked = history(self.dim, target, seq, mask)
         if self.time is None:
-            return seq
-        return seq + self.time(checked, seq_time, target_time, shape=(seq.shape[0], seq.shape[1])).to(seq.dtype)
+            return checked
+        embedded = checked.embed_time(self.time, seq_time, target_time).to(checked.items.dtype)
+        return checked._replace(items=checked.items + embedded)
 
 
 class MeanPooling(nn.Module):
@@ -389,6 +426,9 @@ class MeanPooling(nn.Module):
     >>> seq = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [9.0, 9.0]]])
     >>> MeanPooling(2)(torch.zeros(1, 2), seq, torch.tensor([[True, True, False]])).tolist()
     [[2.0, 3.0]]
+    >>> jagged = torch.nested.nested_tensor_from_jagged(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([0, 0, 2]))
+    >>> MeanPooling(2)(torch.zeros(2, 2), jagged).tolist()
+    [[0.0, 0.0], [2.0, 3.0]]
     """
 
     def __init__(self, dim: int, *, time: Optional[TimeEncoding] = None) -> None:
@@ -413,13 +453,15 @@ class MeanPooling(nn.Module):
         target_cat: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Masked mean ``(B, d)`` (the arguments of every interest block, see the module docs)."""
-        mask = _check_seq(self.dim, target, seq, mask)
+        checked = history(self.dim, target, seq, mask)
+        items = checked.items
         if self.time is not None:
-            seq = seq + self.time(mask, seq_time, target_time, shape=(seq.shape[0], seq.shape[1])).to(seq.dtype)
-        if mask is None:
-            return seq.mean(dim=1) if seq.shape[1] else seq.new_zeros(seq.shape[0], seq.shape[2])
-        weight = mask.to(seq.dtype)
-        return torch.einsum("bl,bld->bd", weight, seq) / weight.sum(dim=1, keepdim=True).clamp(min=1)
+            items = items + checked.embed_time(self.time, seq_time, target_time).to(items.dtype)
+        if checked.mask is None:
+            weight = torch.ones_like(checked.rows, dtype=items.dtype)
+        else:
+            weight = checked.mask.to(items.dtype)
+        return checked.sum_rows(items * weight.unsqueeze(-1)) / checked.sum_rows(weight).clamp(min=1).unsqueeze(-1)
 
 
 class SDIMBlock(nn.Module):
@@ -475,9 +517,10 @@ class SDIMBlock(nn.Module):
         target_cat: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """User-interest vector ``(B, d)`` (the arguments of every interest block, see the module docs)."""
-        mask = _check_seq(self.sdim.dim, target, seq, mask)
-        values = seq
+        checked = history(self.sdim.dim, target, seq, mask)
+        values = checked.items
         if self.time is not None:
-            values = seq + self.time(mask, seq_time, target_time, shape=(seq.shape[0], seq.shape[1])).to(seq.dtype)
+            values = values + checked.embed_time(self.time, seq_time, target_time).to(values.dtype)
         # hash detached embeddings: the codes get no gradient, the values do
-        return self.sdim(target.detach(), seq.detach(), mask, values=values)
+        valid = None if checked.mask is None else checked.nested(checked.mask)
+        return self.sdim(target.detach(), checked.nested(checked.items.detach()), valid, values=checked.nested(values))

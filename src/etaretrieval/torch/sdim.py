@@ -37,6 +37,7 @@ from ..simhash import hyperplanes
 from . import _ops
 from ._buffers import FixedDtypeBuffers
 from ._cuda import _bits, _device, _stream
+from ._jagged import aligned, is_jagged, parts
 from ._ops import _check_validity, _numpy, _on, _require_cpu, _signatures, _uint64
 
 __all__ = ["SDIMAttention", "sdim_group_sums", "sdim_buckets", "sdim_from_buckets", "normalise_mean"]
@@ -150,6 +151,10 @@ def check_from_buckets(query: torch.Tensor, buckets: torch.Tensor) -> tuple[int,
             f"but query has W = {words} words ({64 * (words - 1) + 1}..{64 * words} bits)"
         )
     return batch, int(buckets.shape[-1]), tau
+
+
+#: The serving forms take padded histories only (no ragged bucket operator yet).
+_JAGGED_ONLY_FORWARD = "a jagged seq is taken by SDIMAttention.forward only (the serving summary is padded)"
 
 
 def _define(name: str, fake: Callable[..., object]) -> Callable[[Callable[..., object]], Callable[..., object]]:
@@ -560,8 +565,8 @@ def _float_tensor(name: str, t: object, ndim: int, what: str, device: Optional[t
     return t
 
 
-def _valid(mask: Optional[torch.Tensor], shape: tuple[int, int], device: torch.device) -> Optional[torch.Tensor]:
-    """A ``(B, L)`` bool mask (numeric masks: non-zero is valid), or ``None``."""
+def _valid(mask: Optional[torch.Tensor], shape: tuple[int, ...], device: torch.device) -> Optional[torch.Tensor]:
+    """A ``(B, L)`` (or flat ``(T,)``) bool mask (numeric masks: non-zero is valid), or ``None``."""
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor):
@@ -650,6 +655,8 @@ class SDIMAttention(FixedDtypeBuffers):
     def _sequence(
         self, seq: torch.Tensor, mask: Optional[torch.Tensor], values: Optional[torch.Tensor]
     ) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+        if is_jagged(seq):
+            raise ValueError(f"{_JAGGED_ONLY_FORWARD}; the padded form of seq is (B, L, {self.dim})")
         _float_tensor("seq", seq, 3, f"(B, L, {self.dim})", None)
         if seq.shape[-1] != self.dim:
             raise ValueError(f"seq must have shape (B, L, {self.dim}), got shape {_shape(tuple(seq.shape))}")
@@ -681,22 +688,50 @@ class SDIMAttention(FixedDtypeBuffers):
         target : torch.Tensor
             ``(B, dim)`` float32/float64 target embeddings (hashed).
         seq : torch.Tensor
-            ``(B, L, dim)`` behaviour embeddings (hashed), oldest to newest.
+            ``(B, L, dim)`` behaviour embeddings (hashed), oldest to newest;
+            or a ``torch.nested`` jagged ``(B, j, dim)`` tensor (ragged rows,
+            computed on its flat values by ``sdim_group_sums_ragged``, no
+            ``(B, L_max)`` tensor built).
         mask : torch.Tensor, optional
             ``(B, L)`` valid positions: bool, or numeric with non-zero valid.
+            With a jagged ``seq``: jagged ``(B, j)`` with its offsets.
         values : torch.Tensor, optional
             ``(B, L, d)`` vectors summed at the matching positions (default
-            ``seq``; e.g. ``seq`` plus a time embedding).
+            ``seq``; e.g. ``seq`` plus a time embedding); jagged ``(B, j, d)``
+            with the offsets of a jagged ``seq``.
 
         Returns
         -------
         torch.Tensor
-            ``(B, d)``; differentiable w.r.t. ``values`` (or ``seq``).
+            ``(B, d)``; differentiable w.r.t. ``values`` (or ``seq``). A
+            jagged ``seq`` gives the padded rows' result up to float rounding.
         """
+        if is_jagged(seq):
+            flat, offsets, valid, vals = self._jagged(seq, mask, values)
+            query = self._query(target, offsets.shape[0] - 1, flat.device)
+            keys = _ops.pack_signatures(flat, self.planes)
+            sums = torch.ops.etaretrieval.sdim_group_sums_ragged(query, keys, vals, self.tau, self.bits, offsets, valid)
+            return normalise_mean(sums)
         keys, valid, vals = self._sequence(seq, mask, values)
         query = self._query(target, seq.shape[0], seq.device)
         sums = torch.ops.etaretrieval.sdim_group_sums(query, keys, vals, self.tau, self.bits, None, valid)
         return normalise_mean(sums)
+
+    def _jagged(
+        self, seq: torch.Tensor, mask: Optional[torch.Tensor], values: Optional[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+        """Check a jagged ``seq`` with its ``mask`` and ``values``; return the flat ``(seq, offsets, mask, values)``."""
+        flat, offsets = parts("seq", seq)
+        total = flat.shape[0]
+        _float_tensor("seq", flat, 2, f"(B, j, {self.dim}) (jagged)", None)
+        if flat.shape[1] != self.dim:
+            raise ValueError(f"seq must have shape (B, j, {self.dim}), got shape (B, j, {flat.shape[1]})")
+        vals = flat
+        if values is not None:
+            vals = _float_tensor("values", aligned("values", values, offsets, total, "seq"), 2,
+                                 "(B, j, d) (jagged like seq)", flat.device)
+        valid = None if mask is None else _valid(aligned("mask", mask, offsets, total, "seq"), (total,), flat.device)
+        return flat, offsets, valid, vals
 
     def summarize(
         self, seq: torch.Tensor, mask: Optional[torch.Tensor] = None, values: Optional[torch.Tensor] = None
