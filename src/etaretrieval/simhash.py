@@ -97,11 +97,39 @@ def _check_planes(planes: Any) -> Any:
     return p
 
 
-def pack_signatures(x: Any, planes: Any, *, check_finite: bool = True) -> npt.NDArray[np.uint64]:
+def check_offset_shape(shape: tuple[int, ...], planes: tuple[int, ...]) -> None:
+    """Refuse an ``offset`` whose shape is not ``(bits,)`` of ``(dim, bits)`` ``planes``."""
+    if tuple(shape) != (planes[1],):
+        raise ValueError(
+            f"offset must have shape (bits,) = ({planes[1]},) to match planes {_shape(planes)}, "
+            f"got shape {_shape(tuple(shape))}"
+        )
+
+
+def check_offset_finite(finite: bool) -> None:
+    """Refuse an ``offset`` holding a NaN or an infinity (``finite``: whether all its values are finite)."""
+    if not finite:
+        raise ValueError("offset must be finite, got a NaN or an infinity")
+
+
+def _check_offset(offset: Any, planes: Any) -> Any:
+    o = as_array(offset, "offset")
+    if o.dtype not in _FLOATS:
+        raise DTypeError(f"offset must have dtype float32 or float64, got dtype {o.dtype}")
+    check_offset_shape(o.shape, planes.shape)
+    if not isinstance(o, DeviceArray):
+        check_offset_finite(bool(np.isfinite(o).all()))
+    return o
+
+
+def pack_signatures(
+    x: Any, planes: Any, *, check_finite: bool = True, offset: Any = None
+) -> npt.NDArray[np.uint64]:
     """SimHash signatures of embeddings, packed into uint64 words.
 
     Bit ``j`` of a signature is ``1`` iff ``x @ planes[:, j] > 0`` (exactly 0
-    and NaN give 0); it lives in word ``j // 64`` at bit ``j % 64`` (least
+    and NaN give 0), or ``x @ planes[:, j] + offset[j] > 0`` with an
+    ``offset``; it lives in word ``j // 64`` at bit ``j % 64`` (least
     significant first) and unused high bits are 0. Request-sized inputs
     (``rows x dim x bits`` up to :data:`etaretrieval.config.PACK_BLAS_WORK`)
     are projected by a Numba kernel on the library's threads (summed in
@@ -120,13 +148,20 @@ def pack_signatures(x: Any, planes: Any, *, check_finite: bool = True) -> npt.ND
     check_finite : bool, default True
         Raise :class:`ValueError` naming the first row of ``x`` holding a NaN
         or an infinity. With ``False`` such rows are hashed as they come.
+    offset : array_like, optional
+        ``(bits,)`` float32 or float64 finite values added to the projections:
+        hyperplanes that need not pass through the origin (an affine hash,
+        e.g. of ``x @ W.T + b`` with planes ``W.T @ R`` and offset ``b @ R``),
+        at the cost of one addition per bit. It is rounded to the dtype of
+        the projection (the result type of ``x`` and ``planes``). Default:
+        none, the plain SimHash.
 
     Returns
     -------
     numpy.ndarray
         ``(..., W)`` uint64 with ``W = ceil(bits / 64)``. For device arrays
-        (``x`` and ``planes`` both with ``__cuda_array_interface__``), a device
-        array of ``x``'s library, packed on the GPU.
+        (``x``, ``planes`` and ``offset`` all with ``__cuda_array_interface__``),
+        a device array of ``x``'s library, packed on the GPU.
 
     Notes
     -----
@@ -134,14 +169,23 @@ def pack_signatures(x: Any, planes: Any, *, check_finite: bool = True) -> npt.ND
     bit can differ between them only where its projection lies within
     rounding of 0. Integer-valued inputs give identical signatures.
 
+    The offset is added after the sum over ``dim``. The request-sized CPU
+    path and the GPU sum in order, so there ``x @ planes[:, j] + offset[j]``
+    is bit for bit the projection of ``[x, 1]`` on the planes
+    ``[planes; offset]`` (one more row) without copying ``x`` one column
+    wider; the table-sized path adds it to BLAS's product, which may differ
+    from BLAS's product of the wider arrays only within rounding of 0.
+
     Examples
     --------
     >>> import numpy as np, etaretrieval as er
     >>> planes = np.array([[1.0, -1.0, 0.0]], dtype=np.float32)  # dim 1, 3 bits
     >>> er.pack_signatures(np.array([[2.0], [-1.0], [0.0]]), planes).ravel()
     array([1, 2, 0], dtype=uint64)
+    >>> er.pack_signatures(np.array([[2.0], [-1.0], [0.0]]), planes, offset=np.array([-1.0, 0.0, 0.5])).ravel()
+    array([5, 6, 4], dtype=uint64)
     """
-    device = placement(x=x, planes=planes)
+    device = placement(x=x, planes=planes, offset=offset)
     p = _check_planes(planes)
     dim, bits = p.shape
     a = as_array(x, "x")
@@ -150,11 +194,12 @@ def pack_signatures(x: Any, planes: Any, *, check_finite: bool = True) -> npt.ND
             f"x must have dtype float32 or float64 (or float16 on the host, projected in float32), got dtype {a.dtype}"
         )
     check_x_shape(a.shape, p.shape)
+    o = None if offset is None else _check_offset(offset, p)
     if device:
         from .cuda.pack import pack_signatures as device_pack
 
-        return device_pack(a, p, check_finite)
-    return host_pack(a, p, check_finite)
+        return device_pack(a, p, check_finite, o)
+    return host_pack(a, p, check_finite, o)
 
 
 class SimHasher:

@@ -95,22 +95,29 @@ def pack_projection(proj, out, nonfinite):
 
 
 @jit()
-def project_pack(x, planes, lo, hi, out, nonfinite):
-    """Rows ``lo..hi-1``: project ``x[r] @ planes`` and pack its signs into ``out[r]`` (no BLAS).
+def project_pack(x, planes, offset, lo, hi, out, nonfinite):
+    """Rows ``lo..hi-1``: project ``x[r] @ planes + offset`` and pack its signs into ``out[r]`` (no BLAS).
 
-    ``x`` and ``planes`` have the working dtype. Each projection is summed in
-    order over ``dim``, one vectorised pass over the bits per input value;
-    ``nonfinite[r]`` as in :func:`pack_projection`.
+    ``x``, ``planes`` and ``offset`` (``(bits,)``, or empty for none) have
+    the working dtype. Each projection is summed in order over ``dim``, one
+    vectorised pass over the bits per input value, and the offset is added
+    last (so the sum is the one that ``[x[r], 1]`` with planes
+    ``[planes; offset]`` would give, bit for bit); ``nonfinite[r]`` as in
+    :func:`pack_projection`.
     """
     dim, bits = planes.shape
     proj = np.empty((1, bits), dtype=planes.dtype)
     acc = proj[0]
+    shift = offset.shape[0] != 0
     for r in range(lo, hi):
         acc[:] = 0
         for i in range(dim):
             xi = x[r, i]
             for j in range(bits):
                 acc[j] += xi * planes[i, j]
+        if shift:
+            for j in range(bits):
+                acc[j] += offset[j]
         pack_projection(proj, out[r : r + 1], nonfinite[r : r + 1])
 
 
@@ -130,35 +137,38 @@ _QUIET: Callable[[], AbstractContextManager[object]] = (
 
 
 def pack_small(x2: np.ndarray, planes: np.ndarray, out: np.ndarray, check_finite: bool,
-               lead: tuple[int, ...]) -> None:
+               lead: tuple[int, ...], offset: np.ndarray | None = None) -> None:
     """Pack the ``(rows, dim)`` rows of ``x2`` into ``out`` with the Numba projection (no BLAS).
 
     For request-sized inputs (:data:`config.PACK_BLAS_WORK`): the projection
     is summed in order in the working precision, on the library's threads,
     so no BLAS thread pool wakes up (and keeps spinning) between two kernels.
     Inputs are normalised to C-contiguous read-only arrays of the working
-    dtype (copies of a small ``x`` at most), so one variant per dtype is compiled.
+    dtype (copies of a small ``x`` at most), so one variant per dtype is
+    compiled (an absent ``offset`` is an empty array of that dtype).
     """
     ctype = np.result_type(x2.dtype, planes.dtype)
     xs = kernel_input(x2.astype(ctype, copy=False), contiguous=True)
     ps = kernel_input(planes.astype(ctype, copy=False), contiguous=True)
+    off = kernel_input(np.empty(0, ctype) if offset is None else offset.astype(ctype, copy=False), contiguous=True)
     rows, (dim, bits) = xs.shape[0], ps.shape
     flags = np.empty(rows, dtype=np.bool_)
 
     def run(lo: int, hi: int) -> None:
         with _QUIET():  # in every worker thread: numpy's error state is per thread
-            project_pack(xs, ps, lo, hi, out, flags)
+            project_pack(xs, ps, off, lo, hi, out, flags)
 
     parallel_rows(run, rows, rows * dim * bits // 32)
     if check_finite and flags.any():
         raise_nonfinite(xs, np.flatnonzero(flags), 0, lead)
 
 
-def pack_signatures(a: np.ndarray, p: np.ndarray, check_finite: bool) -> np.ndarray:
+def pack_signatures(a: np.ndarray, p: np.ndarray, check_finite: bool, offset: np.ndarray | None = None) -> np.ndarray:
     """Host path of :func:`etaretrieval.pack_signatures`; inputs validated: ``a`` ``(..., dim)``, ``p`` ``(dim, bits)``.
 
     Request-sized inputs go through :func:`pack_small`, larger ones through
-    BLAS in row chunks and :func:`pack_projection`.
+    BLAS in row chunks, the ``(bits,)`` ``offset`` (if any, in the working
+    dtype) added to each chunk's product, and :func:`pack_projection`.
     """
     dim, bits = p.shape
     lead = a.shape[:-1]
@@ -167,7 +177,7 @@ def pack_signatures(a: np.ndarray, p: np.ndarray, check_finite: bool) -> np.ndar
     if out.shape[0] == 0:
         return out.reshape(lead + (words,))
     if out.shape[0] * dim * bits <= config.PACK_BLAS_WORK:  # request-sized: no BLAS
-        pack_small(a.reshape(-1, dim), p, out, check_finite, lead)
+        pack_small(a.reshape(-1, dim), p, out, check_finite, lead, offset)
         return out.reshape(lead + (words,))
     try:
         x2 = a.reshape(-1, dim, copy=False)
@@ -175,6 +185,7 @@ def pack_signatures(a: np.ndarray, p: np.ndarray, check_finite: bool) -> np.ndar
         x2 = None
     ctype = np.result_type(a.dtype, p.dtype)
     planes_c = p.astype(ctype, copy=False)
+    offset_c = None if offset is None else offset.astype(ctype, copy=False)
     chunk = max(1, config.PACK_CHUNK_ELEMENTS // bits)
     proj = np.empty((min(chunk, out.shape[0]), bits), dtype=ctype)
     flags = np.empty(proj.shape[0], dtype=np.bool_)
@@ -184,6 +195,8 @@ def pack_signatures(a: np.ndarray, p: np.ndarray, check_finite: bool) -> np.ndar
         block = x2[start:stop] if x2 is not None else a[np.unravel_index(np.arange(start, stop), lead)]
         with np.errstate(invalid="ignore", over="ignore"):  # inf/nan rows are flagged by the pack kernel
             np.matmul(block, planes_c, out=proj[:n])
+            if offset_c is not None:
+                proj[:n] += offset_c
         with _QUIET():
             pack_projection(proj[:n], out[start : start + n], flags[:n])
         if check_finite and flags[:n].any():

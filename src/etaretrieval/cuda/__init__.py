@@ -15,7 +15,7 @@ caller-allocated outputs, and launch on a given stream (a numba stream or a
 raw ``cudaStream_t`` int such as ``torch.cuda.current_stream().cuda_stream``;
 by default the current stream of the outputs' library):
 
-- :func:`pack_signatures_into` ``(x, planes, out, *, check_finite, stream)``
+- :func:`pack_signatures_into` ``(x, planes, out, *, check_finite, stream, offset)``
 - :func:`hamming_into` ``(a, b, out, *, stream)``
 - :func:`topk_hamming_into` ``(query, keys, k, idx, dist, *, lengths, mask, padding_side, stream, check)``
 - :func:`topk_hamming_lookup_into` ``(query, ids, table, k, idx, dist, *, lengths, mask, padding_id,

@@ -2,8 +2,9 @@
 
 A block is ``64 x PACK_ROWS_PER_BLOCK`` threads: thread ``(j, r)`` computes
 the dot product of row ``r`` with hyperplane ``word * 64 + j`` (accumulating in
-the result type of ``x`` and ``planes``, like the CPU) and ORs its sign bit
-into the row's word in shared memory.
+the result type of ``x`` and ``planes``, like the CPU), adds the plane's
+offset last when there is one (as the CPU's request-sized path does) and ORs
+its sign bit into the row's word in shared memory.
 
 The signatures equal the CPU's bit for bit wherever no projection lies within
 rounding of 0: the GPU adds the ``dim`` products in order (possibly with fused
@@ -29,7 +30,7 @@ cuda: Any = None
 
 
 @functools.lru_cache(maxsize=None)
-def _kernels(rows_per_block: int) -> tuple[Any, Any]:
+def _kernels(rows_per_block: int) -> tuple[Any, Any, Any]:
     global cuda
     cuda = _backend.cuda()
     from numba import uint64
@@ -53,13 +54,15 @@ def _kernels(rows_per_block: int) -> tuple[Any, Any]:
         return r
 
     @cuda.jit
-    def pack_kernel(x, planes, rows, gather, out, zero):
-        """``out[.., w]``: bits ``64 w ..`` of ``x[..] @ planes > 0``, one block per (row tile, word ``w``).
+    def pack_kernel(x, planes, offset, shift, rows, gather, out, zero):
+        """``out[.., w]``: bits ``64 w ..`` of ``x[..] @ planes (+ offset) > 0``, one block per (row tile, word ``w``).
 
         Arguments:
 
         - ``x``: ``(s0, s1, s2, s3, dim)`` floats, any strides (unused leading axes of length 1);
         - ``planes``: ``(dim, bits)`` hyperplanes;
+        - ``offset``: ``(bits,)`` offsets in the accumulator's type, read only when ``shift``;
+        - ``shift``: add ``offset[j]`` to projection ``j`` after the sum over ``dim``;
         - ``rows``: ``(n,)`` int64 flat row numbers of ``x`` (in range), read only when ``gather``;
         - ``gather``: pack rows ``rows[0..n)``, else every flat row of ``x``;
         - ``out``: ``(s0, s1, s2, s3, W)`` uint64, row for row with ``x``;
@@ -81,6 +84,8 @@ def _kernels(rows_per_block: int) -> tuple[Any, Any]:
             acc = zero
             for i in range(planes.shape[0]):
                 acc += x[i0, i1, i2, i3, i] * planes[i, j]
+            if shift:
+                acc += offset[j]
             if acc > 0:
                 cuda.atomic.or_(words, ty, uint64(1) << uint64(tx))
         cuda.syncthreads()
@@ -105,7 +110,14 @@ def _kernels(rows_per_block: int) -> tuple[Any, Any]:
                     cuda.atomic.min(err, 0, row0 + r)
                     break
 
-    return pack_kernel, nonfinite_kernel
+    @cuda.jit
+    def cast_kernel(src, dst):
+        """``dst[i] = src[i]`` rounded to ``dst``'s dtype (an offset in the accumulator's type)."""
+        i = cuda.grid(1)
+        if i < dst.shape[0]:
+            dst[i] = src[i]
+
+    return pack_kernel, nonfinite_kernel, cast_kernel
 
 
 def _as5(arr: Any) -> Any:
@@ -113,12 +125,30 @@ def _as5(arr: Any) -> Any:
     return _backend.view(arr, (1, 1, 1) + tuple(arr.shape), (0, 0, 0) + tuple(arr.strides))
 
 
-def _pack(x5: Any, planes: Any, rows: Any, gather: bool, count: int, out5: Any, stream: Any) -> None:
-    """Launch ``pack_kernel`` over ``count`` work items (see its arguments)."""
+def _pack(x5: Any, planes: Any, offset: Any, rows: Any, gather: bool, count: int, out5: Any, stream: Any,
+          like: DeviceArray | None) -> None:
+    """Launch ``pack_kernel`` over ``count`` work items (see its arguments; ``offset`` None: none)."""
     rb = config.PACK_ROWS_PER_BLOCK
     pack_kernel = _kernels(rb)[0]
     grid = ((count + rb - 1) // rb, _words(planes))
-    _backend.configure(pack_kernel, grid, (64, rb), stream)(x5, planes, rows, gather, out5, _zero(x5, planes))
+    zero = _zero(x5, planes)
+    shift = offset is not None
+    if not shift:
+        offset = _backend.placeholder(like, (1,), zero.dtype, stream)
+    _backend.configure(pack_kernel, grid, (64, rb), stream)(x5, planes, offset, shift, rows, gather, out5, zero)
+
+
+def _offset(offset: Any, x: Any, planes: Any, stream: Any, like: DeviceArray | None) -> Any:
+    """A numba view of device ``offset`` in the accumulator's dtype (converted on the device when it differs)."""
+    o = _backend.as_numba(offset)
+    dtype = _zero(x, planes).dtype
+    if o.dtype == dtype:
+        return o
+    _, converted = _backend.empty(like, tuple(o.shape), dtype, stream)
+    threads = config.HAMMING_THREADS
+    cast_kernel = _kernels(config.PACK_ROWS_PER_BLOCK)[2]
+    _backend.configure(cast_kernel, (o.shape[0] + threads - 1) // threads, threads, stream)(o, converted)
+    return converted
 
 
 def _nonfinite(x5: Any, rows: Any, gather: bool, count: int, row0: int, err: Any, stream: Any) -> None:
@@ -138,12 +168,15 @@ def _words(planes: Any) -> int:
     return (planes.shape[1] + 63) // 64
 
 
-def _launch(x: Any, planes: Any, out: Any, check_finite: bool, stream: Any, like: DeviceArray | None) -> int:
+def _launch(x: Any, planes: Any, out: Any, check_finite: bool, stream: Any, like: DeviceArray | None,
+            offset: Any = None) -> int:
     """Pack ``x`` (``(..., dim)``) into ``out`` (``(..., W)``); returns the first non-finite flat row or -1."""
     lead = tuple(x.shape[:-1])
     rows = int(np.prod(lead, dtype=np.int64))
     if rows == 0:
         return -1
+    if offset is not None:
+        offset = _offset(offset, x, planes, stream, like)
     rows_none = _backend.placeholder(like, (1,), np.int64, stream)
     arrays = [
         (x, tuple(x.strides[:-1]), (tuple(x.shape)[-1],), (x.strides[-1],)),
@@ -152,7 +185,7 @@ def _launch(x: Any, planes: Any, out: Any, check_finite: bool, stream: Any, like
     err = _backend.error_cells(like, rows, rows, stream) if check_finite else None
     for row0, (xv, ov) in _layout.tiles(lead, arrays):
         count = int(np.prod(xv.shape[:-1], dtype=np.int64))
-        _pack(xv, planes, rows_none, False, count, ov, stream)
+        _pack(xv, planes, offset, rows_none, False, count, ov, stream, like)
         if check_finite:
             _nonfinite(xv, rows_none, False, count, row0, err, stream)
     if not check_finite:
@@ -161,31 +194,35 @@ def _launch(x: Any, planes: Any, out: Any, check_finite: bool, stream: Any, like
     return first if first < rows else -1
 
 
-def pack_signatures_into(x: Any, planes: Any, out: Any, *, check_finite: bool = True, stream: Any = None) -> None:
+def pack_signatures_into(
+    x: Any, planes: Any, out: Any, *, check_finite: bool = True, stream: Any = None, offset: Any = None
+) -> None:
     """Raw launcher: SimHash signatures of device ``x`` (``(..., dim)``) into ``out`` (``(..., W)``).
 
-    ``planes`` is a ``(dim, bits)`` float device array, ``out`` uint64 (or int64,
-    the same bits). No validation besides the non-finite check, which reads
-    the error back to the host (a stream synchronisation) and raises
-    :class:`ValueError` like the CPU; ``out`` is written either way.
+    ``planes`` is a ``(dim, bits)`` float device array, ``offset`` an optional
+    ``(bits,)`` float device array added to the projections, ``out`` uint64
+    (or int64, the same bits). No validation besides the non-finite check,
+    which reads the error back to the host (a stream synchronisation) and
+    raises :class:`ValueError` like the CPU; ``out`` is written either way.
     """
     like = describe(out)
     with _backend.device_scope(like):
         stream = _backend.launch_stream(like, stream)
         xs = _backend.as_numba(x)
-        first = _launch(xs, _backend.as_numba(planes), _backend.as_numba(out, np.uint64), check_finite, stream, like)
+        first = _launch(xs, _backend.as_numba(planes), _backend.as_numba(out, np.uint64), check_finite, stream, like,
+                        offset)
     if first >= 0:
         lead = tuple(xs.shape[:-1])
         raise nonfinite_error(np.unravel_index(first, lead) if lead else ())
 
 
-def pack_signatures(x: DeviceArray, planes: DeviceArray, check_finite: bool) -> Any:
+def pack_signatures(x: DeviceArray, planes: DeviceArray, check_finite: bool, offset: DeviceArray | None = None) -> Any:
     """Device path of :func:`etaretrieval.pack_signatures` (inputs validated)."""
     lead = tuple(x.shape[:-1])
     with _backend.device_scope(x):
         stream = _backend.launch_stream(x)
         user, out = _backend.empty(x, lead + (_words(planes),), np.uint64, stream)
-        first = _launch(_backend.as_numba(x), _backend.as_numba(planes), out, check_finite, stream, x)
+        first = _launch(_backend.as_numba(x), _backend.as_numba(planes), out, check_finite, stream, x, offset)
     if first >= 0:
         raise nonfinite_error(np.unravel_index(first, lead) if lead else ())
     return user
@@ -254,4 +291,4 @@ def refresh_rows(
             first = int(_backend.read_back(err, stream)[0])
             if first < n:
                 raise weight_nonfinite_error(int(rows[first]))
-        _pack(x5, p, r, True, n, _as5(out), stream)
+        _pack(x5, p, None, r, True, n, _as5(out), stream, weight)

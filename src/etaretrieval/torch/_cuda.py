@@ -34,16 +34,18 @@ def _bits(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 
 def _pack_cuda(
-    x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True, valid: Optional[torch.Tensor] = None
+    x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True, valid: Optional[torch.Tensor] = None,
+    offset: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     from .. import cuda
 
-    out = torch.empty(_ops.check_pack(x, planes, valid), dtype=torch.int64, device=x.device)
+    out = torch.empty(_ops.check_pack(x, planes, valid, offset), dtype=torch.int64, device=x.device)
     if out.numel():
         xs = _ops.as_float32(x).detach()
         with torch.cuda.device(x.device):
             try:
-                cuda.pack_signatures_into(xs, planes.detach(), out, check_finite=check_finite, stream=_stream(out))
+                cuda.pack_signatures_into(xs, planes.detach(), out, check_finite=check_finite, stream=_stream(out),
+                                          offset=_bits(offset))
             except NonFiniteError:  # out is written either way: only a valid non-finite row is an error
                 if valid is None:
                     raise

@@ -53,6 +53,7 @@ from ..cpu import ragged as cpu_ragged
 from ..cpu import topk as cpu_topk
 from ..cpu.pack import pack_projection, raise_nonfinite
 from ..cpu.pack import pack_signatures as host_pack
+from ..simhash import check_offset_finite, check_offset_shape
 
 __all__ = [
     "pack_signatures",
@@ -154,8 +155,10 @@ def _check_validity(
         check_mask_shape(tuple(mask.shape), batch, length)
 
 
-def check_pack(x: torch.Tensor, planes: torch.Tensor, valid: Optional[torch.Tensor] = None) -> tuple[int, ...]:
-    """Check the inputs of ``pack_signatures``; return the output shape ``(..., W)``."""
+def check_pack(
+    x: torch.Tensor, planes: torch.Tensor, valid: Optional[torch.Tensor] = None, offset: Optional[torch.Tensor] = None
+) -> tuple[int, ...]:
+    """Check the inputs of ``pack_signatures`` (not the values of ``offset``); return the output shape ``(..., W)``."""
     _required(x=x, planes=planes)  # the dispatcher lets None through for a tensor argument
     p = planes
     _on("x", x, p.device)
@@ -178,6 +181,11 @@ def check_pack(x: torch.Tensor, planes: torch.Tensor, valid: Optional[torch.Tens
                 f"valid must be a bool tensor of shape {_shape(tuple(x.shape[:-1]))} (the rows of x), "
                 f"got {valid.dtype} of shape {_shape(tuple(valid.shape))}"
             )
+    if offset is not None:
+        _on("offset", offset, p.device)
+        if offset.dtype not in _FLOATS:
+            raise DTypeError(f"offset must have dtype torch.float32 or torch.float64, got {offset.dtype}")
+        check_offset_shape(tuple(offset.shape), tuple(p.shape))
     return (*x.shape[:-1], (p.shape[1] + 63) // 64)
 
 
@@ -296,30 +304,33 @@ def _define(name: str, fake: Callable[..., object]) -> Callable[[Callable[..., o
 
 
 def _pack_fake(
-    x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True, valid: Optional[torch.Tensor] = None
+    x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True, valid: Optional[torch.Tensor] = None,
+    offset: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    return x.new_empty(check_pack(x, planes, valid), dtype=torch.int64)
+    return x.new_empty(check_pack(x, planes, valid, offset), dtype=torch.int64)
 
 
 @_define("pack_signatures", _pack_fake)
 def _pack_op(
-    x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True, valid: Optional[torch.Tensor] = None
+    x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True, valid: Optional[torch.Tensor] = None,
+    offset: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``etaretrieval::pack_signatures`` (see :func:`pack_signatures`)."""
-    check_pack(x, planes, valid)
+    check_pack(x, planes, valid, offset)
     _require_cpu("pack_signatures", x)
     xs = as_float32(x)
     try:
-        return _pack_cpu(xs, planes, check_finite)
+        return _pack_cpu(xs, planes, check_finite, offset)
     except NonFiniteError:
         if valid is None:
             raise
         check_finite_where(xs, valid)  # the non-finite rows are all invalid ones: hash them anyway
-        return _pack_cpu(xs, planes, False)
+        return _pack_cpu(xs, planes, False, offset)
 
 
 def pack_signatures(
-    x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True, valid: Optional[torch.Tensor] = None
+    x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True, valid: Optional[torch.Tensor] = None, *,
+    offset: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """SimHash signatures of ``x`` as int64 tensors (see :func:`etaretrieval.pack_signatures`).
 
@@ -336,6 +347,14 @@ def pack_signatures(
         ``x.shape[:-1]`` bool: the rows that will be used (e.g. the unmasked
         positions of a padded sequence). Only these are checked for
         non-finite values; every row is hashed.
+    offset : torch.Tensor, optional
+        ``(bits,)`` float32/float64 finite values added to the projections
+        (bit ``j`` is ``x @ planes[:, j] + offset[j] > 0``), rounded to the
+        projection's dtype and added after the sum over ``dim``: hashing
+        ``[x, 1]`` with planes ``[planes; offset]`` without the wider copy
+        of ``x`` (see :func:`etaretrieval.pack_signatures`). Checked to be
+        finite on the CPU (like ``planes``), not on a GPU. The op's schema
+        takes it as a fifth argument.
 
     Returns
     -------
@@ -348,35 +367,46 @@ def pack_signatures(
     >>> planes = torch.tensor([[1.0, -1.0, 0.0]])  # dim 1, 3 bits
     >>> torch.ops.etaretrieval.pack_signatures(torch.tensor([[2.0], [-1.0], [0.0]]), planes).ravel()
     tensor([1, 2, 0])
+    >>> etaretrieval.torch.pack_signatures(torch.tensor([[2.0], [-1.0], [0.0]]), planes,
+    ...                                    offset=torch.tensor([-1.0, 0.0, 0.5])).ravel()
+    tensor([5, 6, 4])
     """
     _required(x=x, planes=planes)
-    _tensors(x=x, planes=planes, valid=valid)
+    _tensors(x=x, planes=planes, valid=valid, offset=offset)
     if not isinstance(check_finite, bool):
         raise TypeError(f"check_finite must be a bool, got {type(check_finite).__name__}")
-    return cast(torch.Tensor, _pack_op(x, planes, check_finite, valid))
+    return cast(torch.Tensor, _pack_op(x, planes, check_finite, valid, offset))
 
 
-def _pack_cpu(x: torch.Tensor, planes: torch.Tensor, check_finite: bool) -> torch.Tensor:
+def _pack_cpu(
+    x: torch.Tensor, planes: torch.Tensor, check_finite: bool, offset: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """The CPU kernel of ``pack_signatures`` on checked float32/float64 inputs.
 
     Request-sized inputs go through the NumPy API's host driver (its Numba
     projection), table-sized ones through :func:`_pack_large` (``torch.matmul``).
     """
+    if offset is not None:
+        check_offset_finite(bool(torch.isfinite(offset).all()))
     if x.numel() * planes.shape[1] <= config.PACK_BLAS_WORK:
         p = _array(planes)
         check_planes_finite(p)
-        return torch.from_numpy(host_pack(_array(x), p, check_finite).view(np.int64))
-    return _pack_large(x.detach(), planes.detach(), check_finite).view(*x.shape[:-1], -1)
+        shift = None if offset is None else _array(offset)
+        return torch.from_numpy(host_pack(_array(x), p, check_finite, shift).view(np.int64))
+    return _pack_large(x.detach(), planes.detach(), check_finite, offset).view(*x.shape[:-1], -1)
 
 
-def _pack_large(x: torch.Tensor, planes: torch.Tensor, check_finite: bool) -> torch.Tensor:
-    """Table-sized packing: ``torch.matmul`` per row chunk, then the sign kernel.
+def _pack_large(
+    x: torch.Tensor, planes: torch.Tensor, check_finite: bool, offset: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Table-sized packing: ``torch.matmul`` per row chunk (the ``offset`` added to it), then the sign kernel.
 
     The matmul runs on torch's own threads, not NumPy's BLAS.
     """
     x2 = x.reshape(-1, x.shape[-1])
     ctype = torch.promote_types(x2.dtype, planes.dtype)
     p = planes.to(ctype)
+    shift = None if offset is None else offset.detach().to(ctype)
     rows, bits = x2.shape[0], p.shape[1]
     out = np.empty((rows, (bits + 63) // 64), dtype=np.uint64)
     chunk = max(1, config.PACK_CHUNK_ELEMENTS // bits)
@@ -386,6 +416,8 @@ def _pack_large(x: torch.Tensor, planes: torch.Tensor, check_finite: bool) -> to
         n = min(chunk, rows - start)
         block = x2[start : start + n].to(ctype)
         torch.matmul(block, p, out=proj[:n])
+        if shift is not None:
+            proj[:n] += shift
         pack_projection(proj[:n].numpy(), out[start : start + n], flags[:n])
         if check_finite and flags[:n].any():
             raise_nonfinite(block.numpy(), np.flatnonzero(flags[:n]), start, tuple(x.shape[:-1]))

@@ -8,11 +8,13 @@ the map into them::
     sign(R^T (W e + b)) = sign((W^T R)^T e + R^T b)
 
 so the cost stays that of hashing ``e``. The offset ``R^T b`` is carried as
-one more row of the planes, ``(d + 1, bits)``, and the rows are hashed with a
-constant 1 appended: ``[e, 1] . [W^T R; b^T R] = (W e + b) . R`` exactly, up
-to float rounding (which can only flip a bit whose projection is within
-rounding of zero). Planes with one row more than the rows hashed are
-*affine* planes everywhere in this package.
+one more row of the planes, ``(d + 1, bits)``: planes with one row more than
+the rows hashed are *affine* planes everywhere in this package. They hash
+``e`` as ``e . (W^T R)[:, j] + (b^T R)[j] > 0``: the first ``d`` rows are the
+planes and the last the ``offset`` of the hashing op (views, no copy of ``e``
+or of the planes), which adds it after the sum over ``d``. That is what
+``[e, 1] . [W^T R; b^T R]`` sums, and ``(W e + b) . R`` up to float rounding
+(which can only flip a bit whose projection is within rounding of zero).
 """
 
 from __future__ import annotations
@@ -57,14 +59,16 @@ def hash_rows(
     """Signatures ``(..., W)`` of the rows of ``x`` ``(..., d)`` with linear ``(d, bits)`` or affine planes.
 
     Arguments as in :func:`etaretrieval.torch.pack_signatures`; affine planes
-    ``(d + 1, bits)`` hash ``[x, 1]`` (a copy of ``x`` one column wider).
+    ``(d + 1, bits)`` hash ``x`` with their first ``d`` rows and the last as
+    the ``offset``, the projection of ``[x, 1]`` without copying ``x``.
     ``name`` is the caller's argument that ``x`` is, named in a non-finite row's error.
     """
     x = x.detach()
+    offset = None
     if is_affine(planes, x.shape[-1]):
-        x = torch.cat([x, x.new_ones(*x.shape[:-1], 1)], dim=-1)
+        planes, offset = planes[:-1], planes[-1]
     try:
-        return cast(torch.Tensor, _ops.pack_signatures(x, planes, check_finite, valid))
+        return cast(torch.Tensor, _ops.pack_signatures(x, planes, check_finite, valid, offset=offset))
     except NonFiniteError as err:
         if name == "x":
             raise

@@ -110,17 +110,19 @@ def hamming(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def pack_signatures(
-    x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True, valid: Optional[torch.Tensor] = None
+    x: torch.Tensor, planes: torch.Tensor, check_finite: bool = True, valid: Optional[torch.Tensor] = None,
+    offset: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """ATen form of ``torch.ops.etaretrieval.pack_signatures``: ``(..., W)`` int64 SimHash words.
 
-    Bit ``j`` (word ``j // 64``, LSB first) is ``x @ planes[:, j] > 0``, the
-    product in the dtype the kernel uses (float32 for half inputs). The
-    product is ``torch.matmul``'s, whose summation order may differ from the
-    kernel's: a projection within rounding of zero may take the other sign
-    (never for inputs whose products and sums are exact in that dtype).
-    With ``check_finite``, a (valid) row holding a NaN or an infinity fails
-    an assertion.
+    Bit ``j`` (word ``j // 64``, LSB first) is ``x @ planes[:, j] > 0``
+    (``x @ planes[:, j] + offset[j] > 0`` with an ``offset``, added to the
+    product in its dtype), the product in the dtype the kernel uses (float32
+    for half inputs). The product is ``torch.matmul``'s, whose summation
+    order may differ from the kernel's: a projection within rounding of zero
+    may take the other sign (never for inputs whose products and sums are
+    exact in that dtype). With ``check_finite``, a (valid) row holding a NaN
+    or an infinity fails an assertion; a non-finite ``offset`` always does.
 
     Examples
     --------
@@ -129,7 +131,7 @@ def pack_signatures(
     >>> aten.pack_signatures(torch.tensor([[2.0], [-1.0], [0.0]]), torch.tensor([[1.0, -1.0, 0.0]])).ravel()
     tensor([1, 2, 0])
     """
-    shape = _ops.check_pack(x, planes, valid)
+    shape = _ops.check_pack(x, planes, valid, offset)
     xs = _ops.as_float32(x)
     ctype = torch.promote_types(xs.dtype, planes.dtype)
     if check_finite:
@@ -140,7 +142,11 @@ def pack_signatures(
                               "to hash it anyway")
     bits = planes.shape[1]
     words = shape[-1]
-    positive = (xs.detach().to(ctype) @ planes.detach().to(ctype)) > 0
+    projection = xs.detach().to(ctype) @ planes.detach().to(ctype)
+    if offset is not None:
+        _assert(torch.isfinite(offset).all(), "offset must be finite, got a NaN or an infinity")
+        projection = projection + offset.detach().to(ctype)
+    positive = projection > 0
     if words * 64 != bits:
         positive = torch.nn.functional.pad(positive, (0, words * 64 - bits))
     weights = torch.ones(64, dtype=torch.int64, device=x.device) << torch.arange(64, device=x.device)
