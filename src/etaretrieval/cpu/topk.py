@@ -53,9 +53,9 @@ from .._jit import PURE_PYTHON, jit, kernel_input
 from .._threads import parallel_rows
 from .._validate import MAX_WORDS, TopkCall, host_lengths, ids_error, results
 
-__all__ = ["run", "lookup_fast", "small_entry", "topk_keys", "topk_lookup", "CHUNK", "LANES", "SAMPLE_STRIDE",
-           "SAMPLE_MIN_LENGTH", "WIDE", "CACHED_TABLE_BYTES", "SMALL_WORK", "SMALL_RESULTS", "DONE", "NOT_SMALL",
-           "BAD_ID"]
+__all__ = ["run", "lookup_fast", "lookup_at", "small_entry", "topk_keys", "topk_lookup", "CHUNK", "LANES",
+           "SAMPLE_STRIDE", "SAMPLE_MIN_LENGTH", "WIDE", "CACHED_TABLE_BYTES", "SMALL_WORK", "SMALL_RESULTS", "DONE",
+           "NOT_SMALL", "BAD_ID"]
 
 #: Positions per stack buffer of the distance step.
 CHUNK = 1024
@@ -533,15 +533,16 @@ SMALL_WORK = 1 << 15
 SMALL_RESULTS = 1 << 22
 
 
-def _lookup_small(query, ids, table, k):
-    """Fast path of :func:`etaretrieval.topk_hamming_lookup`: ``(code, idx, dist)``, checks inside.
+def _lookup_small(query, ids, table, idx, dist):
+    """Fast path of :func:`etaretrieval.topk_hamming_lookup` into ``idx`` and ``dist``: a code, checks inside.
 
     ``query`` ``(B, W)`` and ``table`` ``(N, W)`` uint64 and ``ids`` ``(B, L)``
-    int64 or int32, all C-contiguous; no mask, lengths nor padding id.
-    Checks the shapes, ``k`` and the ids and allocates the results; any
-    failure returns a code other than :data:`DONE` (with arrays to ignore)
-    and the caller runs the general path, which raises the error of the bad
-    argument.
+    int64 or int32, all C-contiguous; no mask, lengths nor padding id;
+    ``idx`` ``(B, k)`` int64 and ``dist`` ``(B, k)`` int32, allocated by the
+    caller (cheaper than returning arrays the compiled code allocates).
+    Checks the shapes and the ids; any failure returns a code other than
+    :data:`DONE` (the outputs then hold nothing to read) and the caller runs
+    the general path, which raises the error of the bad argument.
 
     One self-contained function, so that a fresh cache compiles it in a
     fraction of the general kernels' time (a jitted call chain is optimised
@@ -555,12 +556,10 @@ def _lookup_small(query, ids, table, k):
     batch, words = query.shape
     nrows = table.shape[0]
     length = ids.shape[1]
-    fits = (ids.shape[0] == batch and table.shape[1] == words and 1 <= words <= MAX_WORDS and nrows > 0
-            and 0 <= k <= SMALL_RESULTS // max(batch, 1))
-    idx = np.empty((batch, k) if fits else (0, 0), dtype=np.int64)
-    dist = np.empty((batch, k) if fits else (0, 0), dtype=np.int32)
-    if not fits:
-        return NOT_SMALL, idx, dist
+    k = idx.shape[1]
+    if not (ids.shape[0] == batch and table.shape[1] == words and 1 <= words <= MAX_WORDS and nrows > 0
+            and idx.shape[0] == batch and dist.shape[0] == batch and dist.shape[1] == k):
+        return NOT_SMALL
     distances = np.empty(length, dtype=np.int32)
     first = np.empty(64 * words + 1, dtype=np.int64)
     last = np.uint64(nrows - 1)
@@ -583,7 +582,7 @@ def _lookup_small(query, ids, table, k):
                     d += popcount(query[b, w] ^ table[item, w])
                 distances[pos] = d
         if largest > last:
-            return BAD_ID, idx, dist
+            return BAD_ID
         for d in range(64 * words + 1):
             first[d] = 0
         for pos in range(length):
@@ -603,8 +602,11 @@ def _lookup_small(query, ids, table, k):
         for slot in range(take, k):
             idx[b, slot] = -1
             dist[b, slot] = -1
-    return DONE, idx, dist
+    return DONE
 
+
+#: Numba types of the outputs ``idx`` and ``dist`` of :func:`_lookup_small`.
+_OUTPUTS = (types.Array(types.int64, 2, "C"), types.Array(types.int32, 2, "C"))
 
 _UINT64 = np.dtype(np.uint64)
 _FAST_IDS = (np.dtype(np.int64), np.dtype(np.int32))
@@ -624,7 +626,7 @@ def small_entry(ids_dtype: np.dtype) -> Any:
     entry = jit()(_lookup_small)
     signature = types.Array(types.uint64, 2, "C", readonly=True)
     entry.compile((signature, types.Array(numba.from_dtype(ids_dtype), 2, "C", readonly=True), signature,
-                   types.int64))
+                   *_OUTPUTS))
     entry.disable_compile()
     return entry
 
@@ -633,21 +635,82 @@ def lookup_fast(query: Any, ids: Any, table: Any, k: Any) -> tuple[np.ndarray, n
     """``(idx, dist)`` of a small common lookup through :func:`small_entry`, or ``None``: use the general path.
 
     The guard: NumPy arrays, uint64 signatures and int64/int32 ids, all
-    C-contiguous and 2-D, a Python int ``k`` in ``0..SMALL_RESULTS`` (a
-    larger one may not fit the entry's int64) and work of at most
-    :data:`SMALL_WORK` that :func:`parallel_rows` would run in the calling
-    thread (below ``2 x SERIAL_WORK``); the entry checks the rest.
+    C-contiguous and 2-D, a Python int ``k >= 0`` with at most
+    :data:`SMALL_RESULTS` result slots (the outputs are allocated here) and
+    work of at most :data:`SMALL_WORK` that :func:`parallel_rows` would run
+    in the calling thread (below ``2 x SERIAL_WORK``); the entry checks the rest.
     """
     if not (type(query) is np.ndarray and type(ids) is np.ndarray and type(table) is np.ndarray
             and query.dtype == _UINT64 and table.dtype == _UINT64
             and (ids.dtype == _FAST_IDS[0] or ids.dtype == _FAST_IDS[1])
             and query.ndim == 2 and ids.ndim == 2 and table.ndim == 2
             and query.flags.c_contiguous and ids.flags.c_contiguous and table.flags.c_contiguous
-            and type(k) is int and 0 <= k <= SMALL_RESULTS
+            and type(k) is int and 0 <= k <= SMALL_RESULTS and query.shape[0] * k <= SMALL_RESULTS
             and ids.size * query.shape[1] <= min(SMALL_WORK, 2 * config.SERIAL_WORK - 1)):
         return None
-    code, idx, dist = small_entry(ids.dtype)(query, ids, table, k)
-    return (idx, dist) if code == DONE else None
+    idx, dist = np.empty((query.shape[0], k), dtype=np.int64), np.empty((query.shape[0], k), dtype=np.int32)
+    return (idx, dist) if small_entry(ids.dtype)(query, ids, table, idx, dist) == DONE else None
+
+
+#: :func:`_lookup_small` called from :func:`_lookup_at` (its own variants: writeable C arrays).
+_lookup_small_jit = jit()(_lookup_small)
+
+
+@intrinsic
+def _pointer_at(typingctx, address, dtype):
+    """The integer ``address`` as a pointer to ``dtype`` values."""
+    if not (isinstance(address, types.Integer) and isinstance(dtype, types.NumberClass)):
+        return None
+    pointer = types.CPointer(dtype.instance_type)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer))
+
+    return pointer(address, dtype), codegen
+
+
+def _lookup_at(query, query_rows, words, ids, ids_rows, length, ids_dtype, table, table_rows, table_words, idx,
+               dist):
+    """:func:`_lookup_small` on C-contiguous memory given by addresses and shapes (e.g. CPU tensors' ``data_ptr()``).
+
+    Each address is read as an array of its own shape (uint64 signatures,
+    ``ids_dtype`` ids) and :func:`_lookup_small` checks that they agree,
+    so no read leaves the memory the caller described.
+    """
+    return _lookup_small_jit(numba.carray(_pointer_at(query, np.uint64), (query_rows, words)),
+                             numba.carray(_pointer_at(ids, ids_dtype), (ids_rows, length)),
+                             numba.carray(_pointer_at(table, np.uint64), (table_rows, table_words)), idx, dist)
+
+
+@functools.lru_cache(maxsize=None)
+def _at_entry(ids_dtype: np.dtype) -> Any:
+    """The compiled :func:`_lookup_at` for ``ids_dtype`` (int64 or int32) ids, closed to further compiles."""
+    entry = jit()(_lookup_at)
+    size = types.int64
+    signature = (types.uintp, size, size, types.uintp, size, size, types.NumberClass(numba.from_dtype(ids_dtype)),
+                 types.uintp, size, size, *_OUTPUTS)
+    entry.compile(signature)
+    entry.disable_compile()
+    return entry.overloads[signature].entry_point  # called without the dispatcher's type resolution
+
+
+def lookup_at(query: tuple[int, int, int], ids: tuple[int, int, int], ids_dtype: np.dtype,
+              table: tuple[int, int, int], k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(idx, dist)`` of a small common lookup on memory the caller owns, or ``None``: use the general path.
+
+    ``query``, ``ids`` and ``table`` are ``(address, rows, columns)`` of
+    C-contiguous uint64 signatures and int64/int32 (``ids_dtype``) ids, alive
+    for the call (the torch ops pass their tensors' ``data_ptr()`` and
+    shape: no array view to build). The guard of :func:`lookup_fast` on the
+    sizes and ``k`` applies; its entry checks the rest. ``None`` always in
+    pure Python (``NUMBA_DISABLE_JIT=1``), where memory cannot be read by address.
+    """
+    batch = query[1]
+    if PURE_PYTHON or not (type(k) is int and 0 <= k <= SMALL_RESULTS and batch * k <= SMALL_RESULTS
+                           and ids[1] * ids[2] * query[2] <= min(SMALL_WORK, 2 * config.SERIAL_WORK - 1)):
+        return None
+    idx, dist = np.empty((batch, k), dtype=np.int64), np.empty((batch, k), dtype=np.int32)
+    return (idx, dist) if _at_entry(ids_dtype)(*query, *ids, ids_dtype.type, *table, idx, dist) == DONE else None
 
 
 _NO_MASK = kernel_input(np.zeros((0, 0), dtype=np.bool_))

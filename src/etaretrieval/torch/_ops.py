@@ -453,6 +453,64 @@ def _topk_padded(
     return _results(*cpu_topk.run(call))
 
 
+#: Id dtypes of the small-call fast path, and their NumPy dtypes.
+_FAST_IDS: dict[torch.dtype, np.dtype] = {torch.int64: np.dtype(np.int64), torch.int32: np.dtype(np.int32)}
+
+
+def _memory(t: torch.Tensor, dtype: torch.dtype) -> Optional[tuple[int, int, int]]:
+    """``(address, rows, columns)`` of a plain C-contiguous 2-D CPU tensor of ``dtype``, or None.
+
+    Plain: exactly a ``torch.Tensor`` (no subclass), dense, without a
+    negative bit (whose values are not the memory's) and with storage (an
+    efficient zero tensor has none: address 0). The tensors without strides
+    or sizes (sparse compressed, nested) raise in ``is_contiguous()`` or
+    ``shape``, as do those without storage in ``data_ptr()``; sparse COO
+    ones are not contiguous.
+    """
+    try:
+        if not (type(t) is torch.Tensor and t.dtype is dtype and t.is_cpu and t.is_contiguous() and not t.is_neg()):
+            return None
+        address, shape = t.data_ptr(), t.shape
+    except RuntimeError:
+        return None
+    return (address, shape[0], shape[1]) if address and len(shape) == 2 else None
+
+
+def _small_lookup(
+    query: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, k: int
+) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """The CPU driver's small-call fast path (:func:`~etaretrieval.cpu.topk.lookup_at`) on the tensors' memory, or None.
+
+    Plain C-contiguous 2-D CPU tensors (:func:`_memory`), int64 signatures
+    and int64/int32 ids, no validity arguments (the caller's guard); any
+    other call, or one the entry declines (a bad shape or id), returns
+    None and the general path runs (and raises).
+    """
+    ids_dtype = _FAST_IDS.get(ids.dtype) if type(ids) is torch.Tensor else None
+    if ids_dtype is None:
+        return None
+    q, i, t = _memory(query, torch.int64), _memory(ids, ids.dtype), _memory(table, torch.int64)
+    if q is None or i is None or t is None:
+        return None
+    fast = cpu_topk.lookup_at(q, i, ids_dtype, t, k)
+    return None if fast is None else (torch.from_numpy(fast[0]), torch.from_numpy(fast[1]))
+
+
+def _bypass_allowed() -> bool:
+    """Whether a front end may run a kernel itself rather than call the op through the dispatcher.
+
+    Only in eager mode with nothing that would see, trace or transform the
+    op call: not compiling or exporting, no torch dispatch mode (fake
+    tensors, functionalization, tracing), no torch function mode, no
+    ``torch.func`` transform (vmap, grad, functionalize) and no profiler
+    recording ops. The caller also takes plain CPU tensors only (:func:`_memory`).
+    """
+    return not (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+                or torch._C._is_torch_function_mode_enabled()
+                or torch._C._functorch.peek_interpreter_stack() is not None
+                or torch._C._autograd._profiler_enabled())
+
+
 def _lookup_fake(
     query: torch.Tensor,
     ids: torch.Tensor,
@@ -479,13 +537,10 @@ def _lookup_padded(
     padding_side: str = "right",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``etaretrieval::topk_hamming_lookup``: padded rows (see :func:`topk_hamming_lookup`)."""
-    if (lengths is None and mask is None and padding_id is None and padding_side == "right"
-            and query.dtype is torch.int64 and table.dtype is torch.int64 and ids.dtype in _FAST_IDS
-            and query.is_cpu and ids.is_cpu and table.is_cpu):
-        # the NumPy API's fast path on the tensors' views (its guard checks the rest)
-        fast = cpu_topk.lookup_fast(_uint64(query), ids.numpy(), _uint64(table), k)
+    if lengths is None and mask is None and padding_id is None and padding_side == "right":
+        fast = _small_lookup(query, ids, table, k)
         if fast is not None:
-            return torch.from_numpy(fast[0]), torch.from_numpy(fast[1])
+            return fast
     check_lookup(query, ids, table, k, lengths, mask, padding_side)
     _require_cpu("topk_hamming_lookup", query)
     i = _array(ids)
@@ -656,8 +711,6 @@ def jagged(name: str, t: torch.Tensor, offsets: Optional[torch.Tensor]) -> tuple
     return nested.values(), nested.offsets()
 
 
-#: Id dtypes the NumPy fast path takes (others go through the checks first).
-_FAST_IDS = (torch.int64, torch.int32)
 
 
 def _tensors(**args: object) -> None:
@@ -826,6 +879,11 @@ def topk_hamming_lookup(
             [ 0,  2]]), tensor([[ 0, -1],
             [ 1,  2]], dtype=torch.int32))
     """
+    if (lengths is None and mask is None and padding_id is None and offsets is None and padding_side == "right"
+            and _bypass_allowed()):
+        fast = _small_lookup(query, ids, table, k)
+        if fast is not None:
+            return fast
     _required(query=query, ids=ids, table=table)
     _tensors(query=query, ids=ids, table=table, lengths=lengths, mask=mask, offsets=offsets)
     k = check_k(k)
