@@ -171,6 +171,13 @@ def test_sdim_attention_jagged_equals_padded(case: dict) -> None:
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-10, atol=1e-12)
     assert values.grad is None  # only the values are summed; seq is hashed
+    pad_in, jag_in = padded(case, values), as_jagged(case, values)
+    buckets = sdim.summarize(jag_in["seq"], jag_in["mask"], jagged(extra, case["offsets"]))
+    torch.testing.assert_close(buckets, sdim.summarize(pad_in["seq"], pad_in["mask"], pad(case, extra, 0)),
+                               rtol=1e-12, atol=1e-14)
+    assert not buckets.requires_grad
+    torch.testing.assert_close(sdim.forward_from_buckets(case["target"], buckets), results[1][0], rtol=1e-10,
+                               atol=1e-12)
 
 
 @settings(deadline=None, max_examples=60)

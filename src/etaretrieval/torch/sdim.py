@@ -37,7 +37,7 @@ from ..simhash import hyperplanes
 from . import _ops
 from ._buffers import FixedDtypeBuffers
 from ._cuda import _bits, _device, _stream
-from ._jagged import aligned, is_jagged, parts
+from ._jagged import aligned, is_jagged, parts, row_index
 from ._ops import _check_validity, _numpy, _on, _require_cpu, _signatures, _uint64
 
 __all__ = ["SDIMAttention", "sdim_group_sums", "sdim_buckets", "sdim_from_buckets", "normalise_mean"]
@@ -151,10 +151,6 @@ def check_from_buckets(query: torch.Tensor, buckets: torch.Tensor) -> tuple[int,
             f"but query has W = {words} words ({64 * (words - 1) + 1}..{64 * words} bits)"
         )
     return batch, int(buckets.shape[-1]), tau
-
-
-#: The serving forms take padded histories only (no ragged bucket operator yet).
-_JAGGED_ONLY_FORWARD = "a jagged seq is taken by SDIMAttention.forward only (the serving summary is padded)"
 
 
 def _define(name: str, fake: Callable[..., object]) -> Callable[[Callable[..., object]], Callable[..., object]]:
@@ -348,9 +344,34 @@ def ragged_matches(
     m = _ops.bool_mask(mask)
     if m is not None:
         valid = valid & m
-    diff = keys ^ queries[seg]
-    bits = ((diff.unsqueeze(-1) >> torch.arange(64, device=keys.device)) & 1).flatten(-2)[:, : groups * tau]
-    return seg, ~bits.reshape(-1, groups, tau).bool().any(-1) & valid.unsqueeze(1)
+    return seg, ~_group_bits(keys ^ queries[seg], tau, groups).bool().any(-1) & valid.unsqueeze(1)
+
+
+def _group_bits(x: torch.Tensor, tau: int, groups: int) -> torch.Tensor:
+    """``(T, G, tau)`` int64 bits of ``(T, W)`` signatures: bit ``j`` of group ``g`` is signature bit ``g tau + j``."""
+    bits = ((x.unsqueeze(-1) >> torch.arange(64, device=x.device)) & 1).flatten(-2)[:, : groups * tau]
+    return bits.reshape(-1, groups, tau)
+
+
+def ragged_buckets(
+    keys: torch.Tensor, values: torch.Tensor, tau: int, groups: int, offsets: torch.Tensor,
+    mask: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """``(B, G, 2**tau, d)`` bucket sums of ragged rows (:func:`etaretrieval.sdim_buckets` per row); torch operations.
+
+    Each valid value is added, in every group, to the bucket of its code
+    there (``sum_j bit_j 2**j``); values of no row are left out.
+    """
+    total, d = values.shape
+    rows = row_index(offsets, total)
+    batch, ncodes = offsets.shape[0] - 1, 1 << tau
+    valid = rows < batch if mask is None else (rows < batch) & mask
+    codes = (_group_bits(keys, tau, groups) << torch.arange(tau, device=keys.device)).sum(-1)  # (T, G)
+    slot = (rows.unsqueeze(1) * groups + torch.arange(groups, device=keys.device)) * ncodes + codes
+    slot = torch.where(valid.unsqueeze(1), slot, batch * groups * ncodes)  # the last slot: dropped
+    out = values.new_zeros((batch * groups * ncodes + 1, d))
+    out = out.index_add(0, slot.reshape(-1), values.unsqueeze(1).expand(total, groups, d).reshape(-1, d))
+    return out[:-1].view(batch, groups, ncodes, d)
 
 
 def ragged_group_grads(
@@ -655,8 +676,6 @@ class SDIMAttention(FixedDtypeBuffers):
     def _sequence(
         self, seq: torch.Tensor, mask: Optional[torch.Tensor], values: Optional[torch.Tensor]
     ) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
-        if is_jagged(seq):
-            raise ValueError(f"{_JAGGED_ONLY_FORWARD}; the padded form of seq is (B, L, {self.dim})")
         _float_tensor("seq", seq, 3, f"(B, L, {self.dim})", None)
         if seq.shape[-1] != self.dim:
             raise ValueError(f"seq must have shape (B, L, {self.dim}), got shape {_shape(tuple(seq.shape))}")
@@ -741,7 +760,9 @@ class SDIMAttention(FixedDtypeBuffers):
         Parameters
         ----------
         seq, mask, values
-            As in :meth:`forward`.
+            As in :meth:`forward` (padded, or jagged: summed on the flat
+            values with torch operations, equal to the padded rows' summary
+            up to float rounding).
 
         Returns
         -------
@@ -749,6 +770,12 @@ class SDIMAttention(FixedDtypeBuffers):
             ``(B, G, 2**tau, d)``; ``buckets[b]`` serves any number of
             candidates of user ``b`` through :meth:`forward_from_buckets`.
         """
+        if is_jagged(seq):
+            flat, offsets, valid, vals = self._jagged(seq, mask, values)
+            sdim.check_bucket_size(self.groups, self.tau, vals.shape[1])
+            keys = _ops.pack_signatures(flat.detach(), self.planes)
+            with torch.no_grad():
+                return ragged_buckets(keys, vals, self.tau, self.groups, offsets, valid)
         keys, valid, vals = self._sequence(seq, mask, values)
         return torch.ops.etaretrieval.sdim_buckets(keys, vals.detach(), self.tau, self.bits, None, valid)
 
