@@ -51,7 +51,7 @@ from .._validate import (
 )
 from ..cpu import ragged as cpu_ragged
 from ..cpu import topk as cpu_topk
-from ..cpu.pack import pack_projection, raise_nonfinite
+from ..cpu.pack import pack_projection, raise_nonfinite, thresholds
 from ..cpu.pack import pack_signatures as host_pack
 from ..simhash import check_offset_finite, check_offset_shape
 
@@ -399,26 +399,24 @@ def _pack_cpu(
 def _pack_large(
     x: torch.Tensor, planes: torch.Tensor, check_finite: bool, offset: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
-    """Table-sized packing: ``torch.matmul`` per row chunk (the ``offset`` added to it), then the sign kernel.
+    """Table-sized packing: ``torch.matmul`` per row chunk, then the sign kernel (``offset`` as its threshold).
 
     The matmul runs on torch's own threads, not NumPy's BLAS.
     """
     x2 = x.reshape(-1, x.shape[-1])
     ctype = torch.promote_types(x2.dtype, planes.dtype)
     p = planes.to(ctype)
-    shift = None if offset is None else offset.detach().to(ctype)
     rows, bits = x2.shape[0], p.shape[1]
     out = np.empty((rows, (bits + 63) // 64), dtype=np.uint64)
     chunk = max(1, config.PACK_CHUNK_ELEMENTS // bits)
     proj = torch.empty((min(chunk, rows), bits), dtype=ctype)
     flags = np.empty(proj.shape[0], dtype=np.bool_)
+    limit = thresholds(None if offset is None else _array(offset), bits, proj.numpy().dtype)
     for start in range(0, rows, chunk):
         n = min(chunk, rows - start)
         block = x2[start : start + n].to(ctype)
         torch.matmul(block, p, out=proj[:n])
-        if shift is not None:
-            proj[:n] += shift
-        pack_projection(proj[:n].numpy(), out[start : start + n], flags[:n])
+        pack_projection(proj[:n].numpy(), out[start : start + n], flags[:n], limit)
         if check_finite and flags[:n].any():
             raise_nonfinite(block.numpy(), np.flatnonzero(flags[:n]), start, tuple(x.shape[:-1]))
     return torch.from_numpy(out.view(np.int64))
