@@ -9,7 +9,7 @@ import numpy as np
 
 from etaretrieval import SignatureTable, SimHasher, threads, topk_hamming_lookup
 from etaretrieval.bench.baselines import numpy_oneliner
-from etaretrieval.bench.pipeline import SMALL_CALL, PipelineConfig
+from etaretrieval.bench.pipeline import SMALL_CALL, PipelineConfig, noop_lookup_op
 
 ROWS, LENGTH, K = 100_000, 1024, 48
 
@@ -51,8 +51,9 @@ class SingleCall:
 class SmallCall:
     """The small call of ``python -m etaretrieval.bench --small-call`` (B=1, L=100, 64 bits, k=16) by each method.
 
-    The library's fast path, the torch op on the same data, and the NumPy
-    one-liner a user writes first (its ratio to the others is the figure).
+    The library's fast path, the torch front end and the torch op on the same
+    data, a no-op op registered as the op is (the dispatcher's floor), and the
+    NumPy one-liner a user writes first (its ratio to the others is the figure).
     """
 
     def setup(self) -> None:
@@ -66,13 +67,16 @@ class SmallCall:
         try:
             import torch
 
-            import etaretrieval.torch  # noqa: F401
+            import etaretrieval.torch
         except ImportError:
             return
         self.op = torch.ops.etaretrieval.topk_hamming_lookup
+        self.front_end = etaretrieval.torch.topk_hamming_lookup
+        self.noop = noop_lookup_op()
         self.targs = [torch.from_numpy(a.view(np.int64) if a.dtype == np.uint64 else a)
                       for a in (self.query, self.ids, self.table)]
         self.op(*self.targs, self.k)
+        self.front_end(*self.targs, self.k)
 
     def time_topk_hamming_lookup(self) -> None:
         topk_hamming_lookup(self.query, self.ids, self.table, self.k)
@@ -81,6 +85,16 @@ class SmallCall:
         if self.op is None:
             raise NotImplementedError("torch is not installed")
         self.op(*self.targs, self.k)
+
+    def time_torch_front_end(self) -> None:
+        if self.op is None:
+            raise NotImplementedError("torch is not installed")
+        self.front_end(*self.targs, self.k)
+
+    def time_noop_op(self) -> None:
+        if self.op is None:
+            raise NotImplementedError("torch is not installed")
+        self.noop(*self.targs, self.k)
 
     def time_numpy_oneliner(self) -> None:
         numpy_oneliner(self.query, self.ids, self.table, self.k)

@@ -24,7 +24,9 @@ every core:
   of that period measures the time slice, for any library;
 * *small call against NumPy*: one small lookup (:data:`SMALL_CALL`: one
   target, 100 behaviours, 64 bits, ``k = 16``) by :func:`topk_hamming_lookup`,
-  the torch op and the NumPy one-liner a user writes first
+  the torch front end :func:`etaretrieval.torch.topk_hamming_lookup`, the
+  torch op, a no-op op registered as the op is (what the dispatcher costs
+  alone) and the NumPy one-liner a user writes first
   (``np.bitwise_count(table[ids] ^ q).sum(-1)`` and ``np.argpartition``),
   called in turn round by round (:func:`interleaved`), and their ratios;
 * *concurrent callers*: requests per second of ``B = 64`` lookups
@@ -55,7 +57,8 @@ from .. import SignatureTable, SimHasher, threads, topk_hamming_lookup
 from .baselines import numpy_oneliner
 
 __all__ = ["PipelineConfig", "percentiles", "interleaved", "busy_cores", "run_pipeline", "run_small_call",
-           "format_pipeline", "PACE", "LOAD_RATIOS", "CONCURRENT_REQUESTS", "SMALL_CALL"]
+           "format_pipeline", "noop_lookup_op", "PACE", "LOAD_RATIOS", "CONCURRENT_REQUESTS", "SMALL_CALL",
+           "DISPATCHER_FLOOR"]
 
 #: Seconds between the arrivals of paced single calls.
 PACE = 0.001
@@ -66,6 +69,9 @@ CONCURRENT_REQUESTS = 10
 
 #: ``(B, L, k)`` of the small call timed against the NumPy one-liner (64 bits, ``N = rows``).
 SMALL_CALL = (1, 100, 16)
+
+#: Label of the no-op op timed in the small call (:func:`noop_lookup_op`).
+DISPATCHER_FLOOR = "no-op op (dispatcher floor)"
 
 #: Title of the last section: p99 under load over the idle p50 of the same calls (first
 #: column) and of the same call back to back (second column).
@@ -293,6 +299,29 @@ def _single_calls(cfg: PipelineConfig, rng: np.random.Generator) -> list[tuple[s
     return rows
 
 
+@functools.lru_cache(maxsize=None)
+def noop_lookup_op() -> Any:
+    """A no-op op registered as ``etaretrieval::topk_hamming_lookup`` is (its schema, a Python kernel for any device).
+
+    Its kernel returns two tensors made once: a call of it costs what the
+    dispatcher costs alone, the floor under any torch op with a Python kernel.
+    """
+    import torch
+
+    import etaretrieval.torch  # noqa: F401
+
+    schema = str(torch.ops.etaretrieval.topk_hamming_lookup.default._schema)
+    library = torch.library.Library("etaretrieval_bench", "FRAGMENT")
+    library.define(schema.replace("etaretrieval::topk_hamming_lookup", "noop_lookup"))
+    outputs = (torch.zeros((1, 1), dtype=torch.int64), torch.zeros((1, 1), dtype=torch.int32))
+    library.impl("noop_lookup", lambda *args, **kwargs: outputs, "CompositeExplicitAutograd")
+    _LIBRARIES.append(library)  # a library's registrations last as long as the object
+    return torch.ops.etaretrieval_bench.noop_lookup
+
+
+_LIBRARIES: list[Any] = []
+
+
 def run_small_call(cfg: PipelineConfig, rng: np.random.Generator, rounds: int | None = None
                    ) -> list[tuple[str, float, float]]:
     """Rows ``(label, p50, p99)`` of the :data:`SMALL_CALL` by each method, interleaved, then the ratios to NumPy.
@@ -311,10 +340,12 @@ def run_small_call(cfg: PipelineConfig, rng: np.random.Generator, rounds: int | 
     if importlib.util.find_spec("torch") is not None:
         import torch
 
-        import etaretrieval.torch  # noqa: F401
+        import etaretrieval.torch as et
 
         tq, ti, tt = (torch.from_numpy(a.view(np.int64) if a.dtype == np.uint64 else a) for a in (query, ids, table))
+        calls["torch front end"] = functools.partial(et.topk_hamming_lookup, tq, ti, tt, k)
         calls["torch op"] = functools.partial(torch.ops.etaretrieval.topk_hamming_lookup, tq, ti, tt, k)
+        calls[DISPATCHER_FLOOR] = functools.partial(noop_lookup_op(), tq, ti, tt, k)
     count = rounds or 10 * cfg.requests
     _progress(f"small call: B={batch}, L={length}, k={k}, {count} rounds of {len(calls)} methods in turn")
     stats = {name: (float(np.median(s)), float(np.percentile(s, 99))) for name, s in interleaved(calls, count).items()}
