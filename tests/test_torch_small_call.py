@@ -213,3 +213,91 @@ def test_export_traces_the_op(strict: bool) -> None:
     exported = torch.export.export(Lookup(), (query, ids, table), strict=strict)
     assert op.default in {node.target for node in exported.graph.nodes}
     same(exported.module()(query, ids, table), op(query, ids, table, 16))
+
+
+def ragged_case(seed: int, batch: int, total: int, rows: int, offsets_dtype: torch.dtype,
+                ids_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A query, flat ids, a table and offsets with Arrow semantics (offsets[0] may be above 0, values past the end)."""
+    gen = torch.Generator().manual_seed(seed)
+    table = torch.randint(-(2**63), 2**63 - 1, (rows, 1), generator=gen)
+    table[::2] = table[0].clone()  # ties
+    ids = torch.randint(0, rows, (total,), generator=gen).to(ids_dtype)
+    cuts = torch.sort(torch.randint(0, total + 1, (batch + 1,), generator=gen)).values
+    query = torch.randint(-(2**63), 2**63 - 1, (batch, 1), generator=gen)
+    return query, ids, table, cuts.to(offsets_dtype)
+
+
+@needs_jit
+@settings(deadline=None, max_examples=60)
+@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(0, 4), total=st.integers(0, 60), rows=st.integers(1, 40),
+       k=st.integers(0, 30), int32_offsets=st.booleans(), int32_ids=st.booleans(),
+       spoil=st.sampled_from([None, "id", "decreasing", "past_end", "negative"]))
+def test_ragged_bypass_equals_the_general_path(seed: int, batch: int, total: int, rows: int, k: int,
+                                               int32_offsets: bool, int32_ids: bool, spoil: str | None) -> None:
+    """Ragged rows by offsets and as a jagged tensor: the results (or the error) of the op's general path.
+
+    A mask of all True sends the op through its general path (the fast path takes no mask).
+    """
+    query, ids, table, offsets = ragged_case(seed, batch, total, rows, torch.int32 if int32_offsets else torch.int64,
+                                             torch.int32 if int32_ids else torch.int64)
+    if spoil == "id" and total:
+        ids[seed % total] = rows + seed % 3 if seed % 2 else -1
+    elif spoil == "decreasing" and batch > 1:
+        offsets[1] = offsets[2] + 1
+    elif spoil == "past_end":
+        offsets[-1] = total + 1
+    elif spoil == "negative":
+        offsets[0] = -1
+    general = torch.ones(total, dtype=torch.bool)
+    try:
+        want = torch.ops.etaretrieval.topk_hamming_lookup_ragged(query, ids, table, k, offsets, general)
+    except (IndexError, ValueError) as error:
+        for call in (lambda: et.topk_hamming_lookup(query, ids, table, k, offsets=offsets),
+                     lambda: torch.ops.etaretrieval.topk_hamming_lookup_ragged(query, ids, table, k, offsets)):
+            with pytest.raises(type(error), match=f"^{re.escape(str(error))}$"):
+                call()
+        return
+    same(et.topk_hamming_lookup(query, ids, table, k, offsets=offsets), want)
+    same(torch.ops.etaretrieval.topk_hamming_lookup_ragged(query, ids, table, k, offsets), want)
+    if offsets[0] == 0 and offsets[-1] == total and not int32_offsets:  # a jagged tensor of the same rows
+        nested = torch.nested.nested_tensor_from_jagged(ids, offsets)
+        same(et.topk_hamming_lookup(query, nested, table, k), want)
+
+
+@needs_jit
+def test_the_ragged_bypass_runs_in_eager_mode(bypass_calls: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offsets and jagged ids take the bypass (the op, made to fail, is not called); holes take the general path."""
+    query, ids, table, offsets = ragged_case(0, 3, 40, 30, torch.int64, torch.int64)
+    want = torch.ops.etaretrieval.topk_hamming_lookup_ragged(query, ids, table, 5, offsets)
+    nested = torch.nested.nested_tensor_from_jagged(ids[int(offsets[0]):int(offsets[-1])], offsets - offsets[0])
+
+    def fail(*args: object) -> None:
+        raise AssertionError("the op ran")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_ops, "topk_hamming_lookup_ragged", fail)
+        same(et.topk_hamming_lookup(query, ids, table, 5, offsets=offsets), want)
+        same(et.topk_hamming_lookup(query, nested, table, 5), want)
+    assert bypass_calls == [1, 1]
+    holes = torch.nested.narrow(ids[:40].reshape(2, 20), 1, torch.tensor([0, 3]), torch.tensor([5, 7]),
+                                layout=torch.jagged)
+    assert _ops._jagged_parts(holes) is None
+    with pytest.raises(ValueError, match="holes"):
+        et.topk_hamming_lookup(query[:2], holes, table, 5)
+
+
+@pytest.mark.filterwarnings(TORCH_INTERNAL_WARNING)
+def test_compile_traces_the_ragged_op(bypass_calls: list[int]) -> None:
+    graphs: list[torch.fx.GraphModule] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        graphs.append(gm)
+        return gm.forward
+
+    query, ids, table, offsets = ragged_case(1, 3, 40, 30, torch.int64, torch.int64)
+    compiled = torch.compile(lambda q, i, t, o: et.topk_hamming_lookup(q, i, t, 5, offsets=o), backend=backend,
+                             fullgraph=True)
+    same(compiled(query, ids, table, offsets), torch.ops.etaretrieval.topk_hamming_lookup_ragged(query, ids, table, 5,
+                                                                                              offsets))
+    assert torch.ops.etaretrieval.topk_hamming_lookup_ragged.default in {n.target for gm in graphs
+                                                                         for n in gm.graph.nodes}

@@ -533,16 +533,20 @@ SMALL_WORK = 1 << 15
 SMALL_RESULTS = 1 << 22
 
 
-def _lookup_small(query, ids, table, idx, dist):
+def _lookup_small(query, ids, offsets, table, idx, dist):
     """Fast path of :func:`etaretrieval.topk_hamming_lookup` into ``idx`` and ``dist``: a code, checks inside.
 
-    ``query`` ``(B, W)`` and ``table`` ``(N, W)`` uint64 and ``ids`` ``(B, L)``
-    int64 or int32, all C-contiguous; no mask, lengths nor padding id;
-    ``idx`` ``(B, k)`` int64 and ``dist`` ``(B, k)`` int32, allocated by the
-    caller (cheaper than returning arrays the compiled code allocates).
-    Checks the shapes and the ids; any failure returns a code other than
-    :data:`DONE` (the outputs then hold nothing to read) and the caller runs
-    the general path, which raises the error of the bad argument.
+    ``query`` ``(B, W)`` and ``table`` ``(N, W)`` uint64 and ``ids`` int64 or
+    int32, all C-contiguous; no mask, lengths nor padding id. Padded rows:
+    ``ids`` ``(B, L)`` and ``offsets`` empty. Ragged rows (as
+    :func:`etaretrieval.ragged.topk_hamming_lookup_ragged`): ``ids`` ``(1, T)``
+    holds the flat ids and row ``b`` is ``ids[0, offsets[b]:offsets[b + 1]]``
+    (``offsets`` ``(B + 1,)`` int64 or int32). ``idx`` ``(B, k)`` int64 and
+    ``dist`` ``(B, k)`` int32 are allocated by the caller (cheaper than
+    returning arrays the compiled code allocates). Checks the shapes, the
+    offsets and the ids; any failure returns a code other than :data:`DONE`
+    (the outputs then hold nothing to read) and the caller runs the general
+    path, which raises the error of the bad argument.
 
     One self-contained function, so that a fresh cache compiles it in a
     fraction of the general kernels' time (a jitted call chain is optimised
@@ -555,26 +559,37 @@ def _lookup_small(query, ids, table, idx, dist):
     """
     batch, words = query.shape
     nrows = table.shape[0]
-    length = ids.shape[1]
     k = idx.shape[1]
-    if not (ids.shape[0] == batch and table.shape[1] == words and 1 <= words <= MAX_WORDS and nrows > 0
+    ragged = offsets.shape[0] > 0
+    if not ((ids.shape[0] == 1 and offsets.shape[0] == batch + 1) if ragged else ids.shape[0] == batch):
+        return NOT_SMALL
+    if not (table.shape[1] == words and 1 <= words <= MAX_WORDS and nrows > 0
             and idx.shape[0] == batch and dist.shape[0] == batch and dist.shape[1] == k):
         return NOT_SMALL
-    distances = np.empty(length, dtype=np.int32)
+    if ragged:  # from >= 0 to <= T, non-decreasing
+        if offsets[0] < 0 or offsets[batch] > ids.shape[1]:
+            return NOT_SMALL
+        for b in range(batch):
+            if offsets[b] > offsets[b + 1]:
+                return NOT_SMALL
+    distances = np.empty(ids.shape[1], dtype=np.int32)
     first = np.empty(64 * words + 1, dtype=np.int64)
     last = np.uint64(nrows - 1)
-    take = min(k, length)
     for b in range(batch):
+        row, start, length = b, 0, ids.shape[1]
+        if ragged:
+            row, start, length = 0, np.int64(offsets[b]), np.int64(offsets[b + 1]) - np.int64(offsets[b])
+        take = min(k, length)
         largest = np.uint64(0)  # the largest id, as unsigned (a negative one is huge)
         if words == 1:  # one gather per position: a loop the compiler vectorises
             word = query[b, 0]
             for pos in range(length):
-                item = np.uint64(ids[b, pos])
+                item = np.uint64(ids[row, start + pos])
                 largest = max(largest, item)
                 distances[pos] = popcount(word ^ table[min(item, last), 0])
         else:
             for pos in range(length):
-                item = np.uint64(ids[b, pos])
+                item = np.uint64(ids[row, start + pos])
                 largest = max(largest, item)
                 item = min(item, last)
                 d = 0
@@ -609,6 +624,8 @@ def _lookup_small(query, ids, table, idx, dist):
 _OUTPUTS = (types.Array(types.int64, 2, "C"), types.Array(types.int32, 2, "C"))
 
 _UINT64 = np.dtype(np.uint64)
+#: The ``offsets`` of padded rows in :func:`_lookup_small`.
+_NO_OFFSETS = kernel_input(np.zeros(0, dtype=np.int64))
 _FAST_IDS = (np.dtype(np.int64), np.dtype(np.int32))
 
 
@@ -625,8 +642,8 @@ def small_entry(ids_dtype: np.dtype) -> Any:
         return _lookup_small
     entry = jit()(_lookup_small)
     signature = types.Array(types.uint64, 2, "C", readonly=True)
-    entry.compile((signature, types.Array(numba.from_dtype(ids_dtype), 2, "C", readonly=True), signature,
-                   *_OUTPUTS))
+    entry.compile((signature, types.Array(numba.from_dtype(ids_dtype), 2, "C", readonly=True),
+                   types.Array(types.int64, 1, "C", readonly=True), signature, *_OUTPUTS))
     entry.disable_compile()
     return entry
 
@@ -649,7 +666,7 @@ def lookup_fast(query: Any, ids: Any, table: Any, k: Any) -> tuple[np.ndarray, n
             and ids.size * query.shape[1] <= min(SMALL_WORK, 2 * config.SERIAL_WORK - 1)):
         return None
     idx, dist = np.empty((query.shape[0], k), dtype=np.int64), np.empty((query.shape[0], k), dtype=np.int32)
-    return (idx, dist) if small_entry(ids.dtype)(query, ids, table, idx, dist) == DONE else None
+    return (idx, dist) if small_entry(ids.dtype)(query, ids, _NO_OFFSETS, table, idx, dist) == DONE else None
 
 
 #: :func:`_lookup_small` called from :func:`_lookup_at` (its own variants: writeable C arrays).
@@ -669,48 +686,61 @@ def _pointer_at(typingctx, address, dtype):
     return pointer(address, dtype), codegen
 
 
-def _lookup_at(query, query_rows, words, ids, ids_rows, length, ids_dtype, table, table_rows, table_words, idx,
-               dist):
-    """:func:`_lookup_small` on C-contiguous memory given by addresses and shapes (e.g. CPU tensors' ``data_ptr()``).
+def _lookup_at(query, query_rows, words, ids, ids_rows, length, ids_dtype, offsets, count, offsets_dtype, table,
+               table_rows, table_words, idx, dist):
+    """:func:`_lookup_small` on C-contiguous memory given by addresses and sizes (e.g. CPU tensors' ``data_ptr()``).
 
     Each address is read as an array of its own shape (uint64 signatures,
-    ``ids_dtype`` ids) and :func:`_lookup_small` checks that they agree,
-    so no read leaves the memory the caller described.
+    ``ids_dtype`` ids, ``count`` offsets of ``offsets_dtype``: none for
+    padded rows) and :func:`_lookup_small` checks that they agree, so no
+    read leaves the memory the caller described.
     """
     return _lookup_small_jit(numba.carray(_pointer_at(query, np.uint64), (query_rows, words)),
                              numba.carray(_pointer_at(ids, ids_dtype), (ids_rows, length)),
+                             numba.carray(_pointer_at(offsets, offsets_dtype), count),
                              numba.carray(_pointer_at(table, np.uint64), (table_rows, table_words)), idx, dist)
 
 
 @functools.lru_cache(maxsize=None)
-def _at_entry(ids_dtype: np.dtype) -> Any:
-    """The compiled :func:`_lookup_at` for ``ids_dtype`` (int64 or int32) ids, closed to further compiles."""
+def _at_entry(ids_dtype: np.dtype, offsets_dtype: np.dtype) -> Any:
+    """The compiled :func:`_lookup_at` for ``ids_dtype`` ids and ``offsets_dtype`` offsets, closed to new compiles."""
     entry = jit()(_lookup_at)
-    size = types.int64
-    signature = (types.uintp, size, size, types.uintp, size, size, types.NumberClass(numba.from_dtype(ids_dtype)),
-                 types.uintp, size, size, *_OUTPUTS)
+    size, address = types.int64, types.uintp
+    signature = (address, size, size, address, size, size, types.NumberClass(numba.from_dtype(ids_dtype)),
+                 address, size, types.NumberClass(numba.from_dtype(offsets_dtype)), address, size, size, *_OUTPUTS)
     entry.compile(signature)
     entry.disable_compile()
     return entry.overloads[signature].entry_point  # called without the dispatcher's type resolution
 
 
+_INT64 = np.dtype(np.int64)
+#: ``(address, count, dtype)`` of no offsets (padded rows).
+_PADDED = (0, 0, _INT64)
+
+
 def lookup_at(query: tuple[int, int, int], ids: tuple[int, int, int], ids_dtype: np.dtype,
-              table: tuple[int, int, int], k: int) -> tuple[np.ndarray, np.ndarray] | None:
+              table: tuple[int, int, int], k: int, offsets: tuple[int, int, np.dtype] = _PADDED
+              ) -> tuple[np.ndarray, np.ndarray] | None:
     """``(idx, dist)`` of a small common lookup on memory the caller owns, or ``None``: use the general path.
 
     ``query``, ``ids`` and ``table`` are ``(address, rows, columns)`` of
     C-contiguous uint64 signatures and int64/int32 (``ids_dtype``) ids, alive
     for the call (the torch ops pass their tensors' ``data_ptr()`` and
-    shape: no array view to build). The guard of :func:`lookup_fast` on the
-    sizes and ``k`` applies; its entry checks the rest. ``None`` always in
-    pure Python (``NUMBA_DISABLE_JIT=1``), where memory cannot be read by address.
+    shape: no array view to build). Ragged rows: ``ids`` is ``(address, 1,
+    T)`` of the flat ids and ``offsets`` ``(address, B + 1, dtype)`` of
+    int64/int32 offsets (see :func:`_lookup_small`). The guard of
+    :func:`lookup_fast` on the sizes and ``k`` applies; the entry checks the
+    rest. ``None`` always in pure Python (``NUMBA_DISABLE_JIT=1``), where
+    memory cannot be read by address.
     """
     batch = query[1]
     if PURE_PYTHON or not (type(k) is int and 0 <= k <= SMALL_RESULTS and batch * k <= SMALL_RESULTS
                            and ids[1] * ids[2] * query[2] <= min(SMALL_WORK, 2 * config.SERIAL_WORK - 1)):
         return None
     idx, dist = np.empty((batch, k), dtype=np.int64), np.empty((batch, k), dtype=np.int32)
-    return (idx, dist) if _at_entry(ids_dtype)(*query, *ids, ids_dtype.type, *table, idx, dist) == DONE else None
+    code = _at_entry(ids_dtype, offsets[2])(*query, *ids, ids_dtype.type, offsets[0], offsets[1], offsets[2].type,
+                                             *table, idx, dist)
+    return (idx, dist) if code == DONE else None
 
 
 _NO_MASK = kernel_input(np.zeros((0, 0), dtype=np.bool_))

@@ -87,6 +87,12 @@ _CUSTOM_OP_TAGS = {"tags": _TAGS} if _TAGS and "tags" in inspect.signature(torch
 
 _LIB = torch.library.Library("etaretrieval", "FRAGMENT")  # kept for the life of the process
 
+_NESTED: Optional[type]
+try:  # the class of torch.jagged nested tensors (a private module; without it, they take the general path)
+    from torch.nested._internal.nested_tensor import NestedTensor as _NESTED
+except ImportError:  # pragma: no cover - torch without it
+    _NESTED = None
+
 if hasattr(torch.library, "infer_schema"):
     _infer_schema = torch.library.infer_schema
 else:  # torch 2.4
@@ -451,12 +457,14 @@ def _topk_padded(
     return _results(*cpu_topk.run(call))
 
 
-#: Id dtypes of the small-call fast path, and their NumPy dtypes.
+#: Id (and offset) dtypes of the small-call fast path, and their NumPy dtypes.
 _FAST_IDS: dict[torch.dtype, np.dtype] = {torch.int64: np.dtype(np.int64), torch.int32: np.dtype(np.int32)}
 
 
-def _memory(t: torch.Tensor, dtype: torch.dtype) -> Optional[tuple[int, int, int]]:
+def _memory(t: torch.Tensor, dtype: torch.dtype, flat: bool = False) -> Optional[tuple[int, int, int]]:
     """``(address, rows, columns)`` of a plain C-contiguous 2-D CPU tensor of ``dtype``, or None.
+
+    With ``flat``, of a 1-D tensor of ``n`` elements instead, as one row: ``(address, 1, n)``.
 
     Plain: exactly a ``torch.Tensor`` (no subclass), dense, without a
     negative bit (whose values are not the memory's) and with storage (an
@@ -471,27 +479,56 @@ def _memory(t: torch.Tensor, dtype: torch.dtype) -> Optional[tuple[int, int, int
         address, shape = t.data_ptr(), t.shape
     except RuntimeError:
         return None
-    return (address, shape[0], shape[1]) if address and len(shape) == 2 else None
+    if not address:
+        return None
+    if flat:
+        return (address, 1, shape[0]) if len(shape) == 1 else None
+    return (address, shape[0], shape[1]) if len(shape) == 2 else None
 
 
 def _small_lookup(
-    query: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, k: int
+    query: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, k: int, offsets: Optional[torch.Tensor] = None
 ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
     """The CPU driver's small-call fast path (:func:`~etaretrieval.cpu.topk.lookup_at`) on the tensors' memory, or None.
 
-    Plain C-contiguous 2-D CPU tensors (:func:`_memory`), int64 signatures
-    and int64/int32 ids, no validity arguments (the caller's guard); any
-    other call, or one the entry declines (a bad shape or id), returns
-    None and the general path runs (and raises).
+    Plain C-contiguous CPU tensors (:func:`_memory`): int64 signatures, and
+    ``(B, L)`` int64/int32 ids, or flat ``(T,)`` ones with ``(B + 1,)``
+    int64/int32 ``offsets``; no validity arguments (the caller's guard). Any
+    other call, or one the entry declines (a bad shape, offset or id),
+    returns None and the general path runs (and raises).
     """
     ids_dtype = _FAST_IDS.get(ids.dtype) if type(ids) is torch.Tensor else None
     if ids_dtype is None:
         return None
-    q, i, t = _memory(query, torch.int64), _memory(ids, ids.dtype), _memory(table, torch.int64)
+    flat = offsets is not None
+    q, i, t = _memory(query, torch.int64), _memory(ids, ids.dtype, flat), _memory(table, torch.int64)
     if q is None or i is None or t is None:
         return None
-    fast = cpu_topk.lookup_at(q, i, ids_dtype, t, k)
+    if offsets is None:
+        fast = cpu_topk.lookup_at(q, i, ids_dtype, t, k)
+    else:
+        offsets_dtype = _FAST_IDS.get(offsets.dtype) if type(offsets) is torch.Tensor else None
+        o = None if offsets_dtype is None else _memory(offsets, offsets.dtype, flat)
+        if o is None or offsets_dtype is None:
+            return None
+        fast = cpu_topk.lookup_at(q, i, ids_dtype, t, k, (o[0], o[2], offsets_dtype))
     return None if fast is None else (torch.from_numpy(fast[0]), torch.from_numpy(fast[1]))
+
+
+def _jagged_parts(t: object) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """``(values, offsets)`` of a ``torch.jagged`` nested tensor without holes, read from its fields; else None.
+
+    Eager front ends only (:func:`_bypass_allowed`): any attribute or method
+    of a nested tensor (``is_nested``, ``values()``) runs through its
+    ``__torch_function__``, tens of microseconds each; its fields are the
+    same tensors, read directly. The ragged dimension must be the second.
+    """
+    if _NESTED is None or type(t) is not _NESTED:
+        return None
+    nested: Any = t
+    if nested._lengths is not None or nested._ragged_idx != 1:
+        return None
+    return nested._values, nested._offsets
 
 
 def _bypass_allowed() -> bool:
@@ -678,6 +715,10 @@ def topk_hamming_lookup_ragged(
             [2, 1]]), tensor([[0, 1],
             [1, 2]], dtype=torch.int32))
     """
+    if mask is None and padding_id is None:
+        fast = _small_lookup(query, ids, table, k, offsets)
+        if fast is not None:
+            return fast
     batch = check_lookup_ragged(query, ids, table, k, offsets, mask)
     _require_cpu("topk_hamming_lookup_ragged", query)
     i = _array(ids)
@@ -877,9 +918,10 @@ def topk_hamming_lookup(
             [ 0,  2]]), tensor([[ 0, -1],
             [ 1,  2]], dtype=torch.int32))
     """
-    if (lengths is None and mask is None and padding_id is None and offsets is None and padding_side == "right"
-            and _bypass_allowed()):
-        fast = _small_lookup(query, ids, table, k)
+    if lengths is None and mask is None and padding_id is None and padding_side == "right" and _bypass_allowed():
+        parts = _jagged_parts(ids) if offsets is None else None
+        values, flat_offsets = (ids, offsets) if parts is None else parts
+        fast = _small_lookup(query, values, table, k, flat_offsets)
         if fast is not None:
             return fast
     _required(query=query, ids=ids, table=table)
