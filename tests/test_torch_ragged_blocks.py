@@ -7,6 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import reference as ref  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
@@ -24,6 +25,7 @@ from etaretrieval.torch import (  # noqa: E402
     TWINAttention,
     select_top,
 )
+from etaretrieval.torch.sdim import group_codes  # noqa: E402
 
 DIM = 8
 
@@ -199,6 +201,18 @@ def test_select_top_of_a_jagged_score_equals_the_padded_one(rows: list[int], k: 
     want = select_top(pad_score, pad_mask, k)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert got[0].shape == (len(rows), k) and got[0].dtype == torch.int64
+
+
+@settings(deadline=None, max_examples=60)
+@given(seed=st.integers(0, 2**32 - 1), tau=st.sampled_from([1, 3, 5, 7, 12, 16]), rows=st.integers(0, 6),
+       groups=st.integers(0, 12))
+def test_group_codes_equal_the_reference(seed: int, tau: int, rows: int, groups: int) -> None:
+    groups = min(groups, 192 // tau)
+    words = max(1, -(-groups * tau // 64))
+    sig = np.random.default_rng(seed).integers(0, 2**64, size=(rows, words), dtype=np.uint64)
+    got = group_codes(torch.from_numpy(sig.view(np.int64)), tau, groups)
+    assert got.shape == (rows, groups) and got.dtype == torch.int64
+    assert got.tolist() == ref.sdim_codes(sig, tau, groups * tau).tolist()  # groups straddling words included
 
 
 class Shapes(TorchDispatchMode):

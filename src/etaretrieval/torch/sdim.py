@@ -344,13 +344,25 @@ def ragged_matches(
     m = _ops.bool_mask(mask)
     if m is not None:
         valid = valid & m
-    return seg, ~_group_bits(keys ^ queries[seg], tau, groups).bool().any(-1) & valid.unsqueeze(1)
+    return seg, (group_codes(keys ^ queries[seg], tau, groups) == 0) & valid.unsqueeze(1)
 
 
-def _group_bits(x: torch.Tensor, tau: int, groups: int) -> torch.Tensor:
-    """``(T, G, tau)`` int64 bits of ``(T, W)`` signatures: bit ``j`` of group ``g`` is signature bit ``g tau + j``."""
-    bits = ((x.unsqueeze(-1) >> torch.arange(64, device=x.device)) & 1).flatten(-2)[:, : groups * tau]
-    return bits.reshape(-1, groups, tau)
+def group_codes(x: torch.Tensor, tau: int, groups: int) -> torch.Tensor:
+    """``(N, G)`` int64 codes of ``(N, W)`` signature words: code ``g`` is ``sum_j bit(g tau + j) 2**j``.
+
+    One or two word reads per group (a group may straddle two words); the
+    arithmetic right shift of a negative int64 word only brings in bits that
+    the mask then clears.
+    """
+    low = (1 << tau) - 1
+    out = []
+    for g in range(groups):
+        word, shift = divmod(g * tau, 64)
+        code = (x[:, word] >> shift) & (low if shift + tau <= 64 else (1 << (64 - shift)) - 1)
+        if shift + tau > 64:  # the group's high bits open the next word
+            code = code | ((x[:, word + 1] & ((1 << (shift + tau - 64)) - 1)) << (64 - shift))
+        out.append(code)
+    return torch.stack(out, dim=1) if out else x.new_zeros((x.shape[0], 0))
 
 
 def ragged_buckets(
@@ -366,7 +378,7 @@ def ragged_buckets(
     rows = row_index(offsets, total)
     batch, ncodes = offsets.shape[0] - 1, 1 << tau
     valid = rows < batch if mask is None else (rows < batch) & mask
-    codes = (_group_bits(keys, tau, groups) << torch.arange(tau, device=keys.device)).sum(-1)  # (T, G)
+    codes = group_codes(keys, tau, groups)
     slot = (rows.unsqueeze(1) * groups + torch.arange(groups, device=keys.device)) * ncodes + codes
     slot = torch.where(valid.unsqueeze(1), slot, batch * groups * ncodes)  # the last slot: dropped
     out = values.new_zeros((batch * groups * ncodes + 1, d))
@@ -380,11 +392,15 @@ def ragged_group_grads(
 ) -> torch.Tensor:
     """``(T, d)`` gradient of the ragged group sums w.r.t. ``values``: per key, ``grad`` of its matching groups.
 
-    Summed in float64 (as the padded kernel), zero for keys of no row.
+    Summed in float64, groups in increasing order (as the padded kernel),
+    one ``(T, d)`` step per group; zero for keys of no row.
     """
     seg, match = ragged_matches(query, keys, tau, grad.shape[1], offsets, mask)
     rows = torch.cat([grad.to(torch.float64), grad.new_zeros((1, *grad.shape[1:]), dtype=torch.float64)])
-    return torch.where(match.unsqueeze(-1), rows[seg], 0.0).sum(1).to(grad.dtype)
+    out = rows.new_zeros((keys.shape[0], grad.shape[2]))
+    for g in range(grad.shape[1]):
+        out = out + torch.where(match[:, g : g + 1], rows[:, g][seg], 0.0)
+    return out.to(grad.dtype)
 
 
 def _sums_ragged_fake(
