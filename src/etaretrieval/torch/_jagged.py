@@ -19,13 +19,17 @@ from typing import Optional
 
 import torch
 
-from .._validate import _shape
+from .. import ragged
+from .._validate import DTypeError, NonFiniteError, _shape, valid_nonfinite_error
 from . import _ops
 
 __all__ = [
     "is_jagged",
     "parts",
     "aligned",
+    "floats",
+    "ints",
+    "flat_mask",
     "row_index",
     "newer",
     "segment_softmax",
@@ -33,6 +37,7 @@ __all__ = [
     "newest",
     "flat_index",
     "take",
+    "nonfinite_at",
 ]
 
 
@@ -63,7 +68,9 @@ def parts(name: str, t: object) -> tuple[torch.Tensor, torch.Tensor]:
     TypeError
         ``t`` is not a tensor.
     ValueError
-        ``t`` is not a jagged nested tensor, or has holes (``lengths()`` set).
+        ``t`` is not a jagged nested tensor, has holes (``lengths()`` set),
+        or its offsets break the rules of ragged rows (non-decreasing, within
+        the values; checked outside ``torch.compile``, where the ops check them).
 
     Examples
     --------
@@ -78,6 +85,19 @@ def parts(name: str, t: object) -> tuple[torch.Tensor, torch.Tensor]:
         ...
     ValueError: seq must be a torch.nested jagged tensor here, got a dense tensor of shape (2, 3)
     """
+    values, offsets = _unpack(name, t)
+    if not torch.compiler.is_compiling():  # B + 1 integers read back; compiled graphs leave this to the ops
+        if not _ops.is_integer(offsets.dtype):
+            raise DTypeError(f"{name} has offsets of dtype {offsets.dtype}, need int32 or int64")
+        try:
+            ragged.as_offsets(offsets.detach().cpu().numpy(), offsets.shape[0] - 1, values.shape[0], name)
+        except ValueError as err:
+            raise ValueError(f"{name} has bad offsets: {err}") from None
+    return values, offsets
+
+
+def _unpack(name: str, t: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, offsets)`` of a jagged nested tensor, its offsets' values unchecked."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_nested:
@@ -132,7 +152,7 @@ def aligned(name: str, t: object, offsets: torch.Tensor, total: int, of: str) ->
         ...
     ValueError: times must have the offsets of history ([0, 2, 5]), got [0, 3, 5]
     """
-    values, own = parts(name, t)
+    values, own = _unpack(name, t)
     if own is not offsets:
         if own.shape != offsets.shape:
             raise ValueError(f"{name} must have the {offsets.shape[0] - 1} rows of {of}, got {own.shape[0] - 1}")
@@ -145,6 +165,87 @@ def aligned(name: str, t: object, offsets: torch.Tensor, total: int, of: str) ->
     if values.shape[0] != total:
         raise ValueError(f"{name} must have the {total} values of {of}, got {values.shape[0]}")
     return values
+
+
+def floats(name: str, t: object, batch: int, dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, offsets)`` of a jagged ``(B, j, dim)`` float history ``t`` (the argument ``name``), checked.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch._jagged import floats
+    >>> seq = torch.nested.nested_tensor_from_jagged(torch.zeros(5, 3), torch.tensor([0, 2, 5]))
+    >>> floats("seq", seq, 2, 4, torch.device("cpu"))
+    Traceback (most recent call last):
+        ...
+    ValueError: seq must have shape (2, j, 4) (a jagged tensor), got 2 rows, values of shape (5, 3)
+    """
+    values, offsets = parts(name, t)
+    if not values.dtype.is_floating_point:
+        raise DTypeError(f"{name} must have a floating-point dtype, got {values.dtype}")
+    if values.dim() != 2 or values.shape[1] != dim or offsets.shape[0] != batch + 1:
+        raise ValueError(f"{name} must have shape ({batch}, j, {dim}) (a jagged tensor), got "
+                         f"{_rows(values, offsets)}")
+    if values.device != device:
+        raise ValueError(f"{name} must be on the device of target ({device}), got {values.device}")
+    return values, offsets
+
+
+def ints(name: str, t: object, offsets: torch.Tensor, total: int, of: str) -> torch.Tensor:
+    """The flat ``(T,)`` values of ``t``, a jagged integer tensor ``(B, j)`` with the rows of ``of``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch._jagged import ints
+    >>> offsets = torch.tensor([0, 2, 5])
+    >>> ints("times", torch.nested.nested_tensor_from_jagged(torch.zeros(5), offsets), offsets, 5, "seq")
+    Traceback (most recent call last):
+        ...
+    etaretrieval._validate.DTypeError: times must have an integer dtype, got torch.float32
+    """
+    values = aligned(name, t, offsets, total, of)
+    if not _ops.is_integer(values.dtype):
+        raise DTypeError(f"{name} must have an integer dtype, got {values.dtype}")
+    if values.dim() != 1:
+        raise ValueError(f"{name} must have shape (B, j) (a jagged tensor of scalars), got "
+                         f"{_rows(values, offsets)}")
+    return values
+
+
+def flat_mask(mask: object, offsets: torch.Tensor, total: int, of: str) -> Optional[torch.Tensor]:
+    """The flat ``(T,)`` bool mask of a jagged ``mask`` (bool, or numeric with non-zero = valid) or ``None``.
+
+    A dense mask is refused: a jagged ``of`` has no padding to mask, and a
+    mask of its rows is itself jagged (with the same offsets).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch._jagged import flat_mask
+    >>> offsets = torch.tensor([0, 2, 3])
+    >>> flat_mask(torch.nested.nested_tensor_from_jagged(torch.tensor([1, 0, 2]), offsets), offsets, 3, "seq")
+    tensor([ True, False,  True])
+    >>> flat_mask(torch.ones(2, 2, dtype=torch.bool), offsets, 3, "seq")
+    Traceback (most recent call last):
+        ...
+    ValueError: mask must be None or a jagged tensor with the rows of seq, got a dense tensor of shape (2, 2)
+    """
+    if mask is None:
+        return None
+    if isinstance(mask, torch.Tensor) and not mask.is_nested:
+        raise ValueError(f"mask must be None or a jagged tensor with the rows of {of}, got a dense tensor of shape "
+                         f"{_shape(tuple(mask.shape))}")
+    values = aligned("mask", mask, offsets, total, of)
+    if values.dtype.is_complex or values.dim() != 1:
+        raise ValueError(f"mask must be a (B, j) jagged tensor of bool (or real numbers, non-zero = valid), got "
+                         f"dtype {values.dtype}, {_rows(values, offsets)}")
+    return _ops.bool_mask(values)
+
+
+def _rows(values: torch.Tensor, offsets: torch.Tensor) -> str:
+    """A jagged tensor's rows and values shape, for messages."""
+    return f"{offsets.shape[0] - 1} rows, values of shape {_shape(tuple(values.shape))}"
 
 
 def row_index(offsets: torch.Tensor, total: int) -> torch.Tensor:
@@ -334,6 +435,25 @@ def take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return values.new_zeros((*index.shape, *values.shape[1:]))
     got = values[index.clamp(min=0)]
     return torch.where(_trailing(index >= 0, got), got, 0)
+
+
+def nonfinite_at(name: str, err: NonFiniteError, offsets: torch.Tensor) -> NonFiniteError:
+    """``err`` (a non-finite flat value ``err.where = (t,)`` of the argument ``name``) naming its row and position.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval._validate import NonFiniteError
+    >>> from etaretrieval.torch._jagged import nonfinite_at
+    >>> str(nonfinite_at("seq", NonFiniteError("x holds a NaN", (3,)), torch.tensor([0, 2, 5])))[:60]
+    'seq holds a non-finite value (NaN or inf) in row 1 at positi'
+    """
+    if len(err.where) != 1:
+        return err
+    o = offsets.detach().cpu().to(torch.int64)
+    row = int(torch.searchsorted(o[1:], torch.tensor(err.where[0]), right=True))
+    found = valid_nonfinite_error((row, err.where[0] - int(o[row])))
+    return NonFiniteError(f"{name}{str(found)[1:]}", found.where)
 
 
 def _trailing(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .._validate import _as_int, _shape, check_k, check_padding_side
-from . import _ops
+from . import _jagged, _ops
 from ._checks import _bool_mask, _floats
 from ._planes import fold
 from .cache import SignatureCache
@@ -90,12 +90,20 @@ class TargetAttention(nn.Module):
         target : torch.Tensor
             ``(B, d)`` queries.
         items : torch.Tensor
-            ``(B, T, d)`` keys and values (a behaviour sequence: oldest to newest).
+            ``(B, T, d)`` keys and values (a behaviour sequence: oldest to
+            newest), or a ``torch.nested`` jagged tensor ``(B, j, d)`` of
+            ragged rows: then the scores are computed on its flat values, the
+            softmax runs within each row and the weighted sum per row, with
+            no ``(B, L_max)`` block (an empty row gives zero weights, as a
+            fully masked padded row does).
         mask : torch.Tensor, optional
             ``(B, T)`` valid items: bool, or numeric with non-zero = valid.
+            With jagged ``items``: ``None`` (every item is valid) or a jagged
+            ``(B, j)`` mask with the items' offsets; a dense mask is refused.
         seq_time, target_time : torch.Tensor, optional
             ``(B, T)`` and ``(B,)`` integer timestamps of the items and of the
-            request; used by ``time`` only.
+            request; used by ``time`` only. With jagged ``items``,
+            ``seq_time`` is a jagged ``(B, j)`` integer tensor with their offsets.
         seq_cat, target_cat : torch.Tensor, optional
             Ignored (the common interest-block arguments).
 
@@ -106,6 +114,8 @@ class TargetAttention(nn.Module):
         """
         d = self.query.in_features
         _floats("target", target, 2, f"(B, {d})")
+        if _jagged.is_jagged(items):
+            return self._forward_jagged(target, items, mask, seq_time, target_time)
         _floats("items", items, 3, f"(B, T, {d})", target.device)
         batch, length, _ = items.shape
         if target.shape[1] != d or items.shape[0] != target.shape[0] or items.shape[2] != d:
@@ -118,6 +128,48 @@ class TargetAttention(nn.Module):
         if self.time is not None:
             items = items + self.time(mask, seq_time, target_time, shape=(batch, length)).to(items.dtype)
         return self.attend(target, items, mask)
+
+    def _forward_jagged(
+        self,
+        target: torch.Tensor,
+        items: torch.Tensor,
+        mask: Optional[torch.Tensor],
+        seq_time: Optional[torch.Tensor],
+        target_time: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """:meth:`forward` over a jagged ``items`` ``(B, j, d)``: on its flat values, no padded block."""
+        d, batch = self.query.in_features, target.shape[0]
+        if target.shape[1] != d:
+            raise ValueError(f"target must have shape (B, {d}), got shape {_shape(tuple(target.shape))}")
+        values, offsets = _jagged.floats("items", items, batch, d, target.device)
+        total = values.shape[0]
+        valid = _jagged.flat_mask(mask, offsets, total, "items")
+        rows = _jagged.row_index(offsets, total)
+        if self.time is not None:
+            flat_time = None if seq_time is None else _jagged.ints("seq_time", seq_time, offsets, total, "items")
+            interval = self.time.flat_intervals(offsets, rows, valid, flat_time, target_time)
+            values = values + self.time.embed(interval).to(values.dtype)
+        return self.attend_flat(target, values, rows, valid)
+
+    def attend_flat(
+        self, target: torch.Tensor, values: torch.Tensor, rows: torch.Tensor, valid: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """The attention over ragged rows on checked arguments: flat ``values`` ``(T, d)`` of rows ``rows`` ``(T,)``.
+
+        Scores on the flat values, a softmax within each row, a weighted sum
+        per row: :meth:`attend` of the padded rows, without a ``(B, L_max)``
+        block. ``rows`` is ``B`` for values of no row (left out); ``valid``
+        ``(T,)`` bool or ``None``.
+        """
+        batch, d = target.shape
+        h = self.heads
+        q = self.query(target).view(batch, h, d // h)
+        q = torch.cat([q, q.new_zeros(1, h, d // h)])[rows]  # each value's query (a value of no row: zeros)
+        k = self.key(values).view(-1, h, d // h)
+        v = self.value(values).view(-1, h, d // h)
+        weights = _jagged.segment_softmax((q * k).sum(-1) / math.sqrt(d // h), rows, batch, valid)
+        pooled = _jagged.segment_sum(weights.unsqueeze(-1) * v, rows, batch)
+        return self.out(pooled.reshape(batch, d))
 
     def logits(self, target: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """``(B, heads, T)`` attention logits ``q k^T / sqrt(d / heads)`` on checked arguments (no mask, no time)."""
@@ -352,21 +404,45 @@ class ETAAttention(nn.Module):
 
         ``target``, ``seq``, ``mask``, ``seq_ids``, ``items``, ``cache``,
         ``lengths`` and ``padding_side`` are as in
-        :meth:`ETARetriever.forward`; ``seq_time`` ``(B, L)`` and
-        ``target_time`` ``(B,)`` integer timestamps feed ``time``;
-        ``seq_cat`` and ``target_cat`` are ignored (the common interest-block
-        arguments).
+        :meth:`ETARetriever.forward` (``seq`` / ``seq_ids`` may be
+        ``torch.nested`` jagged tensors: ragged histories, no ``(B, L_max)``
+        block); ``seq_time`` ``(B, L)`` (jagged ``(B, j)`` with a jagged
+        history, with its offsets) and ``target_time`` ``(B,)`` integer
+        timestamps feed ``time``; ``seq_cat`` and ``target_cat`` are ignored
+        (the common interest-block arguments).
         """
         values, index, valid = self.retrieve(
             target, seq, mask, seq_ids=seq_ids, items=items, cache=cache, lengths=lengths, padding_side=padding_side
         )
         if self.time is not None:
-            length = seq.shape[1] if seq is not None else seq_ids.shape[1]  # type: ignore[union-attr]
-            valid_seq = _valid_positions(mask, lengths, padding_side, index.shape[0], length, index.device)
-            interval = self.time.intervals(valid_seq, seq_time, target_time, shape=(index.shape[0], length))
-            interval = gather_positions(interval, index)
+            if _jagged.is_jagged(seq) or _jagged.is_jagged(seq_ids):
+                interval = self._jagged_intervals(index, seq, mask, seq_ids, seq_time, target_time)
+            else:
+                length = seq.shape[1] if seq is not None else seq_ids.shape[1]  # type: ignore[union-attr]
+                valid_seq = _valid_positions(mask, lengths, padding_side, index.shape[0], length, index.device)
+                interval = self.time.intervals(valid_seq, seq_time, target_time, shape=(index.shape[0], length))
+                interval = gather_positions(interval, index)
             values = values + self.time.embed(interval).to(values.dtype) * valid.unsqueeze(-1).to(values.dtype)
         return self.attention.attend(target, values, valid)
+
+    def _jagged_intervals(
+        self,
+        index: torch.Tensor,
+        seq: Optional[torch.Tensor],
+        mask: Optional[torch.Tensor],
+        seq_ids: Optional[torch.Tensor],
+        seq_time: Optional[torch.Tensor],
+        target_time: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """``(B, k)`` intervals of the retrieved positions ``index`` of a jagged history (checked by the retriever)."""
+        assert self.time is not None
+        of = "seq" if seq is not None else "seq_ids"
+        values, offsets = _jagged.parts(of, seq if seq is not None else seq_ids)
+        total = values.shape[0]
+        valid = _jagged.flat_mask(mask, offsets, total, of)
+        flat_time = None if seq_time is None else _jagged.ints("seq_time", seq_time, offsets, total, of)
+        interval = self.time.flat_intervals(offsets, _jagged.row_index(offsets, total), valid, flat_time, target_time)
+        return _jagged.take(interval, _jagged.flat_index(offsets, index))
 
 
 def _valid_positions(

@@ -11,7 +11,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .._validate import DTypeError, _shape
 from ..simhash import SimHasher
-from . import _ops
+from . import _jagged, _ops
 from ._buffers import FixedDtypeBuffers
 from ._planes import hash_rows
 
@@ -241,7 +241,8 @@ class SignatureCache(FixedDtypeBuffers):
         Parameters
         ----------
         rows : torch.Tensor or array_like of int, optional
-            Ids of the rows that changed, any shape; duplicates are fine.
+            Ids of the rows that changed, any shape (or a ``torch.nested``
+            jagged tensor of them, e.g. a batch's histories); duplicates are fine.
             After a row refresh the cache counts as fresh: the rows not
             given are taken to be unchanged.
 
@@ -272,6 +273,8 @@ class SignatureCache(FixedDtypeBuffers):
                 self._seen = weight.clone()
             self._mark_fresh()
             return
+        if _jagged.is_jagged(rows):
+            rows = _jagged.parts("rows", rows)[0]
         r = torch.as_tensor(rows, device=weight.device)
         n = weight.shape[0]
         if r.numel():  # (an empty list is float to torch)

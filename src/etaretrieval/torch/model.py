@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 import torch
 from torch import nn
 
 from .._validate import DTypeError, _shape
-from . import _ops
+from . import _jagged, _ops
 from ._checks import _bool_mask, _ints
 from .attention import ETAAttention
 from .baselines import RecentWindowAttention
@@ -96,6 +96,15 @@ class ETAModel(nn.Module):
     ...                times=torch.arange(300).expand(4, -1), target_time=torch.full((4,), 300))
     >>> logits.shape
     torch.Size([4])
+
+    Ragged histories as ``torch.nested`` jagged tensors sharing one offsets tensor:
+
+    >>> offsets = torch.tensor([0, 120, 120, 300, 420])  # row 1 is empty
+    >>> jagged = lambda values: torch.nested.nested_tensor_from_jagged(values, offsets)
+    >>> model(jagged(torch.randint(1, 101, (420,))), torch.randint(1, 101, (4,)),
+    ...       categories=jagged(torch.randint(1, 6, (420,))), target_category=torch.randint(1, 6, (4,)),
+    ...       times=jagged(torch.arange(420)), target_time=torch.full((4,), 420)).shape
+    torch.Size([4])
     """
 
     def __init__(
@@ -177,11 +186,14 @@ class ETAModel(nn.Module):
         Parameters
         ----------
         history : torch.Tensor
-            ``(B, L)`` int64 item ids, oldest to newest, padded on either side.
+            ``(B, L)`` int64 item ids, oldest to newest, padded on either
+            side; or a ``torch.nested`` jagged ``(B, j)`` integer tensor of
+            ragged rows (see Notes).
         target : torch.Tensor
             ``(B,)`` int64 target item ids.
         mask : torch.Tensor, optional
-            ``(B, L)`` bool, true at real behaviours; default ``history != 0``.
+            ``(B, L)`` bool, true at real behaviours; default ``history != 0``
+            (also for a jagged history, whose mask is jagged ``(B, j)``).
         times, target_time : torch.Tensor, optional
             ``(B, L)`` behaviour timestamps and ``(B,)`` request times, for
             blocks with time information (without them such blocks use
@@ -194,7 +206,21 @@ class ETAModel(nn.Module):
         -------
         torch.Tensor
             ``(B,)`` logits.
+
+        Notes
+        -----
+        With a jagged ``history``, ``times``, ``categories`` (and ``mask``)
+        are jagged tensors with its offsets (best made from one offsets
+        tensor, e.g. ``torch.nested.nested_tensor_from_jagged(values,
+        offsets)`` for each). No ``(B, L_max)`` tensor is built: the default
+        short-term block reads the newest ``recent`` behaviours of each row
+        into ``(B, recent)``, an :class:`ETAAttention` long-term block
+        retrieves from the flat values, other blocks get jagged tensors. The
+        logits (and gradients) are those of the padded rows, to float
+        rounding; ``torch.compile(fullgraph=True)`` traces this path.
         """
+        if _jagged.is_jagged(history):
+            return self._forward_jagged(history, target, mask, times, target_time, categories, target_category)
         if not isinstance(history, torch.Tensor) or history.dim() != 2 or not _ops.is_integer(history.dtype):
             got = f"shape {_shape(tuple(history.shape))}, dtype {history.dtype}" if isinstance(history, torch.Tensor) \
                 else type(history).__name__
@@ -212,7 +238,15 @@ class ETAModel(nn.Module):
         context = {"seq_time": times, "target_time": target_time, "seq_cat": categories, "target_cat": target_category}
         seq: Optional[torch.Tensor] = None
         if isinstance(self.short, RecentWindowAttention):  # only the window is embedded: the same result
-            short = self._window(query, history, valid, times, target_time, categories, target_category)
+            take = min(self.short.k, length)
+            position = torch.arange(length, device=history.device).expand(batch, -1)
+            index = torch.where(valid, position, -1).topk(take, dim=1).indices.flip(1)  # positions are distinct
+            filled = valid.gather(1, index)
+
+            def pick(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+                return None if x is None else torch.where(filled, gather_positions(x, index), 0)
+
+            short = self._window(query, pick, filled, history, times, target_time, categories, target_category)
         else:
             seq = self.embed(history, categories)
             short = self.short(query, seq, mask, **context)
@@ -225,30 +259,74 @@ class ETAModel(nn.Module):
             long = self.long(query, self.embed(history, categories) if seq is None else seq, mask, **context)
         return self.mlp(torch.cat([query, short, long, query * short, query * long], dim=-1)).squeeze(-1)
 
-    def _window(
+    def _forward_jagged(
         self,
-        query: torch.Tensor,
         history: torch.Tensor,
-        mask: torch.Tensor,
+        target: torch.Tensor,
+        mask: Optional[torch.Tensor],
         times: Optional[torch.Tensor],
         target_time: Optional[torch.Tensor],
         categories: Optional[torch.Tensor],
         target_category: Optional[torch.Tensor],
     ) -> torch.Tensor:
-        """The short-term block over its ``k`` newest valid behaviours (left-padded, oldest first)."""
+        """:meth:`forward` over a jagged ``history``: the blocks get jagged tensors, the window ``(B, recent)``."""
+        ids, offsets = _jagged.parts("history", history)
+        if not _ops.is_integer(ids.dtype) or ids.dim() != 1:
+            raise ValueError(f"history must be a (B, j) integer jagged tensor, got dtype {ids.dtype}, "
+                             f"{offsets.shape[0] - 1} rows, values of shape {_shape(tuple(ids.shape))}")
+        batch, total, device = offsets.shape[0] - 1, ids.shape[0], ids.device
+        for name, t in (("target", target), ("target_time", target_time), ("target_category", target_category)):
+            if t is not None or name == "target":
+                _ints(name, t, (batch,), device)
+        flat_times = None if times is None else _jagged.ints("times", times, offsets, total, "history")
+        flat_cats = None if categories is None else _jagged.ints("categories", categories, offsets, total, "history")
+        valid = _jagged.flat_mask(mask, offsets, total, "history")
+        if valid is None:
+            valid = ids != 0
+
+        def nested(values: Optional[torch.Tensor]) -> Optional[torch.Tensor]:  # the history's rows, its offsets
+            return None if values is None else torch.nested.nested_tensor_from_jagged(values, offsets)
+
+        query = self.embed(target, target_category)
+        valid_nt, times_nt, cats_nt = nested(valid), nested(flat_times), nested(flat_cats)
+        context = {"seq_time": times_nt, "target_time": target_time, "seq_cat": cats_nt, "target_cat": target_category}
+        seq: Optional[torch.Tensor] = None
+        if isinstance(self.short, RecentWindowAttention):  # the newest valid behaviours, gathered into (B, recent)
+            index, filled = _jagged.newest(offsets, self.short.k, valid, _jagged.row_index(offsets, total))
+
+            def pick(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+                return None if x is None else _jagged.take(x, index)
+
+            short = self._window(query, pick, filled, ids, flat_times, target_time, flat_cats, target_category)
+        else:
+            seq = nested(self.embed(ids, flat_cats))
+            short = self.short(query, seq, valid_nt, **context)
+        table = None
+        if isinstance(self.long, ETAAttention) and self.items.num_embeddings <= 2 * total:
+            table = self.item_table()
+        if table is not None:
+            long = self.long(query, None, valid_nt, seq_ids=nested(ids), items=table, **context)
+        else:
+            long = self.long(query, nested(self.embed(ids, flat_cats)) if seq is None else seq, valid_nt, **context)
+        return self.mlp(torch.cat([query, short, long, query * short, query * long], dim=-1)).squeeze(-1)
+
+    def _window(
+        self,
+        query: torch.Tensor,
+        pick: Callable[[Optional[torch.Tensor]], Optional[torch.Tensor]],
+        filled: torch.Tensor,
+        history: torch.Tensor,
+        times: Optional[torch.Tensor],
+        target_time: Optional[torch.Tensor],
+        categories: Optional[torch.Tensor],
+        target_category: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """The short-term block over its newest valid behaviours: ``pick`` reads them (``filled`` slots) from each."""
         block = self.short
         assert isinstance(block, RecentWindowAttention)
-        take = min(block.k, history.shape[1])
-        position = torch.arange(history.shape[1], device=history.device).expand(history.shape[0], -1)
-        index = torch.where(mask, position, -1).topk(take, dim=1).indices.flip(1)  # positions are distinct
-        valid = mask.gather(1, index)
-
-        def window(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-            return None if x is None else torch.where(valid, gather_positions(x, index), 0)
-
-        ids, cats = window(history), window(categories)
+        ids, cats = pick(history), pick(categories)
         assert ids is not None
-        return block(query, self.embed(ids, cats), valid, seq_time=window(times), target_time=target_time,
+        return block(query, self.embed(ids, cats), filled, seq_time=pick(times), target_time=target_time,
                      seq_cat=cats, target_cat=target_category)
 
 

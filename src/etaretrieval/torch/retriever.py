@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional, cast
 
 import torch
 
-from .._validate import DTypeError, _shape, check_k, check_padding_side
+from .. import ragged
+from .._validate import DTypeError, NonFiniteError, _shape, check_k, check_padding_side
 from ..simhash import hyperplanes
-from . import _ops
+from . import _jagged, _ops
 from ._buffers import FixedDtypeBuffers
 from ._checks import _bool_mask, _floats, _planes
 from ._planes import hash_rows, is_affine
@@ -67,6 +68,14 @@ class ETARetriever(FixedDtypeBuffers):
     * ``forward(target, mask=mask, seq_ids=ids, cache=cache)``: look the
       signatures up in a :class:`SignatureCache` (serving); the values are read
       from ``cache.embedding`` for the retrieved ids (or from ``seq`` if given).
+
+    Ragged histories: ``seq`` ``(B, j, d)`` and ``seq_ids`` ``(B, j)`` may be
+    ``torch.nested`` jagged tensors (both, when both are given, with the same
+    offsets; ``mask`` then ``None`` or jagged too). The ragged operators run
+    on their flat values and the ``k`` retrieved rows are gathered into the
+    dense ``(B, k, d)`` result; no ``(B, L_max)`` tensor is built. Positions
+    count from each row's start; everything else is as for padded rows, and
+    equal to them on the same rows.
 
     Parameters
     ----------
@@ -173,20 +182,23 @@ class ETARetriever(FixedDtypeBuffers):
         target : torch.Tensor
             ``(B, d)`` float32/float64 target embeddings.
         seq : torch.Tensor, optional
-            ``(B, L, d)`` behaviour embeddings, oldest to newest. Required
-            unless ``items`` or ``cache`` is given.
+            ``(B, L, d)`` behaviour embeddings, oldest to newest, or a jagged
+            ``(B, j, d)`` nested tensor. Required unless ``items`` or ``cache``
+            is given.
         mask : torch.Tensor, optional
             ``(B, L)`` valid (non-padding) positions: bool, or numeric with
-            non-zero = valid (the attention-mask convention).
+            non-zero = valid (the attention-mask convention). With a jagged
+            history: ``None`` or a jagged ``(B, j)`` mask with its offsets.
         seq_ids : torch.Tensor, optional
-            ``(B, L)`` integer item ids of the behaviours; needed by ``items``
-            and ``cache``.
+            ``(B, L)`` integer item ids of the behaviours (or a jagged
+            ``(B, j)`` tensor of them); needed by ``items`` and ``cache``.
         items : torch.Tensor, optional
             ``(N, d)`` float32/float64 embeddings of every id (instead of ``seq``).
         cache : SignatureCache, optional
             Signatures of every id, built with the same planes.
         lengths : torch.Tensor, optional
-            ``(B,)`` integer numbers of valid positions per row, instead of ``mask``.
+            ``(B,)`` integer numbers of valid positions per row, instead of
+            ``mask`` (padded rows only).
         padding_side : {"right", "left"}, default "right"
             Where the padding of rows given by ``lengths`` lies: valid
             positions ``[0, lengths[b])`` (``"right"``) or the last
@@ -210,10 +222,16 @@ class ETARetriever(FixedDtypeBuffers):
         ValueError
             A NaN or an infinity in ``target``, or in ``seq`` at a valid
             position (naming its row and position); values at masked or
-            padded positions are never used and not checked.
+            padded positions are never used and not checked. A jagged
+            ``seq_ids``, ``mask`` (or ``seq``) whose offsets differ from the
+            history's, named; ``lengths`` or ``padding_side="left"`` with a
+            jagged history.
         """
         query_planes = self.planes if query_planes is None else self._side_planes("query_planes", query_planes)
         key_planes = self.planes if key_planes is None else self._side_planes("key_planes", key_planes)
+        if _jagged.is_jagged(seq) or _jagged.is_jagged(seq_ids):
+            return self._forward_jagged(
+                target, seq, mask, seq_ids, items, cache, lengths, padding_side, query_planes, key_planes)
         length = self._check(target, seq, mask, seq_ids, items, cache, lengths, padding_side, key_planes)
         mask = None if mask is None else _ops.bool_mask(mask)
         query = hash_rows(target, query_planes, name="target")
@@ -237,6 +255,38 @@ class ETARetriever(FixedDtypeBuffers):
             values = items[ids] if items is not None else cache.embedding(ids)
         return Retrieved(values * valid.unsqueeze(-1).to(values.dtype), index, valid)
 
+    def _forward_jagged(
+        self, target: torch.Tensor, seq: Optional[torch.Tensor], mask: Optional[torch.Tensor],
+        seq_ids: Optional[torch.Tensor], items: Optional[torch.Tensor], cache: Optional[SignatureCache],
+        lengths: Optional[torch.Tensor], padding_side: str, query_planes: torch.Tensor, key_planes: torch.Tensor,
+    ) -> Retrieved:
+        """:meth:`forward` over a jagged history: the ragged ops on the flat values, ``(B, k)`` gathered from them."""
+        seq_v, ids_v, offsets, valid = self._check_jagged(
+            target, seq, mask, seq_ids, items, cache, lengths, padding_side, key_planes)
+        total = (seq_v if seq_v is not None else cast(torch.Tensor, ids_v)).shape[0]
+        query = hash_rows(target, query_planes, name="target")
+        if ids_v is None:
+            try:
+                index = self._from_seq(
+                    query, cast(torch.Tensor, seq_v), valid, None, "right", total, key_planes, offsets)
+            except NonFiniteError as err:  # named by the flat value: name its row and position
+                raise _jagged.nonfinite_at("seq", err, offsets) from None
+        elif cache is not None:
+            index = self._from_cache(query, ids_v, cache, valid, None, "right", offsets)
+        elif items is not None:
+            index = self._from_items(query, ids_v, items, valid, None, "right", total, key_planes, offsets)
+        else:
+            index = self._from_seq_ids(
+                query, cast(torch.Tensor, seq_v), ids_v, valid, None, "right", total, key_planes, offsets)
+        found = index >= 0
+        flat = _jagged.flat_index(offsets, index)
+        if seq_v is not None:
+            values = _jagged.take(seq_v, flat)
+        else:  # empty slots read id 0, as in the padded form
+            ids = _jagged.take(cast(torch.Tensor, ids_v), flat)
+            values = items[ids] if items is not None else cast("SignatureCache", cache).embedding(ids)
+        return Retrieved(values * found.unsqueeze(-1).to(values.dtype), index, found)
+
     def _side_planes(self, name: str, planes: torch.Tensor) -> torch.Tensor:
         """Check planes given for one side: ``(dim, bits)`` or affine ``(dim + 1, bits)``, on the module's device."""
         if not isinstance(planes, torch.Tensor) or planes.dtype not in (torch.float32, torch.float64):
@@ -251,44 +301,47 @@ class ETARetriever(FixedDtypeBuffers):
 
     def _from_seq(
         self, query: torch.Tensor, seq: torch.Tensor, mask: Optional[torch.Tensor], lengths: Optional[torch.Tensor],
-        padding_side: str, length: int, planes: torch.Tensor,
+        padding_side: str, length: int, planes: torch.Tensor, offsets: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Mode ``seq``: hash every valid position of the sequence, then the plain top-K."""
+        """Mode ``seq``: hash every valid position of the sequence (the flat values with ``offsets``), then top-K."""
         keys = hash_rows(seq, planes, True, self._valid(mask, lengths, padding_side, length), name="seq")
-        index, _ = _ops.topk_hamming(query, keys, self.k, lengths, mask, padding_side)
+        index, _ = _ops.topk_hamming(query, keys, self.k, lengths, mask, padding_side, offsets=offsets)
         return index
 
     def _lookup(
         self, query: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, mask: Optional[torch.Tensor],
-        lengths: Optional[torch.Tensor], padding_side: str,
+        lengths: Optional[torch.Tensor], padding_side: str, offsets: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """The fused top-K of the id modes: ``ids`` into the signature ``table``."""
-        index, _ = _ops.topk_hamming_lookup(query, ids, table, self.k, lengths, mask, None, padding_side)
+        """The fused top-K of the id modes: ``ids`` into the signature ``table`` (flat ids with ``offsets``)."""
+        index, _ = _ops.topk_hamming_lookup(query, ids, table, self.k, lengths, mask, None, padding_side,
+                                            offsets=offsets)
         return index
 
     def _from_cache(
         self, query: torch.Tensor, seq_ids: torch.Tensor, cache: SignatureCache, mask: Optional[torch.Tensor],
-        lengths: Optional[torch.Tensor], padding_side: str,
+        lengths: Optional[torch.Tensor], padding_side: str, offsets: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Mode ``seq_ids`` + ``cache``: the ids looked up in the cached signature table (nothing hashed)."""
-        return self._lookup(query, seq_ids, cache.signatures, mask, lengths, padding_side)
+        return self._lookup(query, seq_ids, cache.signatures, mask, lengths, padding_side, offsets)
 
     def _from_items(
         self, query: torch.Tensor, seq_ids: torch.Tensor, items: torch.Tensor, mask: Optional[torch.Tensor],
         lengths: Optional[torch.Tensor], padding_side: str, length: int, planes: torch.Tensor,
+        offsets: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Mode ``seq_ids`` + ``items``: hash every item row, checking those a valid position refers to."""
         used = self._used_rows(seq_ids, self._valid(mask, lengths, padding_side, length), items.shape[0])
         table = hash_rows(items, planes, True, used, name="items")
-        return self._lookup(query, seq_ids, table, mask, lengths, padding_side)
+        return self._lookup(query, seq_ids, table, mask, lengths, padding_side, offsets)
 
     def _from_seq_ids(
         self, query: torch.Tensor, seq: torch.Tensor, seq_ids: torch.Tensor, mask: Optional[torch.Tensor],
         lengths: Optional[torch.Tensor], padding_side: str, length: int, planes: torch.Tensor,
+        offsets: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Mode ``seq`` + ``seq_ids``: hash each distinct id of the sequence once."""
         ids, table = self._distinct(seq, seq_ids, self._valid(mask, lengths, padding_side, length), planes)
-        return self._lookup(query, ids, table, mask, lengths, padding_side)
+        return self._lookup(query, ids, table, mask, lengths, padding_side, offsets)
 
     @staticmethod
     def _valid(
@@ -320,8 +373,9 @@ class ETARetriever(FixedDtypeBuffers):
 
         Each id is hashed from its first valid occurrence (its first one if it
         occurs at invalid positions only, which are not checked for NaN / inf).
+        ``seq`` ``(B, L, d)`` with ``seq_ids`` ``(B, L)``, or flat ``(T, d)`` with ``(T,)``.
         """
-        length, numel = seq_ids.shape[1], seq_ids.numel()
+        length, numel = seq_ids.shape[-1], seq_ids.numel()
         distinct, inverse = torch.unique(seq_ids, return_inverse=True)
         flat = torch.arange(numel, device=seq_ids.device)
         if valid is not None:
@@ -330,21 +384,19 @@ class ETARetriever(FixedDtypeBuffers):
         first = first.scatter_reduce(0, inverse.reshape(-1), flat, "amin")
         used = None if valid is None else first < numel
         first = first % numel
-        return inverse, hash_rows(seq[first // length, first % length], planes, True, used)
+        rows = seq[first] if seq_ids.dim() == 1 else seq[first // length, first % length]
+        return inverse, hash_rows(rows, planes, True, used)
 
-    def _check(
+    def _check_sources(
         self,
         target: torch.Tensor,
         seq: Optional[torch.Tensor],
-        mask: Optional[torch.Tensor],
         seq_ids: Optional[torch.Tensor],
         items: Optional[torch.Tensor],
         cache: Optional[SignatureCache],
-        lengths: Optional[torch.Tensor] = None,
-        padding_side: str = "right",
-        key_planes: Optional[torch.Tensor] = None,
-    ) -> int:
-        """Check the arguments of :meth:`forward`; return the sequence length ``L``."""
+        key_planes: Optional[torch.Tensor],
+    ) -> tuple[int, torch.device]:
+        """Check ``target``, which of ``seq`` / ``items`` / ``cache`` is given, and the last two; ``(B, device)``."""
         d = self.dim
         _floats("target", target, 2, f"(B, {d})")
         if target.shape[1] != d:
@@ -378,6 +430,64 @@ class ETARetriever(FixedDtypeBuffers):
             _floats("items", items, 2, f"(N, {d})", device)
             if items.shape[1] != d:
                 raise ValueError(f"items must have shape (N, {d}), got shape {_shape(tuple(items.shape))}")
+        return batch, device
+
+    def _check_jagged(
+        self,
+        target: torch.Tensor,
+        seq: Optional[torch.Tensor],
+        mask: Optional[torch.Tensor],
+        seq_ids: Optional[torch.Tensor],
+        items: Optional[torch.Tensor],
+        cache: Optional[SignatureCache],
+        lengths: Optional[torch.Tensor],
+        padding_side: str,
+        key_planes: Optional[torch.Tensor],
+    ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]:
+        """Check the arguments of :meth:`forward` with a jagged history: ``(seq values, ids values, offsets, mask)``.
+
+        The values are flat, ``(T, d)`` and ``(T,)``; the mask flat ``(T,)`` bool or ``None``.
+        """
+        batch, device = self._check_sources(target, seq, seq_ids, items, cache, key_planes)
+        ragged.check_offsets_alone(lengths, padding_side)
+        for name, t in (("seq", seq), ("seq_ids", seq_ids)):
+            if t is not None and not _jagged.is_jagged(t):
+                raise ValueError(f"{name} must be a jagged tensor like the other of seq and seq_ids, got a dense "
+                                 f"tensor of shape {_shape(tuple(t.shape))}")
+        seq_v = ids_v = None
+        if seq is not None:
+            seq_v, offsets = _jagged.floats("seq", seq, batch, self.dim, device)
+        if seq_ids is not None:
+            if seq_v is not None:
+                ids_v = _jagged.ints("seq_ids", seq_ids, offsets, seq_v.shape[0], "seq")
+            else:
+                ids_v, offsets = _jagged.parts("seq_ids", seq_ids)
+                if not _ops.is_integer(ids_v.dtype):
+                    raise DTypeError(f"seq_ids must have an integer dtype, got {ids_v.dtype}")
+                if ids_v.dim() != 1 or offsets.shape[0] != batch + 1:
+                    raise ValueError(f"seq_ids must have shape ({batch}, j) (a jagged tensor), got "
+                                     f"{offsets.shape[0] - 1} rows, values of shape {_shape(tuple(ids_v.shape))}")
+                if ids_v.device != device:
+                    raise ValueError(f"seq_ids must be on the device of target ({device}), got {ids_v.device}")
+        total = (seq_v if seq_v is not None else cast(torch.Tensor, ids_v)).shape[0]
+        valid = _jagged.flat_mask(mask, offsets, total, "seq" if seq is not None else "seq_ids")
+        return seq_v, ids_v, offsets, valid
+
+    def _check(
+        self,
+        target: torch.Tensor,
+        seq: Optional[torch.Tensor],
+        mask: Optional[torch.Tensor],
+        seq_ids: Optional[torch.Tensor],
+        items: Optional[torch.Tensor],
+        cache: Optional[SignatureCache],
+        lengths: Optional[torch.Tensor] = None,
+        padding_side: str = "right",
+        key_planes: Optional[torch.Tensor] = None,
+    ) -> int:
+        """Check the arguments of :meth:`forward`; return the sequence length ``L``."""
+        d = self.dim
+        batch, device = self._check_sources(target, seq, seq_ids, items, cache, key_planes)
         length = -1
         if seq is not None:
             _floats("seq", seq, 3, f"(B, L, {d})", device)

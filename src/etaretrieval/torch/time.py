@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from . import _jagged
 from ._buffers import FixedDtypeBuffers
 from ._checks import _ints
 
@@ -185,6 +186,55 @@ class TimeEncoding(FixedDtypeBuffers):
             return torch.arange(shape[1] - 1, -1, -1, device=self.boundaries.device).expand(shape[0], -1)
         valid = mask.to(torch.int64)  # valid behaviours strictly newer than each position: a reversed count
         return valid.flip(1).cumsum(1).flip(1) - valid
+
+    def flat_intervals(
+        self,
+        offsets: torch.Tensor,
+        rows: torch.Tensor,
+        valid: Optional[torch.Tensor] = None,
+        seq_time: Optional[torch.Tensor] = None,
+        target_time: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """``(T,)`` int64 intervals of the flat values of ragged rows (see :meth:`intervals`).
+
+        Parameters
+        ----------
+        offsets : torch.Tensor
+            ``(B + 1,)`` row offsets into the flat values.
+        rows : torch.Tensor
+            ``(T,)`` int64 row of each value (``B`` for a value of no row).
+        valid : torch.Tensor, optional
+            ``(T,)`` bool valid values (``None``: all); position distances count these.
+        seq_time : torch.Tensor, optional
+            ``(T,)`` integer timestamps of the flat values; needs ``target_time``.
+        target_time : torch.Tensor, optional
+            ``(B,)`` integer request times.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(T,)`` int64, equal to :meth:`intervals` of the padded rows at
+            the same behaviours; unspecified at invalid values and values of no row.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from etaretrieval.torch import TimeEncoding
+        >>> enc, offsets, rows = TimeEncoding(8), torch.tensor([0, 3, 4]), torch.tensor([0, 0, 0, 1])
+        >>> enc.flat_intervals(offsets, rows).tolist()
+        [2, 1, 0, 0]
+        >>> enc.flat_intervals(offsets, rows, None, torch.tensor([100, 160, 190, 5]), torch.tensor([200, 9])).tolist()
+        [100, 40, 10, 4]
+        """
+        if (seq_time is None) != (target_time is None):
+            raise ValueError("pass seq_time and target_time together (or neither, for position distances)")
+        if seq_time is None:
+            return _jagged.newer(offsets, rows, valid)
+        assert target_time is not None
+        _ints("seq_time", seq_time, tuple(rows.shape), rows.device)
+        _ints("target_time", target_time, (offsets.shape[0] - 1,), rows.device)
+        request = torch.cat([target_time.to(torch.int64), target_time.new_zeros(1, dtype=torch.int64)])
+        return request[rows] - seq_time.to(torch.int64)  # a value of no row reads the appended 0
 
     def forward(
         self,
