@@ -24,9 +24,10 @@ every core:
   of that period measures the time slice, for any library;
 * *small call against NumPy*: one small lookup (:data:`SMALL_CALL`: one
   target, 100 behaviours, 64 bits, ``k = 16``) by :func:`topk_hamming_lookup`,
-  the torch front end :func:`etaretrieval.torch.topk_hamming_lookup`, the
-  torch op, a no-op op registered as the op is (what the dispatcher costs
-  alone) and the NumPy one-liner a user writes first
+  the torch front end :func:`etaretrieval.torch.topk_hamming_lookup` (on
+  ``(B, L)`` ids, and on the same rows as flat ids with ``offsets`` and as a
+  jagged nested tensor), the torch op, a no-op op registered as the op is
+  (what the dispatcher costs alone) and the NumPy one-liner a user writes first
   (``np.bitwise_count(table[ids] ^ q).sum(-1)`` and ``np.argpartition``),
   called in turn round by round (:func:`interleaved`), and their ratios;
 * *concurrent callers*: requests per second of ``B = 64`` lookups
@@ -346,6 +347,10 @@ def run_small_call(cfg: PipelineConfig, rng: np.random.Generator, rounds: int | 
         calls["torch front end"] = functools.partial(et.topk_hamming_lookup, tq, ti, tt, k)
         calls["torch op"] = functools.partial(torch.ops.etaretrieval.topk_hamming_lookup, tq, ti, tt, k)
         calls[DISPATCHER_FLOOR] = functools.partial(noop_lookup_op(), tq, ti, tt, k)
+        flat, offsets = ti.reshape(-1), torch.arange(batch + 1) * length  # the same rows, ragged
+        calls["torch front end, offsets"] = functools.partial(et.topk_hamming_lookup, tq, flat, tt, k, offsets=offsets)
+        jagged = torch.nested.nested_tensor_from_jagged(flat, offsets)
+        calls["torch front end, jagged ids"] = functools.partial(et.topk_hamming_lookup, tq, jagged, tt, k)
     count = rounds or 10 * cfg.requests
     _progress(f"small call: B={batch}, L={length}, k={k}, {count} rounds of {len(calls)} methods in turn")
     stats = {name: (float(np.median(s)), float(np.percentile(s, 99))) for name, s in interleaved(calls, count).items()}
