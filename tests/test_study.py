@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import itertools
 import json
 from pathlib import Path
@@ -180,3 +182,78 @@ def test_to_tensors_of_a_ragged_batch_are_jagged_views() -> None:
     again, _ = load_batch(data, rows, StudyConfig(max_len=60, ragged=True))
     np.testing.assert_array_equal(again["history"].values().numpy(), ragged.history)
     np.testing.assert_array_equal(again["history"].offsets().numpy(), ragged.offsets)
+
+
+def _study_rows():  # type: ignore[no-untyped-def]
+    from etaretrieval.study.frontier import frontier_variants
+    from etaretrieval.study.variants import variants
+
+    return variants() + frontier_variants([4], ("eta-attn", "twin"))
+
+
+@pytest.mark.parametrize("name", [v.name for v in _study_rows()] if importlib.util.find_spec("torch") else [])
+def test_ragged_and_padded_batches_give_the_same_logits_and_gradients(name: str) -> None:
+    """Every block of the study's table and frontier: one model, the same rows padded to max_len and ragged."""
+    import torch
+
+    from etaretrieval.study.runner import StudyConfig, build_model, load_batch
+
+    data = _small_samples()
+    cfg = StudyConfig(max_len=60, k=4, dim=8, hidden=(16,))
+    variant = next(v for v in _study_rows() if v.name == name)
+    model = build_model(variant, data, cfg, 0)
+    rows = np.arange(1, data.n_samples, 5)
+    grads = []
+    for ragged in (False, True):
+        x, y = load_batch(data, rows, dataclasses.replace(cfg, ragged=ragged))
+        model.zero_grad()
+        logits = model(**x)
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, y).backward()
+        grads.append((logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (padded, padded_grads), (ragged_logits, ragged_grads) = grads
+    torch.testing.assert_close(ragged_logits, padded, rtol=1e-5, atol=1e-5)
+    assert len(ragged_grads) == len(padded_grads)
+    for got, want in zip(ragged_grads, padded_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_quick_study_trains_on_ragged_batches_as_on_padded(tmp_path: Path) -> None:
+    """The same rows and seed trained ragged and padded: the same test metrics up to float rounding."""
+    pytest.importorskip("torch")
+    pytest.importorskip("matplotlib")
+    from etaretrieval.study.cli import main
+
+    runs = {}
+    for layout in ("--ragged", "--no-ragged"):
+        out = tmp_path / layout
+        assert main(["--quick", "--users", "40", "--max-len", "60", "--batch-size", "32", "--k", "8",
+                     "--only", "ETA 64 bits + time", "--only", "full attention + time", "--long-len", "0",
+                     "--threads", "1", layout, "--out", str(out)]) == 0
+        runs[layout] = {r["variant"]: r for r in json.loads((out / "results.json").read_text("utf-8"))["runs"]}
+        assert ("ragged (torch.nested jagged" in (out / "study.md").read_text("utf-8")) == (layout == "--ragged")
+    assert set(runs["--ragged"]) == set(runs["--no-ragged"]) >= {"ETA 64 bits + time", "full attention + time"}
+    for name, ragged in runs["--ragged"].items():
+        padded = runs["--no-ragged"][name]
+        assert ragged["auc"] == pytest.approx(padded["auc"], abs=2e-3)
+        assert ragged["logloss"] == pytest.approx(padded["logloss"], rel=1e-3)
+        assert ragged["recall"] == pytest.approx(padded["recall"], nan_ok=True, abs=0.01)
+
+
+def test_train_step_bench_times_every_layout(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    from etaretrieval.bench import cli
+    from etaretrieval.bench.trainstep import LAYOUTS, TrainStepConfig, format_train_step, run_train_step
+
+    cfg = TrainStepConfig(max_len=60, batch_size=16, rounds=2, batches=2, users=12)
+    rows, line = run_train_step(cfg)
+    assert [(r.block, r.layout) for r in rows] == [(b, layout) for b in cfg.blocks for layout in LAYOUTS]
+    assert "batches of 16" in line and "padded to 60" in line
+    for r in rows:
+        assert r.step_ms > 0 and r.batch_ms > 0 and r.max_logit_diff < 1e-4
+        assert (r.ragged_speedup == 1.0) == (r.layout == "ragged")
+    assert "ragged speed-up" in format_train_step(cfg, rows, line, 1)
+    with pytest.raises(ValueError, match="unknown study rows"):
+        run_train_step(TrainStepConfig(blocks=("ETA 7 bits",)))
+    assert cli.main(["--train-step", "--batch", "8", "--length", "40", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "B = 8" in out and out.count("padded to the longest row") == 2
