@@ -275,3 +275,26 @@ def test_compiled_by_inductor_equals_the_kernel() -> None:
     compiled = torch.compile(aten.topk_hamming, fullgraph=True)
     mask = torch.from_numpy(rng.random(50) < 0.8)
     same(compiled(query, keys, 7, mask=mask), ops.topk_hamming(query, keys, 7, mask=mask))
+    # a shared sequence of 9-word signatures (two groups of halves), all-ones distances included
+    query, table = words(rng, (5, 9), 40), words(rng, (30, 9))
+    query[0], table[0] = 0, -1
+    ids = torch.from_numpy(rng.integers(0, 30, size=60))
+    lookup = torch.compile(aten.topk_hamming_lookup, fullgraph=True)
+    same(lookup(query, ids, table, 9), ops.topk_hamming_lookup(query, ids, table, 9))
+
+
+@settings(max_examples=60)
+@given(st.data())
+def test_hamming_counts_every_bit_of_any_number_of_words(data: st.DataObject) -> None:
+    # more than 8 words: the halves are summed bytewise in groups of 16, then folded; all-ones
+    # words give every byte its largest count
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    w = data.draw(st.integers(0, 20))
+    a, b = words(rng, (3, 1, w)), words(rng, (4, w), data.draw(st.sampled_from([None, 1])))
+    a[0] = -1
+    b[0] = 0
+    bits = np.unpackbits((a.numpy() ^ b.numpy()).view(np.uint8), axis=-1).sum(-1)
+    got = aten.hamming(a, b)
+    assert got.dtype == torch.int32 and got.tolist() == bits.tolist()
+    strided = torch.stack([b, b], -1)[..., 0]  # a non-contiguous word axis
+    assert torch.equal(aten.hamming(a, strided), got)
