@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from etaretrieval.torch import _jagged  # noqa: E402
 
@@ -423,3 +424,51 @@ def test_cache_refreshes_the_rows_of_a_jagged_batch() -> None:
     cache.refresh(jagged(torch.tensor([3, 5, 3]), torch.tensor([0, 1, 3])))
     changed = (cache.signatures != before).any(1)
     assert set(torch.nonzero(changed).flatten().tolist()) <= {3, 5} and bool(changed[[3, 5]].all())
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=segments(), seed=st.integers(0, 2**32 - 1), masked=st.booleans())
+def test_newer_at_equals_newer(case: tuple, seed: int, masked: bool) -> None:
+    offsets, total, spans = case
+    gen = torch.Generator().manual_seed(seed)
+    valid = torch.rand(total, generator=gen) < 0.6 if masked else None
+    every = _jagged.newer(offsets, _jagged.row_index(offsets, total), valid)
+    width = max((hi - lo for lo, hi in spans), default=0)
+    position = torch.tensor([[p if p < hi - lo else -1 for p in range(width)] for lo, hi in spans],
+                            dtype=torch.int64).reshape(len(spans), width)
+    flat = _jagged.flat_index(offsets, position)
+    got = _jagged.newer_at(offsets, flat, valid)
+    assert torch.equal(got[flat >= 0], every[flat[flat >= 0]])
+
+
+class Largest(TorchDispatchMode):
+    """Records the most elements of any dense tensor an operation makes (forward and backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and not t.is_nested:
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("blocks", ["default", "full attention"])
+@pytest.mark.parametrize("n_items", [11, 20_000])  # ETA by id (the item table), or over the embedded history
+def test_no_batch_by_longest_row_tensor(blocks: str, n_items: int) -> None:
+    """One row of 4,000 among 255 of 1 (B * L_max = 1,024,000 for 4,255 behaviours): nothing near B * L_max."""
+    lens = [4000] + [1] * 255
+    offsets = torch.tensor(np.concatenate([[0], np.cumsum(lens)]))
+    total = int(offsets[-1])
+    model = _model(n_items, "given", blocks, 0)
+    history = jagged(torch.randint(0, min(n_items, 11) + 1, (total,)), offsets)
+    kwargs = dict(times=jagged(torch.arange(total), offsets), target_time=torch.full((256,), total),
+                  categories=jagged(torch.randint(1, 4, (total,)), offsets), target_category=torch.ones(256).long())
+    with Largest() as seen:
+        model(history, torch.randint(1, 11, (256,)), **kwargs).sum().backward()
+        retrieved = ETARetriever(DIM, 16, 8)(torch.randn(256, DIM), jagged(torch.randn(total, DIM), offsets))
+    assert retrieved.values.shape == (256, 8, DIM)
+    assert seen.numel <= max(8 * total, (n_items + 1) * DIM), seen.numel  # a few values per behaviour at most

@@ -32,6 +32,7 @@ __all__ = [
     "flat_mask",
     "row_index",
     "newer",
+    "newer_at",
     "segment_softmax",
     "segment_sum",
     "newest",
@@ -295,6 +296,30 @@ def newer(offsets: torch.Tensor, rows: torch.Tensor, valid: Optional[torch.Tenso
         return (ends - 1 - flat).clamp(min=0)
     counts = torch.cat([valid.new_zeros(1, dtype=torch.int64), valid.to(torch.int64).cumsum(0)])
     return counts[ends.clamp(max=rows.shape[0])] - counts[flat + 1]
+
+
+def newer_at(offsets: torch.Tensor, index: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``(B, k)`` int64: how many valid values of row ``b`` follow the value at flat ``index[b, j]``.
+
+    :func:`newer` at ``(B, k)`` flat indices of each row's values (as
+    :func:`flat_index` gives them) without computing it for every value;
+    unspecified where ``index < 0``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch._jagged import newer_at
+    >>> offsets, index = torch.tensor([0, 3, 5]), torch.tensor([[0, 2], [3, 4]])
+    >>> newer_at(offsets, index).tolist()
+    [[2, 0], [1, 0]]
+    >>> newer_at(offsets, index, torch.tensor([True, False, True, True, True])).tolist()
+    [[1, 0], [1, 0]]
+    """
+    ends = offsets[1:].to(torch.int64).unsqueeze(1)
+    if valid is None:
+        return ends - 1 - index
+    counts = torch.cat([valid.new_zeros(1, dtype=torch.int64), valid.to(torch.int64).cumsum(0)])
+    return counts[ends] - counts[index.clamp(min=-1) + 1]
 
 
 def segment_softmax(

@@ -10,7 +10,7 @@ from torch import nn
 
 from .._validate import _as_int, _shape, check_k, check_padding_side
 from . import _jagged, _ops
-from ._checks import _bool_mask, _floats
+from ._checks import _bool_mask, _floats, _ints
 from ._planes import fold
 from .cache import SignatureCache
 from .retriever import ETARetriever, Retrieved
@@ -435,14 +435,16 @@ class ETAAttention(nn.Module):
         target_time: Optional[torch.Tensor],
     ) -> torch.Tensor:
         """``(B, k)`` intervals of the retrieved positions ``index`` of a jagged history (checked by the retriever)."""
-        assert self.time is not None
         of = "seq" if seq is not None else "seq_ids"
         values, offsets = _jagged.parts(of, seq if seq is not None else seq_ids)
-        total = values.shape[0]
-        valid = _jagged.flat_mask(mask, offsets, total, of)
-        flat_time = None if seq_time is None else _jagged.ints("seq_time", seq_time, offsets, total, of)
-        interval = self.time.flat_intervals(offsets, _jagged.row_index(offsets, total), valid, flat_time, target_time)
-        return _jagged.take(interval, _jagged.flat_index(offsets, index))
+        total, flat = values.shape[0], _jagged.flat_index(offsets, index)
+        if (seq_time is None) != (target_time is None):
+            raise ValueError("pass seq_time and target_time together (or neither, for position distances)")
+        if seq_time is None:  # computed at the retrieved values only
+            return _jagged.newer_at(offsets, flat, _jagged.flat_mask(mask, offsets, total, of))
+        stamps = _jagged.ints("seq_time", seq_time, offsets, total, of)
+        when = _ints("target_time", target_time, (index.shape[0],), index.device)
+        return when.to(torch.int64).unsqueeze(1) - _jagged.take(stamps, flat).to(torch.int64)
 
 
 def _valid_positions(
