@@ -298,10 +298,16 @@ def test_bad_jagged_arguments_are_named() -> None:
         block(target, seq, seq_cat=cats, target_cat=torch.tensor([1]))
     with pytest.raises(ValueError, match="mask must have the offsets of seq"):
         MeanPooling(DIM)(target, seq, jagged(torch.ones(5, dtype=torch.bool), torch.tensor([0, 1, 5])))
-    with pytest.raises(ValueError, match=r"target and seq must have shapes \(B, 8\) and \(B, j, 8\)"):
+    with pytest.raises(ValueError, match="mask must be None or a jagged tensor with the rows of seq"):
+        MeanPooling(DIM)(target, seq, torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"seq must have shape \(3, j, 8\) \(a jagged tensor\), got 2 rows"):
         RecentWindowAttention(DIM, 2, 2)(torch.randn(3, DIM), seq)
-    with pytest.raises(ValueError, match=r"target and seq must have shapes \(B, 8\) and \(B, j, 8\)"):
+    with pytest.raises(ValueError, match=r"seq must have shape \(2, j, 8\) \(a jagged tensor\)"):
         TWINAttention(DIM, 2, 2)(target, jagged(torch.randn(5, 4), offsets))
+    with pytest.raises(ValueError, match=r"target must have shape \(B, 8\)"):
+        TWINAttention(DIM, 2, 2)(torch.randn(2, 4), seq)
+    with pytest.raises(ValueError, match="seq has bad offsets"):
+        MeanPooling(DIM)(target, jagged(torch.randn(5, DIM), torch.tensor([0, 3, 2])))
     with pytest.raises(ValueError, match="seq_time must have the offsets of seq"):
         MeanPooling(DIM, time=TimeEncoding(DIM))(target, seq, seq_time=jagged(torch.arange(5), torch.tensor([0, 4, 5])),
                                                  target_time=torch.tensor([9, 9]))

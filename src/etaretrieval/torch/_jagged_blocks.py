@@ -19,7 +19,7 @@ import torch
 from .._validate import _shape
 from . import _ops
 from ._checks import _bool_mask, _floats, _ints
-from ._jagged import aligned, flat_index, is_jagged, newer, parts, segment_sum, take
+from ._jagged import flat_index, flat_mask, floats, ints, is_jagged, segment_sum, take
 from .time import TimeEncoding, gather_positions
 
 __all__ = ["History", "history"]
@@ -70,17 +70,11 @@ class History(NamedTuple):
         Padded: ``(B, L)``. Jagged: a jagged ``(B, j)`` tensor with the
         history's offsets, whose flat values are returned.
         """
-        device = self.items.device
         if self.offsets is None:
-            return _ints(name, t, tuple(self.rows.shape), device)
+            return _ints(name, t, tuple(self.rows.shape), self.items.device)
         if t is None:
             raise ValueError(f"{name} is required here (a jagged (B, j) tensor with the offsets of seq)")
-        return _ints(name, self.flat(name, t), (self.items.shape[0],), device)
-
-    def flat(self, name: str, t: object) -> torch.Tensor:
-        """The flat values of a jagged per-behaviour argument that must have the history's rows."""
-        assert self.offsets is not None
-        return aligned(name, t, self.offsets, self.items.shape[0], "seq")
+        return ints(name, t, self.offsets, self.items.shape[0], "seq")
 
     def gather(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``(B, k, ...)`` per-behaviour values at ``(B, k)`` positions of each row (``-1``: a row the caller masks)."""
@@ -100,12 +94,8 @@ class History(NamedTuple):
         """Each behaviour's interval (see :meth:`TimeEncoding.intervals`), per behaviour in this layout."""
         if self.offsets is None:
             return time.intervals(self.mask, seq_time, target_time, shape=(self.rows.shape[0], self.rows.shape[1]))
-        if (seq_time is None) != (target_time is None):
-            raise ValueError("pass seq_time and target_time together (or neither, for position distances)")
-        if seq_time is not None:
-            request = _ints("target_time", target_time, (self.batch,), self.items.device)
-            return self.per_row(request.to(torch.int64)) - self.align("seq_time", seq_time).to(torch.int64)
-        return newer(self.offsets, self.rows, self.mask)
+        flat_time = None if seq_time is None else self.align("seq_time", seq_time)
+        return time.flat_intervals(self.offsets, self.rows, self.mask, flat_time, target_time)
 
     def embed_time(
         self, time: TimeEncoding, seq_time: Optional[torch.Tensor], target_time: Optional[torch.Tensor]
@@ -123,22 +113,16 @@ class History(NamedTuple):
 def history(dim: int, target: torch.Tensor, seq: object, mask: object) -> History:
     """Check ``target`` ``(B, dim)``, ``seq`` ``(B, L, dim)`` or jagged ``(B, j, dim)`` and ``mask``.
 
-    A jagged ``seq`` takes a jagged ``mask`` with its offsets, or ``None``;
-    numeric masks count non-zero as valid.
+    A jagged ``seq`` takes a jagged ``mask`` with its offsets, or ``None``
+    (a dense one is refused); numeric masks count non-zero as valid.
     """
     _floats("target", target, 2, f"(B, {dim})")
     if is_jagged(seq):
-        values, offsets = parts("seq", seq)
-        _floats("seq", values, 2, f"(B, j, {dim}) (jagged)", target.device)
-        if target.shape[1] != dim or values.shape[1] != dim or offsets.shape[0] != target.shape[0] + 1:
-            raise ValueError(
-                f"target and seq must have shapes (B, {dim}) and (B, j, {dim}), "
-                f"got {_shape(tuple(target.shape))} and ({offsets.shape[0] - 1}, j, {values.shape[-1]})"
-            )
+        if target.shape[1] != dim:
+            raise ValueError(f"target must have shape (B, {dim}), got shape {_shape(tuple(target.shape))}")
+        values, offsets = floats("seq", seq, target.shape[0], dim, target.device)
         _, rows, positions = _ops.ragged_rows(offsets, values.shape[0])
-        jagged = History(values, rows, positions, None, offsets)
-        valid = None if mask is None else _bool_mask(jagged.flat("mask", mask), (values.shape[0],), target.device)
-        return jagged._replace(mask=valid)
+        return History(values, rows, positions, flat_mask(mask, offsets, values.shape[0], "seq"), offsets)
     _floats("seq", seq, 3, f"(B, L, {dim})", target.device)
     assert isinstance(seq, torch.Tensor)
     batch, length = seq.shape[0], seq.shape[1]

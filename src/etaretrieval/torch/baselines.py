@@ -35,7 +35,7 @@ from torch import nn
 from .._validate import check_k
 from . import _ops
 from ._checks import _ints
-from ._jagged import is_jagged, parts
+from ._jagged import flat_mask, is_jagged, parts
 from ._jagged_blocks import History, history
 from .attention import TargetAttention
 from .sdim import SDIMAttention
@@ -97,8 +97,8 @@ def select_top(score: torch.Tensor, mask: Optional[torch.Tensor], k: int) -> tup
     if is_jagged(score):
         values, offsets = parts("score", score)
         _, rows, positions = _ops.ragged_rows(offsets, values.shape[0])
-        flat = History(values, rows, positions, None, offsets)
-        return _select(values, flat._replace(mask=None if mask is None else _ops.bool_mask(flat.flat("mask", mask))), k)
+        return _select(values, History(values, rows, positions, flat_mask(mask, offsets, values.shape[0], "score"),
+                                       offsets), k)
     batch, length = score.shape
     take = min(k, length)
     eligible = score > float("-inf")

@@ -37,7 +37,7 @@ from ..simhash import hyperplanes
 from . import _ops
 from ._buffers import FixedDtypeBuffers
 from ._cuda import _bits, _device, _stream
-from ._jagged import aligned, is_jagged, parts, row_index
+from ._jagged import aligned, flat_mask, is_jagged, parts, row_index
 from ._ops import _check_validity, _numpy, _on, _require_cpu, _signatures, _uint64
 
 __all__ = ["SDIMAttention", "sdim_group_sums", "sdim_buckets", "sdim_from_buckets", "normalise_mean"]
@@ -602,8 +602,8 @@ def _float_tensor(name: str, t: object, ndim: int, what: str, device: Optional[t
     return t
 
 
-def _valid(mask: Optional[torch.Tensor], shape: tuple[int, ...], device: torch.device) -> Optional[torch.Tensor]:
-    """A ``(B, L)`` (or flat ``(T,)``) bool mask (numeric masks: non-zero is valid), or ``None``."""
+def _valid(mask: Optional[torch.Tensor], shape: tuple[int, int], device: torch.device) -> Optional[torch.Tensor]:
+    """A ``(B, L)`` bool mask (numeric masks: non-zero is valid), or ``None``."""
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor):
@@ -765,8 +765,7 @@ class SDIMAttention(FixedDtypeBuffers):
         if values is not None:
             vals = _float_tensor("values", aligned("values", values, offsets, total, "seq"), 2,
                                  "(B, j, d) (jagged like seq)", flat.device)
-        valid = None if mask is None else _valid(aligned("mask", mask, offsets, total, "seq"), (total,), flat.device)
-        return flat, offsets, valid, vals
+        return flat, offsets, flat_mask(mask, offsets, total, "seq"), vals
 
     def summarize(
         self, seq: torch.Tensor, mask: Optional[torch.Tensor] = None, values: Optional[torch.Tensor] = None
