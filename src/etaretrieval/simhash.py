@@ -36,13 +36,24 @@ def _raw_generator(seed: int | np.random.Generator) -> np.random.BitGenerator:
     return np.random.PCG64(int(seed))
 
 
-def hyperplanes(dim: int, bits: int, seed: int | np.random.Generator = 0) -> npt.NDArray[np.float32]:
+def hyperplanes(
+    dim: int, bits: int, seed: int | np.random.Generator = 0, *, orthogonal: bool = False
+) -> npt.NDArray[np.float32]:
     """Random SimHash hyperplanes with standard normal entries.
 
     The entries come from the raw 64-bit stream of a ``PCG64`` bit generator
     (whose output NumPy guarantees across versions and platforms) through a
     float64 Box-Muller transform rounded to float32, so the same seed gives the
     same planes everywhere, whatever NumPy's ``Generator.normal`` does.
+
+    With ``orthogonal=True`` (super-bit LSH, Ji et al. 2012) the same draws
+    are made orthogonal in groups of ``dim`` consecutive planes (Gram-Schmidt
+    in plane order, each plane keeping its length): the Hamming distance then
+    estimates the angle with a lower variance, and each plane is still a
+    standard normal vector (a uniform direction times an independent length).
+    The orthogonalisation (a QR decomposition per group) runs in float64
+    before the rounding to float32, so another LAPACK may change a last bit,
+    rarely.
 
     Parameters
     ----------
@@ -53,6 +64,8 @@ def hyperplanes(dim: int, bits: int, seed: int | np.random.Generator = 0) -> npt
         Number of hyperplanes (signature bits), ``1..1024``.
     seed : int or numpy.random.Generator, default 0
         A non-negative seed, or a generator whose bit generator is advanced.
+    orthogonal : bool, default False
+        Make each group of ``dim`` consecutive planes orthogonal.
 
     Returns
     -------
@@ -67,6 +80,10 @@ def hyperplanes(dim: int, bits: int, seed: int | np.random.Generator = 0) -> npt
     ((64, 128), dtype('float32'))
     >>> bool((planes == er.hyperplanes(64, 128, seed=0)).all())
     True
+    >>> ortho = er.hyperplanes(64, 128, seed=0, orthogonal=True)
+    >>> gram = ortho[:, :64].T.astype(np.float64) @ ortho[:, :64]
+    >>> bool(np.allclose(gram - np.diag(np.diag(gram)), 0, atol=1e-4))
+    True
     """
     dim = check_dim(dim)
     bits = check_bits(bits)
@@ -79,8 +96,27 @@ def hyperplanes(dim: int, bits: int, seed: int | np.random.Generator = 0) -> npt
     u2 = (raw[1] >> np.uint64(11)).astype(np.float64) * scale  # [0, 1)
     radius = np.sqrt(-2.0 * np.log(u1))
     angle = 2.0 * np.pi * u2
-    z = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:n]
-    return z.astype(np.float32).reshape(dim, bits)
+    z = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:n].reshape(dim, bits)
+    if not isinstance(orthogonal, (bool, np.bool_)):
+        raise TypeError(f"orthogonal must be a bool, got {type(orthogonal).__name__}")
+    if orthogonal:
+        z = _orthogonal_groups(z)
+    return z.astype(np.float32)
+
+
+def _orthogonal_groups(z: np.ndarray) -> np.ndarray:
+    """``z`` ``(dim, bits)`` float64 with each group of ``dim`` consecutive columns orthogonalised, lengths kept.
+
+    The Q factor of each group's QR decomposition with a positive diagonal
+    in R: what Gram-Schmidt in column order gives, computed stably.
+    """
+    dim, bits = z.shape
+    out = np.empty_like(z)
+    for lo in range(0, bits, dim):
+        group = z[:, lo : lo + dim]
+        q, r = np.linalg.qr(group)
+        out[:, lo : lo + dim] = q * (np.where(np.diag(r) < 0, -1.0, 1.0) * np.linalg.norm(group, axis=0))
+    return out
 
 
 def _check_planes(planes: Any) -> Any:
