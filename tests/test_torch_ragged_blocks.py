@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 import reference as ref  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from test_torch_ragged_modules import Largest  # noqa: E402  (records the largest tensor an operation makes)
 
 from etaretrieval import DTypeError  # noqa: E402
 from etaretrieval.torch import (  # noqa: E402
@@ -215,21 +215,6 @@ def test_group_codes_equal_the_reference(seed: int, tau: int, rows: int, groups:
     assert got.tolist() == ref.sdim_codes(sig, tau, groups * tau).tolist()  # groups straddling words included
 
 
-class Shapes(TorchDispatchMode):
-    """Records the largest number of elements of any tensor an operation makes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and not t.is_nested:
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 def test_no_block_builds_a_batch_by_longest_row_tensor() -> None:
     lens = [4000] + [1] * 255  # B * L_max = 1,024,000 for 4,255 behaviours
     offsets = torch.tensor([0, *np.cumsum(lens).tolist()])
@@ -241,12 +226,12 @@ def test_no_block_builds_a_batch_by_longest_row_tensor() -> None:
                 perturbed=False)
     for block in blocks(case) + [SDIMAttention(DIM, 64, 4)]:
         values = case["values"].clone().requires_grad_(True)
-        with Shapes() as seen:
+        with Largest() as seen:
             inputs = as_jagged(case, values)
             out = run(block, case, inputs) if not isinstance(block, SDIMAttention) else block(
                 case["target"].float(), jagged(values.float(), offsets), inputs["mask"])
             out.sum().backward()
-        assert seen.largest < 256 * 4000 // 3, (type(block).__name__, seen.largest)
+        assert seen.numel < 256 * 4000 // 3, (type(block).__name__, seen.numel)
 
 
 def test_positions_without_timestamps_count_the_valid_newer_behaviours() -> None:
