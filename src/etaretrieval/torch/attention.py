@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import torch
 from torch import nn
@@ -457,7 +457,7 @@ def _valid_positions(
 ) -> Optional[torch.Tensor]:
     """The ``(B, L)`` bool valid positions given by a mask (any numeric dtype) or by lengths, or None (all)."""
     if mask is not None:
-        return _ops.bool_mask(mask).expand(batch, length)
+        return cast(torch.Tensor, _ops.bool_mask(mask)).expand(batch, length)
     if lengths is None:
         return None
     col = torch.arange(length, device=device)

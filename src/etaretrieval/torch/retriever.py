@@ -251,8 +251,8 @@ class ETARetriever(FixedDtypeBuffers):
         elif seq is not None:
             values = seq.gather(1, safe.unsqueeze(-1).expand(-1, -1, seq.shape[-1]))
         else:  # empty slots read id 0, not the id at position 0 (possibly a masked padding id)
-            ids = torch.where(valid, seq_ids.gather(1, safe), 0)
-            values = items[ids] if items is not None else cache.embedding(ids)
+            ids = torch.where(valid, cast(torch.Tensor, seq_ids).gather(1, safe), 0)
+            values = items[ids] if items is not None else cast("SignatureCache", cache).embedding(ids)
         return Retrieved(values * valid.unsqueeze(-1).to(values.dtype), index, valid)
 
     def _forward_jagged(
