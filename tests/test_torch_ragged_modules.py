@@ -123,13 +123,16 @@ DIM = 4
 
 @st.composite
 def histories(draw: st.DrawFn) -> dict:
-    """Rows of 0..9 behaviours (B = 0..4): ids (0 possible: the padding id), timestamps, categories, a mask."""
+    """Rows of 0..9 behaviours (B = 0..4), values before the first row and after the last (Arrow semantics):
+    ids (0 possible: the padding id), timestamps, categories, a mask."""
     lens = draw(st.lists(st.integers(0, 9), max_size=4))
+    head, tail = draw(st.sampled_from([(0, 0), (0, 0), (2, 1)]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    total = sum(lens)
+    bounds = head + np.concatenate([[0], np.cumsum(lens, dtype=np.int64)])
+    total = head + sum(lens) + tail
     return dict(
-        lens=lens,
-        offsets=torch.tensor(np.concatenate([[0], np.cumsum(lens, dtype=np.int64)])),
+        spans=[(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])],
+        offsets=torch.tensor(bounds),
         ids=torch.from_numpy(rng.integers(0 if draw(st.booleans()) else 1, 12, size=total)).to(
             draw(st.sampled_from([torch.int64, torch.int32]))),
         times=torch.from_numpy(np.sort(rng.integers(0, 1000, size=total))),
@@ -143,19 +146,20 @@ def jagged(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return torch.nested.nested_tensor_from_jagged(values, offsets)
 
 
-def padded(values: torch.Tensor, lens: list[int], fill: float = 0) -> torch.Tensor:
-    """``(B, L, ...)`` right-padded rows (``L = max(lens, 1)``)."""
-    out = values.new_full((len(lens), max(lens, default=0) or 1, *values.shape[1:]), fill)
-    start = 0
-    for b, n in enumerate(lens):
-        out[b, :n] = values[start:start + n]
-        start += n
+def padded(values: torch.Tensor, spans: list[tuple[int, int]], fill: float = 0) -> torch.Tensor:
+    """``(B, L, ...)`` the rows ``values[a:b]`` right-padded (``L = max(b - a, 1)``)."""
+    out = values.new_full((len(spans), max((b - a for a, b in spans), default=0) or 1, *values.shape[1:]), fill)
+    for row, (a, b) in enumerate(spans):
+        out[row, :b - a] = values[a:b]
     return out
 
 
-def unpadded(x: torch.Tensor, lens: list[int]) -> torch.Tensor:
-    """The flat values of right-padded rows."""
-    return torch.cat([x[b, :n] for b, n in enumerate(lens)]) if lens else x.reshape(0, *x.shape[2:])
+def unpadded(x: torch.Tensor, spans: list[tuple[int, int]], total: int) -> torch.Tensor:
+    """The ``(total, ...)`` flat values of right-padded rows; zeros for values of no row."""
+    out = x.new_zeros((total, *x.shape[2:]))
+    for row, (a, b) in enumerate(spans):
+        out[a:b] = x[row, :b - a]
+    return out
 
 
 def grad(t: torch.Tensor) -> torch.Tensor:
@@ -163,8 +167,8 @@ def grad(t: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(t) if t.grad is None else t.grad
 
 
-def row_mask(lens: list[int]) -> torch.Tensor:
-    return padded(torch.ones(sum(lens), dtype=torch.bool), lens, False)
+def row_mask(spans: list[tuple[int, int]]) -> torch.Tensor:
+    return padded(torch.ones(spans[-1][1] if spans else 0, dtype=torch.bool), spans, False)
 
 
 @settings(max_examples=40, deadline=None)
@@ -172,24 +176,24 @@ def row_mask(lens: list[int]) -> torch.Tensor:
 def test_target_attention_equals_padded(case: dict, timed: str | None) -> None:
     """Full attention over jagged items: the padded output and gradients, to float64 rounding."""
     torch.manual_seed(case["seed"])
-    lens, offsets, total = case["lens"], case["offsets"], sum(case["lens"])
+    spans, offsets, total = case["spans"], case["offsets"], len(case["ids"])
     block = TargetAttention(DIM, 2, time=None if timed is None else TimeEncoding(DIM)).double()
     for p in block.parameters():
         torch.nn.init.normal_(p)
-    target, flat = torch.randn(len(lens), DIM, dtype=torch.float64), torch.randn(total, DIM, dtype=torch.float64)
+    target, flat = torch.randn(len(spans), DIM, dtype=torch.float64), torch.randn(total, DIM, dtype=torch.float64)
     flat.requires_grad_()
-    stamps = {} if timed != "timestamps" else dict(target_time=torch.full((len(lens),), 1000))
+    stamps = {} if timed != "timestamps" else dict(target_time=torch.full((len(spans),), 1000))
     valid = case["valid"]
     got = block(target, jagged(flat, offsets), None if valid is None else jagged(valid, offsets),
                 **({} if not stamps else dict(stamps, seq_time=jagged(case["times"], offsets))))
-    dense = padded(flat.detach(), lens).requires_grad_()
-    mask = row_mask(lens) if valid is None else padded(valid, lens, False)
-    want = block(target, dense, mask, **({} if not stamps else dict(stamps, seq_time=padded(case["times"], lens))))
+    dense = padded(flat.detach(), spans).requires_grad_()
+    mask = row_mask(spans) if valid is None else padded(valid, spans, False)
+    want = block(target, dense, mask, **({} if not stamps else dict(stamps, seq_time=padded(case["times"], spans))))
     torch.testing.assert_close(got, want)
     weights = torch.randn(got.shape, dtype=torch.float64)
     (got * weights).sum().backward()
     (want * weights).sum().backward()
-    torch.testing.assert_close(grad(flat), unpadded(grad(dense), lens))
+    torch.testing.assert_close(grad(flat), unpadded(grad(dense), spans, len(flat)))
 
 
 MODES = ["seq", "seq+ids", "items", "cache"]
@@ -200,37 +204,38 @@ MODES = ["seq", "seq+ids", "items", "cache"]
 def test_retriever_equals_padded(case: dict, mode: str, k: int) -> None:
     """Positions identical (counted from each row's start), values and their gradients equal, in every mode."""
     torch.manual_seed(case["seed"])
-    lens, offsets, ids, valid = case["lens"], case["offsets"], case["ids"], case["valid"]
+    spans, offsets, ids, valid = case["spans"], case["offsets"], case["ids"], case["valid"]
     retriever = ETARetriever(DIM, 16, k, seed=case["seed"])
     emb = torch.nn.Embedding(12, DIM)
-    target = torch.randn(len(lens), DIM)
-    mask = row_mask(lens) if valid is None else padded(valid, lens, False)
+    target = torch.randn(len(spans), DIM)
+    mask = row_mask(spans) if valid is None else padded(valid, spans, False)
     jmask = None if valid is None else jagged(valid, offsets)
     if mode == "seq":
         flat = emb(ids.long()).detach().requires_grad_()
-        dense = padded(flat.detach(), lens).requires_grad_()
+        dense = padded(flat.detach(), spans).requires_grad_()
         got, want = retriever(target, jagged(flat, offsets), jmask), retriever(target, dense, mask)
     elif mode == "seq+ids":
         flat = emb(ids.long()).detach().requires_grad_()
-        dense = padded(flat.detach(), lens).requires_grad_()
+        dense = padded(flat.detach(), spans).requires_grad_()
         got = retriever(target, jagged(flat, offsets), jmask, seq_ids=jagged(ids, offsets))
-        want = retriever(target, dense, mask, seq_ids=padded(ids, lens))
+        want = retriever(target, dense, mask, seq_ids=padded(ids, spans))
     elif mode == "items":
         flat, dense = emb.weight.detach().clone().requires_grad_(), emb.weight.detach().clone().requires_grad_()
         got = retriever(target, None, jmask, seq_ids=jagged(ids, offsets), items=flat)
-        want = retriever(target, None, mask, seq_ids=padded(ids, lens), items=dense)
+        want = retriever(target, None, mask, seq_ids=padded(ids, spans), items=dense)
     else:
         cache = SignatureCache(emb, retriever)
         got = retriever(target, None, jmask, seq_ids=jagged(ids, offsets), cache=cache)
-        want = retriever(target, None, mask, seq_ids=padded(ids, lens), cache=cache)
+        want = retriever(target, None, mask, seq_ids=padded(ids, spans), cache=cache)
     assert torch.equal(got.index, want.index) and torch.equal(got.mask, want.mask)
-    assert got.values.shape == (len(lens), k, DIM)
+    assert got.values.shape == (len(spans), k, DIM)
     assert torch.equal(got.values, want.values)
     if mode != "cache" and got.values.requires_grad:
         weights = torch.randn(got.values.shape)
         (got.values * weights).sum().backward()
         (want.values * weights).sum().backward()
-        torch.testing.assert_close(grad(flat), grad(dense) if mode == "items" else unpadded(grad(dense), lens))
+        want_grad = grad(dense) if mode == "items" else unpadded(grad(dense), spans, len(flat))
+        torch.testing.assert_close(grad(flat), want_grad)
 
 
 @settings(max_examples=40, deadline=None)
@@ -240,31 +245,31 @@ def test_retriever_equals_padded(case: dict, mode: str, k: int) -> None:
 def test_eta_attention_equals_padded(case: dict, timed: str | None, candidates: int | None, space: str,
                                      by_id: bool) -> None:
     torch.manual_seed(case["seed"])
-    lens, offsets, ids, valid = case["lens"], case["offsets"], case["ids"], case["valid"]
+    spans, offsets, ids, valid = case["spans"], case["offsets"], case["ids"], case["valid"]
     block = ETAAttention(DIM, 16, 3, 2, seed=case["seed"], time=None if timed is None else TimeEncoding(DIM),
                          candidates=candidates, hash_space=space)
     emb = torch.nn.Embedding(12, DIM)
-    target = torch.randn(len(lens), DIM)
-    mask = row_mask(lens) if valid is None else padded(valid, lens, False)
+    target = torch.randn(len(spans), DIM)
+    mask = row_mask(spans) if valid is None else padded(valid, spans, False)
     jmask = None if valid is None else jagged(valid, offsets)
     stamps: dict = {}
     jstamps: dict = {}
     if timed == "timestamps":
-        stamps = dict(seq_time=padded(case["times"], lens), target_time=torch.full((len(lens),), 1000))
+        stamps = dict(seq_time=padded(case["times"], spans), target_time=torch.full((len(spans),), 1000))
         jstamps = dict(stamps, seq_time=jagged(case["times"], offsets))
     if by_id:
         flat, dense = emb.weight.detach().clone().requires_grad_(), emb.weight.detach().clone().requires_grad_()
         got = block(target, None, jmask, seq_ids=jagged(ids, offsets), items=flat, **jstamps)
-        want = block(target, None, mask, seq_ids=padded(ids, lens), items=dense, **stamps)
+        want = block(target, None, mask, seq_ids=padded(ids, spans), items=dense, **stamps)
     else:
         flat = emb(ids.long()).detach().requires_grad_()
-        dense = padded(flat.detach(), lens).requires_grad_()
+        dense = padded(flat.detach(), spans).requires_grad_()
         got, want = block(target, jagged(flat, offsets), jmask, **jstamps), block(target, dense, mask, **stamps)
     torch.testing.assert_close(got, want)
     weights = torch.randn(got.shape)
     (got * weights).sum().backward()
     (want * weights).sum().backward()
-    torch.testing.assert_close(grad(flat), grad(dense) if by_id else unpadded(grad(dense), lens))
+    torch.testing.assert_close(grad(flat), grad(dense) if by_id else unpadded(grad(dense), spans, len(flat)))
 
 
 def _model(n_items: int, categories: str, blocks: str, seed: int) -> ETAModel:
@@ -285,25 +290,25 @@ def _model(n_items: int, categories: str, blocks: str, seed: int) -> ETAModel:
        blocks=st.sampled_from(["default", "full attention"]), n_items=st.sampled_from([11, 400]))
 def test_model_equals_padded(case: dict, categories: str, timed: bool, blocks: str, n_items: int) -> None:
     """ETAModel's logits and parameter gradients on a jagged batch equal those of the padded batch."""
-    lens, offsets, ids, valid = case["lens"], case["offsets"], case["ids"], case["valid"]
+    spans, offsets, ids, valid = case["spans"], case["offsets"], case["ids"], case["valid"]
     if categories == "by item":
         cats = (ids.long() % 3 + 1).where(ids != 0, 0)
     else:
         cats = case["cats"]
     model = _model(n_items, categories, blocks, case["seed"])
-    batch = len(lens)
+    batch = len(spans)
     target = torch.arange(batch) % 11 + 1
     extra: dict = {}
     jextra: dict = {}
     if categories != "none":
         tcat = target % 3 + 1 if categories == "by item" else torch.ones(batch, dtype=torch.int64)
-        extra.update(categories=padded(cats, lens), target_category=tcat)
+        extra.update(categories=padded(cats, spans), target_category=tcat)
         jextra.update(categories=jagged(cats, offsets), target_category=tcat)
     if timed:
-        extra.update(times=padded(case["times"], lens), target_time=torch.full((batch,), 1000))
+        extra.update(times=padded(case["times"], spans), target_time=torch.full((batch,), 1000))
         jextra.update(times=jagged(case["times"], offsets), target_time=torch.full((batch,), 1000))
-    history = padded(ids, lens)
-    mask = (history != 0) if valid is None else padded(valid, lens, False)
+    history = padded(ids, spans)
+    mask = (history != 0) if valid is None else padded(valid, spans, False)
     jmask = None if valid is None else jagged(valid, offsets)
     want = model(history, target, mask, **extra)
     grads_want = torch.autograd.grad(want.sum(), list(model.parameters()), allow_unused=True) if batch else None
