@@ -5,7 +5,9 @@ torch op (both CPU paths, its fake kernel, ``opcheck``), the ATen form and the
 CUDA kernel (under the simulator: ``NUMBA_ENABLE_CUDASIM=1 python -m pytest
 tests/test_pack_offset.py -m cudasim -p no:cacheprovider``) against a float64
 reference; the offset path against the affine form it replaces (``[x, 1]``
-hashed with ``[planes; offset]``), bit for bit where both sum in order.
+hashed with ``[planes; offset]``), bit for bit where both sum in order. Also
+``hyperplanes(..., orthogonal=True)``, the other half of hashing in the
+attention's space well.
 """
 
 from __future__ import annotations
