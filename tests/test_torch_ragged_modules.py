@@ -327,13 +327,19 @@ def test_model_equals_padded(case: dict, categories: str, timed: bool, blocks: s
 TORCH_INTERNAL_WARNING = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
 #: NestedTensor has no stable hash for the AOT autograd cache (torch 2.13): the graph compiles, uncached.
 NESTED_CACHE_WARNING = "ignore:NestedTensor does not implement _stable_hash_for_caching:UserWarning"
+#: Dynamo reads ``.grad`` of a jagged tensor made from values that require grad (a non-leaf): torch's warning.
+DYNAMO_NESTED_GRAD_WARNING = "ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning"
 
 
-@pytest.mark.filterwarnings(TORCH_INTERNAL_WARNING, NESTED_CACHE_WARNING)
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_model_compiles_fullgraph_over_jagged_batches(backend: str) -> None:
-    """torch.compile(fullgraph) of ETAModel's forward + backward on jagged batches: eager's logits and gradients."""
-    model = _model(11, "given", "default", 0)
+@pytest.mark.filterwarnings(TORCH_INTERNAL_WARNING, NESTED_CACHE_WARNING, DYNAMO_NESTED_GRAD_WARNING)
+@pytest.mark.parametrize(("backend", "blocks", "n_items"), [("aot_eager", "default", 11), ("inductor", "default", 11),
+                                                            ("aot_eager", "full attention", 400)])
+def test_model_compiles_fullgraph_over_jagged_batches(backend: str, blocks: str, n_items: int) -> None:
+    """torch.compile(fullgraph) of ETAModel's forward + backward on jagged batches: eager's logits and gradients.
+
+    The default blocks (ETA by id, the window) and jagged embedded histories (full attention, short and long).
+    """
+    model = _model(n_items, "given", blocks, 0)
 
     def step(history: torch.Tensor, target: torch.Tensor, times: torch.Tensor, target_time: torch.Tensor,
              categories: torch.Tensor, target_category: torch.Tensor) -> torch.Tensor:
