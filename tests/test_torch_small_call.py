@@ -301,3 +301,25 @@ def test_compile_traces_the_ragged_op(bypass_calls: list[int]) -> None:
                                                                                               offsets))
     assert torch.ops.etaretrieval.topk_hamming_lookup_ragged.default in {n.target for gm in graphs
                                                                          for n in gm.graph.nodes}
+
+
+@needs_jit
+@pytest.mark.parametrize("ids_dtype", [torch.int64, torch.int32, torch.int16])
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_the_op_takes_the_fast_path_by_address(monkeypatch: pytest.MonkeyPatch, ids_dtype: torch.dtype,
+                                               layout: str) -> None:
+    """The op's kernel reads contiguous int64/int32 ids by address (one lookup_at call); others go the general way."""
+    calls: list[object] = []
+    at = cpu_topk.lookup_at
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append(args)
+        return at(*args, **kwargs)  # type: ignore[arg-type]
+
+    query, ids, table = small(length=60, rows=50, ids_dtype=ids_dtype)
+    if layout == "strided":
+        ids = ids[:, ::2]
+    want = op(query, ids, table, 5, mask=torch.ones(ids.shape, dtype=torch.bool))  # the general path
+    monkeypatch.setattr(cpu_topk, "lookup_at", spy)
+    same(op(query, ids, table, 5), want)
+    assert len(calls) == (layout == "contiguous" and ids_dtype != torch.int16)
