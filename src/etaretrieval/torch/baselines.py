@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .._validate import check_k
+from .._validate import _shape, check_k
 from . import _ops
 from ._checks import _ints
 from ._jagged import flat_mask, is_jagged, parts
@@ -288,7 +288,7 @@ class CategoryMatchAttention(RetrievalAttention):
     ) -> torch.Tensor:
         """Positions where the category matches the target's, ``-inf`` elsewhere."""
         if seq_cat is None:
-            shape = "(B, L)" if seq.offsets is None else "(B, j), jagged like seq"
+            shape = _shape(tuple(seq.rows.shape)) if seq.offsets is None else "(B, j), jagged like seq"
             raise ValueError(f"seq_cat is required here (shape {shape})")
         target_cat = _ints("target_cat", target_cat, (seq.batch,), target.device)
         return seq.positions.to(torch.float64).masked_fill(seq_cat != seq.per_row(target_cat), float("-inf"))
