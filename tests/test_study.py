@@ -249,9 +249,9 @@ def test_train_step_bench_times_every_layout(capsys: pytest.CaptureFixture[str])
     assert [(r.block, r.layout) for r in rows] == [(b, layout) for b in cfg.blocks for layout in LAYOUTS]
     assert "batches of 16" in line and "padded to 60" in line
     for r in rows:
-        assert r.step_ms > 0 and r.batch_ms > 0 and r.max_logit_diff < 1e-4
-        assert (r.ragged_speedup == 1.0) == (r.layout == "ragged")
-    assert "ragged speed-up" in format_train_step(cfg, rows, line, 1)
+        assert r.step_ms > 0 and r.infer_ms > 0 and r.batch_ms > 0 and r.max_logit_diff < 1e-4
+        assert (r.ragged_speedup == r.infer_speedup == 1.0) == (r.layout == "ragged")
+    assert "infer ms" in format_train_step(cfg, rows, line, 1)
     with pytest.raises(ValueError, match="unknown study rows"):
         run_train_step(TrainStepConfig(blocks=("ETA 7 bits",)))
     assert cli.main(["--train-step", "--batch", "8", "--length", "40", "--repeat", "1"]) == 0

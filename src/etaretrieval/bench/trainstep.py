@@ -2,7 +2,8 @@
 
 The model of ``python -m etaretrieval.study`` (:class:`~etaretrieval.torch.ETAModel`
 with the study's sizes) takes one training step (forward, backward, Adam)
-per round on the same training batches in three layouts: padded to the
+and one inference call (forward in evaluation mode, no autograd) per round
+on the same training batches in three layouts: padded to the
 study's ``max_len`` (how the study batches), padded to the batch's longest
 row, and ragged (``torch.nested`` jagged histories over the flat values and
 offsets of :meth:`~etaretrieval.datasets.SequenceSamples.ragged_batch`).
@@ -83,6 +84,8 @@ class TrainStepRow:
     batch_ms: float  # making the batch's tensors from the samples
     step_ms: float  # forward + backward + Adam step
     ragged_speedup: float  # median over rounds of this layout's step time / the ragged step's
+    infer_ms: float  # forward only, evaluation mode, no autograd, on the same batch
+    infer_speedup: float  # as ragged_speedup, for infer_ms
     max_logit_diff: float  # largest |logit - ragged logit| of the untrained models on the first batch
 
 
@@ -160,6 +163,7 @@ def run_train_step(cfg: TrainStepConfig) -> tuple[list[TrainStepRow], str]:
                 logits = models[(b, layout)](**inputs[layout][0][0])
                 diff[(b, layout)] = float((logits - ragged).abs().max())
     steps: dict[tuple[str, str], list[float]] = {key: [] for key in models}
+    infers: dict[tuple[str, str], list[float]] = {key: [] for key in models}
     keys = list(models)
     for r in range(cfg.rounds + 1):
         shift = r % len(keys)
@@ -171,28 +175,36 @@ def run_train_step(cfg: TrainStepConfig) -> tuple[list[TrainStepRow], str]:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            t1 = time.perf_counter()
+            model.eval()
+            with torch.no_grad():
+                model(**x)
+            t2 = time.perf_counter()
+            model.train()
             if r:  # round 0 warms up
-                steps[key].append(1e3 * (time.perf_counter() - t0))
-    out = []
-    for b in cfg.blocks:
-        base = steps[(b, LAYOUTS[2])]
-        for layout in LAYOUTS:
-            s = steps[(b, layout)]
-            out.append(TrainStepRow(b, layout, statistics.median(batch_ms[layout]), statistics.median(s),
-                                    statistics.median(t / u for t, u in zip(s, base)), diff[(b, layout)]))
-    return out, data_line
+                steps[key].append(1e3 * (t1 - t0))
+                infers[key].append(1e3 * (t2 - t1))
+
+    def speedup(times: dict[tuple[str, str], list[float]], key: tuple[str, str]) -> float:
+        return statistics.median(t / u for t, u in zip(times[key], times[(key[0], LAYOUTS[2])]))
+
+    return [TrainStepRow(b, layout, statistics.median(batch_ms[layout]), statistics.median(steps[(b, layout)]),
+                         speedup(steps, (b, layout)), statistics.median(infers[(b, layout)]),
+                         speedup(infers, (b, layout)), diff[(b, layout)])
+            for b in cfg.blocks for layout in LAYOUTS], data_line
 
 
 def format_train_step(cfg: TrainStepConfig, rows: Sequence[TrainStepRow], data_line: str, threads: int) -> str:
     """The table of :func:`run_train_step`."""
     lines = [
-        f"training step (forward + backward + Adam) of the study's ETAModel, B = {cfg.batch_size}, "
-        f"{threads} thread(s): median of {cfg.rounds} interleaved rounds",
+        f"training step (forward + backward + Adam) and inference (forward) of the study's ETAModel, "
+        f"B = {cfg.batch_size}, {threads} thread(s): medians of {cfg.rounds} interleaved rounds; speed-up: "
+        "median over rounds of the layout's time / the ragged layout's",
         f"data: {data_line}",
-        f"{'long-term block':<26}{'layout':<28}{'batch ms':>10}{'step ms':>10}{'ragged speed-up':>17}"
-        f"{'max |logit diff|':>18}",
+        f"{'long-term block':<26}{'layout':<28}{'batch ms':>10}{'step ms':>10}{'speed-up':>10}{'infer ms':>10}"
+        f"{'speed-up':>10}{'max |logit diff|':>18}",
     ]
     for r in rows:
-        lines.append(f"{r.block:<26}{r.layout:<28}{r.batch_ms:>10.2f}{r.step_ms:>10.1f}"
-                     f"{r.ragged_speedup:>16.2f}x{r.max_logit_diff:>18.1e}")
+        lines.append(f"{r.block:<26}{r.layout:<28}{r.batch_ms:>10.2f}{r.step_ms:>10.1f}{r.ragged_speedup:>9.2f}x"
+                     f"{r.infer_ms:>10.1f}{r.infer_speedup:>9.2f}x{r.max_logit_diff:>18.1e}")
     return "\n".join(lines)
