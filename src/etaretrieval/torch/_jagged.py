@@ -252,6 +252,9 @@ def _rows(values: torch.Tensor, offsets: torch.Tensor) -> str:
 def row_index(offsets: torch.Tensor, total: int) -> torch.Tensor:
     """``(T,)`` int64 row of each of ``total`` flat values; ``B`` for a value of no row.
 
+    ``O(T + B)`` torch operations (a count of the rows begun at each value,
+    summed); the offsets are assumed valid (see :func:`parts`).
+
     Examples
     --------
     >>> import torch
@@ -259,7 +262,10 @@ def row_index(offsets: torch.Tensor, total: int) -> torch.Tensor:
     >>> row_index(torch.tensor([1, 3, 3, 4]), 6).tolist()
     [3, 0, 0, 2, 3, 3]
     """
-    return _ops.ragged_rows(offsets, total)[1]
+    o = offsets.to(torch.int64).clamp(0, total)  # (valid offsets are unchanged)
+    starts = torch.zeros(total + 1, dtype=torch.int64, device=o.device).index_add_(0, o, torch.ones_like(o))
+    rows = starts[:total].cumsum(0) - 1  # the number of rows begun at or before each value, less one
+    return torch.where(rows < 0, o.shape[0] - 1, rows)  # before offsets[0]: no row (past offsets[-1]: B already)
 
 
 def newer(offsets: torch.Tensor, rows: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -290,12 +296,11 @@ def newer(offsets: torch.Tensor, rows: torch.Tensor, valid: Optional[torch.Tenso
     [1, 1, 0, 0, 0]
     """
     o = offsets.to(torch.int64)
-    ends = torch.cat([o[1:], o[-1:]])[rows]  # the row's end; a value of no row reads the last one
-    flat = torch.arange(rows.shape[0], device=rows.device)
+    ends = torch.cat([o[1:], o[-1:]])  # each row's end; a value of no row reads the last one
     if valid is None:
-        return (ends - 1 - flat).clamp(min=0)
+        return (ends.index_select(0, rows) - 1 - torch.arange(rows.shape[0], device=rows.device)).clamp(min=0)
     counts = torch.cat([valid.new_zeros(1, dtype=torch.int64), valid.to(torch.int64).cumsum(0)])
-    return counts[ends.clamp(max=rows.shape[0])] - counts[flat + 1]
+    return counts.index_select(0, ends.clamp(max=rows.shape[0])).index_select(0, rows) - counts[1:]
 
 
 def newer_at(offsets: torch.Tensor, index: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -360,9 +365,9 @@ def segment_softmax(
     s = scores if valid is None else scores.masked_fill(_trailing(~valid, scores), float("-inf"))
     top = s.new_full(shape, float("-inf")).scatter_reduce(0, where, s.detach(), "amax", include_self=False)
     top = torch.where(torch.isfinite(top), top, 0)  # rows with no valid value: keep exp(-inf) = 0 finite
-    e = torch.exp(s - top[rows])
+    e = torch.exp(s - top.index_select(0, rows))
     total = e.new_zeros(shape).index_add(0, rows, e)
-    return e / torch.where(total > 0, total, 1)[rows]
+    return e / torch.where(total > 0, total, 1).index_select(0, rows)
 
 
 def segment_sum(x: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
@@ -458,7 +463,7 @@ def take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """
     if values.shape[0] == 0:  # nothing to read: every slot is empty
         return values.new_zeros((*index.shape, *values.shape[1:]))
-    got = values[index.clamp(min=0)]
+    got = values.index_select(0, index.clamp(min=0).reshape(-1)).view(*index.shape, *values.shape[1:])
     return torch.where(_trailing(index >= 0, got), got, 0)
 
 

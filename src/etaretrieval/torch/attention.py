@@ -164,7 +164,7 @@ class TargetAttention(nn.Module):
         batch, d = target.shape
         h = self.heads
         q = self.query(target).view(batch, h, d // h)
-        q = torch.cat([q, q.new_zeros(1, h, d // h)])[rows]  # each value's query (a value of no row: zeros)
+        q = torch.cat([q, q.new_zeros(1, h, d // h)]).index_select(0, rows)  # each value's (of no row: zeros)
         k = self.key(values).view(-1, h, d // h)
         v = self.value(values).view(-1, h, d // h)
         weights = _jagged.segment_softmax((q * k).sum(-1) / math.sqrt(d // h), rows, batch, valid)

@@ -252,7 +252,7 @@ class ETARetriever(FixedDtypeBuffers):
             values = seq.gather(1, safe.unsqueeze(-1).expand(-1, -1, seq.shape[-1]))
         else:  # empty slots read id 0, not the id at position 0 (possibly a masked padding id)
             ids = torch.where(valid, cast(torch.Tensor, seq_ids).gather(1, safe), 0)
-            values = items[ids] if items is not None else cast("SignatureCache", cache).embedding(ids)
+            values = _rows(items, ids) if items is not None else cast("SignatureCache", cache).embedding(ids)
         return Retrieved(values * valid.unsqueeze(-1).to(values.dtype), index, valid)
 
     def _forward_jagged(
@@ -284,7 +284,7 @@ class ETARetriever(FixedDtypeBuffers):
             values = _jagged.take(seq_v, flat)
         else:  # empty slots read id 0, as in the padded form
             ids = _jagged.take(cast(torch.Tensor, ids_v), flat)
-            values = items[ids] if items is not None else cast("SignatureCache", cache).embedding(ids)
+            values = _rows(items, ids) if items is not None else cast("SignatureCache", cache).embedding(ids)
         return Retrieved(values * found.unsqueeze(-1).to(values.dtype), index, found)
 
     def _side_planes(self, name: str, planes: torch.Tensor) -> torch.Tensor:
@@ -521,3 +521,8 @@ class ETARetriever(FixedDtypeBuffers):
             if lengths.device != device:
                 raise ValueError(f"lengths must be on the device of target ({device}), got {lengths.device}")
         return length
+
+
+def _rows(items: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``items[ids]`` ``(*ids.shape, d)`` through ``index_select`` (several times faster than advanced indexing)."""
+    return items.index_select(0, ids.reshape(-1)).view(*ids.shape, items.shape[1])

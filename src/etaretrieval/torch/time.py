@@ -234,7 +234,7 @@ class TimeEncoding(FixedDtypeBuffers):
         _ints("seq_time", seq_time, tuple(rows.shape), rows.device)
         _ints("target_time", target_time, (offsets.shape[0] - 1,), rows.device)
         request = torch.cat([target_time.to(torch.int64), target_time.new_zeros(1, dtype=torch.int64)])
-        return request[rows] - seq_time.to(torch.int64)  # a value of no row reads the appended 0
+        return request.index_select(0, rows) - seq_time.to(torch.int64)  # a value of no row reads the appended 0
 
     def forward(
         self,
