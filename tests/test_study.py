@@ -118,6 +118,13 @@ def test_quick_frontier_runs_every_block_and_resumes(tmp_path: Path) -> None:
     assert (out / "frontier.json").read_text(encoding="utf-8") == before
     with pytest.raises(SystemExit, match="another configuration"):
         main(args[:-2] + ["--lr", "0.01", "--out", str(out)])
+    with pytest.raises(SystemExit, match="another configuration"):
+        main(args + ["--ragged"])
+    older = json.loads(before)  # saved before the ragged option: read as padded runs
+    del older["config"]["ragged"]
+    (out / "frontier.json").write_text(json.dumps(older), encoding="utf-8")
+    assert main(args) == 0  # nothing reruns
+    assert json.loads((out / "frontier.json").read_text(encoding="utf-8"))["runs"] == older["runs"]
     with pytest.raises(SystemExit, match="unknown frontier blocks"):
         main(["--quick", "--frontier", "--blocks", "eta,sim", "--out", str(tmp_path / "x")])
 
