@@ -256,7 +256,8 @@ def test_train_step_bench_times_every_layout(capsys: pytest.CaptureFixture[str])
     assert [(r.block, r.layout) for r in rows] == [(b, layout) for b in cfg.blocks for layout in LAYOUTS]
     assert "batches of 16" in line and "padded to 60" in line
     for r in rows:
-        assert r.step_ms > 0 and r.infer_ms > 0 and r.batch_ms > 0 and r.max_logit_diff < 1e-4
+        assert r.step_ms > 0 and r.infer_ms > 0 and r.batch_ms > 0
+        assert r.max_logit_diff < 1e-4 if r.layout != "recent window only" else r.max_logit_diff != r.max_logit_diff
         assert (r.ragged_speedup == r.infer_speedup == 1.0) == (r.layout == "ragged")
     assert "infer ms" in format_train_step(cfg, rows, line, 1)
     with pytest.raises(ValueError, match="unknown study rows"):
