@@ -123,8 +123,8 @@ DIM = 4
 
 @st.composite
 def histories(draw: st.DrawFn) -> dict:
-    """Rows of 0..9 behaviours (B = 0..4), values before the first row and after the last (Arrow semantics):
-    ids (0 possible: the padding id), timestamps, categories, a mask."""
+    """Rows of 0..9 behaviours (B = 0..4), values before the first row and after the last (Arrow semantics),
+    int64 or int32 offsets: ids (0 possible: the padding id), timestamps, categories, a mask."""
     lens = draw(st.lists(st.integers(0, 9), max_size=4))
     head, tail = draw(st.sampled_from([(0, 0), (0, 0), (2, 1)]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
@@ -132,7 +132,7 @@ def histories(draw: st.DrawFn) -> dict:
     total = head + sum(lens) + tail
     return dict(
         spans=[(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])],
-        offsets=torch.tensor(bounds),
+        offsets=torch.tensor(bounds, dtype=draw(st.sampled_from([torch.int64, torch.int32]))),
         ids=torch.from_numpy(rng.integers(0 if draw(st.booleans()) else 1, 12, size=total)).to(
             draw(st.sampled_from([torch.int64, torch.int32]))),
         times=torch.from_numpy(np.sort(rng.integers(0, 1000, size=total))),
