@@ -88,6 +88,8 @@ def hyperplanes(
     dim = check_dim(dim)
     bits = check_bits(bits)
     check_plane_size(dim, bits)
+    if not isinstance(orthogonal, (bool, np.bool_)):
+        raise TypeError(f"orthogonal must be a bool, got {type(orthogonal).__name__}")
     gen = _raw_generator(seed)
     n = dim * bits
     raw = gen.random_raw(2 * ((n + 1) // 2)).reshape(2, -1)
@@ -97,8 +99,6 @@ def hyperplanes(
     radius = np.sqrt(-2.0 * np.log(u1))
     angle = 2.0 * np.pi * u2
     z = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:n].reshape(dim, bits)
-    if not isinstance(orthogonal, (bool, np.bool_)):
-        raise TypeError(f"orthogonal must be a bool, got {type(orthogonal).__name__}")
     if orthogonal:
         z = _orthogonal_groups(z)
     return z.astype(np.float32)
