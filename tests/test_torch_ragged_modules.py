@@ -483,3 +483,17 @@ def test_no_batch_by_longest_row_tensor(blocks: str, n_items: int) -> None:
         retrieved = ETARetriever(DIM, 16, 8)(torch.randn(256, DIM), jagged(torch.randn(total, DIM), offsets))
     assert retrieved.values.shape == (256, 8, DIM)
     assert seen.numel <= max(8 * total, (n_items + 1) * DIM), seen.numel  # a few values per behaviour at most
+
+
+@pytest.mark.filterwarnings(NESTED_CACHE_WARNING)
+def test_compiled_graph_checks_other_offsets_when_it_runs() -> None:
+    """Under torch.compile, equal offsets held in another tensor pass; different ones raise, naming the argument."""
+    block = TargetAttention(DIM, 2, time=TimeEncoding(DIM))
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    offsets, target, now = torch.tensor([0, 2, 5]), torch.randn(2, DIM), torch.full((2,), 9)
+    items = jagged(torch.randn(5, DIM), offsets)
+    same = jagged(torch.arange(5), offsets.clone())
+    torch.testing.assert_close(compiled(target, items, seq_time=same, target_time=now),
+                               block(target, items, seq_time=same, target_time=now))
+    with pytest.raises(RuntimeError, match="seq_time must have the offsets of items"):
+        compiled(target, items, seq_time=jagged(torch.arange(5), torch.tensor([0, 3, 5])), target_time=now)
