@@ -4,8 +4,9 @@ The modules take a history as a jagged nested tensor ``(B, j, ...)`` and work on
 its flat ``values()`` ``(T, ...)`` and ``offsets()`` ``(B + 1,)``: per-value
 scores, a softmax within each row, a weighted sum per row, the newest ``n``
 values of each row. Nothing here builds a ``(B, L_max)`` tensor: every
-operation costs ``O(T)`` (or ``O(B n)`` for :func:`newest`), and all are
-torch operations on the values' device that ``torch.compile`` traces.
+operation costs ``O(T + B)`` (plus ``O(B n)`` for the window of
+:func:`newest`), and all are torch operations on the values' device that
+``torch.compile`` traces.
 
 Row ``b`` is ``values[offsets[b]:offsets[b + 1]]`` (Arrow semantics:
 ``offsets[0]`` may be above 0, values past ``offsets[-1]`` belong to no row).
