@@ -16,7 +16,7 @@ segment operations take that index and leave such values out of every row.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -45,7 +45,7 @@ __all__ = [
 
 def is_jagged(t: object) -> bool:
     """Whether ``t`` is a ``torch.nested`` tensor (of any layout: :func:`parts` refuses the strided one)."""
-    return isinstance(t, torch.Tensor) and t.is_nested
+    return type(t) is _ops._NESTED or (isinstance(t, torch.Tensor) and t.is_nested)
 
 
 def parts(name: str, t: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +99,18 @@ def parts(name: str, t: object) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _unpack(name: str, t: object) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(values, offsets)`` of a jagged nested tensor, its offsets' values unchecked."""
+    """``(values, offsets)`` of a jagged nested tensor, its offsets' values unchecked.
+
+    In eager mode the values of an integer or bool jagged tensor (ids, times,
+    categories, a mask: nothing to differentiate) are read from its fields:
+    its methods each run through its ``__torch_function__``, tens of
+    microseconds a call, a few times per module call.
+    """
+    if type(t) is _ops._NESTED and not torch.compiler.is_compiling():
+        nested: Any = t
+        values = nested._values
+        if not values.dtype.is_floating_point and nested._lengths is None and nested._ragged_idx == 1:
+            return values, nested._offsets
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_nested:

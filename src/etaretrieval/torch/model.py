@@ -288,8 +288,8 @@ class ETAModel(nn.Module):
             return None if values is None else torch.nested.nested_tensor_from_jagged(values, offsets)
 
         query = self.embed(target, target_category)
-        valid_nt, times_nt, cats_nt = nested(valid), nested(flat_times), nested(flat_cats)
-        context = {"seq_time": times_nt, "target_time": target_time, "seq_cat": cats_nt, "target_cat": target_category}
+        valid_nt = mask if mask is not None else nested(valid)  # the given jagged tensors are passed on as they are
+        context = {"seq_time": times, "target_time": target_time, "seq_cat": categories, "target_cat": target_category}
         seq: Optional[torch.Tensor] = None
         if isinstance(self.short, RecentWindowAttention):  # the newest valid behaviours, gathered into (B, recent)
             index, filled = _jagged.newest(offsets, self.short.k, valid, _jagged.row_index(offsets, total))
@@ -305,7 +305,7 @@ class ETAModel(nn.Module):
         if isinstance(self.long, ETAAttention) and self.items.num_embeddings <= 2 * total:
             table = self.item_table()
         if table is not None:
-            long = self.long(query, None, valid_nt, seq_ids=nested(ids), items=table, **context)
+            long = self.long(query, None, valid_nt, seq_ids=history, items=table, **context)
         else:
             long = self.long(query, nested(self.embed(ids, flat_cats)) if seq is None else seq, valid_nt, **context)
         return self.mlp(torch.cat([query, short, long, query * short, query * long], dim=-1)).squeeze(-1)
