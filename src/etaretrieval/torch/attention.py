@@ -234,9 +234,10 @@ class ETAAttention(nn.Module):
         distance approximates the angle behind the attention's own logits.
         The projections fold into the planes,
         ``sign(R^T (W e + b)) = sign((W^T R)^T e + R^T b)``: affine planes
-        ``(dim + 1, bits)`` whose last row is the offset ``R^T b``, hashing
-        each row with a constant 1 appended (one more multiply-add per plane
-        and row; the signatures have the same shape). The folded planes
+        ``(dim + 1, bits)`` whose last row is the offset ``R^T b``, passed as
+        the ``offset`` of :func:`~etaretrieval.torch.pack_signatures` (the rows
+        hashed are the embeddings themselves, not copied; the signatures have
+        the same shape). The folded planes
         follow the attention's weights as they train; a
         :class:`SignatureCache` built from this block (``hasher=block``)
         hashes with them and is stale after they change, until refreshed.
