@@ -125,6 +125,10 @@ def test_quick_frontier_runs_every_block_and_resumes(tmp_path: Path) -> None:
     (out / "frontier.json").write_text(json.dumps(older), encoding="utf-8")
     assert main(args) == 0  # nothing reruns
     assert json.loads((out / "frontier.json").read_text(encoding="utf-8"))["runs"] == older["runs"]
+    assert main(args[:-2] + ["--ks", "4,64", "--report-only", "--out", str(out)]) == 0  # k = 64: no runs, none made
+    assert json.loads((out / "frontier.json").read_text(encoding="utf-8"))["runs"] == older["runs"]
+    table = (out / "frontier.md").read_text(encoding="utf-8")
+    assert "| ETA 64 bits + time | 4 |" in table and "| 64 |" not in table
     with pytest.raises(SystemExit, match="unknown frontier blocks"):
         main(["--quick", "--frontier", "--blocks", "eta,sim", "--out", str(tmp_path / "x")])
 

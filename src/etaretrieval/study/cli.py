@@ -101,6 +101,9 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--timing-rounds", type=int, help="with --frontier: time every row in this many interleaved "
                    "rounds (one training step and one inference batch per row and round) and report those times "
                    "instead of the training runs' (default 10; 2 with --quick; 0: the training runs' medians)")
+    f.add_argument("--report-only", action="store_true",
+                   help="run nothing: write the report of the runs saved in --out and the --merge directories "
+                   "(the rows of --blocks / --ks that have runs)")
     f.add_argument("--merge", action="append", default=[], metavar="DIR",
                    help="also take the runs saved in DIR/frontier.json by a frontier run of the same settings "
                    "(e.g. other blocks run in parallel; repeatable)")
@@ -290,7 +293,10 @@ def _frontier(args: argparse.Namespace, cfg: StudyConfig) -> int:
         results += [r for r in load_runs(Path(other) / "frontier.json", cfg, data_line)
                     if (r.variant, r.seed) not in have]
     done = {(r.variant, r.seed) for r in results}
-    todo = [(v, seed) for v in rows for seed in cfg.seeds if (v.name, seed) not in done]
+    if args.report_only:  # the rows with saved runs, none run
+        rows = [v for v in rows if any(name == v.name for name, _ in done)]
+    # seed-major: a sweep stopped early has every row at its first seeds
+    todo = [] if args.report_only else [(v, seed) for seed in cfg.seeds for v in rows if (v.name, seed) not in done]
     _log(f"frontier: k in {ks} (median test history {median_len:.0f}), {len(rows)} rows x {len(cfg.seeds)} seeds, "
          f"{len(todo)} runs to do ({len(done)} saved in {saved})")
     for i, (variant, seed) in enumerate(todo):
