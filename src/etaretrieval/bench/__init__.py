@@ -9,7 +9,13 @@ Run ``python -m etaretrieval.bench --help``. The modules:
 :mod:`~etaretrieval.bench.runner`
     configurations, data, interleaved timing and the table;
 :mod:`~etaretrieval.bench.sweep`, :mod:`~etaretrieval.bench.coldstart`
-    sweeps with their plot, and first-call latency in fresh processes.
+    sweeps with their plot, and first-call latency in fresh processes;
+:mod:`~etaretrieval.bench.pipeline`
+    the serving and training loops, and the small call against NumPy;
+:mod:`~etaretrieval.bench.ragged`, :mod:`~etaretrieval.bench.offline`
+    ragged rows against padded ones, and the Arrow / Parquet jobs;
+:mod:`~etaretrieval.bench.trainstep`
+    the study's training step on padded and ragged batches.
 
 torch, faiss and matplotlib are optional: the methods that need them are
 left out when they are not installed.
