@@ -261,23 +261,8 @@ def _rows(values: torch.Tensor, offsets: torch.Tensor) -> str:
     return f"{offsets.shape[0] - 1} rows, values of shape {_shape(tuple(values.shape))}"
 
 
-def row_index(offsets: torch.Tensor, total: int) -> torch.Tensor:
-    """``(T,)`` int64 row of each of ``total`` flat values; ``B`` for a value of no row.
-
-    ``O(T + B)`` torch operations (a count of the rows begun at each value,
-    summed); the offsets are assumed valid (see :func:`parts`).
-
-    Examples
-    --------
-    >>> import torch
-    >>> from etaretrieval.torch._jagged import row_index
-    >>> row_index(torch.tensor([1, 3, 3, 4]), 6).tolist()
-    [3, 0, 0, 2, 3, 3]
-    """
-    o = offsets.to(torch.int64).clamp(0, total)  # (valid offsets are unchanged)
-    starts = torch.zeros(total + 1, dtype=torch.int64, device=o.device).index_add_(0, o, torch.ones_like(o))
-    rows = starts[:total].cumsum(0) - 1  # the number of rows begun at or before each value, less one
-    return torch.where(rows < 0, o.shape[0] - 1, rows)  # before offsets[0]: no row (past offsets[-1]: B already)
+#: Each flat value's row (see :func:`etaretrieval.torch._ops.row_index`).
+row_index = _ops.row_index
 
 
 def newer(offsets: torch.Tensor, rows: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:

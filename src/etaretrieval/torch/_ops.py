@@ -609,17 +609,35 @@ def check_ragged(
             )
 
 
+def row_index(offsets: torch.Tensor, total: int) -> torch.Tensor:
+    """``(T,)`` int64 row of each of ``total`` flat values; ``B`` for a value of no row.
+
+    A value of no row lies before ``offsets[0]`` or past ``offsets[-1]``.
+    ``O(T + B)`` torch operations on the offsets' device (a count of the rows
+    begun at each value, summed; no read-back); the offsets are assumed valid.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch._ops import row_index
+    >>> row_index(torch.tensor([1, 3, 3, 4]), 6).tolist()
+    [3, 0, 0, 2, 3, 3]
+    """
+    o = offsets.to(torch.int64).clamp(0, total)  # (valid offsets are unchanged)
+    starts = torch.zeros(total + 1, dtype=torch.int64, device=o.device).index_add(0, o, torch.ones_like(o))
+    rows = starts[:total].cumsum(0) - 1  # the number of rows begun at or before each value, less one
+    return torch.where(rows < 0, o.shape[0] - 1, rows)  # before offsets[0]: no row (past offsets[-1]: B already)
+
+
 def ragged_rows(offsets: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(o, seg, pos)`` of ragged rows over ``total`` flat values: int64 offsets, each value's row and position.
 
-    Torch operations on the offsets' device (no read-back). ``seg`` is ``B``
-    for the values of no row (before ``offsets[0]`` or past ``offsets[-1]``);
-    ``pos`` counts from the row's start. The offsets are assumed valid.
+    ``seg`` is :func:`row_index`; ``pos`` counts from the row's start. The
+    offsets are assumed valid.
     """
     o = offsets.to(torch.int64)
-    flat = torch.arange(total, device=offsets.device)
-    seg = torch.where(flat >= o[0], torch.searchsorted(o[1:], flat, right=True), o.shape[0] - 1)
-    return o, seg, flat - o[seg]
+    seg = row_index(o, total)
+    return o, seg, torch.arange(total, device=o.device) - o[seg]
 
 
 def check_topk_ragged(
