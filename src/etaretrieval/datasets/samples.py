@@ -16,11 +16,14 @@ Item id ``0`` is padding; real items are ``1..n_items`` (categories
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, Union, overload
 
 import numpy as np
 import numpy.typing as npt
+
+from .._validate import _as_int
 
 __all__ = ["SequenceSamples", "SequenceBatch", "RaggedSequenceBatch"]
 
@@ -154,6 +157,18 @@ class RaggedSequenceBatch:
             target_time=self.target_time, target_category=self.target_category, label=self.label,
             padding_side=padding_side,
         )
+
+
+def _check_flag(name: str, value: object) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+
+
+def _check_batch_size(batch_size: object) -> int:
+    size = _as_int("batch_size", batch_size)
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {size}")
+    return size
 
 
 def _check_1d(name: str, a: np.ndarray, size: int, what: str) -> None:
@@ -377,3 +392,145 @@ class SequenceSamples:
             target_category=None if self.target_category is None else self.target_category[rows],
             label=self.label[rows],
         )
+
+    @overload
+    def batches(
+        self, batch_size: int, max_len: Optional[int] = ..., *, rows: Optional[npt.ArrayLike] = ...,
+        ragged: Literal[False] = ..., shuffle: bool = ..., seed: Union[None, int, np.random.Generator] = ...,
+        drop_last: bool = ..., padding_side: Optional[Literal["left", "right"]] = ...,
+    ) -> Iterator[SequenceBatch]: ...
+
+    @overload
+    def batches(
+        self, batch_size: int, max_len: Optional[int] = ..., *, rows: Optional[npt.ArrayLike] = ...,
+        ragged: Literal[True], shuffle: bool = ..., seed: Union[None, int, np.random.Generator] = ...,
+        drop_last: bool = ..., padding_side: None = ...,
+    ) -> Iterator[RaggedSequenceBatch]: ...
+
+    @overload
+    def batches(
+        self, batch_size: int, max_len: Optional[int] = ..., *, rows: Optional[npt.ArrayLike] = ...,
+        ragged: bool, shuffle: bool = ..., seed: Union[None, int, np.random.Generator] = ...,
+        drop_last: bool = ..., padding_side: Optional[Literal["left", "right"]] = ...,
+    ) -> Iterator[Union[SequenceBatch, RaggedSequenceBatch]]: ...
+
+    def batches(
+        self,
+        batch_size: int,
+        max_len: Optional[int] = None,
+        *,
+        rows: Optional[npt.ArrayLike] = None,
+        ragged: bool = False,
+        shuffle: bool = False,
+        seed: Union[None, int, np.random.Generator] = None,
+        drop_last: bool = False,
+        padding_side: Optional[Literal["left", "right"]] = None,
+    ) -> Iterator[Union[SequenceBatch, RaggedSequenceBatch]]:
+        """One pass over the samples in batches of ``batch_size``, padded (:meth:`batch`) or ragged.
+
+        Every sample of ``rows`` is in exactly one batch (all of them with
+        ``drop_last=False``), in the order of ``rows`` or, with ``shuffle``, in
+        an order drawn from ``seed``; the last batch holds what is left
+        (fewer than ``batch_size`` rows) unless ``drop_last``. The arguments
+        are checked and the order is drawn when this is called; each batch is
+        gathered only when the iterator reaches it.
+
+        Parameters
+        ----------
+        batch_size : int
+            Samples per batch, ``>= 1``.
+        max_len : int, optional
+            Keep at most the last ``max_len`` behaviours of each sample (``>= 1``).
+            Default: every visible behaviour; a padded batch is then as wide as
+            its longest row (at least 1).
+        rows : array_like, optional
+            ``(n,)`` integer sample indices in ``[0, S)`` to go over, e.g.
+            ``np.flatnonzero(samples.train)``; default: every sample, in order.
+        ragged : bool, default False
+            Yield :class:`RaggedSequenceBatch` (values + offsets) instead of
+            :class:`SequenceBatch`; row by row, the two hold the same behaviours.
+        shuffle : bool, default False
+            Go over ``rows`` in a random order (``numpy.random.Generator.permutation``).
+        seed : int or numpy.random.Generator, optional
+            The shuffle's seed (``shuffle=True`` only): the same int gives the
+            same order; a ``Generator`` is drawn from (one pass per call, so
+            passing the same generator every epoch gives a new order each
+            epoch, reproducible from the generator's seed). ``None``: fresh
+            entropy.
+        drop_last : bool, default False
+            Leave out the last batch if it holds fewer than ``batch_size`` samples.
+        padding_side : {"left", "right"}, optional
+            The padding of padded batches (default ``"left"``, see :meth:`batch`);
+            refused with ``ragged=True``, whose batches have no padding.
+
+        Yields
+        ------
+        SequenceBatch or RaggedSequenceBatch
+            ``ceil(n / batch_size)`` batches (``floor`` with ``drop_last``);
+            none if ``rows`` is empty.
+
+        Raises
+        ------
+        TypeError
+            ``batch_size`` or ``max_len`` is not an integer, ``ragged``,
+            ``shuffle`` or ``drop_last`` not a bool, ``seed`` neither an int nor
+            a Generator, ``rows`` not integers.
+        ValueError
+            ``batch_size < 1``, ``max_len < 1``, ``rows`` not 1-D or outside
+            ``[0, S)``, ``seed`` without ``shuffle``, ``padding_side`` with
+            ``ragged`` or not ``"left"`` / ``"right"``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from etaretrieval.datasets import make_sequence_ctr
+        >>> data = make_sequence_ctr(n_users=4, max_len=50, seed=0)
+        >>> train = np.flatnonzero(data.train)
+        >>> sizes = [b.target.shape[0] for b in data.batches(64, rows=train)]
+        >>> sum(sizes) == train.size, all(s == 64 for s in sizes[:-1])
+        (True, True)
+        >>> first = next(data.batches(8, 20, ragged=True, shuffle=True, seed=1))
+        >>> again = next(data.batches(8, 20, shuffle=True, seed=1))
+        >>> bool((first.target == again.target).all()), first.offsets.shape, again.history.shape
+        (True, (9,), (8, 20))
+        """
+        size = _check_batch_size(batch_size)
+        if max_len is not None:
+            _check_max_len(max_len)
+        for name, flag in (("ragged", ragged), ("shuffle", shuffle), ("drop_last", drop_last)):
+            _check_flag(name, flag)
+        if ragged and padding_side is not None:
+            raise ValueError(f"padding_side is for padded batches; ragged=True batches have none, got {padding_side!r}")
+        side: Literal["left", "right"] = "left" if padding_side is None else padding_side
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        order = self._batch_rows(rows)
+        if seed is not None and not shuffle:
+            raise ValueError(f"seed is the shuffle's seed and needs shuffle=True, got seed={seed!r}")
+        if shuffle:
+            if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (type(None), int, np.integer,
+                                                                             np.random.Generator)):
+                raise TypeError(f"seed must be an int, a numpy.random.Generator or None, got {type(seed).__name__}")
+            order = np.random.default_rng(seed).permutation(order)
+        stop = order.size - order.size % size if drop_last else order.size
+        chunks = (order[i:i + size] for i in range(0, stop, size))
+        if ragged:
+            return (self.ragged_batch(chunk, max_len) for chunk in chunks)
+        if max_len is not None:
+            return (self.batch(chunk, max_len, padding_side=side) for chunk in chunks)
+        return (self.ragged_batch(chunk).padded(padding_side=side) for chunk in chunks)
+
+    def _batch_rows(self, rows: Optional[npt.ArrayLike]) -> npt.NDArray[np.int64]:
+        """``rows`` as ``(n,)`` int64 sample indices checked to lie in ``[0, S)`` (default: every sample)."""
+        if rows is None:
+            return np.arange(self.n_samples, dtype=np.int64)
+        arr = np.asarray(rows)
+        if arr.ndim != 1:
+            raise ValueError(f"rows must have shape (n,), got shape {arr.shape}")
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            hint = " (for a boolean mask, pass np.flatnonzero(mask))" if arr.dtype == np.bool_ else ""
+            raise TypeError(f"rows must hold integer sample indices, got dtype {arr.dtype}{hint}")
+        if arr.size and not (0 <= arr.min() and arr.max() < self.n_samples):
+            raise ValueError(f"rows must hold sample indices in [0, {self.n_samples}), got range "
+                             f"[{arr.min()}, {arr.max()}]")
+        return arr.astype(np.int64)
