@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -122,10 +123,6 @@ def load_batch(data: SequenceSamples, rows: np.ndarray,
     return to_tensors(data.batch(rows, cfg.max_len))
 
 
-def _chunks(rows: np.ndarray, size: int) -> list[np.ndarray]:
-    return [rows[i:i + size] for i in range(0, rows.size, size)]
-
-
 def build_model(variant: Variant, data: SequenceSamples, cfg: StudyConfig, seed: int) -> ETAModel:
     """The study's model with ``variant``'s long-term block, initialised from ``seed``."""
     torch.manual_seed(seed)
@@ -194,15 +191,15 @@ def _evaluate(
     probs, labels, infer_ms, recalls, consistencies = [], [], [], [], []
     retrieves = isinstance(model.long, (ETAAttention, TWINAttention))
     with torch.no_grad():
-        for batch_rows in _chunks(rows, cfg.batch_size):
-            inputs, label = load_batch(data, batch_rows, cfg)
+        for batch in data.batches(cfg.batch_size, cfg.max_len, rows=rows, ragged=cfg.ragged):
+            inputs, label = to_tensors(batch)
             t0 = time.perf_counter()
             logits = model(**inputs)
             infer_ms.append(1e3 * (time.perf_counter() - t0))
             probs.append(torch.sigmoid(logits).numpy())
             labels.append(label.numpy())
             if measure and (recall or retrieves):
-                padded = to_tensors(data.batch(batch_rows, cfg.max_len))[0] if cfg.ragged else inputs
+                padded = to_tensors(batch.padded(cfg.max_len))[0] if isinstance(batch, RaggedSequenceBatch) else inputs
                 if recall:
                     recalls.append(_recall(model, padded, k))
                 if retrieves:
@@ -245,12 +242,13 @@ def run_variant(
     test_rows = np.flatnonzero(~data.train)
     step_ms: list[float] = []
     model.train()
+    per_epoch = -(-train_rows.size // cfg.batch_size)
     for epoch in range(cfg.epochs):
-        batches = _chunks(rng.permutation(train_rows), cfg.batch_size)
-        if cfg.max_steps:
-            batches = batches[: max(0, cfg.max_steps - len(step_ms))]
-        for i, rows in enumerate(batches):
-            inputs, label = load_batch(data, rows, cfg)
+        steps = min(per_epoch, max(0, cfg.max_steps - len(step_ms))) if cfg.max_steps else per_epoch
+        # one permutation of the training rows per epoch, drawn from the run's generator
+        batches = data.batches(cfg.batch_size, cfg.max_len, rows=train_rows, ragged=cfg.ragged, shuffle=True, seed=rng)
+        for i, batch in enumerate(itertools.islice(batches, steps)):
+            inputs, label = to_tensors(batch)
             t0 = time.perf_counter()
             loss = loss_fn(model(**inputs), label)
             optimizer.zero_grad()
@@ -258,7 +256,7 @@ def run_variant(
             optimizer.step()
             step_ms.append(1e3 * (time.perf_counter() - t0))
             if progress is not None and (i + 1) % 20 == 0:
-                progress(f"epoch {epoch + 1} step {i + 1}/{len(batches)} loss {loss.item():.4f}")
+                progress(f"epoch {epoch + 1} step {i + 1}/{steps} loss {loss.item():.4f}")
     model.eval()
     if cfg.test_samples and cfg.test_samples < test_rows.size:  # the same subset for every variant and seed
         test_rows = np.sort(np.random.default_rng(cfg.data_seed).choice(test_rows, cfg.test_samples, replace=False))
