@@ -22,13 +22,14 @@ variant serves serial and threaded calls alike.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable
 
 import numba
 import numpy as np
 
-__all__ = ["jit", "kernel_input", "PARALLEL", "CACHE", "PURE_PYTHON"]
+__all__ = ["jit", "compiled", "array_type", "kernel_input", "PARALLEL", "CACHE", "PURE_PYTHON"]
 
 CACHE: bool = os.environ.get("ETARETRIEVAL_NO_CACHE", "0") in ("", "0")
 PARALLEL: bool = os.environ.get("ETARETRIEVAL_SERIAL", "0") in ("", "0")
@@ -40,6 +41,36 @@ PURE_PYTHON: bool = bool(_NUMBA_CONFIG.DISABLE_JIT)
 def jit() -> Callable[[Callable[..., Any]], Any]:
     """Return the library's ``numba.njit`` decorator (``nogil``, ``cache``, no ``fastmath``)."""
     return numba.njit(nogil=True, cache=CACHE, fastmath=False)
+
+
+def compiled(kernel: Any, signature: tuple[Any, ...]) -> Callable[..., Any]:
+    """``kernel`` compiled (or loaded from the on-disk cache) for ``signature`` alone, called without type resolution.
+
+    The drivers bring every argument to one fixed type and pick the variant a
+    call needs, its flags given as Numba literal types
+    (``numba.types.literal(True)``): the compiled code holds them as constants
+    (the tests they control, and the code behind the tests that fail, are not
+    compiled), so a first call compiles the one variant it runs rather than
+    every variant a general kernel could reach. The returned callable skips
+    the dispatcher's type resolution: arrays of another dtype, dimension count
+    or layout than ``signature`` says must never reach it (Numba checks only
+    the item size); the values passed for literal arguments are not read. In
+    pure Python (``NUMBA_DISABLE_JIT=1``) it is ``kernel`` itself.
+    """
+    if PURE_PYTHON:
+        return kernel  # type: ignore[no-any-return]
+    return _compiled(kernel, signature)
+
+
+def array_type(dtype: type, ndim: int, readonly: bool = True) -> Any:
+    """The Numba type of a C-contiguous ``dtype`` array (read-only by default, as :func:`kernel_input` passes them)."""
+    return numba.types.Array(numba.from_dtype(np.dtype(dtype)), ndim, "C", readonly=readonly)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(kernel: Any, signature: tuple[Any, ...]) -> Callable[..., Any]:
+    kernel.compile(signature)
+    return kernel.overloads[signature].entry_point  # type: ignore[no-any-return]
 
 
 def kernel_input(a: np.ndarray, *, contiguous: bool = False) -> np.ndarray:

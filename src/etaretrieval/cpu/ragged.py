@@ -19,6 +19,9 @@ short ones is thus shared by every thread instead of holding one.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import numba
 import numpy as np
 import numpy.typing as npt
@@ -26,10 +29,10 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from .. import config
-from .._jit import jit, kernel_input
+from .._jit import array_type, compiled, jit, kernel_input
 from .._threads import parallel_rows, thread_count
 from .._validate import ids_error, results
-from .topk import CACHED_TABLE_BYTES, LANES, _distance_pass, _first_bad, _select, _workspace
+from .topk import CACHED_TABLE_BYTES, LANES, _distance_pass, _first_bad, _select, _workspace, pass_variant
 
 __all__ = ["MIN_PIECE", "ROW_COST", "row_of", "rows_of", "block_of", "split_offsets", "plan", "ragged_topk",
            "merge_pieces", "topk_hamming", "topk_hamming_lookup"]
@@ -96,47 +99,19 @@ def _rows_of_jit(values, start, n):
 
 
 @jit()
-def _piece_distances(query, src, ids, end, mask, use_mask, pad, use_pad, cached, lookup, scratch, words):
-    """Distances of one piece (``query`` ``(1, W)``, ``ids`` / ``mask`` ``(1, end)`` views) into ``scratch[:end]``.
-
-    ``src`` is the table with ``lookup``, else the piece's ``(end, W)`` keys.
-    Returns ``(out_of_range, nvalid)`` as :func:`etaretrieval.cpu.topk._distance_pass`,
-    with the same literal flags in the common cases (each is compiled apart,
-    its tests removed), so a piece costs what a padded row of its length does.
-    """
-    if lookup:
-        if src.shape[0] == 0:  # no row to read in place of a bad id
-            return True, 0
-        if use_mask or use_pad:
-            return _distance_pass(query, src, ids, 0, end, mask, use_mask, pad, use_pad, scratch, words, True, False)
-        if words == 1:
-            return _distance_pass(query, src, ids, 0, end, mask, False, pad, False, scratch, 1, True, False)
-        if not cached:
-            return _distance_pass(query, src, ids, 0, end, mask, False, pad, False, scratch, words, True, False)
-        if words == 2:
-            return _distance_pass(query, src, ids, 0, end, mask, False, pad, False, scratch, 2, True, True)
-        return _distance_pass(query, src, ids, 0, end, mask, False, pad, False, scratch, words, True, True)
-    if use_mask:
-        return _distance_pass(query, src, ids, 0, end, mask, True, 0, False, scratch, words, False, False)
-    if words == 4:
-        return _distance_pass(query, src, ids, 0, end, mask, False, 0, False, scratch, 4, False, True)
-    if words > 4:
-        return _distance_pass(query, src, ids, 0, end, mask, False, 0, False, scratch, words, False, True)
-    return _distance_pass(query, src, ids, 0, end, mask, False, 0, False, scratch, words, False, False)
-
-
-@jit()
 def ragged_topk(
-    query, keys, ids, table, lookup, k, starts, lens, whole, piece_row, piece_lo, piece_hi, piece_slot, mask,
-    use_mask, pad, use_pad, cached, first, last, idx, dist, part_idx, part_dist, bad,
+    query, keys, ids, table, k, starts, lens, whole, piece_row, piece_lo, piece_hi, piece_slot, mask, pad, first,
+    last, idx, dist, part_idx, part_dist, bad, use_mask, use_pad, cached, words,
 ):
     """Top-``k`` of pieces ``first..last-1`` (serial; :func:`etaretrieval._threads.parallel_rows` spreads ranges).
 
     Arguments:
 
     - ``query``: ``(B, W)`` uint64 signatures;
-    - ``keys``: ``(T, W)`` flat uint64 signatures (read unless ``lookup``);
-    - ``ids``, ``table``: ``(T,)`` flat ids into ``(N, W)`` uint64 (read with ``lookup``);
+    - ``keys``: ``(T, W)`` flat uint64 signatures, or ``None`` (a lookup);
+    - ``ids``, ``table``: ``(T,)`` flat ids into ``(N, W)`` uint64, or
+      ``None`` (top-K of ``keys``): the branch that reads the ``None``
+      arguments is not compiled;
     - ``starts``, ``lens``: ``(B,)`` int64 first flat index and length of each row;
     - ``whole``: piece ``p`` is row ``p``, whole (the ``piece_*`` arrays are not read);
     - ``piece_row``, ``piece_lo``, ``piece_hi``: piece ``p`` is positions
@@ -146,22 +121,24 @@ def ragged_topk(
       ``part_dist`` ``(S, kp)`` taking its partial top-``kp`` (positions from
       the row's start);
     - ``mask``, ``use_mask``: ``(T,)`` flat bool validity;
-    - ``pad``, ``use_pad``: int64 bits of the padding id; ``cached``: the
-      table has at most :data:`~etaretrieval.cpu.topk.CACHED_TABLE_BYTES`;
+    - ``pad``, ``use_pad``: int64 bits of the padding id;
     - ``bad``: ``(P,)`` int64, receives the first valid position (in the
       piece) holding an id outside ``[0, N)``, for such pieces only (which
-      get no result).
+      get no result);
+    - ``use_mask``, ``use_pad``, ``cached``, ``words`` (``W``): the
+      distance pass of the padded kernels, as literals where the driver
+      fixes them (:func:`etaretrieval.cpu.topk.pass_variant`), so a piece
+      costs what a padded row of its length does.
 
     Returns the first piece of the range with a bad id, or ``-1``.
     """
-    words = query.shape[1]
-    invalid = 64 * words + 1
+    invalid = 64 * query.shape[1] + 1
     longest = 0
     for p in range(first, last):
         longest = max(longest, lens[p] if whole else piece_hi[p] - piece_lo[p])
-    scratch, work = _workspace(longest, words)
+    scratch, work = _workspace(longest, query.shape[1])
     kp = part_idx.shape[1]
-    guess = -1
+    guess = np.int64(-1)  # an int64 from the start: a literal -1 would compile a variant of _select of its own
     first_bad = -1
     for p in range(first, last):
         b = p if whole else piece_row[p]
@@ -169,20 +146,23 @@ def ragged_topk(
         end = lens[b] if whole else piece_hi[p] - lo
         s = starts[b] + lo
         q = rows_of(query, b, 1)
-        i2 = row_of(ids, s if lookup else 0, end if lookup else 0)  # (empty views of what is not read)
-        m2 = row_of(mask, s if use_mask else 0, end if use_mask else 0)
-        if lookup:
-            out_of_range, nvalid = _piece_distances(q, table, i2, end, m2, use_mask, pad, use_pad, cached, True,
-                                                    scratch, words)
-        else:
-            out_of_range, nvalid = _piece_distances(q, rows_of(keys, s, end), i2, end, m2, use_mask, pad, False,
-                                                    False, False, scratch, words)
-        if out_of_range:
-            bad[p] = _first_bad(i2, 0, end, m2, use_mask, pad, use_pad, table.shape[0])
-            if bad[p] >= 0:
-                first_bad = p if first_bad < 0 else first_bad
-                continue
-            scratch[:end] = invalid  # empty table and no valid position: an empty result
+        m2 = row_of(mask, s if use_mask else 0, end if use_mask else 0)  # (an empty view without a mask)
+        if keys is not None:
+            _, nvalid = _distance_pass(q, rows_of(keys, s, end), m2, 0, end, m2, use_mask, pad, use_pad, scratch,
+                                       words, False, cached)
+        elif table is not None:
+            i2 = row_of(ids, s, end)
+            if table.shape[0] == 0:  # no row to read in place of a bad id
+                out_of_range, nvalid = True, 0
+            else:
+                out_of_range, nvalid = _distance_pass(q, table, i2, 0, end, m2, use_mask, pad, use_pad, scratch,
+                                                      words, True, cached)
+            if out_of_range:
+                bad[p] = _first_bad(i2, 0, end, m2, use_mask, pad, use_pad, table.shape[0])
+                if bad[p] >= 0:
+                    first_bad = p if first_bad < 0 else first_bad
+                    continue
+                scratch[:end] = invalid  # empty table and no valid position: an empty result
         scratch[end : (end + LANES - 1) // LANES * LANES] = invalid  # the last block's tail
         slot = -1 if whole else piece_slot[p]
         if slot < 0:
@@ -325,7 +305,6 @@ def plan(lens: npt.NDArray[np.int64], k: int, tasks: int) -> tuple[Plan, int]:
     return Plan(row, lo, hi, slot, groups, cut_rows, slot_first, slot_count, min(k, int(longest))), int(positions)
 
 
-_NO_SIGNATURES = kernel_input(np.zeros((0, 1), dtype=np.uint64))
 _NO_IDS = kernel_input(np.zeros(0, dtype=np.int64))
 _NO_MASK = kernel_input(np.zeros(0, dtype=np.bool_))
 _NO_PIECES = np.zeros(0, dtype=np.int64)
@@ -334,30 +313,49 @@ _KERNEL_IDS = (np.dtype(np.int32), np.dtype(np.int64))
 _NO_PART_DIST = np.zeros((0, 0), dtype=np.int32)
 
 
-def _run(q: np.ndarray, keys: np.ndarray, ids: np.ndarray, table: np.ndarray, lookup: bool, k: int,
+@functools.lru_cache(maxsize=None)
+def _kernel(ids_dtype: np.dtype | None, flags: tuple[Any, ...]) -> Any:
+    """:func:`ragged_topk` compiled for :func:`_run`'s arguments: a lookup of ``ids_dtype`` ids, or keys (``None``).
+
+    ``flags``: the types of :func:`etaretrieval.cpu.topk.pass_variant`.
+    """
+    count, signatures, pieces = types.int64, array_type(np.uint64, 2), array_type(np.int64, 1, readonly=False)
+    offsets, out = array_type(np.int64, 1), (array_type(np.int64, 2, False), array_type(np.int32, 2, False))
+    sources = (signatures, types.none, types.none) if ids_dtype is None else (
+        types.none, array_type(ids_dtype, 1), signatures)
+    return compiled(ragged_topk, (signatures, *sources, count, offsets, offsets, types.boolean, pieces, pieces, pieces,
+                                  pieces, array_type(np.bool_, 1), count, count, count, *out, *out, pieces, *flags))
+
+
+def _run(q: np.ndarray, keys: np.ndarray | None, ids: np.ndarray | None, table: np.ndarray | None, k: int,
          starts: np.ndarray, lens: np.ndarray, mask: np.ndarray | None, pad: int | None, named: np.ndarray = _NO_IDS
          ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
     """Run the rows in the calling thread (small calls), or plan pieces and run them over the threads.
 
-    Then merge the cut rows and raise the first bad id, its value read from
-    ``named`` (the caller's ids).
+    ``keys`` (top-K of flat keys), or ``ids`` and ``table`` (a lookup) are
+    given, the others ``None``. Then merge the cut rows and raise the first
+    bad id, its value read from ``named`` (the caller's ids).
     """
     batch, words = q.shape
     idx, dist = results(batch, k)
     if not batch:
         return idx, dist
     m = _NO_MASK if mask is None else kernel_input(mask, contiguous=True)
-    q = kernel_input(q, contiguous=True)
-    flags = (m, mask is not None, 0 if pad is None else pad, pad is not None, table.nbytes <= CACHED_TABLE_BYTES)
+    q, starts, lens = (kernel_input(a, contiguous=True) for a in (q, starts, lens))
+    rows = 0 if table is None else table.shape[0]
+    flags, signature = pass_variant(table is not None, mask is not None, pad is not None,
+                                    table is not None and table.nbytes <= CACHED_TABLE_BYTES, words)
+    kernel = _kernel(None if ids is None else ids.dtype, signature)
+    common = (m, 0 if pad is None else pad)
     positions = int(starts[-1] + lens[-1] - starts[0])  # the rows lie back to back
     threads = thread_count()
     if positions * words // max(1, config.SERIAL_WORK) <= 1 or threads <= 1:  # one thread (as parallel_rows
         # would decide): whole rows, no plan
         bad = np.empty(batch, dtype=np.int64)
-        first = ragged_topk(q, keys, ids, table, lookup, k, starts, lens, True, _NO_PIECES, _NO_PIECES, _NO_PIECES,
-                            _NO_PIECES, *flags, 0, batch, idx, dist, _NO_PART_IDX, _NO_PART_DIST, bad)
+        first = kernel(q, keys, ids, table, k, starts, lens, True, _NO_PIECES, _NO_PIECES, _NO_PIECES, _NO_PIECES,
+                       *common, 0, batch, idx, dist, _NO_PART_IDX, _NO_PART_DIST, bad, *flags)
         if first >= 0:
-            raise ids_error(first, int(bad[first]), named[starts[first] + bad[first]], table.shape[0])
+            raise ids_error(first, int(bad[first]), named[starts[first] + bad[first]], rows)
         return idx, dist
     pieces, _ = plan(lens, k, threads * config.TASKS_PER_THREAD)
     part_idx = np.empty((pieces.lo.shape[0] - batch + pieces.cut_rows.shape[0], pieces.part_width), dtype=np.int64)
@@ -367,14 +365,14 @@ def _run(q: np.ndarray, keys: np.ndarray, ids: np.ndarray, table: np.ndarray, lo
 
     def run(lo: int, hi: int) -> int:
         """The first piece of groups ``lo..hi-1`` with a bad id, or -1."""
-        return int(ragged_topk(q, keys, ids, table, lookup, k, starts, lens, False, pieces.row, pieces.lo, pieces.hi,
-                               pieces.slot, *flags, groups[lo], groups[hi], idx, dist, part_idx, part_dist, bad))
+        return int(kernel(q, keys, ids, table, k, starts, lens, False, pieces.row, pieces.lo, pieces.hi, pieces.slot,
+                          *common, groups[lo], groups[hi], idx, dist, part_idx, part_dist, bad, *flags))
 
     first_bad = [p for p in parallel_rows(run, groups.shape[0] - 1, positions * words) if p >= 0]
     if first_bad:
         p = min(first_bad)
         row, pos = int(pieces.row[p]), int(pieces.lo[p] + bad[p])
-        raise ids_error(row, pos, named[starts[row] + pos], table.shape[0])
+        raise ids_error(row, pos, named[starts[row] + pos], rows)
     if pieces.cut_rows.shape[0]:
         merge_pieces(pieces.cut_rows, pieces.slot_first, pieces.slot_count, part_idx, part_dist, k, idx, dist)
     return idx, dist
@@ -388,8 +386,7 @@ def topk_hamming(
     ``q`` ``(B, W)`` and flat ``keys`` ``(T, W)`` uint64, ``starts`` / ``lens``
     ``(B,)`` int64 (rows inside ``keys``), ``mask`` ``(T,)`` bool or ``None``.
     """
-    keys = kernel_input(keys, contiguous=True)
-    return _run(q, keys, _NO_IDS, _NO_SIGNATURES, False, k, starts, lens, mask, None)
+    return _run(q, kernel_input(keys, contiguous=True), None, None, k, starts, lens, mask, None)
 
 
 def topk_hamming_lookup(
@@ -405,5 +402,5 @@ def topk_hamming_lookup(
     """
     i = ids if ids.dtype in _KERNEL_IDS else ids.astype(np.int64)  # the same values (uint64 above 2**63 turn
     # negative: outside the table too); pad, as int64 bits, compares alike. Two id dtypes: two kernel variants.
-    return _run(q, _NO_SIGNATURES, kernel_input(i, contiguous=True), kernel_input(table, contiguous=True), True, k,
-                starts, lens, mask, pad, named=ids)
+    return _run(q, None, kernel_input(i, contiguous=True), kernel_input(table, contiguous=True), k, starts, lens, mask,
+                pad, named=ids)

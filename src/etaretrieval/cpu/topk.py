@@ -49,7 +49,7 @@ from numba.extending import intrinsic, overload
 
 from .. import config
 from .._bits import popcount
-from .._jit import PURE_PYTHON, jit, kernel_input
+from .._jit import PURE_PYTHON, array_type, compiled, jit, kernel_input
 from .._threads import parallel_rows
 from .._validate import MAX_WORDS, TopkCall, host_lengths, ids_error, results
 
@@ -321,13 +321,15 @@ def _bound(scratch, end, nvalid, take, top, exact, hint):
     """
     if take == nvalid:
         return top
-    if exact or end < SAMPLE_MIN_LENGTH:
-        return _smallest(scratch, end, 1, take, top, hint)
-    sampled = _count_below(scratch, end, top, SAMPLE_STRIDE)  # valid positions in the sample
-    # 1.5 times the expected count in the sample, plus 3: about 2.5 k
-    # candidates, and a sample too low to give k about once in 300 rows.
-    need = (3 * take * sampled + 2 * nvalid - 1) // (2 * nvalid) + 3
-    return _smallest(scratch, end, SAMPLE_STRIDE, need, top, -1)
+    # One call of each helper with int64 (not literal) arguments: each is compiled once.
+    step, need = np.int64(1), take
+    if not exact and end >= SAMPLE_MIN_LENGTH:
+        step, hint = np.int64(SAMPLE_STRIDE), -1
+        sampled = _count_below(scratch, end, top, step)  # valid positions in the sample
+        # 1.5 times the expected count in the sample, plus 3: about 2.5 k
+        # candidates, and a sample too low to give k about once in 300 rows.
+        need = (3 * take * sampled + 2 * nvalid - 1) // (2 * nvalid) + 3
+    return _smallest(scratch, end, step, need, top, hint)
 
 
 @jit()
@@ -353,7 +355,7 @@ def _candidates(scratch, end, v, cand):
     (at about ``2.5 k`` candidates per row, most blocks hold 0, 1 or 2 and a
     branch on their number would be mispredicted), further ones in a loop.
     """
-    n = 0
+    n = np.int64(0)  # an int64 from the start: a literal 0 would compile a variant of _pop_lowest of its own
     for block in range((end + LANES - 1) // LANES):
         below = _below_mask(scratch, block * LANES, v)
         base = block * LANES
@@ -381,11 +383,11 @@ def _select(scratch, end, nvalid, k, top, work, idx_row, dist_row, guess):
     if take > 0:
         v = guess
         n = _candidates(scratch, end, v, cand) if guess >= 0 and end >= SAMPLE_MIN_LENGTH else 0
-        if not take <= n <= 8 * k + LANES:
-            v = _bound(scratch, end, nvalid, take, top, False, guess - 1)
-            n = _candidates(scratch, end, v, cand)
-        if n < take:  # the sample under-estimated the bound: the exact one
-            v = _bound(scratch, end, nvalid, take, top, True, guess - 1)
+        tries = 0  # the guess does if it gives take..8 k + LANES candidates; else a sampled bound, and the exact
+        # one if the sample under-estimated it (one call site of each helper: one compiled variant)
+        while n < take or (tries == 0 and n > 8 * k + LANES):
+            tries += 1
+            v = _bound(scratch, end, nvalid, take, top, tries > 1, guess - 1)
             n = _candidates(scratch, end, v, cand)
         # A counting sort of the candidates by distance, newest first within
         # a distance: no branch depends on the data.
@@ -426,91 +428,64 @@ def _workspace(length, words):
 
 
 @jit()
-def topk_keys(query, keys, keys_t, shared, k, lengths, mask, use_mask, lo, hi, base, idx, dist):
-    """Top-``k`` of the keys of each row ``lo..hi-1`` for ``query[b]``; serial.
+def topk_keys(query, keys, keys_t, length, k, lengths, mask, lo, hi, base, idx, dist, use_mask, use_pad, cached,
+              words):
+    """Top-``k`` of the ``length`` keys of each row ``lo..hi-1`` for ``query[b]``; serial.
 
-    ``keys`` is ``(B, L, W)``; with ``shared`` every row's keys are
-    ``keys_t.T`` instead (word-major ``(W, L)``, read by
-    :func:`_word_major_pass`; ``keys`` is then not read). ``lengths`` ``(B,)``
-    int64 gives each row's valid prefix, ``mask`` ``(B, L)`` the valid
-    positions where ``use_mask``. Row ``b``'s result goes to row ``b - base``
-    of ``idx`` and ``dist``: :func:`etaretrieval._threads.parallel_rows`
-    spreads row ranges over threads.
+    ``keys`` is ``(B, L, W)`` and ``keys_t`` ``None``, or (keys shared by
+    every row) ``keys`` is ``None`` and ``keys_t`` the word-major ``(W, L)``
+    keys, read by :func:`_word_major_pass` (the branch that reads the
+    ``None`` one is not compiled). ``lengths`` ``(B,)`` int64 gives each
+    row's valid prefix, ``mask`` ``(B, L)`` the valid positions where
+    ``use_mask``. Row ``b``'s result goes to row ``b - base`` of ``idx`` and
+    ``dist``: :func:`etaretrieval._threads.parallel_rows` spreads row ranges
+    over threads. The last four arguments select the distance pass
+    (``use_pad`` is false, ``words`` is ``W``): the driver passes the
+    literals of the variant it runs (:func:`pass_variant`).
     """
-    words = query.shape[1]
-    length = keys_t.shape[1] if shared else keys.shape[1]
-    invalid = 64 * words + 1
-    scratch, work = _workspace(length, words)
-    guess = -1
+    invalid = 64 * query.shape[1] + 1
+    scratch, work = _workspace(length, query.shape[1])
+    guess = np.int64(-1)  # an int64 from the start: a literal -1 would compile a variant of _select of its own
     for b in range(lo, hi):
         end = lengths[b]
-        # Each branch is one variant of the distance pass, compiled apart with the tests of its literal flags
-        # removed: from four words one pass with vector loads along each row ("cached") beats a pass per word.
-        if shared:
+        if keys_t is not None:
             nvalid = _word_major_pass(query, keys_t, b, end, mask, use_mask, scratch, words)
-        elif use_mask:
-            _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, pad=0, scratch=scratch, words=words,
-                                       use_mask=True, use_pad=False, lookup=False, cached=False)
-        elif words == 4:
-            _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, pad=0, scratch=scratch, words=4,
-                                       use_mask=False, use_pad=False, lookup=False, cached=True)
-        elif words > 4:
-            _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, pad=0, scratch=scratch, words=words,
-                                       use_mask=False, use_pad=False, lookup=False, cached=True)
-        else:
-            _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, pad=0, scratch=scratch, words=words,
-                                       use_mask=False, use_pad=False, lookup=False, cached=False)
+        elif keys is not None:
+            _, nvalid = _distance_pass(query, keys[b], mask, b, end, mask, use_mask, 0, use_pad, scratch, words,
+                                       False, cached)
         scratch[end : (end + LANES - 1) // LANES * LANES] = invalid  # the last block's tail
         guess = _select(scratch, end, nvalid, k, invalid - 1, work, idx[b - base], dist[b - base], guess)
 
 
 @jit()
-def topk_lookup(
-    query, ids, table, k, lengths, mask, use_mask, pad, use_pad, cached, lo, hi, base, idx, dist, bad
-):
+def topk_lookup(query, ids, table, k, lengths, mask, pad, lo, hi, base, idx, dist, bad, use_mask, use_pad, cached,
+                words):
     """Fused ids -> table rows -> Hamming -> top-``k``, rows ``lo..hi-1`` (serial, like :func:`topk_keys`).
 
     ``ids`` ``(B, L)`` index the ``(N, W)`` ``table``; ``mask`` (read where
     ``use_mask``) and ``pad`` (the padding id's int64 bits, compared where
-    ``use_pad``) exclude positions; ``cached``: the table has at most
-    :data:`CACHED_TABLE_BYTES` (one pass per position rather than per
-    word). Row ``b``'s result goes to row ``b - base`` of ``idx`` and
-    ``dist``; ``bad[b - base]`` receives the first valid position of row
-    ``b`` holding an id outside ``[0, N)`` (it is not written otherwise);
-    such a row gets no result. Returns the first such row of the range, or
-    ``-1``. Positions that are not valid never index the table outside its
-    rows.
+    ``use_pad``) exclude positions; ``cached``: every word in one pass per
+    position (see :func:`_distance_pass`); ``words`` is ``W`` (the last four
+    arguments are the literals of the variant the driver runs: see
+    :func:`pass_variant`). Row ``b``'s result goes to row ``b - base`` of
+    ``idx`` and ``dist``; ``bad[b - base]`` receives the first valid
+    position of row ``b`` holding an id outside ``[0, N)`` (it is not
+    written otherwise); such a row gets no result. Returns the first such
+    row of the range, or ``-1``. Positions that are not valid never index
+    the table outside its rows.
     """
-    nrows, words = table.shape
-    invalid = 64 * words + 1
-    scratch, work = _workspace(ids.shape[1], words)
-    guess = -1
+    nrows = table.shape[0]
+    invalid = 64 * table.shape[1] + 1
+    scratch, work = _workspace(ids.shape[1], table.shape[1])
+    guess = np.int64(-1)  # as in topk_keys
     first_bad = -1
     for b in range(lo, hi):
         end = lengths[b]
-        # Each branch is one variant of the distance pass, compiled apart with the tests of its literal flags
-        # removed: one word needs no row buffer nor further-word pass; a cached table of two words is read with
-        # two unrolled gathers per vector of positions, one of more words with vector loads along each row.
         if nrows == 0:  # no row to read in place of a bad id
             out_of_range, nvalid = True, 0
-        elif use_mask or use_pad:
-            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, pad=pad, scratch=scratch,
-                                                  words=words, use_mask=use_mask, use_pad=use_pad, lookup=True,
-                                                  cached=False)
-        elif words == 1:
-            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, pad=pad, scratch=scratch,
-                                                  words=1, use_mask=False, use_pad=False, lookup=True, cached=False)
-        elif not cached:
-            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, pad=pad, scratch=scratch,
-                                                  words=words, use_mask=False, use_pad=False, lookup=True,
-                                                  cached=False)
-        elif words == 2:
-            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, pad=pad, scratch=scratch,
-                                                  words=2, use_mask=False, use_pad=False, lookup=True, cached=True)
         else:
-            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, pad=pad, scratch=scratch,
-                                                  words=words, use_mask=False, use_pad=False, lookup=True,
-                                                  cached=True)
+            out_of_range, nvalid = _distance_pass(query, table, ids, b, end, mask, use_mask, pad, use_pad, scratch,
+                                                  words, True, cached)
         if out_of_range:
             bad[b - base] = _first_bad(ids, b, end, mask, use_mask, pad, use_pad, nrows)
             if bad[b - base] >= 0:
@@ -520,6 +495,60 @@ def topk_lookup(
         scratch[end : (end + LANES - 1) // LANES * LANES] = invalid  # the last block's tail
         guess = _select(scratch, end, nvalid, k, invalid - 1, work, idx[b - base], dist[b - base], guess)
     return first_bad
+
+
+_OFF = types.literal(False)
+
+
+def pass_variant(lookup: bool, use_mask: bool, use_pad: bool, cached_table: bool, words: int
+                 ) -> tuple[tuple[bool, bool, bool, int], tuple[Any, ...]]:
+    """The variant of :func:`_distance_pass` a call runs: flags ``(use_mask, use_pad, cached, words)`` and their types.
+
+    Returns the flags' values and their Numba types for the drivers'
+    signatures (:func:`etaretrieval._jit.compiled`): a literal type fixes a
+    flag in the compiled code (its tests removed, one or two words
+    unrolled), ``boolean`` / ``int64`` leave it to run time. A lookup
+    (``cached_table``: a table of at most :data:`CACHED_TABLE_BYTES`) reads
+    masks and padding ids in one variant with both tests at run time, one
+    word in a variant without row buffer nor further-word pass, a cached
+    table of two words with two unrolled gathers per vector of positions,
+    one of more words with vector loads along each row, a larger table with
+    one gather pass per word. Pre-gathered keys read a mask in one variant;
+    from four words (four unrolled) they are read along each row.
+    """
+    if use_mask or use_pad:
+        if lookup:
+            return (use_mask, use_pad, False, words), (types.boolean, types.boolean, _OFF, types.int64)
+        return (True, False, False, words), (types.literal(True), _OFF, _OFF, types.int64)
+    if lookup:
+        cached = cached_table and words > 1
+        fixed = words == 1 or (cached and words == 2)
+    else:
+        cached, fixed = words >= 4, words == 4
+    return (False, False, cached, words), (_OFF, _OFF, types.literal(cached),
+                                           types.literal(words) if fixed else types.int64)
+
+
+_SIGNATURES = array_type(np.uint64, 2)
+_RESULTS = (array_type(np.int64, 2, readonly=False), array_type(np.int32, 2, readonly=False))
+
+
+@functools.lru_cache(maxsize=None)
+def _keys_kernel(shared: bool, flags: tuple[Any, ...]) -> Any:
+    """:func:`topk_keys` compiled for the arguments :func:`_run_keys` passes (``flags``: :func:`pass_variant`'s)."""
+    count = types.int64
+    keys, keys_t = (types.none, _SIGNATURES) if shared else (array_type(np.uint64, 3), types.none)
+    return compiled(topk_keys, (_SIGNATURES, keys, keys_t, count, count, array_type(np.int64, 1),
+                                array_type(np.bool_, 2), count, count, count, *_RESULTS, *flags))
+
+
+@functools.lru_cache(maxsize=None)
+def _lookup_kernel(ids_dtype: np.dtype, flags: tuple[Any, ...]) -> Any:
+    """:func:`topk_lookup` compiled for the arguments :func:`run` passes (``ids_dtype`` ids)."""
+    count = types.int64
+    return compiled(topk_lookup, (_SIGNATURES, array_type(ids_dtype, 2), _SIGNATURES, count, array_type(np.int64, 1),
+                                  array_type(np.bool_, 2), count, count, count, count, *_RESULTS,
+                                  array_type(np.int64, 1, readonly=False), *flags))
 
 
 #: Codes of :func:`_lookup_small`: the call was done, or the general path must run (and raise, if the call is bad).
@@ -744,8 +773,6 @@ def lookup_at(query: tuple[int, int, int], ids: tuple[int, int, int], ids_dtype:
 
 
 _NO_MASK = kernel_input(np.zeros((0, 0), dtype=np.bool_))
-_NO_KEYS = kernel_input(np.zeros((1, 0, 1), dtype=np.uint64))
-_NO_KEYS_T = kernel_input(np.zeros((0, 0), dtype=np.uint64))
 
 
 def _host_validity(
@@ -783,16 +810,20 @@ def _run_keys(query: np.ndarray, keys: np.ndarray, k: int, lengths: np.ndarray, 
     shared = keys.ndim == 2 or (batch > 1 and keys.strides[0] == 0)
     if shared and batch == 1:
         shared, keys = False, keys.reshape(1, length, words)
-    if shared:
-        keys_t = kernel_input(np.ascontiguousarray((keys if keys.ndim == 2 else keys[0]).T))
-        keys = _NO_KEYS
-    else:
-        keys_t, keys = _NO_KEYS_T, kernel_input(np.ascontiguousarray(keys))
+    q, n = kernel_input(query, contiguous=True), kernel_input(lengths, contiguous=True)
     m = _mask_input(mask, batch, length)
-    q = kernel_input(query, contiguous=True)
+    rows: np.ndarray | None
+    keys_t: np.ndarray | None
+    if shared:  # word-major keys, the mask test at run time
+        rows, keys_t = None, kernel_input(np.ascontiguousarray((keys if keys.ndim == 2 else keys[0]).T))
+        flags, signature = (mask is not None, False, False, words), (types.boolean, _OFF, _OFF, types.int64)
+    else:
+        rows, keys_t = kernel_input(np.ascontiguousarray(keys)), None
+        flags, signature = pass_variant(False, mask is not None, False, False, words)
+    kernel = _keys_kernel(shared, signature)
 
     def run(lo: int, hi: int, base: int, idx_: np.ndarray, dist_: np.ndarray) -> None:
-        topk_keys(q, keys, keys_t, shared, k, lengths, m, mask is not None, lo, hi, base, idx_, dist_)
+        kernel(q, rows, keys_t, length, k, n, m, lo, hi, base, idx_, dist_, *flags)
 
     parallel_rows(run, batch, batch * length * words, (idx, dist))
 
@@ -859,14 +890,15 @@ def run(call: TopkCall) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
     bad = np.empty(batch, dtype=np.int64)  # written only for rows with a bad id
     q, i = kernel_input(query, contiguous=True), _ids_input(ids, batch)
     t = kernel_input(np.ascontiguousarray(table))
-    m = _mask_input(mask, batch, length)
-    use_mask, padding, use_pad = mask is not None, 0 if pad is None else pad, pad is not None
-    cached = t.nbytes <= CACHED_TABLE_BYTES
+    m, n = _mask_input(mask, batch, length), kernel_input(lengths, contiguous=True)
+    padding = 0 if pad is None else pad
+    flags, signature = pass_variant(True, mask is not None, pad is not None, t.nbytes <= CACHED_TABLE_BYTES,
+                                    call.words)
+    kernel = _lookup_kernel(i.dtype, signature)
 
     def rows(lo: int, hi: int, base: int, idx_: np.ndarray, dist_: np.ndarray, bad_: np.ndarray) -> int:
         """The first row of ``lo..hi-1`` with a bad id, or -1."""
-        return int(topk_lookup(q, i, t, k, lengths, m, use_mask, padding, use_pad, cached, lo, hi, base,
-                               idx_, dist_, bad_))
+        return int(kernel(q, i, t, k, n, m, padding, lo, hi, base, idx_, dist_, bad_, *flags))
 
     first_bad = [r for r in parallel_rows(rows, batch, batch * length * call.words, (idx, dist, bad)) if r >= 0]
     if first_bad:
