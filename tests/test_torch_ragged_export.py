@@ -57,9 +57,12 @@ class Serving(nn.Module):
         col = torch.arange(self.max_len, device=offsets.device)
         flat = offsets[1:, None] - self.max_len + col  # (B, max_len), the newest behaviour of a row last
         mask = flat >= offsets[:-1, None]
-        flat = flat.clamp(min=0)
-        logits = self.model(torch.where(mask, history[flat], 0), target, mask=mask,
-                            times=torch.where(mask, times[flat], 0), target_time=target_time)
+        at = torch.where(mask, flat + 1, 0)  # into the values behind one 0: padding reads it
+
+        def rows(values: torch.Tensor) -> torch.Tensor:
+            return nn.functional.pad(values, (1, 0))[at]
+
+        logits = self.model(rows(history), target, mask=mask, times=rows(times), target_time=target_time)
         signatures = self.cache.signatures
         index, dist = et.topk_hamming_lookup(signatures[target], history, signatures, K, offsets=offsets)
         return logits, index, dist
@@ -76,7 +79,8 @@ def _batch(seed: int, lengths: list[int], first: int = 0) -> tuple[torch.Tensor,
     return history, times, offsets, torch.randint(1, N_ITEMS + 1, (batch,), generator=gen), torch.full((batch,), 2000)
 
 
-BATCHES = [_batch(0, [3, 0, 5]), _batch(1, [1, 6, 0, 4, 2], first=3)]  # the second: other B and T, offsets[0] > 0
+# the second: other B and T, offsets[0] > 0; the third: no behaviour at all (T = 0)
+BATCHES = [_batch(0, [3, 0, 5]), _batch(1, [1, 6, 0, 4, 2], first=3), _batch(2, [0, 0])]
 
 
 def _padded(values: torch.Tensor, offsets: torch.Tensor, width: int,
