@@ -472,11 +472,12 @@ class SequenceSamples:
         Raises
         ------
         TypeError
-            ``batch_size`` or ``max_len`` is not an integer, ``ragged``,
-            ``shuffle`` or ``drop_last`` not a bool, ``seed`` neither an int nor
-            a Generator, ``rows`` not integers.
+            ``batch_size`` is not an integer, ``ragged``, ``shuffle`` or
+            ``drop_last`` not a bool, ``seed`` neither an int nor a Generator,
+            ``rows`` not integers.
         ValueError
-            ``batch_size < 1``, ``max_len < 1``, ``rows`` not 1-D or outside
+            ``batch_size < 1``, ``max_len`` not an integer ``>= 1`` (as for
+            :meth:`batch`), ``rows`` not 1-D or outside
             ``[0, S)``, ``seed`` without ``shuffle``, ``padding_side`` with
             ``ragged`` or not ``"left"`` / ``"right"``.
 
