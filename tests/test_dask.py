@@ -455,3 +455,95 @@ def test_command_line_with_worker_processes(table: tuple[Path, np.ndarray], data
     bad = subprocess.run(command[:-4] + ["--k", "-1"], check=False, capture_output=True, text=True, timeout=300,
                          env=env)
     assert bad.returncode == 1 and "k must be >= 0" in bad.stderr
+
+
+def test_one_worker_command_imports_no_cluster_nor_pandas(table: tuple[Path, np.ndarray], dataset: Path,
+                                                          tmp_path: Path) -> None:
+    """The one-worker command starts without dask.distributed, pandas or torch (seconds of imports), bad rows too."""
+    script = (
+        "import sys\nfrom etaretrieval.offline import main\n"
+        f"status = main(['--input', {str(dataset)!r}, '--table', {str(table[0])!r}, '--output', "
+        f"{str(tmp_path / 'out')!r}, '--k', '{K}', '--workers', '1', '--quiet'])\n"
+        "print(status, sorted(m for m in ('distributed', 'dask', 'pandas', 'torch') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, timeout=300)
+    assert done.stdout.splitlines()[-1] == "0 []", done.stdout
+    check_rows(pq.read_table(tmp_path / "out"), table[1], K)
+
+
+def test_parts_keep_the_input_rows_in_order_over_many_batches(table: tuple[Path, np.ndarray], dataset: Path,
+                                                              tmp_path: Path) -> None:
+    """Batches read ahead and written behind: each part holds its input's rows, in order, and nothing else."""
+    path, sig = table
+    summary = edask.retrieve_parquet(dataset, path, tmp_path / "out", K, workers=1, progress=False, batch_rows=7)
+    assert (summary.rows, summary.errors) == (190, 6)
+    for i, name in enumerate(["a", "b", "c", "d"]):
+        source = pq.read_table(dataset / f"{name}.parquet")
+        got = pq.read_table(tmp_path / "out" / f"part-{i:05d}-0000.parquet")
+        assert got.column_names == source.column_names + list(edask.OUTPUT_COLUMNS)
+        assert got.select(source.column_names).equals(source)
+        check_rows(got, sig, K)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_done", "_job.json"] + [
+        f"part-{i:05d}-0000.parquet" for i in range(4)]
+
+
+def test_a_failing_batch_leaves_no_part_and_no_marker(table: tuple[Path, np.ndarray], dataset: Path,
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    retrieve = edask._Task.retrieve
+
+    def third_fails(self: edask._Task, batch: pa.RecordBatch, signatures: np.ndarray) -> pa.Table:
+        calls.append(len(batch))
+        if len(calls) == 3:
+            raise OSError("disk gone")
+        return retrieve(self, batch, signatures)
+
+    monkeypatch.setattr(edask._Task, "retrieve", third_fails)
+    with pytest.raises(OSError, match="disk gone"):
+        edask.retrieve_parquet(dataset / "a.parquet", table[0], tmp_path / "out", K, workers=1, progress=False,
+                               batch_rows=20)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_done", "_job.json"]
+    assert not list((tmp_path / "out" / "_done").iterdir())
+
+
+def test_output_compression_and_dictionary(table: tuple[Path, np.ndarray], dataset: Path, tmp_path: Path) -> None:
+    """compression= changes the codec, not the rows; the ids of a table past one dictionary page are plain."""
+    path, sig = table
+    edask.retrieve_parquet(dataset, path, tmp_path / "snappy", K, workers=1, progress=False)
+    want = pq.read_table(tmp_path / "snappy")
+    for codec, written in (("none", "UNCOMPRESSED"), ("zstd", "ZSTD")):
+        edask.retrieve_parquet(dataset, path, tmp_path / codec, K, workers=1, progress=False, compression=codec)
+        assert pq.read_table(tmp_path / codec).equals(want)
+        meta = pq.ParquetFile(tmp_path / codec / "part-00000-0000.parquet").metadata
+        assert {meta.row_group(0).column(c).compression for c in range(meta.num_columns)} == {written}
+    with pytest.raises(ValueError, match="compression must be one of 'snappy', .*, got 'lzo'"):
+        edask.retrieve_parquet(dataset, path, tmp_path / "bad", K, compression="lzo")
+
+    def encodings(out: Path) -> dict[str, set[str]]:
+        meta = pq.ParquetFile(out / "part-00000-0000.parquet").metadata
+        group = meta.row_group(0)
+        return {group.column(c).path_in_schema.split(".")[0]: set(group.column(c).encodings)
+                for c in range(meta.num_columns)}
+
+    small = encodings(tmp_path / "snappy")
+    assert all("RLE_DICTIONARY" in small[name] for name in ("history", "target", "topk_ids", "topk_pos"))
+    big = np.zeros((edask._DICTIONARY_IDS + 1, sig.shape[1]), dtype=np.uint64)
+    big[: len(sig)] = sig
+    np.save(tmp_path / "big.npy", big)
+    edask.retrieve_parquet(dataset, tmp_path / "big.npy", tmp_path / "big", K, workers=1, progress=False)
+    large = encodings(tmp_path / "big")
+    assert not any("RLE_DICTIONARY" in large[name] for name in ("history", "target", "topk_ids"))
+    assert all("RLE_DICTIONARY" in large[name] for name in ("request", "topk_pos", "topk_dist"))
+    for i, name in enumerate(["a", "b"]):
+        got = pq.read_table(tmp_path / "big" / f"part-{i:05d}-0000.parquet")
+        assert got.equals(edask.retrieve_arrow(pq.read_table(dataset / f"{name}.parquet"), big, K))
+
+
+def test_command_line_compression_choices(tmp_path: Path) -> None:
+    from etaretrieval.offline import _parser
+
+    choices = next(a.choices for a in _parser()._actions if a.dest == "compression")
+    assert tuple(choices) == edask.COMPRESSIONS
+    with pytest.raises(SystemExit) as exit_:
+        _parser().parse_args(["--input", "i", "--table", "t", "--output", "o", "--k", "3", "--compression", "lzo"])
+    assert exit_.value.code == 2

@@ -22,29 +22,36 @@ distributed, pyarrow). The command line is ``python -m etaretrieval.offline``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 try:
-    import distributed
     import pyarrow as pa  # type: ignore[import-untyped]
-    import pyarrow.compute as pc  # type: ignore[import-untyped]
     import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+    if importlib.util.find_spec("distributed") is None:  # imported only when a cluster runs
+        raise ModuleNotFoundError("No module named 'distributed'", name="distributed")
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
         f"etaretrieval.dask needs dask.distributed and pyarrow ({exc.name} is missing): "
         "pip install 'etaretrieval[dask]'"
     ) from exc
+
+if TYPE_CHECKING:
+    import distributed
 
 from ._device import DeviceArray
 from ._validate import DTypeError, as_signatures, check_k
@@ -65,7 +72,9 @@ MAX_ENTRIES = (1 << 31) - 1
 
 def _column(batch: pa.Table, name: str) -> pa.Array:
     col = batch.column(name)
-    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if not isinstance(col, pa.ChunkedArray):
+        return col
+    return col.combine_chunks() if col.num_chunks else pa.nulls(0, col.type)  # combining no chunks imports pandas
 
 
 def _check_schema(schema: pa.Schema, history_col: Any, target_col: Any, source: str) -> None:
@@ -98,11 +107,67 @@ def _signatures_of(name: str, value: Any) -> np.ndarray:
     return np.asarray(sig)
 
 
+def _bits(buffer: pa.Buffer, offset: int, n: int) -> np.ndarray:
+    """Bits ``offset .. offset + n`` of an Arrow bitmap (least significant bit first) as booleans."""
+    if not n:
+        return np.zeros(0, dtype=bool)
+    packed = np.frombuffer(buffer, dtype=np.uint8)
+    return np.unpackbits(packed, count=offset + n, bitorder="little")[offset:].view(bool)
+
+
+def _nulls(a: pa.Array) -> np.ndarray | None:
+    """The null mask of ``a`` (from its validity bitmap), or None when nothing is null."""
+    return ~_bits(a.buffers()[0], a.offset, len(a)) if a.null_count else None
+
+
+def _numpy(a: pa.Array) -> np.ndarray:
+    """The value slots of an integer array as a NumPy view of its buffer (a null's slot holds any value).
+
+    Read from the buffers rather than with ``Array.to_numpy``, which imports
+    pandas on its first call in a process (as ``pyarrow.array`` and
+    ``pyarrow.scalar`` do).
+    """
+    dtype = np.dtype(str(a.type))
+    if not len(a):
+        return np.zeros(0, dtype=dtype)
+    return np.frombuffer(a.buffers()[1], dtype=dtype, count=len(a), offset=a.offset * dtype.itemsize)
+
+
+def _arrow(values: np.ndarray) -> pa.Array:
+    """A 1-D integer or boolean NumPy array as Arrow (integers share the buffer; booleans are packed to bits).
+
+    Built from buffers rather than with ``pyarrow.array``, which imports
+    pandas on its first call in a process.
+    """
+    values = np.ascontiguousarray(values)
+    if values.dtype == bool:
+        bits = pa.py_buffer(np.packbits(values, bitorder="little"))
+        return pa.Array.from_buffers(pa.bool_(), len(values), [None, bits])
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
+def _strings(messages: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """A string array of ``messages`` (an object array) where ``valid``, null elsewhere, built from buffers."""
+    rows = np.flatnonzero(valid)
+    data = [messages[row].encode() for row in rows.tolist()]
+    lengths = np.zeros(len(messages), dtype=np.int64)
+    lengths[rows] = [len(d) for d in data]
+    offsets = np.zeros(len(messages) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    joined = pa.py_buffer(b"".join(data))
+    return pa.Array.from_buffers(pa.large_string(), len(messages), [validity, pa.py_buffer(offsets), joined]).cast(
+        pa.string())
+
+
 def _values(a: pa.Array) -> tuple[np.ndarray | None, np.ndarray]:
     """``(null mask or None, values with nulls as 0)`` of an integer array; no copy when nothing is null."""
-    if a.null_count == 0:
-        return None, a.to_numpy()
-    return a.is_null().to_numpy(zero_copy_only=False), pc.fill_null(a, 0).to_numpy()
+    null = _nulls(a)
+    if null is None:
+        return None, _numpy(a)
+    values = _numpy(a).copy()
+    values[null] = 0
+    return null, values
 
 
 class _Rows:
@@ -115,7 +180,7 @@ class _Rows:
 
     def __init__(self, hist: pa.Array, targets: np.ndarray, target_null: np.ndarray | None, n_items: int) -> None:
         self.n_rows = len(hist)
-        self.offsets = hist.offsets.to_numpy()  # int32 (list) or int64 (large_list), no copy
+        self.offsets = _numpy(hist.offsets)  # int32 (list) or int64 (large_list), no copy
         self.id_null, self.ids = _values(hist.values)
         self.targets, self.n_items = targets, n_items
         bad_target = (targets < 0) | (targets >= n_items)
@@ -123,7 +188,7 @@ class _Rows:
         if target_null is not None:
             bad_target |= target_null
         self.bad_target = bad_target
-        self.hist_null = hist.is_null().to_numpy(zero_copy_only=False) if hist.null_count else None
+        self.hist_null = _nulls(hist)
         self.failed = bad_target if self.hist_null is None else bad_target | self.hist_null
         self.messages: np.ndarray | None = None  # filled for the failed rows only
 
@@ -146,7 +211,7 @@ class _Rows:
         self.failed = self.failed.copy()
         self.failed[rows] = True
 
-    def name_failures(self, history_col: str, target_col: str) -> None:
+    def name_failures(self, history_col: str, target_col: str) -> np.ndarray:
         """The message of each failed row: a bad id, overridden by a bad target, overridden by a null history."""
         if self.messages is None:
             self.messages = np.full(self.n_rows, None, dtype=object)
@@ -158,6 +223,7 @@ class _Rows:
             )
         if self.hist_null is not None:
             messages[self.hist_null] = f"{history_col} is null"
+        return messages
 
     def lookup(self, signatures: np.ndarray, k: int, history_col: str) -> tuple[np.ndarray, np.ndarray]:
         """``(B, k)`` positions and distances of :func:`~etaretrieval.ragged.topk_hamming_lookup_ragged`.
@@ -186,9 +252,9 @@ class _Rows:
         np.cumsum(counts, out=offsets[1:])
         pos = idx[served]
         found = self.ids[np.repeat(self.offsets[:-1].astype(np.int64), counts) + pos].astype(np.int64, copy=False)
-        offsets_array = pa.array(offsets)
-        mask = pa.array(self.failed) if self.failed.any() else None
-        ids_list, pos_list, dist_list = (pa.ListArray.from_arrays(offsets_array, pa.array(values), mask=mask)
+        offsets_array = _arrow(offsets)
+        mask = _arrow(self.failed) if self.failed.any() else None
+        ids_list, pos_list, dist_list = (pa.ListArray.from_arrays(offsets_array, _arrow(values), mask=mask)
                                          for values in (found, pos, dist[served]))
         return ids_list, pos_list, dist_list
 
@@ -269,7 +335,11 @@ def retrieve_arrow(
     chunks: dict[str, list[pa.Array]] = {name: [] for name in OUTPUT_COLUMNS}
     first = 0
     for chunk in hist.chunks:
-        longest = int(pc.max(pc.list_value_length(chunk)).as_py() or 0)
+        lengths = np.diff(_numpy(chunk.offsets))
+        null = _nulls(chunk)
+        if null is not None:  # a null list's offsets may span values: it has none
+            lengths[null] = 0
+        longest = int(lengths.max(initial=0))
         step = max(1, MAX_ENTRIES // max(1, min(k, longest)))  # rows per kernel call (int32 result offsets)
         for a in range(0, len(chunk), step):
             piece = chunk.slice(a, step)
@@ -283,8 +353,7 @@ def retrieve_arrow(
             for name, lists in zip(OUTPUT_COLUMNS, rows.results(idx, dist)):
                 chunks[name].append(lists)
             if rows.failed.any():
-                rows.name_failures(history_col, target_col)
-                chunks["error"].append(pa.array(rows.messages, type=pa.string()))
+                chunks["error"].append(_strings(rows.name_failures(history_col, target_col), rows.failed))
             else:
                 chunks["error"].append(pa.nulls(len(piece), pa.string()))
         first += len(chunk)
@@ -376,37 +445,97 @@ def _parts(files: list[Path], rows_per_part: int) -> list[_Part]:
     return parts
 
 
-def _run_part(
-    part: _Part, output: str, table: str | np.ndarray, digest: str | None, k: int, history_col: str,
-    target_col: str, batch_rows: int,
-) -> dict[str, Any]:
+#: Codecs the output files may be written with (``"none"``: uncompressed).
+COMPRESSIONS = ("snappy", "zstd", "lz4", "gzip", "brotli", "none")
+
+#: Distinct int64 ids a Parquet dictionary page holds at pyarrow's default limit (1 MiB): with a larger
+#: table, the id columns' dictionaries overflow and fall back to plain encoding, after the work of building them.
+_DICTIONARY_IDS = (1 << 20) // 8
+
+
+@dataclass(frozen=True)
+class _Task:
+    """What every part of a job is run with (sent to the workers with each part)."""
+
+    output: str
+    digest: str | None
+    k: int
+    history_col: str
+    target_col: str
+    batch_rows: int
+    compression: str
+    dictionary_ids: bool  # dictionary-encode the id columns (the table fits a dictionary page)
+
+    def retrieve(self, batch: pa.Table | pa.RecordBatch, signatures: np.ndarray) -> pa.Table:
+        """The output rows of ``batch`` (:func:`retrieve_arrow`)."""
+        return retrieve_arrow(batch, signatures, self.k, history_col=self.history_col, target_col=self.target_col)
+
+    def writer(self, path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+        """A writer of the output: dictionary encoding for every column but the ids of a large table."""
+        dictionary: bool | list[str] = True
+        if not self.dictionary_ids:
+            id_columns = pa.schema([schema.field(name) for name in (self.history_col, self.target_col, "topk_ids")])
+            dictionary = [leaf for leaf in _leaf_paths(schema) if leaf not in _leaf_paths(id_columns)]
+        return pq.ParquetWriter(path, schema, compression=self.compression, use_dictionary=dictionary)
+
+
+def _empty(schema: pa.Schema) -> pa.Table:
+    """A table of no rows (``Schema.empty_table`` imports pandas)."""
+    return pa.Table.from_batches([], schema=schema)
+
+
+def _leaf_paths(schema: pa.Schema) -> list[str]:
+    """The Parquet column paths (``history.list.element``, ...) that ``schema`` is written as."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(_empty(schema), sink)
+    parquet = pq.ParquetFile(pa.BufferReader(sink.getvalue())).schema
+    return [parquet.column(i).path for i in range(len(parquet))]
+
+
+def _ahead(items: Iterator[Any]) -> Generator[Any, None, None]:
+    """``items``, each produced in a background thread while the caller works on the one before."""
+    with ThreadPoolExecutor(1) as pool:
+        coming = pool.submit(next, items, None)
+        while (item := coming.result()) is not None:
+            coming = pool.submit(next, items, None)
+            yield item
+
+
+def _run_part(part: _Part, table: str | np.ndarray, task: _Task) -> dict[str, Any]:
     """One task: retrieve for every row of one part, write its file and then its marker.
 
-    ``table`` is a path the worker opens (once per process) or the signatures themselves (scattered).
+    ``table`` is a path the worker opens (once per process) or the signatures
+    themselves (scattered). Batches are read one ahead and written one
+    behind, in two threads (pyarrow releases the GIL), while the current one
+    is retrieved: reading, retrieval and writing overlap.
     """
-    signatures = _open_table(table, digest) if isinstance(table, str) else table
-    out_dir = Path(output)
+    signatures = _open_table(table, task.digest) if isinstance(table, str) else table
+    out_dir = Path(task.output)
     final = out_dir / f"{part.name}.parquet"
     tmp = out_dir / f".{final.name}.{uuid.uuid4().hex}.tmp"
     rows = errors = 0
     reader = pq.ParquetFile(part.source)
+    groups = list(range(part.first, part.stop))
+    batches = reader.iter_batches(batch_size=task.batch_rows, row_groups=groups) if groups else iter(())
     writer = None
     try:
-        groups = list(range(part.first, part.stop))
-        for batch in reader.iter_batches(batch_size=batch_rows, row_groups=groups) if groups else ():
-            result = retrieve_arrow(batch, signatures, k, history_col=history_col, target_col=target_col)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, result.schema)
-            writer.write_table(result)
-            rows += result.num_rows
-            errors += result.num_rows - result.column("error").null_count
+        with ThreadPoolExecutor(1) as behind, contextlib.closing(_ahead(batches)) as ahead:
+            written = None
+            for batch in ahead:
+                result = task.retrieve(batch, signatures)
+                if written is not None:
+                    written.result()
+                if writer is None:
+                    writer = task.writer(tmp, result.schema)
+                written = behind.submit(writer.write_table, result)
+                rows += result.num_rows
+                errors += result.num_rows - result.column("error").null_count
+            if written is not None:
+                written.result()
         if writer is None:  # no rows: an empty part with the output's columns
-            empty = retrieve_arrow(reader.schema_arrow.empty_table(), signatures, k,
-                                   history_col=history_col, target_col=target_col)
-            pq.write_table(empty, tmp)
-        else:
-            writer.close()
-            writer = None
+            writer = task.writer(tmp, task.retrieve(_empty(reader.schema_arrow), signatures).schema)
+        writer.close()
+        writer = None
         os.replace(tmp, final)
     finally:
         if writer is not None:
@@ -501,20 +630,20 @@ def _job_table(table: Any, verify: bool) -> tuple[Any, str | None, dict[str, Any
     return signatures, None, {"table_rows": signatures.shape[0], "table_sha256": _content_sha256(signatures)}
 
 
-def _run_here(todo: list[_Part], out_dir: Path, source: Any, digest: str | None, k: int, history_col: str,
-              target_col: str, batch_rows: int) -> Iterator[dict[str, Any]]:
+def _run_here(todo: list[_Part], source: Any, task: _Task) -> Iterator[dict[str, Any]]:
     """Run the parts one after the other in this process (one worker: no cluster to start)."""
-    signatures = _load_signatures(source, digest) if isinstance(source, str) and todo else source
+    signatures = _load_signatures(source, task.digest) if isinstance(source, str) and todo else source
     for part in todo:
-        yield _run_part(part, str(out_dir.resolve()), signatures, digest, k, history_col, target_col, batch_rows)
+        yield _run_part(part, signatures, task)
 
 
-def _run_on_cluster(todo: list[_Part], out_dir: Path, source: Any, digest: str | None, k: int, history_col: str,
-                    target_col: str, batch_rows: int, client: distributed.Client | None, scheduler: str | None,
-                    workers: int | None, processes: bool) -> Iterator[dict[str, Any]]:
+def _run_on_cluster(todo: list[_Part], source: Any, task: _Task, client: distributed.Client | None,
+                    scheduler: str | None, workers: int | None, processes: bool) -> Iterator[dict[str, Any]]:
     """Run the parts as tasks of ``client``'s cluster, the one at ``scheduler``, or a local one started for them."""
     if not todo:
         return
+    import distributed
+
     own = None
     if client is None:
         if scheduler is not None:
@@ -529,10 +658,7 @@ def _run_on_cluster(todo: list[_Part], out_dir: Path, source: Any, digest: str |
         if not isinstance(source, str):  # the signatures themselves: one copy to each worker
             source = client.scatter(source, broadcast=True)
         futures = [
-            client.submit(
-                _run_part, part, str(out_dir.resolve()), source, digest, k,
-                history_col, target_col, batch_rows, key=f"etaretrieval-{part.name}-{uuid.uuid4().hex}",
-            )
+            client.submit(_run_part, part, source, task, key=f"etaretrieval-{part.name}-{uuid.uuid4().hex}")
             for part in todo
         ]
         for future in distributed.as_completed(futures):
@@ -561,6 +687,7 @@ def retrieve_parquet(
     progress: bool = True,
     batch_rows: int = 65536,
     rows_per_part: int = 1_000_000,
+    compression: str = "snappy",
 ) -> OfflineSummary:
     """Retrieve the top-``k`` history items of every row of a Parquet dataset, on Dask.
 
@@ -601,10 +728,16 @@ def retrieve_parquet(
     progress : bool, default True
         Print a line to stderr as each part finishes.
     batch_rows : int, default 65536
-        Rows read and retrieved at a time within a part (bounds each task's memory).
+        Rows read and retrieved at a time within a part. It bounds each
+        task's memory: three batches at most, one being read, one
+        retrieved and one written.
     rows_per_part : int, default 1000000
         A file is split into parts of whole row groups of about this many
         rows (one task each), so one large file still keeps every worker busy.
+    compression : str, default "snappy"
+        Codec of the output files: ``"snappy"``, ``"zstd"``, ``"lz4"``,
+        ``"gzip"``, ``"brotli"`` or ``"none"`` (uncompressed: the fastest to
+        write, the largest; see :doc:`/user_guide/ragged`).
 
     Returns
     -------
@@ -642,6 +775,8 @@ def retrieve_parquet(
         raise ValueError(f"batch_rows and rows_per_part must be >= 1, got {batch_rows} and {rows_per_part}")
     if client is not None and scheduler is not None:
         raise ValueError("pass either client or scheduler, not both")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {', '.join(map(repr, COMPRESSIONS))}, got {compression!r}")
     files = _input_files(Path(input))
     _check_schema(pq.read_schema(files[0]), history_col, target_col, "the input")
     source, digest, identity = _job_table(table, verify)  # fails here, not in every task, if it is no table
@@ -666,11 +801,12 @@ def retrieve_parquet(
     errors = sum(m["errors"] for m in done if m is not None)
     if progress and len(todo) < len(parts):
         print(f"etaretrieval.offline: {len(parts) - len(todo)} of {len(parts)} parts already done", file=sys.stderr)
+    task = _Task(str(out_dir.resolve()), digest, k, history_col, target_col, batch_rows, compression,
+                 identity["table_rows"] <= _DICTIONARY_IDS)
     if client is None and scheduler is None and (workers or min(os.cpu_count() or 1, 8)) == 1:
-        results = _run_here(todo, out_dir, source, digest, k, history_col, target_col, batch_rows)
+        results = _run_here(todo, source, task)
     else:
-        results = _run_on_cluster(todo, out_dir, source, digest, k, history_col, target_col, batch_rows,
-                                  client, scheduler, workers, processes)
+        results = _run_on_cluster(todo, source, task, client, scheduler, workers, processes)
     for count, result in enumerate(results, 1):
         rows += result["rows"]
         errors += result["errors"]

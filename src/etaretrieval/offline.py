@@ -4,6 +4,7 @@ The command line of :func:`etaretrieval.dask.retrieve_parquet`::
 
     python -m etaretrieval.offline --input DIR --table PATH --output DIR --k K \\
         [--scheduler ADDRESS | --workers N] [--history-col history --target-col target] [--no-verify]
+        [--compression snappy|zstd|lz4|gzip|brotli|none]
 
 ``--table`` is a directory written by :meth:`etaretrieval.SignatureTable.save`
 (its signatures are checked against their checksums before the job starts,
@@ -42,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target-col", default="target", help="int64 column: the item whose table row is the query")
     p.add_argument("--batch-rows", type=int, default=65536, help="rows retrieved at a time within a part")
     p.add_argument("--rows-per-part", type=int, default=1_000_000, help="rows per task (whole row groups)")
+    p.add_argument("--compression", default="snappy", choices=("snappy", "zstd", "lz4", "gzip", "brotli", "none"),
+                   help="codec of the output files (none: the fastest to write, the largest)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip checking the table's signatures against their checksums before the job")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -79,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             history_col=args.history_col, target_col=args.target_col, verify=not args.no_verify,
             scheduler=args.scheduler,
             workers=args.workers, progress=not args.quiet, batch_rows=args.batch_rows,
-            rows_per_part=args.rows_per_part,
+            rows_per_part=args.rows_per_part, compression=args.compression,
         )
     except (OSError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
