@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(
         f"{summary.rows} rows in {summary.partitions} parts ({summary.skipped} already done), "
-        f"{summary.errors} rows with errors, {summary.seconds:.1f} s"
+        f"{summary.errors} rows with errors, {summary.seconds:.2f} s"
     )
     return 0
 

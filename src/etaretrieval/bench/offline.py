@@ -1,4 +1,4 @@
-"""``python -m etaretrieval.bench.offline``: the offline path against the in-memory padded API, one run.
+"""``python -m etaretrieval.bench.offline``: the offline path against the in-memory padded API and the IO floor.
 
 The same rows (default: 80,000 histories of ``0..500`` ids, uniform, into a
 table of ``10^6`` 64-bit signatures, ``k = 32``) are retrieved three ways:
@@ -9,23 +9,34 @@ table of ``10^6`` 64-bit signatures, ``k = 32``) are retrieved three ways:
 - ``retrieve_arrow``: :func:`etaretrieval.dask.retrieve_arrow` on an Arrow
   table of the rows (``list<int64>`` histories, ``int64`` targets);
 - ``cli``: ``python -m etaretrieval.offline --workers 1`` on one Parquet file
-  of the rows (Parquet in and out), timed from outside the command (its
-  start, imports and writing included); the job alone is the ``seconds`` the
-  command prints. For reference, pyarrow alone reading that input and
-  writing the command's output (no retrieval) is timed too.
+  of the rows (Parquet in and out, the default ``snappy`` and
+  ``--compression none``), timed from outside the command (its start,
+  imports and writing included); the job alone is the ``seconds`` the
+  command prints.
+
+Against them, the parts no job can avoid, timed in the same rounds:
+``start-up`` (a Python process importing :mod:`etaretrieval.dask`),
+``parquet read`` (pyarrow reading the whole input, which the output keeps:
+the faster of ``read_table`` with and without memory-mapping) and
+``parquet write`` (pyarrow writing the command's output in one call, with
+the job's writer options, per codec). The ``IO floor`` is read + write;
+the job's ``x floor`` is that floor over the job's time.
 
 The in-process ways run in one library thread (``etaretrieval.threads(1)``),
 in interleaved rounds, their median taken; each is checked against the
-baseline first. The command runs ``--repeat`` times, each into a fresh
-output directory. Figures are rows per second and ratios to the baseline.
+baseline first. The commands and the floor's parts run ``--repeat`` rounds,
+interleaved, each command into a fresh output directory. Figures are rows
+per second and ratios to the baseline.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,7 +50,7 @@ import numpy as np
 
 from .. import threads, topk_hamming_lookup
 
-__all__ = ["OfflineRows", "offline_rows", "time_in_process", "time_command", "time_parquet", "main"]
+__all__ = ["OfflineRows", "offline_rows", "time_in_process", "time_jobs", "main"]
 
 
 class OfflineRows:
@@ -101,38 +112,90 @@ def time_in_process(data: OfflineRows, repeat: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def time_command(data: OfflineRows, repeat: int, workdir: Path) -> tuple[float, float]:
-    """Median seconds of ``python -m etaretrieval.offline --workers 1`` from outside, and of the job it reports."""
+COMMANDS = {"cli": (), "cli, --compression none": ("--compression", "none")}
+
+
+def _timed(run: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def _write(task: Any, path: Path, table: Any) -> None:
+    """Write ``table`` in one call with the job's writer options."""
+    with task.writer(path, table.schema) as writer:
+        writer.write_table(table)
+
+
+def _command(data: OfflineRows, workdir: Path, output: Path, extra: Sequence[str]) -> tuple[float, float]:
+    """Seconds of one ``python -m etaretrieval.offline --workers 1`` from outside, and of the job it reports."""
+    command = [sys.executable, "-m", "etaretrieval.offline", "--input", str(workdir / "in"),
+               "--table", str(workdir / "table.npy"), "--output", str(output), "--k", str(data.k),
+               "--workers", "1", "--quiet", *extra]
+    start = time.perf_counter()
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    return wall, float(re.findall(r"([0-9.]+) s$", done.stdout.strip())[0])
+
+
+def time_jobs(data: OfflineRows, repeat: int, workdir: Path) -> dict[str, float]:
+    """Median seconds of the commands (``COMMANDS``), their jobs, the start-up and the IO floor's parts.
+
+    Every round runs each command into a fresh directory, then times a
+    Python start-up importing :mod:`etaretrieval.dask`, pyarrow reading the
+    input (with and without memory-mapping) and writing the first command's
+    output in one call with the job's writer options (per codec).
+    """
+    from ..dask import _DICTIONARY_IDS, _Task
+
     pq = importlib.import_module("pyarrow.parquet")
     (workdir / "in").mkdir()
-    pq.write_table(data.arrow(), workdir / "in" / "rows.parquet")
+    source = workdir / "in" / "rows.parquet"
+    pq.write_table(data.arrow(), source)
     np.save(workdir / "table.npy", data.table)
-    walls: list[float] = []
-    jobs: list[float] = []
+    times: dict[str, list[float]] = {}
+
+    def record(name: str, seconds: float) -> None:
+        times.setdefault(name, []).append(seconds)
+
+    written: Any = None
+    tasks = {codec: _Task(str(workdir), None, data.k, "history", "target", 65536, codec,
+                          data.table.shape[0] <= _DICTIONARY_IDS) for codec in ("snappy", "none")}
     for i in range(repeat):
-        command = [sys.executable, "-m", "etaretrieval.offline", "--input", str(workdir / "in"),
-                   "--table", str(workdir / "table.npy"), "--output", str(workdir / f"out{i}"),
-                   "--k", str(data.k), "--workers", "1", "--quiet"]
-        start = time.perf_counter()
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
-        walls.append(time.perf_counter() - start)
-        jobs.append(float(re.findall(r"([0-9.]+) s$", done.stdout.strip())[0]))
-    return statistics.median(walls), statistics.median(jobs)
+        for j, (name, extra) in enumerate(COMMANDS.items()):
+            output = workdir / f"out-{i}-{j}"
+            wall, job = _command(data, workdir, output, extra)
+            record(f"{name} (command)", wall)
+            record(f"{name} (job)", job)
+            if written is None:
+                written = pq.read_table(output)
+            shutil.rmtree(output)
+        startup = [sys.executable, "-c", "import etaretrieval.dask"]
+        record("start-up", _timed(functools.partial(subprocess.run, startup, check=True)))
+        record("parquet read (read_table)", _timed(functools.partial(pq.read_table, source)))
+        record("parquet read (memory-mapped)", _timed(functools.partial(pq.read_table, source, memory_map=True)))
+        for codec, task in tasks.items():
+            copy = workdir / "copy.parquet"
+            record(f"parquet write ({codec})", _timed(functools.partial(_write, task, copy, written)))
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+    read = min(seconds.pop("parquet read (read_table)"), seconds.pop("parquet read (memory-mapped)"))
+    for codec in tasks:
+        seconds[f"IO floor ({codec})"] = read + seconds[f"parquet write ({codec})"]
+    seconds["parquet read"] = read
+    for codec in tasks:
+        seconds[f"parquet write ({codec})"] = seconds.pop(f"parquet write ({codec})")
+    return seconds
 
 
-def time_parquet(workdir: Path, repeat: int) -> tuple[float, float]:
-    """Median seconds to read the command's input and to write its output with pyarrow alone (no retrieval)."""
-    pq = importlib.import_module("pyarrow.parquet")
-    reads, writes = [], []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        pq.read_table(workdir / "in")
-        reads.append(time.perf_counter() - start)
-        out = pq.read_table(workdir / "out0")
-        start = time.perf_counter()
-        pq.write_table(out, workdir / "copy.parquet")
-        writes.append(time.perf_counter() - start)
-    return statistics.median(reads), statistics.median(writes)
+def _floor(seconds: dict[str, float], name: str) -> float | None:
+    """The floor of a command (start-up + IO floor) or of its job (IO floor), None for the other rows."""
+    for command, codec in (("cli", "snappy"), ("cli, --compression none", "none")):
+        if f"IO floor ({codec})" in seconds:
+            if name == f"{command} (job)":
+                return seconds[f"IO floor ({codec})"]
+            if name == f"{command} (command)":
+                return seconds["start-up"] + seconds[f"IO floor ({codec})"]
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--longest", type=int, default=500, help="history lengths are uniform in 0..longest")
     p.add_argument("--items", type=int, default=1_000_000, help="rows of the signature table")
     p.add_argument("--k", type=int, default=32)
-    p.add_argument("--repeat", type=int, default=7, help="timed rounds (in process) and runs of the command")
+    p.add_argument("--repeat", type=int, default=7, help="timed rounds (in process, and of the commands and floor)")
     p.add_argument("--no-cli", dest="cli", action="store_false", help="skip the command line")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
@@ -150,13 +213,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time_in_process(data, args.repeat)
     if args.cli:
         with tempfile.TemporaryDirectory() as workdir:
-            seconds["cli (command)"], seconds["cli (job)"] = time_command(data, args.repeat, Path(workdir))
-            seconds["parquet read only"], seconds["parquet write only"] = time_parquet(Path(workdir), args.repeat)
+            seconds.update(time_jobs(data, args.repeat, Path(workdir)))
     base = seconds["padded"]
     print(f"{args.rows} rows, lengths 0..{args.longest} ({data.ids.size} ids), {args.items} items, k = {args.k}")
-    print(f"{'way':<20} {'seconds':>9} {'rows/s':>11} {'x padded':>9}")
+    print(f"{'way':<34} {'seconds':>9} {'rows/s':>11} {'x padded':>9} {'x floor':>8}")
     for name, s in seconds.items():
-        print(f"{name:<20} {s:>9.3f} {args.rows / s:>11.0f} {base / s:>9.2f}")
+        floor = _floor(seconds, name)
+        vs_floor = f"{floor / s:>8.2f}" if floor else ""
+        print(f"{name:<34} {s:>9.3f} {args.rows / s:>11.0f} {base / s:>9.2f} {vs_floor}")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": args.rows, "seconds": seconds}, indent=1), encoding="utf-8")
     return 0
