@@ -309,7 +309,9 @@ def topk_hamming_lookup(
     _assert((inside if valid is None else inside | ~valid).all(),
             f"ids: a valid position holds an id outside the table's rows [0, {nrows})")
     rows = table if nrows else table.new_zeros((1, words))
-    keys = _stored(_halves(rows)[:, torch.where(inside, i, 0)])  # (2 W, R, L): gathered half by half, once
+    keys = _halves(rows)[:, torch.where(inside, i, 0)]  # (2 W, R, L): gathered half by half
+    if keys.shape[1] == 1:  # one sequence for every query: gathered once
+        keys = _stored(keys)
     valid = inside if valid is None else valid & inside
     return _select(_hamming_halves(_halves(query).unsqueeze(-1), keys), valid, k, 64 * words)
 
