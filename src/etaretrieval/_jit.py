@@ -38,9 +38,17 @@ _NUMBA_CONFIG: Any = numba.core.config  # its settings are set at import: no att
 PURE_PYTHON: bool = bool(_NUMBA_CONFIG.DISABLE_JIT)
 
 
-def jit() -> Callable[[Callable[..., Any]], Any]:
-    """Return the library's ``numba.njit`` decorator (``nogil``, ``cache``, no ``fastmath``)."""
-    return numba.njit(nogil=True, cache=CACHE, fastmath=False)
+def jit(inline: str = "never") -> Callable[[Callable[..., Any]], Any]:
+    """Return the library's ``numba.njit`` decorator (``nogil``, ``cache``, no ``fastmath``).
+
+    ``inline="always"`` (helpers called from one place in each caller):
+    Numba inlines the function's IR into the caller before typing, which
+    saves a compile of its own and one of the levels at which Numba
+    optimises and emits again the machine code of every function below
+    (each jitted level links and re-optimises its callees); it stays
+    callable from Python.
+    """
+    return numba.njit(nogil=True, cache=CACHE, fastmath=False, inline=inline)
 
 
 def compiled(kernel: Any, signature: tuple[Any, ...]) -> Callable[..., Any]:

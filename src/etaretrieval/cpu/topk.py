@@ -45,7 +45,9 @@ import numpy.typing as npt
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.core.typing import signature as call_signature
+from numba.extending import intrinsic, lower_builtin, type_callable
+from numba.np.arrayobj import populate_array
 
 from .. import config
 from .._bits import popcount
@@ -97,21 +99,24 @@ def _stack_buffer(dtype: type) -> npt.NDArray[np.generic]:
     return np.empty(CHUNK, dtype=dtype)
 
 
-@intrinsic
-def _alloca_chunk(typingctx, dtype):
-    if not isinstance(dtype, types.NumberClass):
-        return None
-    element = dtype.instance_type
+@type_callable(_stack_buffer)
+def _stack_buffer_type(context):
+    def typer(dtype):
+        return types.Array(dtype.instance_type, 1, "C") if isinstance(dtype, types.NumberClass) else None
 
-    def codegen(context, builder, signature, args):
-        return cgutils.alloca_once(builder, context.get_value_type(element), size=CHUNK)
-
-    return types.CPointer(element)(dtype), codegen
+    return typer
 
 
-@overload(_stack_buffer, inline="always")  # inlined, so the alloca lands in the caller's frame
-def _stack_buffer_jit(dtype):
-    return lambda dtype: numba.carray(_alloca_chunk(dtype), CHUNK)
+@lower_builtin(_stack_buffer, types.NumberClass)
+def _stack_buffer_code(context, builder, signature, args):
+    """An ``alloca`` in the caller's entry block, as an array (lowered in place: no function of its own to compile)."""
+    array = signature.return_type
+    element = context.get_value_type(array.dtype)
+    itemsize = context.get_constant(types.intp, context.get_abi_sizeof(element))
+    out = context.make_array(array)(context, builder)
+    populate_array(out, data=cgutils.alloca_once(builder, element, size=CHUNK),
+                   shape=[context.get_constant(types.intp, CHUNK)], strides=[itemsize], itemsize=itemsize, meminfo=None)
+    return out._getvalue()
 
 
 def _below_mask(scratch: npt.NDArray[np.uint16], start: int, v: int) -> np.uint64:
@@ -120,33 +125,30 @@ def _below_mask(scratch: npt.NDArray[np.uint16], start: int, v: int) -> np.uint6
     return np.uint64(int.from_bytes(bits.tobytes(), "little"))
 
 
-@intrinsic
-def _below_mask_vector(typingctx, scratch, start, v):
-    """One vector load and compare (two AVX-512 instructions, or their equivalent)."""
-    if not (isinstance(scratch, types.Array) and scratch.dtype == types.uint16 and scratch.layout == "C"):
+@type_callable(_below_mask)
+def _below_mask_type(context):
+    def typer(scratch, start, v):
+        if isinstance(scratch, types.Array) and scratch.dtype == types.uint16 and scratch.layout == "C":
+            return call_signature(types.uint64, scratch, types.int64, types.int64)
         return None
 
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, value=args[0]).data
-        lane = ir.IntType(16)
-        vector = ir.VectorType(lane, LANES)
-        values = builder.load(builder.bitcast(builder.gep(data, [args[1]]), vector.as_pointer()), align=2)
-        limit = builder.insert_element(
-            ir.Constant(vector, ir.Undefined), builder.trunc(args[2], lane), ir.Constant(ir.IntType(32), 0)
-        )
-        limit = builder.shuffle_vector(
-            limit, ir.Constant(vector, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), LANES), None)
-        )
-        return builder.bitcast(builder.icmp_unsigned("<=", values, limit), ir.IntType(LANES))
-
-    return types.uint64(scratch, types.int64, types.int64), codegen
+    return typer
 
 
-@overload(_below_mask, jit_options={"nogil": True})
-def _below_mask_jit(scratch, start, v):
-    if isinstance(scratch, types.Array) and scratch.dtype == types.uint16 and scratch.layout == "C":
-        return lambda scratch, start, v: _below_mask_vector(scratch, start, v)
-    return None
+@lower_builtin(_below_mask, types.Array, types.Integer, types.Integer)
+def _below_mask_code(context, builder, signature, args):
+    """One vector load and compare (two AVX-512 instructions, or their equivalent), lowered in place."""
+    data = context.make_array(signature.args[0])(context, builder, value=args[0]).data
+    lane = ir.IntType(16)
+    vector = ir.VectorType(lane, LANES)
+    values = builder.load(builder.bitcast(builder.gep(data, [args[1]]), vector.as_pointer()), align=2)
+    limit = builder.insert_element(
+        ir.Constant(vector, ir.Undefined), builder.trunc(args[2], lane), ir.Constant(ir.IntType(32), 0)
+    )
+    limit = builder.shuffle_vector(
+        limit, ir.Constant(vector, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), LANES), None)
+    )
+    return builder.bitcast(builder.icmp_unsigned("<=", values, limit), ir.IntType(LANES))
 
 
 @jit()
@@ -259,7 +261,7 @@ def _word_major_pass(query, keys_t, b, end, mask, use_mask, scratch, words):
     return nvalid
 
 
-@jit()
+@jit(inline="always")
 def _first_bad(ids, b, end, mask, use_mask, pad, use_pad, nrows):
     """First valid position of row ``b`` whose id is outside ``[0, nrows)``, or ``-1``."""
     for pos in range(end):
@@ -278,7 +280,7 @@ def _count_below(scratch, end, v, step):
     return count
 
 
-@jit()
+@jit(inline="always")
 def _smallest(scratch, end, step, need, top, hint):
     """The smallest distance with ``need`` slots at or below it in :func:`_count_below`'s blocks, or ``top``.
 
@@ -311,7 +313,7 @@ def _smallest(scratch, end, step, need, top, hint):
     return low
 
 
-@jit()
+@jit(inline="always")
 def _bound(scratch, end, nvalid, take, top, exact, hint):
     """A distance with, very likely, ``take`` valid positions at or below it (``top`` is ``64 W``).
 
@@ -414,7 +416,7 @@ def _select(scratch, end, nvalid, k, top, work, idx_row, dist_row, guess):
     return min(dist_row[take - 1] + 1, top) if take > 0 else guess
 
 
-@jit()
+@jit(inline="always")
 def _workspace(length, words):
     """Per-task scratch (a multiple of :data:`LANES` slots) and :func:`_select`'s buffers."""
     padded = (length + LANES - 1) // LANES * LANES
