@@ -473,7 +473,7 @@ def test_one_worker_command_imports_no_cluster_nor_pandas(table: tuple[Path, np.
 
 def test_parts_keep_the_input_rows_in_order_over_many_batches(table: tuple[Path, np.ndarray], dataset: Path,
                                                               tmp_path: Path) -> None:
-    """Batches read ahead and written behind: each part holds its input's rows, in order, and nothing else."""
+    """Many batches a part: each part holds its input's rows, in order, and nothing else."""
     path, sig = table
     summary = edask.retrieve_parquet(dataset, path, tmp_path / "out", K, workers=1, progress=False, batch_rows=7)
     assert (summary.rows, summary.errors) == (190, 6)

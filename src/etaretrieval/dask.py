@@ -22,7 +22,6 @@ distributed, pyarrow). The command line is ``python -m etaretrieval.offline``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import json
@@ -30,8 +29,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -492,22 +490,10 @@ def _leaf_paths(schema: pa.Schema) -> list[str]:
     return [parquet.column(i).path for i in range(len(parquet))]
 
 
-def _ahead(items: Iterator[Any]) -> Generator[Any, None, None]:
-    """``items``, each produced in a background thread while the caller works on the one before."""
-    with ThreadPoolExecutor(1) as pool:
-        coming = pool.submit(next, items, None)
-        while (item := coming.result()) is not None:
-            coming = pool.submit(next, items, None)
-            yield item
-
-
 def _run_part(part: _Part, table: str | np.ndarray, task: _Task) -> dict[str, Any]:
     """One task: retrieve for every row of one part, write its file and then its marker.
 
-    ``table`` is a path the worker opens (once per process) or the signatures
-    themselves (scattered). Batches are read one ahead and written one
-    behind, in two threads (pyarrow releases the GIL), while the current one
-    is retrieved: reading, retrieval and writing overlap.
+    ``table`` is a path the worker opens (once per process) or the signatures themselves (scattered).
     """
     signatures = _open_table(table, task.digest) if isinstance(table, str) else table
     out_dir = Path(task.output)
@@ -515,23 +501,16 @@ def _run_part(part: _Part, table: str | np.ndarray, task: _Task) -> dict[str, An
     tmp = out_dir / f".{final.name}.{uuid.uuid4().hex}.tmp"
     rows = errors = 0
     reader = pq.ParquetFile(part.source)
-    groups = list(range(part.first, part.stop))
-    batches = reader.iter_batches(batch_size=task.batch_rows, row_groups=groups) if groups else iter(())
     writer = None
     try:
-        with ThreadPoolExecutor(1) as behind, contextlib.closing(_ahead(batches)) as ahead:
-            written = None
-            for batch in ahead:
-                result = task.retrieve(batch, signatures)
-                if written is not None:
-                    written.result()
-                if writer is None:
-                    writer = task.writer(tmp, result.schema)
-                written = behind.submit(writer.write_table, result)
-                rows += result.num_rows
-                errors += result.num_rows - result.column("error").null_count
-            if written is not None:
-                written.result()
+        groups = list(range(part.first, part.stop))
+        for batch in reader.iter_batches(batch_size=task.batch_rows, row_groups=groups) if groups else ():
+            result = task.retrieve(batch, signatures)
+            if writer is None:
+                writer = task.writer(tmp, result.schema)
+            writer.write_table(result)
+            rows += result.num_rows
+            errors += result.num_rows - result.column("error").null_count
         if writer is None:  # no rows: an empty part with the output's columns
             writer = task.writer(tmp, task.retrieve(_empty(reader.schema_arrow), signatures).schema)
         writer.close()
@@ -728,9 +707,7 @@ def retrieve_parquet(
     progress : bool, default True
         Print a line to stderr as each part finishes.
     batch_rows : int, default 65536
-        Rows read and retrieved at a time within a part. It bounds each
-        task's memory: three batches at most, one being read, one
-        retrieved and one written.
+        Rows read and retrieved at a time within a part (bounds each task's memory).
     rows_per_part : int, default 1000000
         A file is split into parts of whole row groups of about this many
         rows (one task each), so one large file still keeps every worker busy.
