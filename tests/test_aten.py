@@ -283,6 +283,25 @@ def test_compiled_by_inductor_equals_the_kernel() -> None:
     same(lookup(query, ids, table, 9), ops.topk_hamming_lookup(query, ids, table, 9))
 
 
+@pytest.mark.filterwarnings(TORCH_INTERNAL_WARNING)
+def test_compiled_forms_keep_every_bit_pattern_of_the_halves() -> None:
+    # generated code moves the word halves as float32 bit patterns: signalling and quiet NaNs, -0.0 and the
+    # infinities must come through unchanged, through the stored shared sequence and the per-row gather alike
+    patterns = np.array([0x7F800001, 0xFFC00001, 0x80000000, 0x7F800000, 0xFF800000, 0x7FBFFFFF, 0, 0xFFFFFFFF],
+                        dtype=np.uint32)
+    rng = np.random.default_rng(4)
+    table = torch.from_numpy(rng.choice(patterns, size=(40, 4)).view(np.int64))  # 2 words
+    query = torch.from_numpy(rng.choice(patterns, size=(6, 4)).view(np.int64))
+    lookup = torch.compile(aten.topk_hamming_lookup, fullgraph=True)
+    lengths = torch.tensor([33, 0, 5, 20, 33, 1])
+    for ids in (torch.from_numpy(rng.integers(0, 40, size=33)), torch.from_numpy(rng.integers(0, 40, size=(6, 33)))):
+        args = (query, ids, table, 5)
+        same(lookup(*args, lengths=lengths), ops.topk_hamming_lookup(*args, lengths=lengths))
+    same(torch.compile(aten.topk_hamming, fullgraph=True)(query, table, 6), ops.topk_hamming(query, table, 6))
+    bits = np.unpackbits((query.numpy()[:, None] ^ table.numpy()).view(np.uint8), axis=-1).sum(-1)
+    assert torch.compile(aten.hamming, fullgraph=True)(query.unsqueeze(1), table).tolist() == bits.tolist()
+
+
 @settings(max_examples=60)
 @given(st.data())
 def test_hamming_counts_every_bit_of_any_number_of_words(data: st.DataObject) -> None:
