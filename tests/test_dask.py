@@ -459,16 +459,29 @@ def test_command_line_with_worker_processes(table: tuple[Path, np.ndarray], data
 
 def test_one_worker_command_imports_no_cluster_nor_pandas(table: tuple[Path, np.ndarray], dataset: Path,
                                                           tmp_path: Path) -> None:
-    """The one-worker command starts without dask.distributed, pandas or torch (seconds of imports), bad rows too."""
+    """The one-worker command starts without dask.distributed, pandas or torch (seconds of imports), bad rows too.
+
+    Its Arrow buffers come from jemalloc where pyarrow has it, unless ARROW_DEFAULT_MEMORY_POOL names a pool.
+    """
     script = (
-        "import sys\nfrom etaretrieval.offline import main\n"
+        "import sys\nimport pyarrow as pa\nfrom etaretrieval.offline import main\n"
         f"status = main(['--input', {str(dataset)!r}, '--table', {str(table[0])!r}, '--output', "
-        f"{str(tmp_path / 'out')!r}, '--k', '{K}', '--workers', '1', '--quiet'])\n"
+        f"sys.argv[1], '--k', '{K}', '--workers', '1', '--quiet'])\n"
         "print(status, sorted(m for m in ('distributed', 'dask', 'pandas', 'torch') if m in sys.modules))\n"
+        "print(pa.default_memory_pool().backend_name)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, timeout=300)
-    assert done.stdout.splitlines()[-1] == "0 []", done.stdout
-    check_rows(pq.read_table(tmp_path / "out"), table[1], K)
+    try:
+        pa.jemalloc_memory_pool()
+        pool = "jemalloc"
+    except NotImplementedError:
+        pool = pa.default_memory_pool().backend_name
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    for out, chosen, want in (("out", None, pool), ("out-system", "system", "system")):
+        run_env = env if chosen is None else {**env, "ARROW_DEFAULT_MEMORY_POOL": chosen}
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / out)], check=True, capture_output=True,
+                              text=True, timeout=300, env=run_env)
+        assert done.stdout.splitlines()[-2:] == ["0 []", want], done.stdout
+        check_rows(pq.read_table(tmp_path / out), table[1], K)
 
 
 def test_parts_keep_the_input_rows_in_order_over_many_batches(table: tuple[Path, np.ndarray], dataset: Path,
