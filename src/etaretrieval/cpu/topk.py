@@ -280,7 +280,7 @@ def _count_below(scratch, end, v, step):
     return count
 
 
-@jit(inline="always")
+@jit()
 def _smallest(scratch, end, step, need, top, hint):
     """The smallest distance with ``need`` slots at or below it in :func:`_count_below`'s blocks, or ``top``.
 
@@ -313,7 +313,7 @@ def _smallest(scratch, end, step, need, top, hint):
     return low
 
 
-@jit(inline="always")
+@jit()
 def _bound(scratch, end, nvalid, take, top, exact, hint):
     """A distance with, very likely, ``take`` valid positions at or below it (``top`` is ``64 W``).
 
@@ -323,15 +323,15 @@ def _bound(scratch, end, nvalid, take, top, exact, hint):
     """
     if take == nvalid:
         return top
-    # One call of each helper with int64 (not literal) arguments: each is compiled once.
-    step, need = np.int64(1), take
-    if not exact and end >= SAMPLE_MIN_LENGTH:
-        step, hint = np.int64(SAMPLE_STRIDE), -1
-        sampled = _count_below(scratch, end, top, step)  # valid positions in the sample
-        # 1.5 times the expected count in the sample, plus 3: about 2.5 k
-        # candidates, and a sample too low to give k about once in 300 rows.
-        need = (3 * take * sampled + 2 * nvalid - 1) // (2 * nvalid) + 3
-    return _smallest(scratch, end, step, need, top, hint)
+    # The steps are literals (each count loop compiled for its step: faster), the hint not (-1 is no hint, as
+    # an int64: a literal -1 would compile a variant of _count_below of its own).
+    if exact or end < SAMPLE_MIN_LENGTH:
+        return _smallest(scratch, end, 1, take, top, hint)
+    sampled = _count_below(scratch, end, top, SAMPLE_STRIDE)  # valid positions in the sample
+    # 1.5 times the expected count in the sample, plus 3: about 2.5 k
+    # candidates, and a sample too low to give k about once in 300 rows.
+    need = (3 * take * sampled + 2 * nvalid - 1) // (2 * nvalid) + 3
+    return _smallest(scratch, end, SAMPLE_STRIDE, need, top, np.int64(-1))
 
 
 @jit()
@@ -385,11 +385,11 @@ def _select(scratch, end, nvalid, k, top, work, idx_row, dist_row, guess):
     if take > 0:
         v = guess
         n = _candidates(scratch, end, v, cand) if guess >= 0 and end >= SAMPLE_MIN_LENGTH else 0
-        tries = 0  # the guess does if it gives take..8 k + LANES candidates; else a sampled bound, and the exact
-        # one if the sample under-estimated it (one call site of each helper: one compiled variant)
-        while n < take or (tries == 0 and n > 8 * k + LANES):
-            tries += 1
-            v = _bound(scratch, end, nvalid, take, top, tries > 1, guess - 1)
+        if not take <= n <= 8 * k + LANES:
+            v = _bound(scratch, end, nvalid, take, top, False, guess - 1)
+            n = _candidates(scratch, end, v, cand)
+        if n < take:  # the sample under-estimated the bound: the exact one
+            v = _bound(scratch, end, nvalid, take, top, True, guess - 1)
             n = _candidates(scratch, end, v, cand)
         # A counting sort of the candidates by distance, newest first within
         # a distance: no branch depends on the data.
