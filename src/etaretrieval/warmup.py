@@ -13,7 +13,11 @@ The warm-up calls the public functions (and the torch ops) on small inputs
 (a tiny call and one past the size thresholds of the call path), each
 variant in the calling thread and split over two threads, so
 it compiles exactly what real calls of those kinds use, whatever the kernels'
-signatures. One progress line per variant says what was compiled and how long
+signatures. A call compiles the variant of the kernels its signature width
+and table size select (one word, two, four, more; tables above or below
+``etaretrieval.cpu.topk.CACHED_TABLE_BYTES``): the step labelled 64 bits
+also runs 128-bit signatures, the 256-bit one 320-bit signatures and large
+tables, so every width is warmed. One progress line per variant says what was compiled and how long
 it took. Results are discarded; nothing else is changed.
 """
 
@@ -33,6 +37,7 @@ import numpy as np
 from . import config
 from ._jit import CACHE, PURE_PYTHON
 from ._threads import threads
+from .cpu.topk import CACHED_TABLE_BYTES
 from .distance import hamming
 from .sdim import sdim_buckets, sdim_codes, sdim_from_buckets, sdim_group_sums, sdim_pool
 from .simhash import hyperplanes, pack_signatures
@@ -155,23 +160,42 @@ def _sdim_steps(float_dtypes: Sequence[str], validity: list[tuple[str, dict[str,
     return found
 
 
+#: Signature words of the steps (their labels' bits), each with the widths whose calls join its steps: one
+#: word (and two), four (and five), and for plain lookups of two words or more a table above
+#: ``CACHED_TABLE_BYTES``, select every variant of the kernels (``etaretrieval.cpu.topk.pass_variant``).
+_WORDS = ((1, (2,)), (4, (5,)))
+
+
+def _merged(steps: list[Step]) -> list[Step]:
+    """One step per label, in order of first appearance, with the calls of every step of that label."""
+    calls: dict[str, tuple[Callable[[], object], ...]] = {}
+    for step in steps:
+        calls[step.label] = calls.get(step.label, ()) + step.calls
+    return [Step(label, these) for label, these in calls.items()]
+
+
 def _numpy_steps(ops: Sequence[str], id_dtypes: Sequence[str], float_dtypes: Sequence[str],
                  validity: list[tuple[str, dict[str, Any]]], strided: bool, size: tuple[int, int]) -> list[Step]:
     rng = np.random.default_rng(0)
     batch = size[0]
     found: list[Step] = []
-    for words in (1, 4):  # calls with one and with several signature words run every branch of the kernels
-        table = rng.integers(0, 2**63, size=(_N, words), dtype=np.int64).view(np.uint64)
-        query, ids = table[:batch].copy(), rng.integers(1, _N, size=size)
+    for words, siblings in _WORDS:
         these: list[Step] = []
-        for shared in (False, True):
-            if ("lookup-shared" if shared else "lookup") in ops:
-                these += _lookup_steps(id_dtypes, validity, strided, shared, query, ids, table)
-            if ("topk-shared" if shared else "topk") in ops:
-                these += _topk_steps(validity, strided, shared, query, table[ids[0] if shared else ids])
-        if "hamming" in ops:
-            these.append(_step("hamming", partial(hamming, query[:, None], table[ids]), partial(hamming, query, query)))
-        found += [Step(_join(step.label, f"{64 * words} bits"), step.calls) for step in these]
+        for width in (words, *siblings):  # the sibling widths' calls join the steps of ``words``
+            table = rng.integers(0, 2**63, size=(_N, width), dtype=np.int64).view(np.uint64)
+            query, ids = table[:batch].copy(), rng.integers(1, _N, size=size)
+            for shared in (False, True):
+                if ("lookup-shared" if shared else "lookup") in ops:
+                    these += _lookup_steps(id_dtypes, validity, strided, shared, query, ids, table)
+                    if width > 1 and not shared:  # a table above CACHED_TABLE_BYTES: one gather pass per word
+                        large = np.zeros((CACHED_TABLE_BYTES // (8 * width) + 1, width), dtype=np.uint64)
+                        these += _lookup_steps(id_dtypes, validity[:1], False, shared, query, ids, large)
+                if ("topk-shared" if shared else "topk") in ops:
+                    these += _topk_steps(validity, strided, shared, query, table[ids[0] if shared else ids])
+            if "hamming" in ops and width == words:
+                these.append(_step("hamming", partial(hamming, query[:, None], table[ids]),
+                                   partial(hamming, query, query)))
+        found += [Step(_join(step.label, f"{64 * words} bits"), step.calls) for step in _merged(these)]
     planes = hyperplanes(8, 128, seed=0)
     for dtype in float_dtypes if "pack" in ops else ():
         x = rng.standard_normal((*size, 8)).astype(dtype)
