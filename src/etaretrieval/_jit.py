@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import numba
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["jit", "compiled", "array_type", "kernel_input", "PARALLEL", "CACHE", "PURE_PYTHON"]
 
@@ -48,7 +49,8 @@ def jit(inline: str = "never") -> Callable[[Callable[..., Any]], Any]:
     (each jitted level links and re-optimises its callees); it stays
     callable from Python.
     """
-    return numba.njit(nogil=True, cache=CACHE, fastmath=False, inline=inline)
+    options: dict[str, Any] = {"nogil": True, "cache": CACHE, "fastmath": False, "inline": inline}
+    return numba.njit(**options)
 
 
 def compiled(kernel: Any, signature: tuple[Any, ...]) -> Callable[..., Any]:
@@ -66,11 +68,11 @@ def compiled(kernel: Any, signature: tuple[Any, ...]) -> Callable[..., Any]:
     pure Python (``NUMBA_DISABLE_JIT=1``) it is ``kernel`` itself.
     """
     if PURE_PYTHON:
-        return kernel  # type: ignore[no-any-return]
+        return kernel
     return _compiled(kernel, signature)
 
 
-def array_type(dtype: type, ndim: int, readonly: bool = True) -> Any:
+def array_type(dtype: npt.DTypeLike, ndim: int, readonly: bool = True) -> Any:
     """The Numba type of a C-contiguous ``dtype`` array (read-only by default, as :func:`kernel_input` passes them)."""
     return numba.types.Array(numba.from_dtype(np.dtype(dtype)), ndim, "C", readonly=readonly)
 
@@ -78,7 +80,7 @@ def array_type(dtype: type, ndim: int, readonly: bool = True) -> Any:
 @functools.lru_cache(maxsize=None)
 def _compiled(kernel: Any, signature: tuple[Any, ...]) -> Callable[..., Any]:
     kernel.compile(signature)
-    return kernel.overloads[signature].entry_point  # type: ignore[no-any-return]
+    return kernel.overloads[signature].entry_point
 
 
 def kernel_input(a: np.ndarray, *, contiguous: bool = False) -> np.ndarray:
