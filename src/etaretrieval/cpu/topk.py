@@ -55,9 +55,9 @@ from .._jit import PURE_PYTHON, array_type, compiled, jit, kernel_input
 from .._threads import parallel_rows
 from .._validate import MAX_WORDS, TopkCall, host_lengths, ids_error, results
 
-__all__ = ["run", "lookup_fast", "lookup_at", "small_entry", "topk_keys", "topk_lookup", "CHUNK", "LANES",
-           "SAMPLE_STRIDE", "SAMPLE_MIN_LENGTH", "WIDE", "CACHED_TABLE_BYTES", "SMALL_WORK", "SMALL_RESULTS", "DONE",
-           "NOT_SMALL", "BAD_ID"]
+__all__ = ["run", "pass_variant", "lookup_fast", "lookup_at", "small_entry", "topk_keys", "topk_lookup", "CHUNK",
+           "LANES", "SAMPLE_STRIDE", "SAMPLE_MIN_LENGTH", "WIDE", "CACHED_TABLE_BYTES", "SMALL_WORK", "SMALL_RESULTS",
+           "DONE", "NOT_SMALL", "BAD_ID"]
 
 #: Positions per stack buffer of the distance step.
 CHUNK = 1024
@@ -169,9 +169,9 @@ def _distance_pass(query, src, ids, b, end, mask, use_mask, pad, use_pad, scratc
     or more), the first pass does every word instead.
     ``words`` is ``src.shape[1]``, and the callers pass the flags
     (``lookup``, ``use_mask``, ``use_pad``, ``cached``) and one or two words
-    as literals: each combination is compiled apart with its tests removed
-    and its word loop unrolled (one word: no row buffer, no further-word
-    pass). From four words, a cached table is read with vector loads along
+    as literals (:func:`pass_variant`): each combination is compiled apart,
+    its tests folded away by LLVM and its word loop unrolled (one word: no
+    row buffer, no further-word pass). From four words, a cached table is read with vector loads along
     each row (faster there than unrolled gathers).
     """
     rows = _stack_buffer(np.uint64)
