@@ -473,7 +473,8 @@ class _Task:
         dictionary: bool | list[str] = True
         if not self.dictionary_ids:
             id_columns = pa.schema([schema.field(name) for name in (self.history_col, self.target_col, "topk_ids")])
-            dictionary = [leaf for leaf in _leaf_paths(schema) if leaf not in _leaf_paths(id_columns)]
+            ids = set(_leaf_paths(id_columns))
+            dictionary = [leaf for leaf in _leaf_paths(schema) if leaf not in ids]
         return pq.ParquetWriter(path, schema, compression=self.compression, use_dictionary=dictionary)
 
 
