@@ -219,44 +219,14 @@ def _validity(
     return pos >= length - n if padding_side == "left" else pos < n
 
 
-#: Positions per block of :func:`_smallest`'s first stage.
-_BLOCK = 4
-
-
-def _smallest(key: torch.Tensor, take: int, fill: int) -> torch.Tensor:
-    """The ``take`` smallest keys of each row, ascending; a row's keys below ``fill`` are distinct.
-
-    Equal to ``key.topk(take, largest=False).values``, in two smaller
-    ``torch.topk`` calls where that pays: the row is cut into blocks of
-    :data:`_BLOCK` positions (padded with ``fill``), the ``take`` blocks with
-    the smallest minima are kept and the result is the ``take`` smallest of
-    their keys. Exact: a block holding one of the ``take`` smallest keys
-    ``e`` has its minimum at most ``e``, and each block with a smaller
-    minimum holds a key below ``e``, so fewer than ``take`` blocks rank
-    before it. Keys equal to ``fill`` (the invalid positions) are never told
-    apart by the caller.
-    """
-    batch, length = key.shape
-    if 2 * take * _BLOCK > length:  # the candidates would be most of the row
-        return key.topk(take, dim=1, largest=False, sorted=True).values
-    blocks = -(-length // _BLOCK)
-    if blocks * _BLOCK != length:
-        key = torch.nn.functional.pad(key, (0, blocks * _BLOCK - length), value=fill)
-    grouped = key.view(batch, blocks, _BLOCK)
-    chosen = grouped.amin(-1).topk(take, dim=1, largest=False, sorted=False).indices
-    candidates = grouped.gather(1, chosen.unsqueeze(-1).expand(-1, -1, _BLOCK)).flatten(1)
-    return candidates.topk(take, dim=1, largest=False, sorted=True).values
-
-
 def _select(
     dist: torch.Tensor, valid: Optional[torch.Tensor], k: int, max_dist: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` of ``(B, L)`` distances: positions by (distance ascending, position descending), ``-1`` fill.
 
     One int64 key per position, ``dist * L + (L - 1 - pos)``, is distinct in
-    a row, so ``torch.topk`` (:func:`_smallest`) has no ties to break;
-    positions that are not valid get the key ``(max_dist + 1) * L``, above
-    every valid one.
+    a row, so ``torch.topk`` has no ties to break; positions that are not
+    valid get the key ``(max_dist + 1) * L``, above every valid one.
     """
     batch, length = dist.shape
     if length == 0 or k == 0:
@@ -268,7 +238,7 @@ def _select(
     invalid = (max_dist + 1) * length
     if valid is not None:
         key = torch.where(valid, key, invalid)
-    best = _smallest(key, take, invalid)
+    best = key.topk(take, dim=1, largest=False, sorted=True).values
     found = best < invalid
     idx = torch.where(found, length - 1 - best % length, -1)
     d = torch.where(found, best // length, -1).to(torch.int32)
