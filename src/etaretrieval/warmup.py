@@ -39,6 +39,7 @@ from ._jit import CACHE, PURE_PYTHON
 from ._threads import threads
 from .cpu.topk import CACHED_TABLE_BYTES
 from .distance import hamming
+from .ragged import topk_hamming_lookup_ragged, topk_hamming_ragged
 from .sdim import sdim_buckets, sdim_codes, sdim_from_buckets, sdim_group_sums, sdim_pool
 from .simhash import hyperplanes, pack_signatures
 from .topk import topk_hamming, topk_hamming_lookup
@@ -46,8 +47,9 @@ from .topk import topk_hamming, topk_hamming_lookup
 __all__ = ["OPS", "ID_DTYPES", "FLOAT_DTYPES", "Step", "steps", "warmup", "main"]
 
 #: The operations that can be warmed up: the fused lookup with ``(B, L)`` or shared ``(L,)`` ids, top-K
-#: over ``(B, L, W)`` or shared ``(L, W)`` keys, the Hamming distance, the signature projection and SDIM.
-OPS = ("lookup", "lookup-shared", "topk", "topk-shared", "hamming", "pack", "sdim")
+#: over ``(B, L, W)`` or shared ``(L, W)`` keys, both over ragged rows (flat values and offsets), the
+#: Hamming distance, the signature projection and SDIM.
+OPS = ("lookup", "lookup-shared", "topk", "topk-shared", "ragged", "hamming", "pack", "sdim")
 #: Item-id dtypes (each is a compiled variant of the lookups).
 ID_DTYPES = ("int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8")
 #: Floating dtypes of embeddings (:func:`pack_signatures`) and SDIM values.
@@ -136,6 +138,25 @@ def _topk_steps(validity: list[tuple[str, dict[str, Any]]], strided: bool, share
     return found
 
 
+def _ragged_steps(id_dtypes: Sequence[str], validity: list[tuple[str, dict[str, Any]]], query: np.ndarray,
+                  ids: np.ndarray, table: np.ndarray, plain_only: bool) -> list[Step]:
+    """The ragged lookup and top-K: each ``(B, L)`` row of ``ids`` as a ragged row (flat ids, offsets)."""
+    offsets = np.arange(ids.shape[0] + 1) * ids.shape[1]
+    flat = ids.ravel()
+    found = []
+    for label, kw in validity[:1] if plain_only else validity:
+        if "lengths" in kw or np.ndim(kw.get("mask")) == 1:  # rows of their own length: no lengths, no (L,) mask
+            continue
+        kw = {name: value.ravel() if name == "mask" else value for name, value in kw.items()}
+        found += [_step(_join(f"topk_hamming_lookup_ragged: {dtype} ids", label),
+                        partial(topk_hamming_lookup_ragged, query, flat.astype(dtype), table, _K, offsets, **kw))
+                  for dtype in id_dtypes]
+        if not plain_only and "padding_id" not in kw:
+            found.append(_step(_join("topk_hamming_ragged", label),
+                               partial(topk_hamming_ragged, query, table[flat], _K, offsets, **kw)))
+    return found
+
+
 def _from_buckets(query: np.ndarray, keys: np.ndarray, values: np.ndarray, **kw: Any) -> np.ndarray:
     return sdim_from_buckets(query, sdim_buckets(keys, values, 4, **kw))
 
@@ -184,14 +205,19 @@ def _numpy_steps(ops: Sequence[str], id_dtypes: Sequence[str], float_dtypes: Seq
         for width in (words, *siblings):  # the sibling widths' calls join the steps of ``words``
             table = rng.integers(0, 2**63, size=(_N, width), dtype=np.int64).view(np.uint64)
             query, ids = table[:batch].copy(), rng.integers(1, _N, size=size)
+            # a table above CACHED_TABLE_BYTES (one gather pass per word; all zeros: no memory touched but its rows')
+            large = np.zeros((CACHED_TABLE_BYTES // (8 * width) + 1, width), dtype=np.uint64)
             for shared in (False, True):
                 if ("lookup-shared" if shared else "lookup") in ops:
                     these += _lookup_steps(id_dtypes, validity, strided, shared, query, ids, table)
-                    if width > 1 and not shared:  # a table above CACHED_TABLE_BYTES: one gather pass per word
-                        large = np.zeros((CACHED_TABLE_BYTES // (8 * width) + 1, width), dtype=np.uint64)
+                    if width > 1 and not shared:
                         these += _lookup_steps(id_dtypes, validity[:1], False, shared, query, ids, large)
                 if ("topk-shared" if shared else "topk") in ops:
                     these += _topk_steps(validity, strided, shared, query, table[ids[0] if shared else ids])
+            if "ragged" in ops:
+                these += _ragged_steps(id_dtypes, validity, query, ids, table, plain_only=False)
+                if width > 1:
+                    these += _ragged_steps(id_dtypes, validity, query, ids, large, plain_only=True)
             if "hamming" in ops and width == words:
                 these.append(_step("hamming", partial(hamming, query[:, None], table[ids]),
                                    partial(hamming, query, query)))
@@ -253,7 +279,8 @@ def steps(ops: Iterable[str] = ("lookup",), id_dtypes: Iterable[str] = ("int64",
     Parameters
     ----------
     ops : iterable of str
-        Names from :data:`OPS`.
+        Names from :data:`OPS` (``ragged``: the ragged lookup and top-K, with
+        the masks and padding ids asked for).
     id_dtypes : iterable of str
         Item-id dtypes from :data:`ID_DTYPES` (the lookups).
     float_dtypes : iterable of str
