@@ -13,13 +13,15 @@ from pathlib import Path
 __all__ = ["WARMUP_ARGS", "first_call", "run_coldstart", "warmed_first_call"]
 
 #: A ``python -m etaretrieval.warmup`` configuration that covers every step of the first-call program below.
-WARMUP_ARGS = ("--ops", "lookup,lookup-shared,topk,pack", "--ids", "int64,int32", "--mask", "--torch")
+WARMUP_ARGS = ("--ops", "lookup,lookup-shared,topk,ragged,pack", "--ids", "int64,int32", "--lengths", "--mask",
+               "--torch")
 
 _SNIPPET = """
 import json, time
 start = time.perf_counter()
 import numpy as np
 import etaretrieval as er
+from etaretrieval.ragged import topk_hamming_lookup_ragged
 seconds = {"import": time.perf_counter() - start}
 
 def step(name, call):
@@ -36,6 +38,9 @@ step("topk_hamming_lookup", lambda: er.topk_hamming_lookup(table[:4], ids, table
 step("lookup, int32 ids", lambda: er.topk_hamming_lookup(table[:4], ids.astype(np.int32), table, 8))
 step("lookup, shared ids + mask", lambda: er.topk_hamming_lookup(table[:4], ids[0], table, 8, mask=ids[0] > 5))
 step("topk_hamming", lambda: er.topk_hamming(table[:4], table[ids], 8))
+step("lookup, lengths", lambda: er.topk_hamming_lookup(table[:4], ids, table, 8, lengths=[50, 20, 0, 5]))
+offsets, flat = np.array([0, 50, 90, 90, 200]), ids.ravel()
+step("ragged lookup, mask", lambda: topk_hamming_lookup_ragged(table[:4], flat, table, 8, offsets, mask=flat > 5))
 step("lookup, read-only table", lambda: er.topk_hamming_lookup(table[:4], ids, np.broadcast_to(table, table.shape), 8))
 try:
     import torch
@@ -79,7 +84,9 @@ def first_call(cache_dir: str | None) -> dict[str, float]:
         Seconds of ``import``, then of the first call of each step of a
         common program (in order): ``pack_signatures``,
         ``topk_hamming_lookup``, the lookup with other input variants,
-        ``topk_hamming`` and, with torch installed, the torch ops.
+        ``topk_hamming``, a lookup with ``lengths`` and a ragged lookup with
+        a mask (past the small-call fast path: the general kernels) and, with
+        torch installed, the torch ops.
     """
     done = subprocess.run([sys.executable, "-c", _SNIPPET], env=_env(cache_dir), capture_output=True, text=True,
                           check=True)
