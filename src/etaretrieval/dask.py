@@ -715,7 +715,7 @@ def retrieve_parquet(
     compression : str, default "snappy"
         Codec of the output files: ``"snappy"``, ``"zstd"``, ``"lz4"``,
         ``"gzip"``, ``"brotli"`` or ``"none"`` (uncompressed: the fastest to
-        write, the largest; see :doc:`/user_guide/ragged`).
+        write, the largest; see :ref:`scaling`).
 
     Returns
     -------
