@@ -74,6 +74,9 @@ def _use_jemalloc() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status.
 
+    As the command does, it makes jemalloc this process's Arrow memory pool
+    (where pyarrow has it and ``ARROW_DEFAULT_MEMORY_POOL`` names none).
+
     Parameters
     ----------
     argv : sequence of str, optional
