@@ -314,17 +314,21 @@ _NO_PART_DIST = np.zeros((0, 0), dtype=np.int32)
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(ids_dtype: np.dtype | None, flags: tuple[Any, ...]) -> Any:
-    """:func:`ragged_topk` compiled for :func:`_run`'s arguments: a lookup of ``ids_dtype`` ids, or keys (``None``).
+def _kernel(ids_dtype: np.dtype | None, use_mask: bool, use_pad: bool, cached_table: bool, words: int
+            ) -> tuple[tuple[bool, bool, bool, int], Any]:
+    """The flags and :func:`ragged_topk` compiled for :func:`_run`'s arguments: a lookup of ``ids_dtype`` ids, or keys.
 
-    ``flags``: the types of :func:`etaretrieval.cpu.topk.pass_variant`.
+    ``ids_dtype`` ``None``: top-K of flat keys. The flags are those of
+    :func:`etaretrieval.cpu.topk.pass_variant`.
     """
+    flags, signature = pass_variant(ids_dtype is not None, use_mask, use_pad, cached_table, words)
     count, signatures, pieces = types.int64, array_type(np.uint64, 2), array_type(np.int64, 1, readonly=False)
     offsets, out = array_type(np.int64, 1), (array_type(np.int64, 2, False), array_type(np.int32, 2, False))
     sources = (signatures, types.none, types.none) if ids_dtype is None else (
         types.none, array_type(ids_dtype, 1), signatures)
-    return compiled(ragged_topk, (signatures, *sources, count, offsets, offsets, types.boolean, pieces, pieces, pieces,
-                                  pieces, array_type(np.bool_, 1), count, count, count, *out, *out, pieces, *flags))
+    return flags, compiled(ragged_topk, (signatures, *sources, count, offsets, offsets, types.boolean, pieces, pieces,
+                                         pieces, pieces, array_type(np.bool_, 1), count, count, count, *out, *out,
+                                         pieces, *signature))
 
 
 def _run(q: np.ndarray, keys: np.ndarray | None, ids: np.ndarray | None, table: np.ndarray | None, k: int,
@@ -343,9 +347,8 @@ def _run(q: np.ndarray, keys: np.ndarray | None, ids: np.ndarray | None, table: 
     m = _NO_MASK if mask is None else kernel_input(mask, contiguous=True)
     q, starts, lens = (kernel_input(a, contiguous=True) for a in (q, starts, lens))
     rows = 0 if table is None else table.shape[0]
-    flags, signature = pass_variant(table is not None, mask is not None, pad is not None,
-                                    table is not None and table.nbytes <= CACHED_TABLE_BYTES, words)
-    kernel = _kernel(None if ids is None else ids.dtype, signature)
+    flags, kernel = _kernel(None if ids is None else ids.dtype, mask is not None, pad is not None,
+                            table is not None and table.nbytes <= CACHED_TABLE_BYTES, words)
     common = (m, 0 if pad is None else pad)
     positions = int(starts[-1] + lens[-1] - starts[0])  # the rows lie back to back
     threads = thread_count()

@@ -535,22 +535,31 @@ _SIGNATURES = array_type(np.uint64, 2)
 _RESULTS = (array_type(np.int64, 2, readonly=False), array_type(np.int32, 2, readonly=False))
 
 
+_LENGTHS = array_type(np.int64, 1, readonly=False)  # fresh from host_lengths / _host_validity
+
+
 @functools.lru_cache(maxsize=None)
-def _keys_kernel(shared: bool, flags: tuple[Any, ...]) -> Any:
-    """:func:`topk_keys` compiled for the arguments :func:`_run_keys` passes (``flags``: :func:`pass_variant`'s)."""
+def _keys_kernel(shared: bool, use_mask: bool, words: int) -> tuple[tuple[bool, bool, bool, int], Any]:
+    """The flags and :func:`topk_keys` compiled for the arguments :func:`_run_keys` passes."""
+    if shared:  # the word-major pass, its mask test at run time
+        flags, signature = (use_mask, False, False, words), (types.boolean, _OFF, _OFF, types.int64)
+    else:
+        flags, signature = pass_variant(False, use_mask, False, False, words)
     count = types.int64
     keys, keys_t = (types.none, _SIGNATURES) if shared else (array_type(np.uint64, 3), types.none)
-    return compiled(topk_keys, (_SIGNATURES, keys, keys_t, count, count, array_type(np.int64, 1),
-                                array_type(np.bool_, 2), count, count, count, *_RESULTS, *flags))
+    return flags, compiled(topk_keys, (_SIGNATURES, keys, keys_t, count, count, _LENGTHS, array_type(np.bool_, 2),
+                                       count, count, count, *_RESULTS, *signature))
 
 
 @functools.lru_cache(maxsize=None)
-def _lookup_kernel(ids_dtype: np.dtype, flags: tuple[Any, ...]) -> Any:
-    """:func:`topk_lookup` compiled for the arguments :func:`run` passes (``ids_dtype`` ids)."""
+def _lookup_kernel(ids_dtype: np.dtype, use_mask: bool, use_pad: bool, cached_table: bool, words: int
+                   ) -> tuple[tuple[bool, bool, bool, int], Any]:
+    """The flags and :func:`topk_lookup` compiled for the arguments :func:`run` passes (``ids_dtype`` ids)."""
+    flags, signature = pass_variant(True, use_mask, use_pad, cached_table, words)
     count = types.int64
-    return compiled(topk_lookup, (_SIGNATURES, array_type(ids_dtype, 2), _SIGNATURES, count, array_type(np.int64, 1),
-                                  array_type(np.bool_, 2), count, count, count, count, *_RESULTS,
-                                  array_type(np.int64, 1, readonly=False), *flags))
+    return flags, compiled(topk_lookup, (_SIGNATURES, array_type(ids_dtype, 2), _SIGNATURES, count, _LENGTHS,
+                                         array_type(np.bool_, 2), count, count, count, count, *_RESULTS,
+                                         array_type(np.int64, 1, readonly=False), *signature))
 
 
 #: Codes of :func:`_lookup_small`: the call was done, or the general path must run (and raise, if the call is bad).
@@ -812,20 +821,17 @@ def _run_keys(query: np.ndarray, keys: np.ndarray, k: int, lengths: np.ndarray, 
     shared = keys.ndim == 2 or (batch > 1 and keys.strides[0] == 0)
     if shared and batch == 1:
         shared, keys = False, keys.reshape(1, length, words)
-    q, n = kernel_input(query, contiguous=True), kernel_input(lengths, contiguous=True)
-    m = _mask_input(mask, batch, length)
+    q, m = kernel_input(query, contiguous=True), _mask_input(mask, batch, length)
     rows: np.ndarray | None
     keys_t: np.ndarray | None
-    if shared:  # word-major keys, the mask test at run time
+    if shared:  # word-major keys
         rows, keys_t = None, kernel_input(np.ascontiguousarray((keys if keys.ndim == 2 else keys[0]).T))
-        flags, signature = (mask is not None, False, False, words), (types.boolean, _OFF, _OFF, types.int64)
     else:
         rows, keys_t = kernel_input(np.ascontiguousarray(keys)), None
-        flags, signature = pass_variant(False, mask is not None, False, False, words)
-    kernel = _keys_kernel(shared, signature)
+    flags, kernel = _keys_kernel(shared, mask is not None, words)
 
     def run(lo: int, hi: int, base: int, idx_: np.ndarray, dist_: np.ndarray) -> None:
-        kernel(q, rows, keys_t, length, k, n, m, lo, hi, base, idx_, dist_, *flags)
+        kernel(q, rows, keys_t, length, k, lengths, m, lo, hi, base, idx_, dist_, *flags)
 
     parallel_rows(run, batch, batch * length * words, (idx, dist))
 
@@ -892,15 +898,13 @@ def run(call: TopkCall) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
     bad = np.empty(batch, dtype=np.int64)  # written only for rows with a bad id
     q, i = kernel_input(query, contiguous=True), _ids_input(ids, batch)
     t = kernel_input(np.ascontiguousarray(table))
-    m, n = _mask_input(mask, batch, length), kernel_input(lengths, contiguous=True)
-    padding = 0 if pad is None else pad
-    flags, signature = pass_variant(True, mask is not None, pad is not None, t.nbytes <= CACHED_TABLE_BYTES,
-                                    call.words)
-    kernel = _lookup_kernel(i.dtype, signature)
+    m, padding = _mask_input(mask, batch, length), 0 if pad is None else pad
+    flags, kernel = _lookup_kernel(i.dtype, mask is not None, pad is not None, t.nbytes <= CACHED_TABLE_BYTES,
+                                   call.words)
 
     def rows(lo: int, hi: int, base: int, idx_: np.ndarray, dist_: np.ndarray, bad_: np.ndarray) -> int:
         """The first row of ``lo..hi-1`` with a bad id, or -1."""
-        return int(kernel(q, i, t, k, n, m, padding, lo, hi, base, idx_, dist_, bad_, *flags))
+        return int(kernel(q, i, t, k, lengths, m, padding, lo, hi, base, idx_, dist_, bad_, *flags))
 
     first_bad = [r for r in parallel_rows(rows, batch, batch * length * call.words, (idx, dist, bad)) if r >= 0]
     if first_bad:
