@@ -145,7 +145,8 @@ def _ragged_steps(id_dtypes: Sequence[str], validity: list[tuple[str, dict[str, 
     flat = ids.ravel()
     found = []
     for label, kw in validity[:1] if plain_only else validity:
-        if "lengths" in kw or np.ndim(kw.get("mask")) == 1:  # rows of their own length: no lengths, no (L,) mask
+        mask = kw.get("mask")  # ragged rows have their own lengths: no lengths, no shared (L,) mask
+        if "lengths" in kw or (mask is not None and np.ndim(mask) == 1):
             continue
         kw = {name: value.ravel() if name == "mask" else value for name, value in kw.items()}
         found += [_step(_join(f"topk_hamming_lookup_ragged: {dtype} ids", label),
