@@ -35,7 +35,7 @@ from .cpu.ragged import topk_hamming as host_topk
 from .cpu.ragged import topk_hamming_lookup as host_lookup
 
 __all__ = ["topk_hamming_ragged", "topk_hamming_lookup_ragged", "sdim_group_sums_ragged", "sdim_pool_ragged",
-           "as_offsets", "offsets_error", "check_offsets_alone"]
+           "sdim_buckets_ragged", "as_offsets", "offsets_error", "check_offsets_alone"]
 
 
 def check_offsets_alone(lengths: Any = None, padding_side: Any = "right") -> None:
@@ -57,13 +57,14 @@ def check_offsets_alone(lengths: Any = None, padding_side: Any = "right") -> Non
         )
 
 
-def as_offsets(offsets: Any, batch: int, total: int, values: str) -> tuple[np.ndarray, np.ndarray]:
+def as_offsets(offsets: Any, batch: int | None, total: int, values: str) -> tuple[np.ndarray, np.ndarray]:
     """Check ``offsets`` for ``batch`` rows of the ``total`` flat ``values``: ``(starts, lens)``, int64 ``(batch,)``.
 
     ``offsets`` is ``(batch + 1,)`` of an integer dtype (int32 or int64 as
     Arrow writes them), non-decreasing, from ``>= 0`` to ``<= total`` (Arrow
     semantics: ``offsets[0]`` may be above 0, values past ``offsets[-1]``
-    belong to no row). A device array is copied to the host (``batch + 1``
+    belong to no row); ``batch=None`` takes the rows from ``offsets`` (any
+    ``(B + 1,)``). A device array is copied to the host (``batch + 1``
     integers). Every error names ``offsets`` and its first bad entry.
     """
     o = as_array(offsets, "offsets")
@@ -73,7 +74,9 @@ def as_offsets(offsets: Any, batch: int, total: int, values: str) -> tuple[np.nd
         o = np.asarray(_backend.as_numba(o).copy_to_host())
     if o.size and not is_integer_dtype(o.dtype):  # (an empty list is float64 to NumPy: its shape is wrong)
         raise DTypeError(f"offsets must have an integer dtype (int32 or int64), got dtype {o.dtype}")
-    if o.shape != (batch + 1,):
+    if batch is None and (o.ndim != 1 or o.size == 0):
+        raise ValueError(f"offsets must have shape (B + 1,) for B rows, got shape {_shape(o.shape)}")
+    if batch is not None and o.shape != (batch + 1,):
         raise ValueError(
             f"offsets must have shape {_shape((batch + 1,))} (one more than the {batch} rows of query), "
             f"got shape {_shape(o.shape)}"
@@ -252,6 +255,18 @@ def topk_hamming_lookup_ragged(
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def _flat_rows(keys: Any, values: Any, tau: Any, bits: Any) -> tuple[Any, Any, int, int]:
+    """Checked flat ``(keys, values, tau, groups)`` of a ragged SDIM call: ``(T, W)`` keys, ``(T, d)`` values."""
+    kk = as_signatures("keys", keys, (2,), "(T, W): the flat keys of every row")
+    v = as_array(values, "values")
+    if v.dtype not in _FLOATS:
+        raise DTypeError(f"values must have dtype float32 or float64, got dtype {v.dtype}")
+    if v.ndim != 2 or v.shape[0] != kk.shape[0]:
+        raise ValueError(f"values must have shape ({kk.shape[0]}, d), one row per key, got shape {_shape(v.shape)}")
+    tau = check_tau(tau)
+    return kk, v, tau, check_groups(kk.shape[1], tau, bits)
+
+
 def _sdim_inputs(query: Any, keys: Any, values: Any, tau: Any, bits: Any, offsets: Any, mask: Any
                  ) -> tuple[Any, Any, Any, int, int, np.ndarray, np.ndarray, Any]:
     """Checked ``(query, keys, values, tau, groups, starts, lens, mask)`` of a ragged SDIM call."""
@@ -259,13 +274,7 @@ def _sdim_inputs(query: Any, keys: Any, values: Any, tau: Any, bits: Any, offset
     kk = as_signatures("keys", keys, (2,), "(T, W): the flat keys of every row")
     batch, words = q.shape
     check_keys_shape(kk.shape, batch, words)
-    v = as_array(values, "values")
-    if v.dtype not in _FLOATS:
-        raise DTypeError(f"values must have dtype float32 or float64, got dtype {v.dtype}")
-    if v.ndim != 2 or v.shape[0] != kk.shape[0]:
-        raise ValueError(f"values must have shape ({kk.shape[0]}, d), one row per key, got shape {_shape(v.shape)}")
-    tau = check_tau(tau)
-    groups = check_groups(words, tau, bits)
+    kk, v, tau, groups = _flat_rows(kk, values, tau, bits)
     starts, lens = as_offsets(offsets, batch, kk.shape[0], "keys")
     return q, kk, v, tau, groups, starts, lens, _flat_mask(mask, kk.shape[0])
 
@@ -354,3 +363,54 @@ def sdim_pool_ragged(
         return device_pool(q, kk, v, tau, groups, starts, lens, m)
     return host_sdim.sdim_pool(q, kk, v, tau, groups, starts, lens, m)
 
+
+def sdim_buckets_ragged(
+    keys: Any, values: Any, tau: int, offsets: Any, *, bits: int | None = None, mask: Any = None
+) -> npt.NDArray[np.floating]:
+    """SDIM bucket summaries of ragged rows: :func:`etaretrieval.sdim_buckets` of rows given by offsets.
+
+    Parameters
+    ----------
+    keys, values, tau, bits, mask
+        As in :func:`sdim_group_sums_ragged`. The summary holds
+        ``G * 2**tau * d`` values per row, at most
+        :data:`etaretrieval.sdim.MAX_BUCKET_ELEMENTS`.
+    offsets : array_like
+        ``(B + 1,)`` int32/int64 row offsets into ``keys`` and ``values``, as
+        in :func:`topk_hamming_ragged`; ``B`` is read from them.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(B, G, 2**tau, d)`` of the dtype of ``values``: ``out[b, g, c, :]``
+        is the sum (float64 in position order, rounded) of row ``b``'s valid
+        values whose group-``g`` code is ``c``, equal bit for bit to
+        :func:`etaretrieval.sdim_buckets` on that row alone (or on the rows
+        padded with ``lengths``). For device arrays, a device array of the
+        same library, equal to the CPU's.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from etaretrieval.ragged import sdim_buckets_ragged
+    >>> keys = np.array([[0b01], [0b11], [0b10]], dtype=np.uint64)
+    >>> values = np.array([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0]])
+    >>> buckets = sdim_buckets_ragged(keys, values, 1, [0, 2, 3], bits=2)
+    >>> buckets.shape
+    (2, 2, 2, 2)
+    >>> buckets[0, 0]                                         # row 0, group 0: code 1 <- keys 0, 1
+    array([[0., 0.],
+           [3., 6.]])
+    """
+    from .sdim import check_bucket_size  # (etaretrieval.sdim imports this module)
+
+    device = placement(keys=keys, values=values, offsets=offsets, mask=mask)
+    kk, v, tau, groups = _flat_rows(keys, values, tau, bits)
+    check_bucket_size(groups, tau, v.shape[1])
+    starts, lens = as_offsets(offsets, None, kk.shape[0], "keys")
+    m = _flat_mask(mask, kk.shape[0])
+    if device:
+        from .cuda.ragged import sdim_buckets as device_buckets
+
+        return device_buckets(kk, v, tau, groups, starts, lens, m)
+    return host_sdim.sdim_buckets(kk, v, tau, groups, starts, lens, m)

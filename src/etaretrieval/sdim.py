@@ -39,7 +39,7 @@ from ._validate import (
     validity,
 )
 from .cpu import sdim as host
-from .ragged import check_offsets_alone, sdim_group_sums_ragged, sdim_pool_ragged
+from .ragged import check_offsets_alone, sdim_buckets_ragged, sdim_group_sums_ragged, sdim_pool_ragged
 
 __all__ = ["sdim_codes", "sdim_group_sums", "sdim_pool", "sdim_buckets", "sdim_from_buckets", "MAX_TAU",
            "MAX_BUCKET_ELEMENTS"]
@@ -262,6 +262,7 @@ def sdim_buckets(
     bits: int | None = None,
     lengths: Any = None,
     mask: Any = None,
+    offsets: Any = None,
 ) -> npt.NDArray[np.floating]:
     """The target-independent SDIM summary of sequences: per group, the sum of every code's behaviours.
 
@@ -285,14 +286,20 @@ def sdim_buckets(
         ``(B,)`` (``(1,)`` or a scalar for one user) integers in ``0..L``.
     mask : array_like, optional
         ``(B, L)`` or ``(L,)`` bool valid positions. Not together with ``lengths``.
+    offsets : array_like, optional
+        Ragged rows: ``(B + 1,)`` int32/int64 offsets into flat ``(T, W)``
+        keys and ``(T, d)`` values, as in :func:`topk_hamming` (see
+        :func:`~etaretrieval.ragged.sdim_buckets_ragged`); ``mask`` may then be
+        flat ``(T,)``. Not together with ``lengths``.
 
     Returns
     -------
     numpy.ndarray
-        ``(G, 2**tau, d)`` for one user, ``(B, G, 2**tau, d)`` for ``B``, of
-        the dtype of ``values``: ``buckets[..., g, c, :]`` is the sum
-        (float64 in position order, rounded) of the valid values whose
-        group-``g`` code is ``c``.
+        ``(G, 2**tau, d)`` for one user, ``(B, G, 2**tau, d)`` for ``B`` (always
+        with ``offsets``), of the dtype of ``values``: ``buckets[..., g, c, :]``
+        is the sum (float64 in position order, rounded) of the valid values
+        whose group-``g`` code is ``c``. With ``offsets``, row ``b``'s summary
+        equals, bit for bit, this function's on that row alone.
 
     Examples
     --------
@@ -305,7 +312,13 @@ def sdim_buckets(
     >>> buckets[0]                                            # group 0: code 0 <- row 2; code 1 <- rows 0, 1
     array([[1., 0.],
            [3., 6.]])
+    >>> ragged = er.sdim_buckets(keys, values, 1, bits=2, offsets=[0, 2, 3])  # rows: keys 0-1, key 2
+    >>> np.array_equal(ragged[1], er.sdim_buckets(keys[2:], values[2:], 1, bits=2))
+    True
     """
+    if offsets is not None:
+        check_offsets_alone(lengths)
+        return sdim_buckets_ragged(keys, values, tau, offsets, bits=bits, mask=mask)
     device = placement(keys=keys, values=values, lengths=lengths, mask=mask)
     kk = as_signatures("keys", keys, (2, 3), "(B, L, W) or (L, W)")
     v = as_array(values)

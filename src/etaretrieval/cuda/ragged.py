@@ -39,7 +39,7 @@ from .._validate import MAX_WORDS, ids_error
 from . import _backend, config
 
 __all__ = ["TILE", "POS_BITS", "NO_KEY", "MERGE_THREADS", "topk_hamming", "topk_hamming_lookup", "sdim_group_sums",
-           "sdim_pool"]
+           "sdim_pool", "sdim_buckets"]
 
 #: ``numba.cuda`` once a kernel is built (a module global: the simulator swaps it while kernels run).
 cuda: Any = None
@@ -242,6 +242,12 @@ def _sdim_kernel(threads: int) -> Any:
     return sums_kernel
 
 
+def _extents(starts: np.ndarray, lens: np.ndarray, stream: Any) -> tuple[Any, ...]:
+    """The rows' int64 ``(starts, lens)`` copied to the current device on ``stream``."""
+    c = _backend.cuda()
+    return tuple(c.to_device(np.ascontiguousarray(a), stream=stream) for a in (starts, lens))
+
+
 def _sdim_sums(q: DeviceArray, keys: DeviceArray, values: DeviceArray, tau: int, groups: int, starts: np.ndarray,
                lens: np.ndarray, mask: DeviceArray | None, stream: Any) -> tuple[Any, Any]:
     """``(user, numba view)`` of the ``(B, G, d)`` group sums, launched on ``stream``."""
@@ -250,8 +256,7 @@ def _sdim_sums(q: DeviceArray, keys: DeviceArray, values: DeviceArray, tau: int,
     batch = q.shape[0]
     user, out = _backend.empty(q, (batch, groups, values.shape[1]), values.dtype, stream)
     if batch:
-        c = _backend.cuda()
-        d_starts, d_lens = (c.to_device(np.ascontiguousarray(a), stream=stream) for a in (starts, lens))
+        d_starts, d_lens = _extents(starts, lens, stream)
         m = _backend.placeholder(q, (1,), np.bool_, stream) if mask is None else _backend.as_numba(mask)
         _backend.configure(_sdim_kernel(THREADS), batch * groups, THREADS, stream)(
             _backend.as_numba(q, np.uint64), _backend.as_numba(keys, np.uint64), _backend.as_numba(values),
@@ -277,6 +282,23 @@ def sdim_pool(q: DeviceArray, keys: DeviceArray, values: DeviceArray, tau: int, 
         _, sums = _sdim_sums(q, keys, values, tau, groups, starts, lens, mask, stream)
         user, out = _backend.empty(q, (q.shape[0], values.shape[1]), values.dtype, stream)
         _from_rows(stream, q, q, tau, sums, None, out)
+    return user
+
+
+def sdim_buckets(keys: DeviceArray, values: DeviceArray, tau: int, groups: int, starts: np.ndarray,
+                 lens: np.ndarray, mask: DeviceArray | None) -> Any:
+    """Device path of :func:`etaretrieval.ragged.sdim_buckets_ragged`: ``(B, G, 2**tau, d)``.
+
+    The padded path's kernel (:func:`etaretrieval.cuda.sdim.buckets_into`)
+    over the flat arrays, each row read from its start.
+    """
+    from .sdim import buckets_into
+
+    with _backend.device_scope(keys):
+        stream = _backend.launch_stream(keys)
+        user, _ = _backend.empty(keys, (starts.shape[0], groups, 1 << tau, values.shape[1]), values.dtype, stream)
+        d_starts, d_lens = _extents(starts, lens, stream)
+        buckets_into(keys, values, tau, user, lengths=d_lens, mask=mask, starts=d_starts, stream=stream, check=False)
     return user
 
 

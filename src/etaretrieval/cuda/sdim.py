@@ -196,8 +196,13 @@ def _kernels(threads: int) -> Any:
             out[b, i] = total / groups
 
     @cuda.jit
-    def buckets_kernel(keys, values, tau, lengths, use_len, mask, use_mask, acc, out, use_scratch, err):
-        """``out[b, g, c, :]`` = bucket sums, accumulated in float64 ``acc``; block ``b * G + g``."""
+    def buckets_kernel(keys, values, tau, lengths, use_len, starts, use_starts, mask, use_mask, acc, out, use_scratch,
+                       err):
+        """``out[b, g, c, :]`` = bucket sums, accumulated in float64 ``acc``; block ``b * G + g``.
+
+        With ``use_starts``, row ``b`` begins at position ``starts[b]`` of the
+        (shared, flat) keys, values and mask: ragged rows.
+        """
         codes = cuda.shared.array(T, int32)
         groups = out.shape[1]
         ncodes = out.shape[2]
@@ -211,6 +216,7 @@ def _kernels(threads: int) -> Any:
         kb = b if keys.shape[0] > 1 else 0
         vb = b if values.shape[0] > 1 else 0
         mb = b if mask.shape[0] > 1 else 0
+        s = starts[b] if use_starts else 0
         start = g * tau
         for i0 in range(0, d, T):
             i = i0 + tid
@@ -220,15 +226,15 @@ def _kernels(threads: int) -> Any:
             for p0 in range(0, end, T):
                 p = p0 + tid
                 cc = -1
-                if p < end and (not use_mask or mask[mb, p]):
-                    cc = code_at(keys, kb, p, start, tau)
+                if p < end and (not use_mask or mask[mb, s + p]):
+                    cc = code_at(keys, kb, s + p, start, tau)
                 codes[tid] = cc
                 cuda.syncthreads()
                 if i < d:
                     for j in range(min(T, end - p0)):
                         c = codes[j]
                         if c >= 0:
-                            acc[b, g, c, i] += float64(values[vb, p0 + j, i])
+                            acc[b, g, c, i] += float64(values[vb, s + p0 + j, i])
                 cuda.syncthreads()
             if i < d and use_scratch:
                 for c in range(ncodes):
@@ -356,12 +362,14 @@ def from_buckets_into(query: Any, buckets: Any, tau: int, out: Any, *, stream: A
 
 def buckets_into(
     keys: Any, values: Any, tau: int, out: Any, *, lengths: Any = None, mask: Any = None, stream: Any = None,
-    check: bool = True,
+    check: bool = True, starts: Any = None,
 ) -> Any:
     """Raw launcher of :func:`etaretrieval.sdim_buckets` into ``out`` ``(B, G, 2**tau, d)`` (no validation).
 
     A float32 ``out`` takes a float64 scratch of its shape for the duration
-    of the call (allocated with ``out``'s library on ``stream``).
+    of the call (allocated with ``out``'s library on ``stream``). Ragged
+    rows: flat ``(T, W)`` keys, ``(T, d)`` values and ``(T,)`` mask, with the
+    rows' ``(B,)`` int64 device ``starts`` and their lengths as ``lengths``.
     """
     like = describe(out)
     with _backend.device_scope(like):
@@ -374,8 +382,9 @@ def buckets_into(
         acc = _backend.empty(like, tuple(o.shape), np.float64, stream)[1] if scratch else o
         cells = _backend.error_cells(like, batch, batch * length, stream)
         n, use_len, m, use_mask = _validity(like, lengths, mask, stream)
-        _launch(_kernels(THREADS)[3], batch * o.shape[1], stream, kk, v, np.int64(tau), n, use_len, m, use_mask,
-                acc, o, scratch, cells)
+        st = _backend.placeholder(like, (1,), np.int64, stream) if starts is None else _backend.as_numba(starts)
+        _launch(_kernels(THREADS)[3], batch * o.shape[1], stream, kk, v, np.int64(tau), n, use_len, st,
+                starts is not None, m, use_mask, acc, o, scratch, cells)
         return _finish(stream, like, cells, check, batch, length, lengths)
 
 
