@@ -52,6 +52,7 @@ __all__ = [
     "sdim_group_sums_ragged",
     "sdim_group_sums_ragged_backward",
     "sdim_buckets",
+    "sdim_buckets_ragged",
     "sdim_from_buckets",
 ]
 
@@ -574,6 +575,26 @@ def sdim_buckets(
     return sums[:dump].to(values.dtype).reshape(shape)
 
 
+def sdim_buckets_ragged(
+    keys: torch.Tensor, values: torch.Tensor, tau: int, bits: int, offsets: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """ATen form of ``torch.ops.etaretrieval.sdim_buckets_ragged``: ``(B, G, 2**tau, d)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from etaretrieval.torch import aten
+    >>> keys, values = torch.tensor([[0b10], [0b11]]), torch.tensor([[1.0], [2.0]])
+    >>> aten.sdim_buckets_ragged(keys, values, 2, 2, torch.tensor([0, 1, 2]))[:, 0, :, 0]  # one group, codes 0..3
+    tensor([[0., 0., 1., 0.],
+            [0., 0., 0., 2.]])
+    """
+    _, groups, _, _ = _sdim_ops.check_buckets_ragged(keys, values, tau, bits, offsets, mask)
+    _rows(offsets, keys.shape[0])
+    return _sdim_ops.ragged_buckets(keys, values, tau, groups, offsets, _ops.bool_mask(mask))
+
+
 def sdim_from_buckets(query: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
     """ATen form of ``torch.ops.etaretrieval.sdim_from_buckets``: each group's row normalised, averaged.
 
@@ -629,6 +650,7 @@ def decompositions() -> dict[torch._ops.OpOverload, Callable[..., object]]:
         ops.sdim_group_sums_ragged.default: sdim_group_sums_ragged,
         ops.sdim_group_sums_ragged_backward.default: sdim_group_sums_ragged_backward,
         ops.sdim_buckets.default: sdim_buckets,
+        ops.sdim_buckets_ragged.default: sdim_buckets_ragged,
         ops.sdim_from_buckets.default: sdim_from_buckets,
     }
     return table

@@ -18,7 +18,9 @@ torch's current stream):
 - ``sdim_buckets(keys, values, tau, bits, lengths=None, mask=None)`` and
   ``sdim_from_buckets(query, buckets)``: the serving form
   (:func:`etaretrieval.sdim_buckets`, :func:`etaretrieval.sdim_from_buckets`),
-  not differentiable.
+  not differentiable; ``sdim_buckets_ragged(keys, values, tau, bits, offsets,
+  mask=None)``: the summaries of ragged rows
+  (:func:`etaretrieval.ragged.sdim_buckets_ragged`).
 
 :class:`SDIMAttention` normalises and averages ``S`` in torch, so that
 autograd reaches ``values``; it equals :func:`etaretrieval.sdim_pool` up to
@@ -44,7 +46,7 @@ __all__ = ["SDIMAttention", "sdim_group_sums", "sdim_buckets", "sdim_from_bucket
 
 _FLOATS = (torch.float32, torch.float64)
 _OPS = ("sdim_group_sums", "sdim_group_sums_backward", "sdim_buckets", "sdim_from_buckets", "sdim_group_sums_ragged",
-        "sdim_group_sums_ragged_backward")
+        "sdim_group_sums_ragged_backward", "sdim_buckets_ragged")
 #: Whether this import defines the operators (a reload finds them in the dispatcher and reuses them).
 _FRESH = not all(hasattr(torch.ops.etaretrieval, name) for name in _OPS)
 
@@ -372,7 +374,9 @@ def ragged_buckets(
     """``(B, G, 2**tau, d)`` bucket sums of ragged rows (:func:`etaretrieval.sdim_buckets` per row); torch operations.
 
     Each valid value is added, in every group, to the bucket of its code
-    there (``sum_j bit_j 2**j``); values of no row are left out.
+    there (``sum_j bit_j 2**j``), in float64 and in position order
+    (``index_add``), then rounded to the values' dtype; values of no row
+    are left out. The ATen form of ``sdim_buckets_ragged``.
     """
     total, d = values.shape
     rows = row_index(offsets, total)
@@ -381,9 +385,63 @@ def ragged_buckets(
     codes = group_codes(keys, tau, groups)
     slot = (rows.unsqueeze(1) * groups + torch.arange(groups, device=keys.device)) * ncodes + codes
     slot = torch.where(valid.unsqueeze(1), slot, batch * groups * ncodes)  # the last slot: dropped
-    out = values.new_zeros((batch * groups * ncodes + 1, d))
-    out = out.index_add(0, slot.reshape(-1), values.unsqueeze(1).expand(total, groups, d).reshape(-1, d))
-    return out[:-1].view(batch, groups, ncodes, d)
+    out = values.new_zeros((batch * groups * ncodes + 1, d), dtype=torch.float64)
+    src = values.to(torch.float64).unsqueeze(1).expand(total, groups, d).reshape(-1, d)
+    out = out.index_add(0, slot.reshape(-1), src)
+    return out[:-1].to(values.dtype).view(batch, groups, ncodes, d)
+
+
+def check_buckets_ragged(
+    keys: torch.Tensor, values: torch.Tensor, tau: int, bits: int, offsets: torch.Tensor,
+    mask: Optional[torch.Tensor],
+) -> tuple[int, int, int, int]:
+    """Check the inputs of ``sdim_buckets_ragged``; return the output shape ``(B, G, 2**tau, d)``."""
+    kk = _signatures("keys", keys, (2,), "(T, W): the flat keys of every row", None)
+    total = int(kk.shape[0])
+    d = _flat_values("values", values, total, kk.device)
+    tau = sdim.check_tau(tau)
+    groups = sdim.check_groups(int(kk.shape[1]), tau, bits)
+    sdim.check_bucket_size(groups, tau, d)
+    if offsets.dim() != 1 or offsets.shape[0] == 0:
+        raise ValueError(f"offsets must have shape (B + 1,) for B rows, got shape {_shape(tuple(offsets.shape))}")
+    batch = offsets.shape[0] - 1
+    _ops.check_ragged(offsets, mask, batch, total, kk.device)
+    return batch, groups, 1 << tau, d
+
+
+def _buckets_ragged_fake(
+    keys: torch.Tensor, values: torch.Tensor, tau: int, bits: int, offsets: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    return values.new_empty(check_buckets_ragged(keys, values, tau, bits, offsets, mask))
+
+
+@_define("sdim_buckets_ragged", _buckets_ragged_fake)
+def sdim_buckets_ragged(
+    keys: torch.Tensor, values: torch.Tensor, tau: int, bits: int, offsets: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """SDIM bucket summaries of ragged rows (:func:`etaretrieval.ragged.sdim_buckets_ragged`); not differentiable.
+
+    ``keys`` ``(T, W)`` int64 signature words and ``values`` ``(T, d)``
+    float32/float64 flat, row ``b`` at ``offsets[b]:offsets[b + 1]``,
+    ``mask`` ``None`` or flat ``(T,)``. Returns ``(B, G, 2**tau, d)``, row
+    ``b``'s equal bit for bit to ``sdim_buckets`` on that row alone.
+
+    Examples
+    --------
+    >>> import torch, etaretrieval.torch
+    >>> keys = torch.tensor([[0b01], [0b11], [0b10]])
+    >>> values = torch.tensor([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0]])
+    >>> torch.ops.etaretrieval.sdim_buckets_ragged(keys, values, 1, 2, torch.tensor([0, 2, 3]))[0, 0]
+    tensor([[0., 0.],
+            [3., 6.]])
+    """
+    check_buckets_ragged(keys, values, tau, bits, offsets, mask)
+    _require_cpu("sdim_buckets_ragged", keys)
+    return torch.from_numpy(ragged.sdim_buckets_ragged(
+        _uint64(keys), _numpy(values), tau, _numpy(offsets), bits=bits, mask=_numpy(_ops.bool_mask(mask)),
+    ))
 
 
 def ragged_group_grads(
@@ -900,8 +958,24 @@ def _sums_ragged_cuda(
     return cast(torch.Tensor, out)
 
 
+def _buckets_ragged_cuda(
+    keys: torch.Tensor, values: torch.Tensor, tau: int, bits: int, offsets: torch.Tensor,
+    mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    from ..cuda import ragged as device
+
+    batch, groups, _, _ = check_buckets_ragged(keys, values, tau, bits, offsets, mask)
+    starts, lens = ragged.as_offsets(offsets.detach().cpu().numpy(), batch, keys.shape[0], "keys")
+    m = _ops.bool_mask(mask)
+    with torch.cuda.device(keys.device):  # launched on torch's current stream
+        out = device.sdim_buckets(_device(keys), _device(values), tau, groups, starts, lens,
+                                  None if m is None else _device(m))
+    return cast(torch.Tensor, out)
+
+
 _CUDA_KERNELS = {
     "sdim_group_sums_ragged": _sums_ragged_cuda,
+    "sdim_buckets_ragged": _buckets_ragged_cuda,
     "sdim_group_sums": _sums_cuda,
     "sdim_group_sums_backward": _backward_cuda,
     "sdim_buckets": _buckets_cuda,
