@@ -179,6 +179,16 @@ def _sdim_steps(float_dtypes: Sequence[str], validity: list[tuple[str, dict[str,
                            partial(sdim_group_sums, query, keys[0], values[0], 4),
                            partial(sdim_pool, query, keys[0], values[0], 4),
                            partial(_from_buckets, query, keys[0], values[0])))
+        flat_keys, flat_values = keys.reshape(-1, keys.shape[-1]), values.reshape(-1, _D)
+        offsets = np.arange(keys.shape[0] + 1) * keys.shape[1]  # each (B, L) row a ragged row
+        ragged_kw: list[tuple[str, dict[str, Any]]] = [("", {})]
+        if any("mask" in kw for _, kw in validity):
+            ragged_kw.append(("flat mask", {"mask": np.arange(flat_keys.shape[0]) % 3 > 0}))
+        for label, kw in ragged_kw:
+            found.append(_step(_join(f"sdim: {dtype} values, ragged rows", label),
+                               partial(sdim_group_sums, query, flat_keys, flat_values, 4, offsets=offsets, **kw),
+                               partial(sdim_pool, query, flat_keys, flat_values, 4, offsets=offsets, **kw),
+                               partial(_from_buckets, query, flat_keys, flat_values, offsets=offsets, **kw)))
     return found
 
 
