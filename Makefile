@@ -43,7 +43,7 @@ test-cpu: install-test
 # The CUDA kernels under numba-cuda's simulator, in their own process
 test-cudasim: install-test
 	@echo; echo "== [2/6] CUDA kernels under numba-cuda's simulator, in their own process (about 3 min) =="
-	NUMBA_ENABLE_CUDASIM=1 $(VPY) -m pytest tests/test_cuda_sim.py tests/test_cuda_sim_sdim.py tests/test_cuda_sim_ragged.py tests/test_persistence.py tests/test_pack_offset.py -m cudasim -p no:cacheprovider --durations=5
+	NUMBA_ENABLE_CUDASIM=1 $(VPY) -m pytest tests/test_cuda_sim.py tests/test_cuda_sim_sdim.py tests/test_cuda_sim_ragged.py tests/test_persistence.py tests/test_pack_offset.py tests/test_inputs.py tests/test_sdim_buckets_ragged.py -m cudasim -p no:cacheprovider --durations=5
 
 # The documentation site (gallery examples executed) and its doctests, offline, warnings as errors
 docs: install-test
