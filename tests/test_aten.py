@@ -281,6 +281,11 @@ def test_compiled_by_inductor_equals_the_kernel() -> None:
     ids = torch.from_numpy(rng.integers(0, 30, size=60))
     lookup = torch.compile(aten.topk_hamming_lookup, fullgraph=True)
     same(lookup(query, ids, table, 9), ops.topk_hamming_lookup(query, ids, table, 9))
+    # a padding id (int32 ids) and a uint64 one past 2**63 stay in the graph (no NumPy call breaks it)
+    same(lookup(query, ids.to(torch.int32), table, 9, padding_id=3),
+         ops.topk_hamming_lookup(query, ids.to(torch.int32), table, 9, padding_id=3))
+    wide = ids.to(torch.uint64)
+    same(lookup(query, wide, table, 9, padding_id=2**64 - 1), ops.topk_hamming_lookup(query, wide, table, 9))
 
 
 @pytest.mark.filterwarnings(TORCH_INTERNAL_WARNING)

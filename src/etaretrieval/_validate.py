@@ -517,7 +517,7 @@ def as_padding(padding_id: Any, dtype: np.dtype) -> int | None:
             f"padding_id must be representable in the ids dtype {np.dtype(dtype)} "
             f"({info.min}..{info.max}), got {value}"
         )
-    return int(np.array(value, dtype=dtype).astype(np.int64))
+    return value - (1 << 64) if value >= 1 << 63 else value  # uint64 ids past 2**63 wrap when cast to int64
 
 
 #: Largest SDIM group width (bits per code): a group's bucket table has ``2**tau`` rows.
