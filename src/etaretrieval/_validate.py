@@ -524,6 +524,20 @@ def as_padding(padding_id: Any, dtype: np.dtype) -> int | None:
 MAX_TAU = 16
 
 
+#: Largest bucket summary per user, ``G * 2**tau * d`` values (256 MiB in float32).
+MAX_BUCKET_ELEMENTS = 1 << 26
+
+
+def check_bucket_size(groups: int, tau: int, d: int) -> None:
+    """Refuse bucket summaries above :data:`etaretrieval.sdim.MAX_BUCKET_ELEMENTS` values per user."""
+    size = groups * (1 << tau) * d
+    if size > MAX_BUCKET_ELEMENTS:
+        raise ValueError(
+            f"tau = {tau} makes a bucket summary of G x 2**tau x d = {groups} x {1 << tau} x {d} = {size} values "
+            f"per user, above the limit of {MAX_BUCKET_ELEMENTS}; use a smaller tau"
+        )
+
+
 def check_tau(tau: Any) -> int:
     """``tau`` as a Python int in ``1..MAX_TAU``."""
     tau = _as_int("tau", tau)

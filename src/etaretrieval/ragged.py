@@ -22,6 +22,7 @@ from ._validate import (
     as_array,
     as_padding,
     as_signatures,
+    check_bucket_size,
     check_groups,
     check_k,
     check_keys_shape,
@@ -402,7 +403,6 @@ def sdim_buckets_ragged(
     array([[0., 0.],
            [3., 6.]])
     """
-    from .sdim import check_bucket_size  # (etaretrieval.sdim imports this module)
 
     device = placement(keys=keys, values=values, offsets=offsets, mask=mask)
     kk, v, tau, groups = _flat_rows(keys, values, tau, bits)

@@ -28,11 +28,13 @@ import numpy.typing as npt
 
 from ._device import DeviceArray, placement
 from ._validate import (
+    MAX_BUCKET_ELEMENTS,
     MAX_TAU,
     DTypeError,
     _shape,
     as_array,
     as_signatures,
+    check_bucket_size,
     check_groups,
     check_keys_shape,
     check_tau,
@@ -44,10 +46,6 @@ from .ragged import check_offsets_alone, sdim_buckets_ragged, sdim_group_sums_ra
 __all__ = ["sdim_codes", "sdim_group_sums", "sdim_pool", "sdim_buckets", "sdim_from_buckets", "MAX_TAU",
            "MAX_BUCKET_ELEMENTS"]
 
-#: Largest group width ``tau`` (codes of up to 16 bits).
-
-#: Largest bucket summary per user, ``G * 2**tau * d`` values (256 MiB in float32).
-MAX_BUCKET_ELEMENTS = 1 << 26
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -242,16 +240,6 @@ def sdim_pool(
         return device_pool(q, kk, v, tau, groups, n, m)
     n, m = validity(lengths, mask, batch, length)
     return host.sdim_pool(q, kk, v, tau, groups, n, m)
-
-
-def check_bucket_size(groups: int, tau: int, d: int) -> None:
-    """Refuse bucket summaries above :data:`etaretrieval.sdim.MAX_BUCKET_ELEMENTS` values per user."""
-    size = groups * (1 << tau) * d
-    if size > MAX_BUCKET_ELEMENTS:
-        raise ValueError(
-            f"tau = {tau} makes a bucket summary of G x 2**tau x d = {groups} x {1 << tau} x {d} = {size} values "
-            f"per user, above the limit of {MAX_BUCKET_ELEMENTS}; use a smaller tau"
-        )
 
 
 def sdim_buckets(
