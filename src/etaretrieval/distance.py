@@ -53,4 +53,4 @@ def hamming(a: Any, b: Any) -> npt.NDArray[np.int32]:
         from .cuda.hamming import hamming as device_hamming
 
         return device_hamming(x, y, shape)
-    return np.asarray(hamming_gufunc()(x, y))
+    return np.asarray(hamming_gufunc(x, y))
