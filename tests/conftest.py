@@ -131,3 +131,21 @@ def num_threads_and_tasks() -> Callable[[int, int], contextlib.AbstractContextMa
             config.TASKS_PER_THREAD, config.SERIAL_WORK = old_t, old_w
 
     return patch
+
+
+@pytest.fixture(scope="session")
+def native_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``libetaretrieval_native`` built once per session (CMake against this torch) and loaded; its path.
+
+    Skips where cmake or a C++ compiler is missing.
+    """
+    import shutil
+
+    if shutil.which("cmake") is None or shutil.which("c++") is None:
+        pytest.skip("the native kernels need cmake and a C++ compiler")
+    pytest.importorskip("torch")
+    from etaretrieval.torch import native
+
+    path = native.build(tmp_path_factory.mktemp("native_build"))
+    native.load(path)
+    return path

@@ -617,14 +617,23 @@ def sdim_from_buckets(query: torch.Tensor, buckets: torch.Tensor) -> torch.Tenso
     return (unit.sum(1) / groups).to(buckets.dtype)
 
 
-def decompositions() -> dict[torch._ops.OpOverload, Callable[..., object]]:
+def decompositions(native: bool = False) -> dict[torch._ops.OpOverload, Callable[..., object]]:
     """The table for ``ExportedProgram.run_decompositions``: every etaretrieval operator -> its ATen form.
+
+    Parameters
+    ----------
+    native : bool, default False
+        Map ``topk_hamming`` and ``topk_hamming_lookup`` to the native C++
+        kernels instead (:func:`etaretrieval.torch.native.decompositions`;
+        the library must be loaded): the served program then needs
+        ``libetaretrieval_native`` next to libtorch, and retrieves at the
+        speed of the Numba kernels.
 
     Returns
     -------
     dict
         ``torch.ops.etaretrieval.<op>.default`` -> the function of this
-        module with the same name.
+        module with the same name (or of :mod:`etaretrieval.torch.native`).
 
     Examples
     --------
@@ -638,6 +647,10 @@ def decompositions() -> dict[torch._ops.OpOverload, Callable[..., object]]:
     (``program.run_decompositions(decompositions())``; see the
     Deploying page of the user guide).
     """
+    if native:
+        from . import native as _native
+
+        return _native.decompositions()
     ops = torch.ops.etaretrieval
     table: dict[torch._ops.OpOverload, Callable[..., object]] = {
         ops.pack_signatures.default: pack_signatures,
