@@ -1,6 +1,6 @@
-"""examples/serve_cpp: an ETAModel exported, decomposed to ATen and compiled by AOTInductor is served by a
-C++ program linked against libtorch only, run with no Python reachable; its logits and retrieved positions
-equal eager's."""
+"""examples/serve_cpp: an ETAModel exported, decomposed to ATen (or with its top-K on the native kernels) and
+compiled by AOTInductor is served by a C++ program linked against libtorch only (and libetaretrieval_native),
+run with no Python reachable; its logits and retrieved positions equal eager's."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from types import ModuleType
+from typing import Optional
 
 import pytest
 
@@ -42,29 +43,35 @@ def _exact(model: torch.nn.Module) -> None:
             t.copy_((t * 8).round().clamp(-32, 32) / 8)
 
 
-def _build_runner(build: Path) -> Path:
+def _build_runner(build: Path, native_library: Optional[Path]) -> Path:
     prefix = torch.utils.cmake_prefix_path
+    native = [f"-DETARETRIEVAL_NATIVE_LIBRARY={native_library}"] if native_library else []
     for cmd in (["cmake", "-S", str(EXAMPLE), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-                 f"-DCMAKE_PREFIX_PATH={prefix}"],
+                 f"-DCMAKE_PREFIX_PATH={prefix}", *native],
                 ["cmake", "--build", str(build)]):
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
     return build / "eta_runner"
 
 
-def test_cpp_runner_equals_eager(tmp_path: Path) -> None:
+@pytest.mark.parametrize("native", [False, True], ids=["aten", "native"])
+def test_cpp_runner_equals_eager(tmp_path: Path, native: bool, request: pytest.FixtureRequest) -> None:
+    """``native``: the package's top-K ops call torch.ops.etaretrieval_native, the runner links its library."""
     example = _example()
+    library = request.getfixturevalue("native_library") if native else None  # built and loaded once a session
     model = example.build_model()
     _exact(model)
     args = example.request(model.items.num_embeddings - 1, batch=16, length=120)
     args[0][0, :-5] = 0  # a history shorter than k: -1 fill
-    path = example.package(model, args, tmp_path / "model.pt2")
+    path = example.package(model, args, tmp_path / "model.pt2", native=native)
     for name, t in zip(example.INPUTS, args):
         example.write_bin(tmp_path / f"{name}.bin", t)
-    runner = _build_runner(tmp_path / "build")
+    runner = _build_runner(tmp_path / "build", library)
     ldd = subprocess.run(["ldd", str(runner)], capture_output=True, text=True, check=False).stdout
-    linked = [line.split()[0] for line in ldd.splitlines() if line.strip()]
+    linked = dict(line.split()[:3:2] for line in ldd.splitlines() if "=>" in line)
     assert "libtorch_cpu.so" in linked and not [name for name in linked if "python" in name]
+    if library is not None:  # kept by --no-as-needed though no symbol of it is used, found without LD_LIBRARY_PATH
+        assert Path(linked[library.name]).resolve() == library.resolve()
     env = {"PATH": os.defpath}  # no PYTHONPATH, PYTHONHOME, LD_LIBRARY_PATH nor virtual environment
     done = subprocess.run([str(runner), str(path), str(tmp_path), "3"], capture_output=True, text=True, env=env,
                           timeout=300, check=False)

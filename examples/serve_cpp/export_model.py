@@ -6,17 +6,24 @@ Steps (see the "Deploying" page of the user guide):
    second output, to compare them);
 2. ``run_decompositions(etaretrieval.torch.decompositions())``: every
    ``torch.ops.etaretrieval`` operator becomes plain ATen operators, so the
-   program needs neither this package nor Numba;
+   program needs neither this package nor Numba. With ``--native``,
+   ``decompositions(native=True)`` instead: the top-K operators become calls
+   of the native C++ kernels (``torch.ops.etaretrieval_native``, as fast as
+   the Numba ones), whose library ``etaretrieval.torch.native.build`` makes
+   in ``OUT_DIR/native_build`` and ``native.load`` loads here first;
 3. ``torch._inductor.aoti_compile_and_package``: one ``.pt2`` file holding
    the compiled model and its weights (the planes and embeddings included);
 4. ``runner.cpp`` (built with ``CMakeLists.txt`` against the libtorch of the
-   torch wheel) loads it with ``torch::inductor::AOTIModelPackageLoader``.
+   torch wheel; for a ``--native`` package also linked with that library, so
+   that its operators are registered when the package loads) loads it with
+   ``torch::inductor::AOTIModelPackageLoader``.
 
 Run::
 
-    python examples/serve_cpp/export_model.py OUT_DIR
+    python examples/serve_cpp/export_model.py OUT_DIR [--native]
     cmake -S examples/serve_cpp -B OUT_DIR/build \\
-        -DCMAKE_PREFIX_PATH=$(python -c "import torch; print(torch.utils.cmake_prefix_path)")
+        -DCMAKE_PREFIX_PATH=$(python -c "import torch; print(torch.utils.cmake_prefix_path)") \\
+        [-DETARETRIEVAL_NATIVE_LIBRARY=OUT_DIR/native_build/libetaretrieval_native.so]
     cmake --build OUT_DIR/build
     OUT_DIR/build/eta_runner OUT_DIR/model.pt2 OUT_DIR 100
 
@@ -37,6 +44,7 @@ import torch
 from torch import nn
 
 from etaretrieval.torch import ETAModel, decompositions
+from etaretrieval.torch import native as native_kernels
 
 #: Inputs of a request, in the order the package takes them (the runner reads them in this order).
 INPUTS = ("history", "target", "times", "target_time")
@@ -74,11 +82,22 @@ def request(n_items: int, batch: int, length: int, seed: int = 1) -> tuple[torch
     return history, target, times, torch.full((batch,), 10**6)
 
 
-def package(model: ETAModel, args: tuple[torch.Tensor, ...], path: Path) -> Path:
-    """Export, decompose to ATen and compile ``Scoring(model)`` into the AOTInductor package ``path``."""
+def native_library(out: Path) -> Path:
+    """``libetaretrieval_native`` built in ``out/native_build`` and loaded into this process; its path."""
+    path = native_kernels.build(out / "native_build")
+    native_kernels.load(path)
+    return path
+
+
+def package(model: ETAModel, args: tuple[torch.Tensor, ...], path: Path, native: bool = False) -> Path:
+    """Export, decompose and compile ``Scoring(model)`` into the AOTInductor package ``path``.
+
+    ``native``: the top-K operators call the native kernels (the library must
+    be loaded, :func:`native_library`) instead of their ATen forms.
+    """
     program = torch.export.export(Scoring(model), args)
-    aten_only = program.run_decompositions(decompositions())
-    return Path(torch._inductor.aoti_compile_and_package(aten_only, package_path=str(path)))
+    decomposed = program.run_decompositions(decompositions(native=native))
+    return Path(torch._inductor.aoti_compile_and_package(decomposed, package_path=str(path)))
 
 
 def write_bin(path: Path, t: torch.Tensor) -> None:
@@ -117,6 +136,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=0, help="time this many eager requests")
     parser.add_argument("--torch-threads", type=int, default=0, help="torch's threads (default: torch's choice)")
     parser.add_argument("--no-package", action="store_true", help="reuse OUT/model.pt2 (only write and time)")
+    parser.add_argument("--native", action="store_true",
+                        help="top-K on the native kernels (builds OUT/native_build/libetaretrieval_native)")
     opts = parser.parse_args()
     if opts.torch_threads:
         torch.set_num_threads(opts.torch_threads)
@@ -125,7 +146,9 @@ def main() -> None:
     args = request(model.items.num_embeddings - 1, opts.batch, opts.length)
     if not opts.no_package:
         start = time.perf_counter()
-        path = package(model, args, opts.out / "model.pt2")
+        if opts.native:
+            print(f"built {native_library(opts.out)}: link the runner with -DETARETRIEVAL_NATIVE_LIBRARY=<it>")
+        path = package(model, args, opts.out / "model.pt2", native=opts.native)
         print(f"packaged {path} in {time.perf_counter() - start:.0f} s")
     with torch.no_grad():
         logits, positions = Scoring(model)(*args)
