@@ -21,8 +21,8 @@ long+short CTR model (:class:`ETAModel`).
 from __future__ import annotations
 
 from . import _cuda
+from . import native as native  # etaretrieval.torch.native: the native C++ top-K kernels, for serving from C++
 from ._ops import pack_signatures, topk_hamming, topk_hamming_lookup
-from .aten import decompositions
 from .attention import ETAAttention, TargetAttention
 from .baselines import (
     CategoryMatchAttention,
@@ -35,6 +35,7 @@ from .baselines import (
     select_top,
 )
 from .cache import SignatureCache
+from .deploy import decompositions
 from .function import HammingTopK
 from .model import ETAModel
 from .retriever import ETARetriever, Retrieved

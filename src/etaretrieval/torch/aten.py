@@ -617,23 +617,14 @@ def sdim_from_buckets(query: torch.Tensor, buckets: torch.Tensor) -> torch.Tenso
     return (unit.sum(1) / groups).to(buckets.dtype)
 
 
-def decompositions(native: bool = False) -> dict[torch._ops.OpOverload, Callable[..., object]]:
+def decompositions() -> dict[torch._ops.OpOverload, Callable[..., object]]:
     """The table for ``ExportedProgram.run_decompositions``: every etaretrieval operator -> its ATen form.
-
-    Parameters
-    ----------
-    native : bool, default False
-        Map ``topk_hamming`` and ``topk_hamming_lookup`` to the native C++
-        kernels instead (:func:`etaretrieval.torch.native.decompositions`;
-        the library must be loaded): the served program then needs
-        ``libetaretrieval_native`` next to libtorch, and retrieves at the
-        speed of the Numba kernels.
 
     Returns
     -------
     dict
         ``torch.ops.etaretrieval.<op>.default`` -> the function of this
-        module with the same name (or of :mod:`etaretrieval.torch.native`).
+        module with the same name.
 
     Examples
     --------
@@ -647,10 +638,6 @@ def decompositions(native: bool = False) -> dict[torch._ops.OpOverload, Callable
     (``program.run_decompositions(decompositions())``; see the
     Deploying page of the user guide).
     """
-    if native:
-        from . import native as _native
-
-        return _native.decompositions()
     ops = torch.ops.etaretrieval
     table: dict[torch._ops.OpOverload, Callable[..., object]] = {
         ops.pack_signatures.default: pack_signatures,

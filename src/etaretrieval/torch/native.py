@@ -3,7 +3,7 @@
 The ATen forms of :mod:`etaretrieval.torch.aten` run wherever PyTorch runs,
 but their ``torch.topk`` alone costs more than the whole Numba kernel. This
 module builds and loads a small C++ library, ``libetaretrieval_native``
-(its source ships in :func:`source_dir`: one file and a ``CMakeLists.txt``,
+(its source ships in :func:`etaretrieval.torch.native.source_dir`: one file and a ``CMakeLists.txt``,
 linked against libtorch only), that registers
 ``torch.ops.etaretrieval_native.topk_hamming`` and
 ``.topk_hamming_lookup``: the arguments and results of the etaretrieval
@@ -13,8 +13,8 @@ libtorch's threads).
 
 Deploying with it:
 
-1. :func:`build` the library once (CMake and a C++17 compiler; about 15 s)
-   and :func:`load` it into the exporting Python process;
+1. :func:`etaretrieval.torch.native.build` the library once (CMake and a C++17 compiler; about 15 s)
+   and :func:`etaretrieval.torch.native.load` it into the exporting Python process;
 2. ``program.run_decompositions(decompositions(native=True))``: the top-K
    operators become calls of the native ones, every other etaretrieval
    operator its ATen form;
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .._validate import as_padding
-from . import _ops
+from . import _ops, aten
 
 __all__ = [
     "source_dir",
@@ -93,7 +93,7 @@ def build(directory: Union[str, Path], *, native_arch: bool = True, timeout: flo
     Returns
     -------
     Path
-        The built library, to pass to :func:`load` and to link the serving program against.
+        The built library, to pass to :func:`etaretrieval.torch.native.load` and to link the serving program against.
 
     Raises
     ------
@@ -108,7 +108,8 @@ def build(directory: Union[str, Path], *, native_arch: bool = True, timeout: flo
     out = Path(directory)
     steps = (
         [cmake, "-S", str(source_dir()), "-B", str(out), "-DCMAKE_BUILD_TYPE=Release",
-         f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}", f"-DETARETRIEVAL_NATIVE_ARCH={'ON' if native_arch else 'OFF'}"],
+         f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+         f"-DETARETRIEVAL_NATIVE_ARCH={'ON' if native_arch else 'OFF'}"],
         [cmake, "--build", str(out)],
     )
     for step in steps:
@@ -128,7 +129,12 @@ def is_loaded() -> bool:
 
 
 def load(path: Union[str, Path]) -> None:
-    """Load the library built by :func:`build` into this process (a no-op once its operators are registered).
+    """Load the built library into this process (a no-op once its operators are registered).
+
+    Parameters
+    ----------
+    path : str or Path
+        The library that :func:`etaretrieval.torch.native.build` returned.
 
     Raises
     ------
@@ -198,13 +204,11 @@ def decompositions() -> dict[torch._ops.OpOverload, Callable[..., object]]:
 
     ``torch.ops.etaretrieval.topk_hamming`` and ``.topk_hamming_lookup``
     become calls of this module's functions; every other operator its ATen
-    form. The library must be loaded (:func:`load`) when the program is
+    form. The library must be loaded (:func:`etaretrieval.torch.native.load`) when the program is
     decomposed.
     """
-    from .aten import decompositions as aten_decompositions
-
     _require_loaded()
-    table = aten_decompositions()
+    table = aten.decompositions()
     ops = torch.ops.etaretrieval
     table[ops.topk_hamming.default] = topk_hamming
     table[ops.topk_hamming_lookup.default] = topk_hamming_lookup
