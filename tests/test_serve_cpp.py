@@ -10,7 +10,6 @@ import shutil
 import subprocess
 from pathlib import Path
 from types import ModuleType
-from typing import Optional
 
 import pytest
 
@@ -43,17 +42,6 @@ def _exact(model: torch.nn.Module) -> None:
             t.copy_((t * 8).round().clamp(-32, 32) / 8)
 
 
-def _build_runner(build: Path, native_library: Optional[Path]) -> Path:
-    prefix = torch.utils.cmake_prefix_path
-    native = [f"-DETARETRIEVAL_NATIVE_LIBRARY={native_library}"] if native_library else []
-    for cmd in (["cmake", "-S", str(EXAMPLE), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-                 f"-DCMAKE_PREFIX_PATH={prefix}", *native],
-                ["cmake", "--build", str(build)]):
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-        assert done.returncode == 0, done.stdout + done.stderr
-    return build / "eta_runner"
-
-
 @pytest.mark.parametrize("native", [False, True], ids=["aten", "native"])
 def test_cpp_runner_equals_eager(tmp_path: Path, native: bool, request: pytest.FixtureRequest) -> None:
     """``native``: the package's top-K ops call torch.ops.etaretrieval_native, the runner links its library."""
@@ -66,7 +54,7 @@ def test_cpp_runner_equals_eager(tmp_path: Path, native: bool, request: pytest.F
     path = example.package(model, args, tmp_path / "model.pt2", native=native)
     for name, t in zip(example.INPUTS, args):
         example.write_bin(tmp_path / f"{name}.bin", t)
-    runner = _build_runner(tmp_path / "build", library)
+    runner = example.build_runner(tmp_path / "build", library)
     ldd = subprocess.run(["ldd", str(runner)], capture_output=True, text=True, check=False).stdout
     linked = dict(line.split()[:3:2] for line in ldd.splitlines() if "=>" in line)
     assert "libtorch_cpu.so" in linked and not [name for name in linked if "python" in name]

@@ -36,8 +36,10 @@ ids, float32 for logits).
 from __future__ import annotations
 
 import argparse
+import subprocess
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -98,6 +100,19 @@ def package(model: ETAModel, args: tuple[torch.Tensor, ...], path: Path, native:
     program = torch.export.export(Scoring(model), args)
     decomposed = program.run_decompositions(decompositions(native=native))
     return Path(torch._inductor.aoti_compile_and_package(decomposed, package_path=str(path)))
+
+
+def build_runner(build: Path, native_library: Optional[Path] = None) -> Path:
+    """``eta_runner`` built in ``build`` with CMake against the torch wheel's libtorch (Release); linked with
+    ``native_library`` (for packages made with ``native=True``) when given. Raises ``RuntimeError`` with CMake's
+    output if a step fails."""
+    native = [f"-DETARETRIEVAL_NATIVE_LIBRARY={native_library}"] if native_library else []
+    for cmd in (["cmake", "-S", str(Path(__file__).resolve().parent), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+                 f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}", *native], ["cmake", "--build", str(build)]):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
+    return build / "eta_runner"
 
 
 def write_bin(path: Path, t: torch.Tensor) -> None:

@@ -1,4 +1,4 @@
-"""Time the ATen form of ``topk_hamming_lookup`` against the Numba kernel, in one process.
+"""Time the ATen form and the native kernel of ``topk_hamming_lookup`` against the Numba kernel, in one process.
 
 For each standard configuration of ``python -m etaretrieval.bench`` (``paper``:
 1,024 targets against one shared sequence of L = 1,024, 256 bits, k = 48;
@@ -6,9 +6,17 @@ For each standard configuration of ``python -m etaretrieval.bench`` (``paper``:
 it times, on the same random signatures:
 
 - ``torch.ops.etaretrieval.topk_hamming_lookup`` (the Numba kernel);
-- the ATen form (:func:`etaretrieval.torch.aten.topk_hamming_lookup`)
-  compiled by AOTInductor into a package, loaded with
+- a module calling that operator, exported, decomposed with
+  ``etaretrieval.torch.decompositions()`` (the ATen form,
+  :func:`etaretrieval.torch.aten.topk_hamming_lookup`), compiled by
+  AOTInductor into a package and loaded with
   ``torch._inductor.aoti_load_package`` (its C++ runtime, called from Python);
+- the same with ``decompositions(native=True)``: the package calls the native
+  C++ kernel (``torch.ops.etaretrieval_native``, through AOTInductor's proxy
+  executor; the library is built with ``etaretrieval.torch.native.build`` in
+  a temporary folder and loaded first);
+- ``torch.ops.etaretrieval_native.topk_hamming_lookup`` called directly
+  (the native kernel, eager);
 - the ATen form under ``torch.compile`` (Inductor's generated code);
 - with ``--pieces``, its two parts: the distances alone (``torch.compile``)
   and ``torch.topk`` of the keys it ranks (eager, the same ATen call the
@@ -22,7 +30,8 @@ runs under its setting and all take turns, in a new random order each round;
 each is first checked equal to the kernel. Prints the load average, the
 medians and their ratios to the kernel of the same setting.
 
-Run: ``python examples/serve_cpp/time_aten.py [--configs paper] [--threads default 1] [--pieces]``.
+Run: ``python examples/serve_cpp/time_aten.py [--configs paper] [--threads default 1] [--pieces]``
+(cmake and a C++17 compiler build the native library, about 15 s).
 """
 
 from __future__ import annotations
@@ -42,18 +51,18 @@ import etaretrieval
 from etaretrieval.bench.pipeline import interleaved
 from etaretrieval.bench.runner import CONFIGS
 from etaretrieval.bench.sweep import random_inputs
-from etaretrieval.torch import aten
+from etaretrieval.torch import aten, decompositions, native
 
 
 class Lookup(torch.nn.Module):
-    """The ATen form of ``topk_hamming_lookup`` with a fixed ``k``, as a module to export."""
+    """``torch.ops.etaretrieval.topk_hamming_lookup`` with a fixed ``k``, as a module to export."""
 
     def __init__(self, k: int) -> None:
         super().__init__()
         self.k = k
 
     def forward(self, query: torch.Tensor, ids: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return aten.topk_hamming_lookup(query, ids, table, self.k)
+        return torch.ops.etaretrieval.topk_hamming_lookup(query, ids, table, self.k)
 
 
 def distances(query: torch.Tensor, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -70,10 +79,12 @@ def tensors(name: str) -> tuple[tuple[torch.Tensor, ...], int]:
     return (as_t[0], as_t[1], as_t[2]), cfg.k
 
 
-def aoti(k: int, args: tuple[torch.Tensor, ...], where: Path) -> Callable[..., object]:
-    """The ATen form exported, compiled and packaged by AOTInductor, loaded back."""
-    program = torch.export.export(Lookup(k), args)
-    path = torch._inductor.aoti_compile_and_package(program, package_path=str(where / f"lookup_{k}.pt2"))
+def aoti(k: int, args: tuple[torch.Tensor, ...], where: Path, use_native: bool) -> Callable[..., object]:
+    """``Lookup(k)`` exported, decomposed (the top-K on the native kernel if ``use_native``, else its ATen form),
+    compiled and packaged by AOTInductor, loaded back."""
+    program = torch.export.export(Lookup(k), args).run_decompositions(decompositions(native=use_native))
+    name = f"lookup_{k}_{'native' if use_native else 'aten'}.pt2"
+    path = torch._inductor.aoti_compile_and_package(program, package_path=str(where / name))
     return torch._inductor.aoti_load_package(path)
 
 
@@ -108,14 +119,17 @@ def calls_for(
 ) -> dict[str, Callable[[], object]]:
     """The timed calls of one setting, built (and checked) under it."""
     kernel = torch.ops.etaretrieval.topk_hamming_lookup
+    native_op = torch.ops.etaretrieval_native.topk_hamming_lookup
     calls: dict[str, Callable[[], object]] = {"numba kernel": lambda: kernel(*args, k)}
     with setting.active():
         want = kernel(*args, k)
         where.mkdir()
         start = time.perf_counter()
-        package = aoti(k, args, where)
-        print(f"  [{setting.label()}] package built in {time.perf_counter() - start:.0f} s")
-        calls["aten, AOTInductor"] = lambda: package(*args)
+        aten_package, native_package = aoti(k, args, where, False), aoti(k, args, where, True)
+        print(f"  [{setting.label()}] packages built in {time.perf_counter() - start:.0f} s")
+        calls["aten, AOTInductor"] = lambda: aten_package(*args)
+        calls["native, AOTInductor"] = lambda: native_package(*args)
+        calls["native op (eager)"] = lambda: native_op(*args, k)
         if compile_too:
             compiled = torch.compile(aten.topk_hamming_lookup, fullgraph=True)
             calls["aten, torch.compile"] = lambda: compiled(*args, k)
@@ -161,6 +175,7 @@ def main() -> None:
     opts = parser.parse_args()
     settings = [Setting(name, torch.get_num_threads()) for name in opts.threads]
     with tempfile.TemporaryDirectory() as tmp:
+        native.load(native.build(Path(tmp) / "native_build"))
         for name in opts.configs:
             run(name, settings, opts.repeat, not opts.no_compile, opts.pieces, Path(tmp))
 
