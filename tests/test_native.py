@@ -3,7 +3,10 @@ their messages, and serve an exported program compiled by AOTInductor."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -79,7 +82,8 @@ def validity(draw: st.DrawFn, rng: np.random.Generator, batch: int, length: int)
     nothing."""
     kind = draw(st.sampled_from(["all", "lengths", "mask"]))
     if kind == "lengths":
-        lengths = torch.from_numpy(rng.integers(0, length + 1, size=batch)).to(draw(st.sampled_from(INTS)))
+        dtype = draw(st.sampled_from([d for d in INTS if torch.iinfo(d).max >= length]))
+        lengths = torch.from_numpy(rng.integers(0, length + 1, size=batch)).to(dtype)
         return {"lengths": lengths, "padding_side": draw(st.sampled_from(["right", "left"]))}
     if kind == "mask":
         shape = (length,) if draw(st.booleans()) else (batch, length)
@@ -364,6 +368,48 @@ def test_rows_split_over_threads_equal_the_numba_kernel() -> None:
         assert_same_error(lambda f: f.topk_hamming_lookup(query, bad, table, 48))
     finally:
         torch.set_num_threads(threads)
+
+
+def test_sequences_past_the_16_bit_count_blocks_equal_the_numba_kernel() -> None:
+    """More than 65,536 positions, most at the same few distances: the kernel counts them in 16-bit blocks."""
+    rng = np.random.default_rng(7)
+    length = 70_000
+    query, table = words(rng, (3, 1), 2), words(rng, (4, 1), 2)
+    ids = torch.from_numpy(rng.integers(0, 4, size=length).astype(np.int32))
+    keys = words(rng, (length, 1), 2)
+    for k in (1, 40_000, length + 1):
+        same(native.topk_hamming(query, keys, k), ops.topk_hamming(query, keys, k))
+        lengths = torch.tensor([length, 66_000, 3])
+        same(native.topk_hamming_lookup(query, ids, table, k, lengths=lengths, padding_side="left"),
+             ops.topk_hamming_lookup(query, ids, table, k, lengths=lengths, padding_side="left"))
+        per_row = ids.expand(3, length).to(torch.int64)
+        same(native.topk_hamming_lookup(query, per_row, table, k, padding_id=3),
+             ops.topk_hamming_lookup(query, per_row, table, k, padding_id=3))
+
+
+PORTABLE = """
+import sys
+from etaretrieval.torch import native
+native.load(sys.argv[1])
+import test_native as t
+t.test_topk_hamming_lookup_equals_the_numba_kernel()
+t.test_topk_hamming_equals_the_numba_kernel()
+t.test_ids_outside_the_table_raise_the_numba_index_error_where_valid()
+t.test_all_equal_signatures_come_newest_first_in_every_specialisation()
+t.test_sequences_past_the_16_bit_count_blocks_equal_the_numba_kernel()
+print("portable ok")
+"""
+
+
+@pytest.mark.slow  # a second build (about 20 s) and a process of its own
+def test_portable_build_equals_the_numba_kernel(tmp_path: Path) -> None:
+    """``build(native_arch=False)`` compiles the portable code paths (no AVX2): the property tests pass on them
+    too, in a process of their own (the operators of one library are registered once per process)."""
+    library = native.build(tmp_path / "portable", native_arch=False)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-W", "error", "-c", PORTABLE, str(library)], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=600, check=False)
+    assert done.returncode == 0 and "portable ok" in done.stdout, done.stdout + done.stderr
 
 
 K = 5
