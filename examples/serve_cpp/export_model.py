@@ -8,8 +8,8 @@ Steps (see the "Deploying" page of the user guide):
    ``torch.ops.etaretrieval`` operator becomes plain ATen operators, so the
    program needs neither this package nor Numba. With ``--native``,
    ``decompositions(native=True)`` instead: the top-K operators become calls
-   of the native C++ kernels (``torch.ops.etaretrieval_native``, as fast as
-   the Numba ones), whose library ``etaretrieval.torch.native.build`` makes
+   of the native C++ kernels (``torch.ops.etaretrieval_native``, equal to
+   the Numba ones bit for bit), whose library ``etaretrieval.torch.native.build`` makes
    in ``OUT_DIR/native_build`` and ``native.load`` loads here first;
 3. ``torch._inductor.aoti_compile_and_package``: one ``.pt2`` file holding
    the compiled model and its weights (the planes and embeddings included);
@@ -102,11 +102,11 @@ def package(model: ETAModel, args: tuple[torch.Tensor, ...], path: Path, native:
     return Path(torch._inductor.aoti_compile_and_package(decomposed, package_path=str(path)))
 
 
-def build_runner(build: Path, native_library: Optional[Path] = None) -> Path:
-    """``eta_runner`` built in ``build`` with CMake against the torch wheel's libtorch (Release); linked with
-    ``native_library`` (for packages made with ``native=True``) when given. Raises ``RuntimeError`` with CMake's
-    output if a step fails."""
-    native = [f"-DETARETRIEVAL_NATIVE_LIBRARY={native_library}"] if native_library else []
+def build_runner(build: Path, library: Optional[Path] = None) -> Path:
+    """``eta_runner`` built in ``build`` with CMake against the torch wheel's libtorch (Release); also linked with
+    ``library`` (``libetaretrieval_native``, for packages made with ``native=True``) when given. Raises
+    ``RuntimeError`` with CMake's output if a step fails."""
+    native = [f"-DETARETRIEVAL_NATIVE_LIBRARY={library}"] if library else []
     for cmd in (["cmake", "-S", str(Path(__file__).resolve().parent), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
                  f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}", *native], ["cmake", "--build", str(build)]):
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
