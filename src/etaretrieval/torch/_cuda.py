@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .._device import DeviceArray, describe
-from .._validate import NonFiniteError, as_padding, results_error
+from .._validate import NonFiniteError, results_error
 from . import _ops
 
 __all__ = ["register"]
@@ -93,7 +93,7 @@ def _lookup_cuda(
     from .. import cuda
 
     idx, dist = _outputs(query, _ops.check_lookup(query, ids, table, k, lengths, mask, padding_side), k)
-    pad = as_padding(padding_id, np.dtype(str(ids.dtype).removeprefix("torch.")))
+    pad = _ops.padding_bits(padding_id, ids.dtype)
     with torch.cuda.device(query.device):
         cuda.topk_hamming_lookup_into(
             query.detach(), ids.detach(), table.detach(), k, idx, dist, lengths=_bits(lengths),
@@ -141,7 +141,7 @@ def _lookup_ragged_cuda(
     from ..cuda import ragged
 
     batch = _ops.check_lookup_ragged(query, ids, table, k, offsets, mask)
-    pad = as_padding(padding_id, np.dtype(str(ids.dtype).removeprefix("torch.")))
+    pad = _ops.padding_bits(padding_id, ids.dtype)
     with torch.cuda.device(query.device):
         q, starts, lens, m = _ragged(query, offsets, batch, ids.shape[0], "ids", mask)
         out = ragged.topk_hamming_lookup(q, _device(ids), _device(table), k, starts, lens, m, pad)

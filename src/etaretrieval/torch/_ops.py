@@ -270,6 +270,11 @@ def _uint64(t: torch.Tensor) -> np.ndarray:
     return t.numpy().view(np.uint64)  # integer tensors never require grad
 
 
+def padding_bits(padding_id: Optional[int], ids_dtype: torch.dtype) -> Optional[int]:
+    """``padding_id`` checked against the ids' dtype, as the int64 bit pattern of ids cast to int64 (or None)."""
+    return as_padding(padding_id, np.dtype(str(ids_dtype).removeprefix("torch.")))
+
+
 def _require_cpu(op: str, t: torch.Tensor) -> None:
     if t.device.type != "cpu":
         raise ValueError(

@@ -30,10 +30,8 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
-from .._validate import as_padding
 from . import _ops
 from . import sdim as _sdim_ops
 
@@ -55,12 +53,6 @@ __all__ = [
     "sdim_buckets_ragged",
     "sdim_from_buckets",
 ]
-
-#: numpy dtypes of the integer id dtypes, for the padding-id range check (no tensor data is read).
-_NUMPY_INTS = {
-    torch.int8: np.int8, torch.int16: np.int16, torch.int32: np.int32, torch.int64: np.int64,
-    torch.uint8: np.uint8, torch.uint16: np.uint16, torch.uint32: np.uint32, torch.uint64: np.uint64,
-}
 
 
 def _assert(ok: torch.Tensor, message: str) -> None:
@@ -302,7 +294,7 @@ def topk_hamming_lookup(
     i = ids.to(torch.int64)  # uint64 ids past 2**63 become negative: outside the table either way
     i = i.unsqueeze(0) if i.dim() == 1 else i
     valid = _validity(lengths, mask, ids.shape[-1], query.device, padding_side)
-    pad = as_padding(padding_id, np.dtype(_NUMPY_INTS[ids.dtype]))  # its int64 bit pattern, or None
+    pad = _ops.padding_bits(padding_id, ids.dtype)  # its int64 bit pattern, or None
     if pad is not None:
         not_pad = torch.ne(i, pad)
         valid = not_pad if valid is None else valid & not_pad
@@ -409,7 +401,7 @@ def topk_hamming_lookup_ragged(
     valid = seg < query.shape[0]
     if mask is not None:
         valid = valid & (mask if mask.dtype == torch.bool else mask != 0)
-    pad = as_padding(padding_id, np.dtype(_NUMPY_INTS[ids.dtype]))
+    pad = _ops.padding_bits(padding_id, ids.dtype)
     if pad is not None:
         valid = valid & torch.ne(i, pad)
     inside = (i >= 0) & (i < nrows)

@@ -34,10 +34,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-import numpy as np
 import torch
 
-from .._validate import as_padding
 from . import _ops, aten
 
 __all__ = [
@@ -50,12 +48,6 @@ __all__ = [
     "topk_hamming_lookup",
     "decompositions",
 ]
-
-#: numpy dtypes of the integer id dtypes, for the padding-id range check.
-_NUMPY_INTS = {
-    torch.int8: np.int8, torch.int16: np.int16, torch.int32: np.int32, torch.int64: np.int64,
-    torch.uint8: np.uint8, torch.uint16: np.uint16, torch.uint32: np.uint32, torch.uint64: np.uint64,
-}
 
 
 def source_dir() -> Path:
@@ -195,7 +187,7 @@ def topk_hamming_lookup(
     _require_loaded()
     _ops.check_lookup(query, ids, table, k, lengths, mask, padding_side)
     _ops._require_cpu("topk_hamming_lookup (native)", query)
-    pad = as_padding(padding_id, np.dtype(_NUMPY_INTS[ids.dtype]))  # its int64 bit pattern, or None
+    pad = _ops.padding_bits(padding_id, ids.dtype)  # its int64 bit pattern, or None
     return torch.ops.etaretrieval_native.topk_hamming_lookup(query, ids, table, k, lengths, mask, pad, padding_side)
 
 
